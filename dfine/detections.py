@@ -1,0 +1,328 @@
+"""``Detections``: the result of running a detector on one image.
+
+Numpy only (no torch), so every backend (torch, ONNX Runtime, TensorRT) returns the same
+object. Boxes are ``xyxy`` in the pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageColor, ImageDraw, ImageFont
+
+from dfine.io import ImageSource, load_image
+
+__all__ = ["PALETTE", "Detections"]
+
+# Kelly's 22 colours of maximum contrast without white and black: 20 visually distinct
+# colours, indexed by ``label % 20``.
+PALETTE: tuple[tuple[int, int, int], ...] = tuple(
+    (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+    for h in (
+        "F3C300", "875692", "F38400", "A1CAF1", "BE0032", "C2B280", "848482", "008856",
+        "E68FAC", "0067A5", "F99379", "604E97", "F6A600", "B3446C", "DCD300", "882D17",
+        "8DB600", "654522", "E25822", "2B3D26",
+    )
+)  # fmt: skip
+
+_SPEED_ORDER = ("preprocess", "inference", "postprocess")
+
+Color = str | tuple[int, int, int]
+Index = int | slice | np.ndarray | Sequence[int] | Sequence[bool]
+
+
+@dataclass(eq=False)
+class Detections:
+    """Detections of one image, sorted by descending score.
+
+    Attributes:
+        boxes: ``[N, 4]`` float32, ``x1, y1, x2, y2`` in original-image pixels.
+        scores: ``[N]`` float32, descending.
+        labels: ``[N]`` int64, contiguous class index (``class_names[label]``).
+        class_names: name of every class index of the model.
+        image_size: ``(width, height)`` of the original image.
+        speed: milliseconds per stage: ``'preprocess'``, ``'inference'``, ``'postprocess'``.
+        image: the original image, ``[H, W, 3]`` uint8 RGB, used by ``plot()`` when it is not
+            given an image; ``None`` when not kept.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    speed: dict[str, float] = field(default_factory=dict)
+    image: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32)
+        if self.boxes.size == 0:
+            self.boxes = self.boxes.reshape(0, 4)
+        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"boxes must have shape [N, 4], got {self.boxes.shape}")
+        n = self.boxes.shape[0]
+        self.scores = np.asarray(self.scores, dtype=np.float32)
+        if self.scores.shape != (n,):
+            raise ValueError(f"scores must have shape [N] = [{n}], got {self.scores.shape}")
+        self.labels = _as_labels(self.labels, n)
+        self.class_names = tuple(str(c) for c in self.class_names)
+        self.image_size = _as_size(self.image_size)
+        self.speed = {str(k): float(v) for k, v in self.speed.items()}
+        if self.image is not None:
+            self.image = _check_image(self.image, self.image_size)
+
+    # ------------------------------------------------------------------ container protocol
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __getitem__(self, index: Index) -> Detections:
+        """Select detections by int, slice, boolean mask ``[N]`` or index array."""
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} detections")
+            index = np.asarray([int(index)])
+        elif not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.dtype == np.bool_ and index.shape != (len(self),):
+                raise IndexError(f"boolean mask must have shape [{len(self)}], got {index.shape}")
+            if index.size == 0:
+                index = index.astype(np.int64)
+        return Detections(
+            boxes=self.boxes[index],
+            scores=self.scores[index],
+            labels=self.labels[index],
+            class_names=self.class_names,
+            image_size=self.image_size,
+            speed=dict(self.speed),
+            image=self.image,
+        )
+
+    def __repr__(self) -> str:
+        return f"Detections({self.summary()})"
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of every detection; ``"class {i}"`` for an index without a name."""
+        return [self._name(int(label)) for label in self.labels]
+
+    def _name(self, label: int) -> str:
+        if 0 <= label < len(self.class_names):
+            return self.class_names[label]
+        return f"class {label}"
+
+    def filter(self, min_score: float) -> Detections:
+        """The detections whose score is at least ``min_score``."""
+        return self[self.scores >= min_score]
+
+    # ------------------------------------------------------------------ export
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: image size, speed (ms) and one entry per detection."""
+        width, height = self.image_size
+        return {
+            "image_size": {"width": width, "height": height},
+            "speed": {k: round(v, 2) for k, v in self.speed.items()},
+            "detections": [
+                {
+                    "box": [round(float(v), 2) for v in box],
+                    "score": round(float(score), 4),
+                    "label": int(label),
+                    "name": name,
+                }
+                for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
+            ],
+        }
+
+    def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
+        """``to_dict()`` as a JSON string; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    def to_coco(
+        self, image_id: int, category_ids: Sequence[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Detections in the COCO results format.
+
+        Args:
+            image_id: the COCO ``image_id``.
+            category_ids: category id of every class index (e.g. ``dfine.coco.COCO_CATEGORY_IDS``);
+                when ``None`` the label itself is the category id.
+
+        Returns:
+            ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}, ...]``.
+        """
+        categories = self.labels
+        if category_ids is not None:
+            lookup = np.asarray(category_ids, dtype=np.int64)
+            if len(self) and (self.labels.min() < 0 or self.labels.max() >= len(lookup)):
+                raise ValueError(
+                    f"labels lie in {self.labels.min()}..{self.labels.max()} but category_ids "
+                    f"has {len(lookup)} entries"
+                )
+            categories = lookup[self.labels]
+        xywh = self.boxes.astype(np.float64)
+        xywh[:, 2:] -= xywh[:, :2]
+        return [
+            {
+                "image_id": int(image_id),
+                "category_id": int(category),
+                "bbox": [float(v) for v in box],
+                "score": float(score),
+            }
+            for box, score, category in zip(xywh, self.scores, categories)
+        ]
+
+    def summary(self) -> str:
+        """One line, e.g. ``"640x480: 2 persons, 1 cup; 11.2ms preprocess, 180.4ms inference"``.
+
+        The size is ``width x height``; classes are listed in class-index order.
+        """
+        width, height = self.image_size
+        text = f"{width}x{height}: "
+        if len(self) == 0:
+            text += "no detections"
+        else:
+            uniq, counts = np.unique(self.labels, return_counts=True)
+            text += ", ".join(
+                f"{c} {self._name(int(u))}{'' if c == 1 else 's'}" for u, c in zip(uniq, counts)
+            )
+        keys = [k for k in _SPEED_ORDER if k in self.speed]
+        keys += [k for k in self.speed if k not in _SPEED_ORDER]
+        if keys:
+            text += "; " + ", ".join(f"{self.speed[k]:.1f}ms {k}" for k in keys)
+        return text
+
+    # ------------------------------------------------------------------ drawing
+
+    def plot(
+        self,
+        image: ImageSource | None = None,
+        *,
+        line_width: int | None = None,
+        font_size: int | None = None,
+        show_scores: bool = True,
+        colors: Sequence[Color] | None = None,
+    ) -> Image.Image:
+        """Draw the boxes and ``"name 0.87"`` labels on a copy of the image.
+
+        Args:
+            image: the original image (anything ``dfine.io.load_image`` takes; arrays are
+                RGB), of size ``image_size``. Defaults to ``self.image``. Never modified.
+            line_width: box outline width in pixels; default scales with the image size.
+            font_size: label font size in pixels; default scales with the image size.
+            show_scores: append the score to the class name.
+            colors: colours indexed by ``label % len(colors)`` (RGB tuples or names/hex
+                strings PIL understands); default ``PALETTE``.
+
+        Returns:
+            An RGB ``PIL.Image.Image`` of size ``image_size``.
+        """
+        canvas = Image.fromarray(self._plot_base(image))
+        draw = ImageDraw.Draw(canvas)
+        half_perimeter = (canvas.width + canvas.height) / 2
+        lw = line_width or max(round(half_perimeter * 0.003), 2)
+        font = _font(font_size or max(round(half_perimeter * 0.035), 12))
+        palette = list(colors) if colors else list(PALETTE)
+        for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names):
+            color = _rgb(palette[int(label) % len(palette)])
+            text = f"{name} {score:.2f}" if show_scores else name
+            _draw_box(draw, box.tolist(), color, lw, text, font, canvas.size)
+        return canvas
+
+    def _plot_base(self, image: ImageSource | None) -> np.ndarray:
+        """``[H, W, 3]`` uint8 copy of the image to draw on."""
+        if image is None:
+            if self.image is None:
+                raise ValueError(
+                    "Detections.plot() needs an image: pass one, or keep the original image "
+                    "in the Detections (image=...)"
+                )
+            return self.image.copy()
+        array = load_image(image)
+        height, width = array.shape[:2]
+        if (width, height) != self.image_size:
+            raise ValueError(
+                f"plot() image is {width}x{height} but the detections are for a "
+                f"{self.image_size[0]}x{self.image_size[1]} image"
+            )
+        return array
+
+
+def _as_labels(labels: Any, n: int) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.size == 0:
+        array = array.reshape(0)
+    if array.shape != (n,):
+        raise ValueError(f"labels must have shape [N] = [{n}], got {array.shape}")
+    is_int = np.issubdtype(array.dtype, np.integer)
+    if not is_int and not np.all(np.equal(np.mod(array, 1), 0)):
+        raise ValueError(f"labels must be integers, got dtype {array.dtype}")
+    return array.astype(np.int64)
+
+
+def _as_size(size: Any) -> tuple[int, int]:
+    size = tuple(int(v) for v in size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"image_size must be (width, height) of positive ints, got {size}")
+    return size  # type: ignore[return-value]
+
+
+def _check_image(image: Any, size: tuple[int, int]) -> np.ndarray:
+    image = np.asarray(image)
+    expected = (size[1], size[0], 3)
+    if image.shape != expected or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be uint8 with shape [H, W, 3] = {list(expected)} (image_size is "
+            f"width x height), got {image.dtype} {list(image.shape)}"
+        )
+    return image
+
+
+def _rgb(color: Color) -> tuple[int, int, int]:
+    if isinstance(color, str):
+        return ImageColor.getrgb(color)[:3]
+    r, g, b = (int(v) for v in color[:3])
+    return r, g, b
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError):  # Pillow without FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _draw_box(
+    draw: ImageDraw.ImageDraw,
+    box: list[float],
+    color: tuple[int, int, int],
+    lw: int,
+    text: str,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    size: tuple[int, int],
+) -> None:
+    """Outline ``box`` and put ``text`` on a filled box above it (inside at the top edge)."""
+    width, height = size
+    x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
+    x2, y2 = min(box[2], width - 1.0), min(box[3], height - 1.0)
+    if x2 < x1 or y2 < y1:  # entirely outside the image
+        return
+    draw.rectangle((x1, y1, x2, y2), outline=color, width=lw)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(lw // 2, 1)
+    tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+    ty = y1 - th if y1 - th >= 0 else y1  # above the box, or inside it at the top edge
+    tx = min(x1, max(width - tw, 0.0))
+    draw.rectangle((tx, ty, tx + tw, ty + th), fill=color)
+    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    text_color = (0, 0, 0) if luminance > 150 else (255, 255, 255)
+    draw.text((tx + pad - left, ty + pad - top), text, fill=text_color, font=font)

@@ -1,0 +1,95 @@
+"""The D-FINE detector: HGNetv2 backbone → HybridEncoder → D-FINE decoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfine.config import ModelConfig, get_config
+from dfine.nn.backbone import ConvBNAct, HGNetv2
+from dfine.nn.decoder import DecoderTrace, DFINEDecoder, TransformerDecoderLayer
+from dfine.nn.encoder import ConvNorm, HybridEncoder, TransformerEncoderLayer, VGGBlock
+
+
+class DFINE(nn.Module):
+    """D-FINE. ``forward(images [B, 3, H, W] in [0, 1], targets=None)``.
+
+    Eval mode returns ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}`` (last decoder
+    layer, LQE included; boxes cx, cy, w, h normalized to [0, 1]). Train mode returns the
+    reference's full output dictionary for the criterion. H and W must be multiples of 32.
+    """
+
+    def __init__(self, cfg: ModelConfig, class_names: tuple[str, ...] | None = None) -> None:
+        super().__init__()
+        self.config = cfg
+        self.class_names = class_names
+        # registration order = state-dict order of the reference: backbone, decoder, encoder
+        self.backbone = HGNetv2(cfg.backbone)
+        self.decoder = DFINEDecoder(cfg.decoder, cfg.eval_size)
+        self.encoder = HybridEncoder(cfg.encoder)
+        self.deployed = False
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @staticmethod
+    def check_input(images: torch.Tensor) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
+            raise ValueError(f"images must be a float tensor [B, 3, H, W], got {shape}")
+        h, w = images.shape[-2:]
+        if h % 32 or w % 32 or h < 64 or w < 64:
+            raise ValueError(
+                f"input height and width must be multiples of 32 and at least 64, got {h}x{w}; "
+                "resize the image (dfine.Detector does this for you)"
+            )
+
+    def forward(
+        self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> dict[str, Any]:
+        self.check_input(images)
+        feats = self.encoder(self.backbone(images))
+        return self.decoder(feats, targets)
+
+    @torch.inference_mode()
+    def trace(self, images: torch.Tensor) -> DecoderTrace:
+        """Eval-mode forward that records every decoder layer (see :class:`DecoderTrace`).
+
+        The model is put in eval mode for the call and restored afterwards.
+        """
+        self.check_input(images)
+        was_training = self.training
+        self.eval()
+        try:
+            feats = self.encoder(self.backbone(images))
+            return self.decoder.trace(feats, (images.shape[-2], images.shape[-1]))
+        finally:
+            self.train(was_training)
+
+    def deploy(self) -> DFINE:
+        """Inference-only speed-ups, in place: conv+BN folding everywhere, RepVGG blocks merged
+        into single 3x3 convs, fused attention kernels. Outputs equal eval mode up to float
+        rounding (~1e-6); the state dict no longer has the reference layout afterwards."""
+        self.eval()
+        for m in self.modules():
+            if isinstance(m, (ConvBNAct, ConvNorm, VGGBlock)):
+                m.fuse()
+            if isinstance(m, (TransformerEncoderLayer, TransformerDecoderLayer)):
+                m.exact_attention = False
+        self.deployed = True
+        return self
+
+    def train(self, mode: bool = True) -> DFINE:
+        if mode and self.deployed:
+            raise RuntimeError("a deployed (fused) model cannot be trained; load it again")
+        return super().train(mode)
+
+
+def build_model(size: str = "n", num_classes: int = 80, class_names=None) -> DFINE:
+    """A randomly initialised D-FINE of ``size`` (``n s m l x``), in train mode."""
+    model = DFINE(get_config(size, num_classes), class_names=class_names)
+    return model.train()
+

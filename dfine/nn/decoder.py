@@ -1,0 +1,586 @@
+"""The D-FINE decoder: query selection, decoder layers, heads, LQE and FDR.
+
+Data flow (one image batch, Q queries, L layers, R = reg_max):
+
+    memory [B, S, C] ─► enc_output ─► enc_score_head ─► top-Q by max class logit
+        selected memory → content queries; enc_bbox_head + anchors → initial boxes b0
+    layer 0: h0 = layer(content, b0);  pre_boxes = sigmoid(pre_bbox_head(h0) + logit(b0))
+    layer l: h_l = layer(h_{l-1}, box_{l-1})
+             corners_l = dec_bbox_head[l](h_l + h_{l-1}) + corners_{l-1}     [B, Q, 4(R+1)]
+             box_l     = distance2bbox(pre_boxes, Σ_n softmax(corners_l)(n) W(n), reg_scale)
+             logits_l  = dec_score_head[l](h_l) + LQE_l(corners_l)
+
+The module names and parameter layout are those of the reference ``DFINETransformer``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dfine.config import DecoderConfig
+from dfine.nn.attention import MSDeformableAttention
+from dfine.nn.common import MLP, bias_init_with_prob, get_activation, inverse_sigmoid
+from dfine.nn.denoising import contrastive_denoising_group
+from dfine.nn.fdr import distance2bbox, integral, weighting_function
+
+
+class Gate(nn.Module):
+    """Gated fusion of the self-attention stream and the cross-attention result."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(2 * d_model, 2 * d_model)
+        nn.init.constant_(self.gate.bias, bias_init_with_prob(0.5))
+        nn.init.constant_(self.gate.weight, 0)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        gates = torch.sigmoid(self.gate(torch.cat([x1, x2], dim=-1)))
+        g1, g2 = gates.chunk(2, dim=-1)
+        return self.norm(g1 * x1 + g2 * x2)
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Self-attention → deformable cross-attention (gated) → FFN, post-norm."""
+
+    exact_attention: bool = True  # see HybridEncoder's TransformerEncoderLayer
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        dim_feedforward: int,
+        dropout: float,
+        activation: str,
+        n_levels: int,
+        n_points: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_head, dropout=dropout, batch_first=True)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.cross_attn = MSDeformableAttention(d_model, n_head, n_levels, n_points)
+        self.dropout2 = nn.Dropout(dropout)
+        self.gateway = Gate(d_model)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.activation = get_activation(activation)
+        self.dropout3 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.dropout4 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+        nn.init.xavier_uniform_(self.linear1.weight)
+        nn.init.xavier_uniform_(self.linear2.weight)
+
+    def forward(
+        self,
+        target: torch.Tensor,
+        reference_boxes: torch.Tensor,
+        values: list[torch.Tensor],
+        spatial_shapes: list[tuple[int, int]],
+        attn_mask: torch.Tensor | None = None,
+        query_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``target [B, Q, C]``, ``reference_boxes [B, Q, 1, 4]`` → ``[B, Q, C]``."""
+        q = k = target if query_pos is None else target + query_pos
+        attn, _ = self.self_attn(
+            q, k, value=target, attn_mask=attn_mask, need_weights=self.exact_attention
+        )
+        target = self.norm1(target + self.dropout1(attn))
+        query = target if query_pos is None else target + query_pos
+        cross = self.cross_attn(query, reference_boxes, values, spatial_shapes)
+        target = self.gateway(target, self.dropout2(cross))
+        ffn = self.linear2(self.dropout3(self.activation(self.linear1(target))))
+        target = target + self.dropout4(ffn)
+        return self.norm3(target.clamp(min=-65504, max=65504))
+
+
+class LQE(nn.Module):
+    """Localization Quality Estimator: adds a score from the top-k bin probabilities (and their
+    mean) of the four edge distributions to the class logits."""
+
+    def __init__(self, k: int, hidden_dim: int, num_layers: int, reg_max: int) -> None:
+        super().__init__()
+        self.k = k
+        self.reg_max = reg_max
+        self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, num_layers)
+        nn.init.constant_(self.reg_conf.layers[-1].bias, 0)
+        nn.init.constant_(self.reg_conf.layers[-1].weight, 0)
+
+    def quality(self, pred_corners: torch.Tensor) -> torch.Tensor:
+        """``[B, Q, 4(R+1)]`` → quality logit ``[B, Q, 1]``."""
+        b, q, _ = pred_corners.shape
+        prob = F.softmax(pred_corners.reshape(b, q, 4, self.reg_max + 1), dim=-1)
+        top, _ = prob.topk(self.k, dim=-1)
+        stat = torch.cat([top, top.mean(dim=-1, keepdim=True)], dim=-1)
+        return self.reg_conf(stat.reshape(b, q, -1))
+
+    def forward(self, scores: torch.Tensor, pred_corners: torch.Tensor) -> torch.Tensor:
+        return scores + self.quality(pred_corners)
+
+
+class TransformerDecoder(nn.Module):
+    """The stack of decoder layers and their LQEs. Registered under ``decoder.decoder`` with
+    aliases of ``up`` / ``reg_scale``, exactly as the reference state dict has them."""
+
+    def __init__(
+        self, layer_factory, num_layers: int, reg_max: int, up: nn.Parameter, reg_scale: nn.Parameter
+    ) -> None:
+        super().__init__()
+        self.up = up
+        self.reg_scale = reg_scale
+        self.reg_max = reg_max
+        self.layers = nn.ModuleList(layer_factory() for _ in range(num_layers))
+        self.lqe_layers = nn.ModuleList(LQE(4, 64, 2, reg_max) for _ in range(num_layers))
+
+
+@dataclass
+class DecoderTrace:
+    """Everything the decoder computed for a batch, for every layer (eval mode).
+
+    Shapes: B images, Q queries, L decoder layers, C classes, R = reg_max.
+
+    Attributes:
+        enc_topk_indices: ``[B, Q]`` int64, selected positions in the flattened multi-level
+            memory (levels in stride order, row-major within a level).
+        enc_topk_logits: ``[B, Q, C]`` encoder class logits at the selected positions.
+        init_boxes: ``[B, Q, 4]`` initial boxes b0 (cx, cy, w, h, normalized) from the encoder.
+        pre_boxes: ``[B, Q, 4]`` boxes of the first-layer traditional head; the fixed reference
+            from which every layer's FDR edge offsets are measured.
+        pre_logits: ``[B, Q, C]`` class logits of layer 0 without LQE.
+        boxes: ``[L, B, Q, 4]`` box of every layer (cx, cy, w, h, normalized).
+        logits: ``[L, B, Q, C]`` class logits of every layer, LQE included.
+        logits_raw: ``[L, B, Q, C]`` the same without the LQE term.
+        corners: ``[L, B, Q, 4, R+1]`` accumulated per-edge bin logits (edges: left, top,
+            right, bottom).
+        project: ``[R+1]`` the weighting function W(n).
+        reg_scale: the model's reg_scale; an edge offset d maps to ``d * w / reg_scale``.
+        up: the model's ``up``.
+        spatial_shapes: (H, W) of every memory level.
+        input_size: (H, W) of the network input.
+    """
+
+    enc_topk_indices: torch.Tensor
+    enc_topk_logits: torch.Tensor
+    init_boxes: torch.Tensor
+    pre_boxes: torch.Tensor
+    pre_logits: torch.Tensor
+    boxes: torch.Tensor
+    logits: torch.Tensor
+    logits_raw: torch.Tensor
+    corners: torch.Tensor
+    project: torch.Tensor
+    reg_scale: float
+    up: float
+    spatial_shapes: list[tuple[int, int]]
+    input_size: tuple[int, int]
+
+    @property
+    def num_layers(self) -> int:
+        return self.boxes.shape[0]
+
+    @property
+    def reg_max(self) -> int:
+        return self.project.shape[0] - 1
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """``[L, B, Q, 4, R+1]`` per-edge bin probabilities (softmax of ``corners``)."""
+        return self.corners.softmax(-1)
+
+    @property
+    def edge_offsets(self) -> torch.Tensor:
+        """``[L, B, Q, 4]`` expected offsets ``Σ_n p(n) W(n)`` (in reg_scale units)."""
+        return self.probs @ self.project
+
+    def select(self, image: int) -> DecoderTrace:
+        """The trace of one image (batch dimension kept, size 1)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor) and f.name != "project":
+                batch_dim = 1 if f.name in ("boxes", "logits", "logits_raw", "corners") else 0
+                v = v.narrow(batch_dim, image, 1)
+            out[f.name] = v
+        return DecoderTrace(**out)
+
+
+class DFINEDecoder(nn.Module):
+    """Query selection + decoder + heads (the reference's ``DFINETransformer``).
+
+    ``forward(feats, targets=None)`` takes the encoder maps ``[B, C_i, H_i, W_i]``.
+    Eval mode returns ``{"pred_logits": [B, Q, C], "pred_boxes": [B, Q, 4]}`` of the last layer;
+    train mode adds everything the criterion needs (auxiliary layers, pre-head, encoder top-k,
+    denoising groups), in the reference's dictionary layout.
+    """
+
+    def __init__(self, cfg: DecoderConfig, eval_size: tuple[int, int] | None = (640, 640)) -> None:
+        super().__init__()
+        if len(cfg.feat_channels) > cfg.num_levels:
+            raise ValueError("more feature maps than decoder levels")
+        if len(cfg.feat_strides) != len(cfg.feat_channels):
+            raise ValueError("feat_strides and feat_channels differ in length")
+        if cfg.eval_idx not in (-1, cfg.num_layers - 1):
+            raise ValueError("only eval_idx = -1 (the last layer) is supported")
+        self.cfg = cfg
+        strides = list(cfg.feat_strides)
+        while len(strides) < cfg.num_levels:
+            strides.append(strides[-1] * 2)
+        self.feat_strides = strides
+        self.num_classes = cfg.num_classes
+        self.num_queries = cfg.num_queries
+        self.reg_max = cfg.reg_max
+        self.num_layers = cfg.num_layers
+        self.num_denoising = cfg.num_denoising
+        hidden = cfg.hidden_dim
+
+        self._build_input_proj(cfg.feat_channels, hidden, cfg.num_levels)
+        self.up = nn.Parameter(torch.tensor([cfg.up]), requires_grad=False)
+        self.reg_scale = nn.Parameter(torch.tensor([cfg.reg_scale]), requires_grad=False)
+
+        def layer_factory() -> TransformerDecoderLayer:
+            return TransformerDecoderLayer(
+                hidden,
+                cfg.nhead,
+                cfg.dim_feedforward,
+                cfg.dropout,
+                cfg.activation,
+                cfg.num_levels,
+                tuple(cfg.num_points),
+            )
+
+        self.decoder = TransformerDecoder(
+            layer_factory, cfg.num_layers, cfg.reg_max, self.up, self.reg_scale
+        )
+        if cfg.num_denoising > 0:
+            self.denoising_class_embed = nn.Embedding(
+                cfg.num_classes + 1, hidden, padding_idx=cfg.num_classes
+            )
+            nn.init.normal_(self.denoising_class_embed.weight[:-1])
+        self.query_pos_head = MLP(4, 2 * hidden, hidden, 2)
+        self.enc_output = nn.Sequential(
+            OrderedDict([("proj", nn.Linear(hidden, hidden)), ("norm", nn.LayerNorm(hidden))])
+        )
+        self.enc_score_head = nn.Linear(hidden, cfg.num_classes)
+        self.enc_bbox_head = MLP(hidden, hidden, 4, 3)
+        self.dec_score_head = nn.ModuleList(
+            nn.Linear(hidden, cfg.num_classes) for _ in range(cfg.num_layers)
+        )
+        self.pre_bbox_head = MLP(hidden, hidden, 4, 3)
+        self.dec_bbox_head = nn.ModuleList(
+            MLP(hidden, hidden, 4 * (cfg.reg_max + 1), 3) for _ in range(cfg.num_layers)
+        )
+
+        # The reference stores anchors for its eval size as buffers; they are kept for the
+        # state-dict layout, but anchors are computed for whatever input size is used.
+        shapes = [(int(eval_size[0] / s), int(eval_size[1] / s)) for s in strides]
+        anchors, valid_mask = self.generate_anchors(shapes)
+        self.register_buffer("anchors", anchors)
+        self.register_buffer("valid_mask", valid_mask)
+        self._anchor_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._project_cache: dict[tuple, torch.Tensor] = {}
+        self._reset_parameters(cfg.feat_channels)
+
+    # ------------------------------------------------------------------ construction
+    def _build_input_proj(self, feat_channels: tuple[int, ...], hidden: int, levels: int) -> None:
+        def proj(c_in: int, k: int = 1, s: int = 1, p: int = 0) -> nn.Module:
+            if c_in == hidden:
+                return nn.Identity()
+            return nn.Sequential(
+                OrderedDict(
+                    [
+                        ("conv", nn.Conv2d(c_in, hidden, k, s, padding=p, bias=False)),
+                        ("norm", nn.BatchNorm2d(hidden)),
+                    ]
+                )
+            )
+
+        self.input_proj = nn.ModuleList(proj(c) for c in feat_channels)
+        c_in = feat_channels[-1]
+        for _ in range(levels - len(feat_channels)):
+            self.input_proj.append(proj(c_in, 3, 2, 1))
+            c_in = hidden
+
+    def _reset_parameters(self, feat_channels: tuple[int, ...]) -> None:
+        bias = bias_init_with_prob(0.01)
+        nn.init.constant_(self.enc_score_head.bias, bias)
+        for head in (self.enc_bbox_head, self.pre_bbox_head, *self.dec_bbox_head):
+            nn.init.constant_(head.layers[-1].weight, 0)
+            nn.init.constant_(head.layers[-1].bias, 0)
+        for cls in self.dec_score_head:
+            nn.init.constant_(cls.bias, bias)
+        nn.init.xavier_uniform_(self.enc_output[0].weight)
+        nn.init.xavier_uniform_(self.query_pos_head.layers[0].weight)
+        nn.init.xavier_uniform_(self.query_pos_head.layers[1].weight)
+        for m, c in zip(self.input_proj, feat_channels):
+            if c != self.cfg.hidden_dim:
+                nn.init.xavier_uniform_(m[0].weight)
+
+    # ------------------------------------------------------------------ cached constants
+    def generate_anchors(
+        self,
+        spatial_shapes: list[tuple[int, int]],
+        grid_size: float = 0.05,
+        device: torch.device | str = "cpu",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchor boxes in logit space ``[1, S, 4]`` (``inf`` where invalid) and the valid mask
+        ``[1, S, 1]`` for maps of the given (H, W); an anchor is valid when all four of its
+        coordinates lie in (eps, 1 - eps)."""
+        per_level = []
+        for lvl, (h, w) in enumerate(spatial_shapes):
+            gy, gx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            xy = torch.stack([gx, gy], dim=-1)
+            xy = (xy.unsqueeze(0) + 0.5) / torch.tensor([w, h], dtype=torch.float32)
+            wh = torch.ones_like(xy) * grid_size * (2.0**lvl)
+            per_level.append(torch.concat([xy, wh], dim=-1).reshape(-1, h * w, 4))
+        anchors = torch.concat(per_level, dim=1).to(device)
+        eps = self.cfg.eps
+        valid = ((anchors > eps) * (anchors < 1 - eps)).all(-1, keepdim=True)
+        anchors = torch.log(anchors / (1 - anchors))
+        anchors = torch.where(valid, anchors, torch.inf)
+        return anchors, valid
+
+    def anchors_for(
+        self, spatial_shapes: list[tuple[int, int]], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(spatial_shapes), str(device))
+        hit = self._anchor_cache.get(key)
+        if hit is None:
+            hit = self.generate_anchors(spatial_shapes, device=device)
+            self._anchor_cache[key] = hit
+        return hit
+
+    def project(self) -> torch.Tensor:
+        """W(n) ``[reg_max + 1]``; cached in eval mode (recomputed while training)."""
+        if self.training:
+            return weighting_function(self.reg_max, self.up, self.reg_scale)
+        key = (str(self.up.device), float(self.up), float(self.reg_scale))
+        w = self._project_cache.get(key)
+        if w is None:
+            w = weighting_function(self.reg_max, self.up, self.reg_scale)
+            self._project_cache[key] = w
+        return w
+
+    def _apply(self, fn, recurse=True):
+        self._anchor_cache = {}
+        self._project_cache = {}
+        return super()._apply(fn, recurse)
+
+    # ------------------------------------------------------------------ forward pieces
+    def _flatten_memory(
+        self, feats: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        proj = [p(f) for p, f in zip(self.input_proj, feats)]
+        for i in range(len(feats), self.cfg.num_levels):
+            src = feats[-1] if i == len(feats) else proj[-1]
+            proj.append(self.input_proj[i](src))
+        shapes = [(f.shape[2], f.shape[3]) for f in proj]
+        memory = torch.concat([f.flatten(2).permute(0, 2, 1) for f in proj], 1)
+        return memory, shapes
+
+    def _value_maps(
+        self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> list[torch.Tensor]:
+        b, s, _ = memory.shape
+        value = memory.reshape(b, s, self.cfg.nhead, -1).permute(0, 2, 3, 1)
+        return list(value.split([h * w for h, w in spatial_shapes], dim=-1))
+
+    def select_queries(
+        self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> dict[str, torch.Tensor]:
+        """Encoder-side query selection: top-Q positions by their best class logit.
+
+        Returns ``content [B, Q, C]`` (detached), ``boxes_unact [B, Q, 4]`` (detached),
+        ``indices [B, Q]``, and the differentiable ``logits [B, Q, classes]`` and
+        ``boxes_unact_grad [B, Q, 4]`` for the encoder auxiliary loss.
+        """
+        anchors, valid = self.anchors_for(spatial_shapes, memory.device)
+        memory = valid.to(memory.dtype) * memory
+        out_memory = self.enc_output(memory)
+        logits = self.enc_score_head(out_memory)
+        _, idx = torch.topk(logits.max(-1).values, self.num_queries, dim=-1)
+        top_memory = out_memory.gather(1, idx.unsqueeze(-1).expand(-1, -1, out_memory.shape[-1]))
+        top_anchors = anchors.expand(memory.shape[0], -1, -1).gather(
+            1, idx.unsqueeze(-1).expand(-1, -1, 4)
+        )
+        top_logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        boxes_unact = self.enc_bbox_head(top_memory) + top_anchors
+        return {
+            "content": top_memory.detach(),
+            "boxes_unact": boxes_unact.detach(),
+            "boxes_unact_grad": boxes_unact,
+            "logits": top_logits,
+            "indices": idx,
+        }
+
+    def run_layers(
+        self,
+        target: torch.Tensor,
+        ref_unact: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        attn_mask: torch.Tensor | None = None,
+        all_layers: bool = False,
+    ) -> dict[str, Any]:
+        """Run the decoder layers with FDR.
+
+        ``all_layers`` computes class logits (and keeps boxes/corners) for every layer, as in
+        training or tracing; otherwise only the last layer's heads run.
+        Returns lists over the kept layers: ``boxes`` [B, Q, 4], ``logits`` [B, Q, C],
+        ``logits_raw``, ``corners`` [B, Q, 4(R+1)]; plus ``pre_boxes`` and ``pre_logits``.
+        """
+        values = self._value_maps(memory, spatial_shapes)
+        project = self.project()
+        reg_scale = self.reg_scale
+        layers = self.decoder.layers
+        last = len(layers) - 1
+        output = target
+        output_detach: torch.Tensor | int = 0
+        corners_prev: torch.Tensor | int = 0
+        ref_detach = F.sigmoid(ref_unact)
+        kept: dict[str, list] = {"boxes": [], "logits": [], "logits_raw": [], "corners": []}
+        pre_boxes = pre_logits = ref_initial = None
+        for i, layer in enumerate(layers):
+            query_pos = self.query_pos_head(ref_detach).clamp(min=-10, max=10)
+            output = layer(
+                output, ref_detach.unsqueeze(2), values, spatial_shapes, attn_mask, query_pos
+            )
+            if i == 0:
+                pre_boxes = F.sigmoid(self.pre_bbox_head(output) + inverse_sigmoid(ref_detach))
+                pre_logits = self.dec_score_head[0](output)
+                ref_initial = pre_boxes.detach()
+            corners = self.dec_bbox_head[i](output + output_detach) + corners_prev
+            box = distance2bbox(ref_initial, integral(corners, project), reg_scale)
+            if all_layers or i == last:
+                raw = self.dec_score_head[i](output)
+                kept["logits_raw"].append(raw)
+                kept["logits"].append(self.decoder.lqe_layers[i](raw, corners))
+                kept["boxes"].append(box)
+                kept["corners"].append(corners)
+            corners_prev = corners
+            ref_detach = box.detach()
+            output_detach = output.detach()
+        kept["pre_boxes"] = pre_boxes
+        kept["pre_logits"] = pre_logits
+        kept["ref_initial"] = ref_initial
+        return kept
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, feats: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
+    ) -> dict[str, Any]:
+        memory, shapes = self._flatten_memory(feats)
+        if not self.training:
+            sel = self.select_queries(memory, shapes)
+            out = self.run_layers(sel["content"], sel["boxes_unact"], memory, shapes)
+            return {"pred_logits": out["logits"][-1], "pred_boxes": out["boxes"][-1]}
+        return self._forward_train(memory, shapes, targets)
+
+    def trace(self, feats: list[torch.Tensor], input_size: tuple[int, int]) -> DecoderTrace:
+        """Eval-mode forward that keeps every layer's outputs (see :class:`DecoderTrace`)."""
+        memory, shapes = self._flatten_memory(feats)
+        sel = self.select_queries(memory, shapes)
+        out = self.run_layers(sel["content"], sel["boxes_unact"], memory, shapes, all_layers=True)
+        b, q = sel["indices"].shape
+        return DecoderTrace(
+            enc_topk_indices=sel["indices"],
+            enc_topk_logits=sel["logits"],
+            init_boxes=F.sigmoid(sel["boxes_unact"]),
+            pre_boxes=out["pre_boxes"],
+            pre_logits=out["pre_logits"],
+            boxes=torch.stack(out["boxes"]),
+            logits=torch.stack(out["logits"]),
+            logits_raw=torch.stack(out["logits_raw"]),
+            corners=torch.stack(out["corners"]).reshape(len(out["corners"]), b, q, 4, -1),
+            project=self.project(),
+            reg_scale=float(self.reg_scale),
+            up=float(self.up),
+            spatial_shapes=shapes,
+            input_size=input_size,
+        )
+
+    def _forward_train(
+        self,
+        memory: torch.Tensor,
+        shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None,
+    ) -> dict[str, Any]:
+        dn_content = dn_boxes = attn_mask = dn_meta = None
+        if self.num_denoising > 0:
+            if targets is None:
+                raise ValueError("training with denoising needs targets: model(images, targets)")
+            dn_content, dn_boxes, attn_mask, dn_meta = contrastive_denoising_group(
+                targets,
+                self.num_classes,
+                self.num_queries,
+                self.denoising_class_embed,
+                num_denoising=self.num_denoising,
+                label_noise_ratio=self.cfg.label_noise_ratio,
+                box_noise_scale=self.cfg.box_noise_scale,
+            )
+        sel = self.select_queries(memory, shapes)
+        content, ref_unact = sel["content"], sel["boxes_unact"]
+        if dn_boxes is not None:
+            ref_unact = torch.concat([dn_boxes, ref_unact], dim=1)
+            content = torch.concat([dn_content, content], dim=1)
+        out = self.run_layers(content, ref_unact, memory, shapes, attn_mask, all_layers=True)
+        logits, boxes = torch.stack(out["logits"]), torch.stack(out["boxes"])
+        corners = torch.stack(out["corners"])
+        refs = out["ref_initial"].unsqueeze(0).expand(len(out["boxes"]), -1, -1, -1)
+        pre_logits, pre_boxes = out["pre_logits"], out["pre_boxes"]
+
+        dn = None
+        if dn_meta is not None and dn_boxes is not None:
+            split = dn_meta["dn_num_split"]
+            dn = {
+                "logits": logits[:, :, : split[0]],
+                "boxes": boxes[:, :, : split[0]],
+                "corners": corners[:, :, : split[0]],
+                "refs": refs[:, :, : split[0]],
+                "pre_logits": pre_logits[:, : split[0]],
+                "pre_boxes": pre_boxes[:, : split[0]],
+            }
+            logits, boxes = logits[:, :, split[0] :], boxes[:, :, split[0] :]
+            corners, refs = corners[:, :, split[0] :], refs[:, :, split[0] :]
+            pre_logits, pre_boxes = pre_logits[:, split[0] :], pre_boxes[:, split[0] :]
+
+        result: dict[str, Any] = {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "pred_corners": corners[-1],
+            "ref_points": refs[-1],
+            "up": self.up,
+            "reg_scale": self.reg_scale,
+            "aux_outputs": _aux_list(logits[:-1], boxes[:-1], corners[:-1], refs[:-1], corners[-1], logits[-1]),
+            "enc_aux_outputs": [
+                {"pred_logits": sel["logits"], "pred_boxes": F.sigmoid(sel["boxes_unact_grad"])}
+            ],
+            "pre_outputs": {"pred_logits": pre_logits, "pred_boxes": pre_boxes},
+            "enc_meta": {"class_agnostic": False},
+        }
+        if dn is not None:
+            result["dn_outputs"] = _aux_list(
+                dn["logits"], dn["boxes"], dn["corners"], dn["refs"], dn["corners"][-1], dn["logits"][-1]
+            )
+            result["dn_pre_outputs"] = {"pred_logits": dn["pre_logits"], "pred_boxes": dn["pre_boxes"]}
+            result["dn_meta"] = dn_meta
+        return result
+
+
+def _aux_list(logits, boxes, corners, refs, teacher_corners, teacher_logits) -> list[dict]:
+    return [
+        {
+            "pred_logits": a,
+            "pred_boxes": b,
+            "pred_corners": c,
+            "ref_points": d,
+            "teacher_corners": teacher_corners,
+            "teacher_logits": teacher_logits,
+        }
+        for a, b, c, d in zip(logits, boxes, corners, refs)
+    ]
