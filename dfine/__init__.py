@@ -1,8 +1,21 @@
 """dfine: the D-FINE real-time object detector in PyTorch."""
 
+from dfine.checkpoint import CheckpointError, load_model, save_model
 from dfine.config import SIZES, ModelConfig, get_config
 from dfine.model import DFINE, build_model
 from dfine.nn.decoder import DecoderTrace
+from dfine.postprocess import postprocess
 
-__all__ = ["DFINE", "SIZES", "DecoderTrace", "ModelConfig", "build_model", "get_config"]
+__all__ = [
+    "DFINE",
+    "SIZES",
+    "CheckpointError",
+    "DecoderTrace",
+    "ModelConfig",
+    "build_model",
+    "get_config",
+    "load_model",
+    "postprocess",
+    "save_model",
+]
 __version__ = "0.1.0"

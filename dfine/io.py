@@ -91,9 +91,11 @@ def load_image(
     if isinstance(source, Image.Image):
         return _from_pil(source, "<PIL image>", max_pixels)
     if isinstance(source, (str, os.PathLike)):
-        return _from_path(Path(source), max_pixels)
+        return _from_path(Path(source).expanduser(), max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _from_bytes(bytes(source), "<bytes>", max_pixels)
+    if isinstance(source, io.TextIOBase):
+        raise TypeError("load_image needs a binary file object: open the file with mode 'rb'")
     if hasattr(source, "read"):
         return _from_file(source, max_pixels)
     raise TypeError(
@@ -152,13 +154,48 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int) -> np.ndarray:
         except Image.DecompressionBombError as e:
             raise _pillow_bomb_error(name, e, max_pixels) from e
         except UnidentifiedImageError as e:
-            raise ImageLoadError(
-                f"Cannot load image {name}: not an image, or a format Pillow cannot read"
-            ) from e
+            raise _unidentified_error(fp, name) from e
         except Exception as e:  # corrupt header: OSError, SyntaxError, struct.error, ...
-            raise ImageLoadError(f"Cannot load image {name}: corrupt image header ({e})") from e
+            kind = _sniff(fp) or "image"
+            raise ImageLoadError(
+                f"Cannot load image {name}: truncated or corrupt {kind} header ({e})"
+            ) from e
         with image:
             return _from_pil(image, name, max_pixels)
+
+
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _sniff(fp: IO[bytes]) -> str | None:
+    """Format named by the magic bytes at the start of ``fp``, or ``None``."""
+    try:
+        fp.seek(0)
+        head = fp.read(16)
+    except Exception:
+        return None
+    kind = next((k for sig, k in _SIGNATURES.items() if head.startswith(sig)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    return kind
+
+
+def _unidentified_error(fp: IO[bytes], name: str) -> ImageLoadError:
+    """Pillow recognised no format: a damaged image if the magic bytes say so, else not one."""
+    kind = _sniff(fp)
+    if kind is not None:
+        return ImageLoadError(
+            f"Cannot load image {name}: truncated or corrupt {kind} file (it starts like one, "
+            "but Pillow cannot read it)"
+        )
+    return ImageLoadError(f"Cannot load image {name}: not an image, or a format Pillow cannot read")
 
 
 def _from_pil(image: Image.Image, name: str, max_pixels: int) -> np.ndarray:
@@ -172,7 +209,8 @@ def _from_pil(image: Image.Image, name: str, max_pixels: int) -> np.ndarray:
             raise _pillow_bomb_error(name, e, max_pixels) from e
         except Exception as e:  # OSError "image file is truncated", decoder errors, ...
             raise ImageLoadError(
-                f"Cannot load image {name}: truncated or corrupt image data ({e})"
+                f"Cannot load image {name}: truncated or corrupt {image.format or 'image'} data "
+                f"({e})"
             ) from e
     # a malformed EXIF block must not make a readable image unreadable
     with contextlib.suppress(Exception):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dfine.config import ModelConfig, get_config
+from dfine.nn.common import fuse_conv_bn
 from dfine.nn.backbone import ConvBNAct, HGNetv2
 from dfine.nn.decoder import DecoderTrace, DFINEDecoder, TransformerDecoderLayer
 from dfine.nn.encoder import ConvNorm, HybridEncoder, TransformerEncoderLayer, VGGBlock
@@ -74,9 +75,12 @@ class DFINE(nn.Module):
         into single 3x3 convs, fused attention kernels. Outputs equal eval mode up to float
         rounding (~1e-6); the state dict no longer has the reference layout afterwards."""
         self.eval()
-        for m in self.modules():
+        for m in list(self.modules()):
             if isinstance(m, (ConvBNAct, ConvNorm, VGGBlock)):
                 m.fuse()
+            elif isinstance(m, nn.Sequential) and isinstance(getattr(m, "norm", None), nn.BatchNorm2d):
+                m.conv = fuse_conv_bn(m.conv, m.norm)  # input projections
+                m.norm = nn.Identity()
             if isinstance(m, (TransformerEncoderLayer, TransformerDecoderLayer)):
                 m.exact_attention = False
         self.deployed = True

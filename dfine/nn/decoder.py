@@ -15,6 +15,7 @@ The module names and parameter layout are those of the reference ``DFINETransfor
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any
@@ -135,8 +136,10 @@ class TransformerDecoder(nn.Module):
         self.up = up
         self.reg_scale = reg_scale
         self.reg_max = reg_max
-        self.layers = nn.ModuleList(layer_factory() for _ in range(num_layers))
-        self.lqe_layers = nn.ModuleList(LQE(4, 64, 2, reg_max) for _ in range(num_layers))
+        # like the reference, every layer (and every LQE) starts as a copy of one instance
+        layer, lqe = layer_factory(), LQE(4, 64, 2, reg_max)
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.lqe_layers = nn.ModuleList(copy.deepcopy(lqe) for _ in range(num_layers))
 
 
 @dataclass
@@ -399,6 +402,11 @@ class DFINEDecoder(nn.Module):
         ``indices [B, Q]``, and the differentiable ``logits [B, Q, classes]`` and
         ``boxes_unact_grad [B, Q, 4]`` for the encoder auxiliary loss.
         """
+        if memory.shape[1] < self.num_queries:
+            raise ValueError(
+                f"the input is too small: its feature maps {spatial_shapes} have {memory.shape[1]} "
+                f"positions for {self.num_queries} queries; use a larger input size"
+            )
         anchors, valid = self.anchors_for(spatial_shapes, memory.device)
         memory = valid.to(memory.dtype) * memory
         out_memory = self.enc_output(memory)

@@ -6,6 +6,7 @@ CCFF is a top-down FPN followed by a bottom-up PAN whose fusion blocks are RepNC
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
@@ -167,9 +168,8 @@ class TransformerEncoder(nn.Module):
         self, d_model: int, nhead: int, dim_ff: int, dropout: float, act: str, num_layers: int
     ) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            TransformerEncoderLayer(d_model, nhead, dim_ff, dropout, act) for _ in range(num_layers)
-        )
+        layer = TransformerEncoderLayer(d_model, nhead, dim_ff, dropout, act)
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
     def forward(self, src: torch.Tensor, pos_embed: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self.layers:

@@ -1,0 +1,43 @@
+"""Turn raw model outputs into per-image detections (the reference's DFINEPostProcessor)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import box_convert
+
+from dfine.coco import remap_labels_to_coco
+
+
+def postprocess(
+    outputs: dict[str, torch.Tensor],
+    orig_sizes: torch.Tensor,
+    num_top: int = 300,
+    remap_coco_category: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """Top-``num_top`` (query, class) pairs by sigmoid score, boxes in original pixels.
+
+    Args:
+        outputs: ``pred_logits [B, Q, C]`` and ``pred_boxes [B, Q, 4]`` (cx, cy, w, h in [0, 1]).
+        orig_sizes: ``[B, 2]`` original image sizes as **(width, height)**, as the reference.
+        num_top: detections kept per image (at most Q * C).
+        remap_coco_category: return COCO category ids (1..90) instead of 0..79.
+
+    Returns:
+        One dict per image: ``labels [K]`` int64, ``boxes [K, 4]`` xyxy pixels,
+        ``scores [K]`` descending.
+    """
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    num_classes = logits.shape[-1]
+    num_top = min(num_top, logits.shape[1] * num_classes)
+    xyxy = box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
+    xyxy = xyxy * orig_sizes.to(xyxy.device).repeat(1, 2).unsqueeze(1)
+    scores, index = torch.topk(F.sigmoid(logits).flatten(1), num_top, dim=-1)
+    labels = index % num_classes
+    query = index // num_classes
+    picked = xyxy.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
+    if remap_coco_category:
+        labels = remap_labels_to_coco(labels)
+    return [
+        {"labels": lab, "boxes": box, "scores": sco} for lab, box, sco in zip(labels, picked, scores)
+    ]

@@ -1,0 +1,60 @@
+"""Shared fixtures. Reference fixtures for the N model live in tests/fixtures (copied from
+../shared/reference by scripts/make_test_fixtures.py); S tests read ../shared/reference when it
+exists and skip otherwise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+torch.set_num_threads(2)
+
+
+def reference_file(name: str) -> Path:
+    """A reference fixture: tests/fixtures first, then ../shared/reference, else skip."""
+    for base in (FIXTURES, SHARED_REFERENCE):
+        if (base / name).exists():
+            return base / name
+    pytest.skip(f"reference fixture {name} not available (looked in {FIXTURES} and {SHARED_REFERENCE})")
+
+
+def load_tensors(name: str):
+    return torch.load(reference_file(name), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def inputs():
+    return load_tensors("inputs.pt")
+
+
+@pytest.fixture(scope="session")
+def manifest():
+    return json.loads(reference_file("manifest.json").read_text())
+
+
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def reference_model(name: str):
+    """Eval-mode model loaded from the reference checkpoint ``dfine_{name}_random_official.pth``."""
+    import dfine
+
+    if name not in _MODELS:
+        _MODELS[name] = dfine.load_model(reference_file(f"dfine_{name}_random_official.pth"))
+    return _MODELS[name]
+
+
+@pytest.fixture(scope="session")
+def model_n():
+    return reference_model("n")
+
+
+@pytest.fixture(scope="session")
+def model_n_perturbed():
+    return reference_model("n_perturbed")
