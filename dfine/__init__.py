@@ -2,15 +2,19 @@
 
 from dfine.checkpoint import CheckpointError, load_model, save_model
 from dfine.config import SIZES, ModelConfig, get_config
+from dfine.detections import Detections
 from dfine.model import DFINE, build_model
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import postprocess
+from dfine.predict import Detector
 
 __all__ = [
     "DFINE",
     "SIZES",
     "CheckpointError",
     "DecoderTrace",
+    "Detections",
+    "Detector",
     "ModelConfig",
     "build_model",
     "get_config",

@@ -132,7 +132,9 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> ModelConfig:
     elif stem == 32:
         size = "l" if stem_out == 48 else "x"
     else:
-        raise CheckpointError(f"unrecognised HGNetv2 stem width {stem}; not an official D-FINE size")
+        raise CheckpointError(
+            f"unrecognised HGNetv2 stem width {stem}; not an official D-FINE size"
+        )
     cfg = get_config(size, num_classes)
     if hidden != cfg.encoder.hidden_dim:
         raise CheckpointError(
@@ -155,7 +157,9 @@ def _describe_mismatch(model: DFINE, sd: Mapping[str, torch.Tensor], limit: int 
     shaped = [
         f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own
-        if k in sd and sd[k].shape != own[k].shape and k not in ("decoder.anchors", "decoder.valid_mask")
+        if k in sd
+        and sd[k].shape != own[k].shape
+        and k not in ("decoder.anchors", "decoder.valid_mask")
     ]
     parts = []
     for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shaped)):
@@ -174,11 +178,30 @@ def load_state_dict_strict(model: DFINE, sd: Mapping[str, torch.Tensor], source:
             setattr(model.decoder, name, torch.empty_like(sd[key]))
     problem = _describe_mismatch(model, sd)
     if problem:
-        raise CheckpointError(f"{source} does not fit a D-FINE-{model.config.size.upper()}: {problem}")
+        raise CheckpointError(
+            f"{source} does not fit a D-FINE-{model.config.size.upper()}: {problem}"
+        )
     model.load_state_dict(sd, strict=True)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and k != "decoder.anchors" and not torch.isfinite(v).all()]
+    bad = [
+        k
+        for k, v in sd.items()
+        if v.is_floating_point() and k != "decoder.anchors" and not torch.isfinite(v).all()
+    ]
     if bad:
         raise CheckpointError(f"{source} has non-finite (NaN/inf) weights in: {', '.join(bad[:5])}")
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...] | None:
+    """COCO names for 80 classes, Objects365 names for the reference's 366-logit heads."""
+    if num_classes == 80:
+        from dfine.coco import COCO_CLASSES
+
+        return COCO_CLASSES
+    if num_classes == 366:
+        from dfine.obj365 import OBJ365_LABEL_NAMES
+
+        return OBJ365_LABEL_NAMES
+    return None
 
 
 def load_model(
@@ -214,10 +237,8 @@ def load_model(
         raise CheckpointError(
             f"{path}: metadata lists {len(names)} class names for {cfg.num_classes} classes"
         )
-    if names is None and cfg.num_classes == 80:
-        from dfine.coco import COCO_CLASSES
-
-        names = COCO_CLASSES
+    if names is None:
+        names = default_class_names(cfg.num_classes)
     model = DFINE(cfg, class_names=tuple(names) if names else None)
     load_state_dict_strict(model, sd, str(path))
     model.metadata = meta
@@ -247,10 +268,15 @@ def save_model(
             "input_size": list(model.config.eval_size),
             **(metadata or {}),
         }
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in sd.items() if k not in ALIASES}
+        tensors = {
+            k: v.detach().cpu().contiguous().clone() for k, v in sd.items() if k not in ALIASES
+        }
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta), "format": "pt"})
     else:
-        ckpt = {"date": _dt.datetime.now().isoformat(), "model": {k: v.detach().cpu() for k, v in sd.items()}}
+        ckpt = {
+            "date": _dt.datetime.now().isoformat(),
+            "model": {k: v.detach().cpu() for k, v in sd.items()},
+        }
         torch.save(ckpt, tmp)
     os.replace(tmp, path)
     return path

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from dfine.config import ModelConfig, get_config
-from dfine.nn.common import fuse_conv_bn
 from dfine.nn.backbone import ConvBNAct, HGNetv2
+from dfine.nn.common import fuse_conv_bn
 from dfine.nn.decoder import DecoderTrace, DFINEDecoder, TransformerDecoderLayer
 from dfine.nn.encoder import ConvNorm, HybridEncoder, TransformerEncoderLayer, VGGBlock
 
@@ -52,8 +52,12 @@ class DFINE(nn.Module):
         self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None
     ) -> dict[str, Any]:
         self.check_input(images)
-        feats = self.encoder(self.backbone(images))
+        feats = self.encoder(self.backbone(self._layout(images)))
         return self.decoder(feats, targets)
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        # deployed models keep their weights channels-last (oneDNN's fast path on CPU)
+        return images.contiguous(memory_format=torch.channels_last) if self.deployed else images
 
     @torch.inference_mode()
     def trace(self, images: torch.Tensor) -> DecoderTrace:
@@ -65,24 +69,28 @@ class DFINE(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            feats = self.encoder(self.backbone(images))
+            feats = self.encoder(self.backbone(self._layout(images)))
             return self.decoder.trace(feats, (images.shape[-2], images.shape[-1]))
         finally:
             self.train(was_training)
 
     def deploy(self) -> DFINE:
         """Inference-only speed-ups, in place: conv+BN folding everywhere, RepVGG blocks merged
-        into single 3x3 convs, fused attention kernels. Outputs equal eval mode up to float
-        rounding (~1e-6); the state dict no longer has the reference layout afterwards."""
+        into single 3x3 convs, ReLU + learnable affine folded into one clamp, fused attention
+        kernels, channels-last weights. Outputs equal eval mode up to float rounding (~1e-6);
+        the state dict no longer has the reference layout afterwards."""
         self.eval()
         for m in list(self.modules()):
             if isinstance(m, (ConvBNAct, ConvNorm, VGGBlock)):
                 m.fuse()
-            elif isinstance(m, nn.Sequential) and isinstance(getattr(m, "norm", None), nn.BatchNorm2d):
+            elif isinstance(m, nn.Sequential) and isinstance(
+                getattr(m, "norm", None), nn.BatchNorm2d
+            ):
                 m.conv = fuse_conv_bn(m.conv, m.norm)  # input projections
                 m.norm = nn.Identity()
             if isinstance(m, (TransformerEncoderLayer, TransformerDecoderLayer)):
                 m.exact_attention = False
+        self.to(memory_format=torch.channels_last)
         self.deployed = True
         return self
 
@@ -96,4 +104,3 @@ def build_model(size: str = "n", num_classes: int = 80, class_names=None) -> DFI
     """A randomly initialised D-FINE of ``size`` (``n s m l x``), in train mode."""
     model = DFINE(get_config(size, num_classes), class_names=class_names)
     return model.train()
-

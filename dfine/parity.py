@@ -53,7 +53,9 @@ class ParityReport:
         )
 
 
-def _pair_by_index(a_idx: np.ndarray, b_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def _pair_by_index(
+    a_idx: np.ndarray, b_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     pos_b = {int(p): j for j, p in enumerate(b_idx)}
     ia, ib, lonely = [], [], []
     for i, p in enumerate(a_idx):
@@ -67,12 +69,16 @@ def _pair_by_index(a_idx: np.ndarray, b_idx: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _pair_by_assignment(
-    a_logits: torch.Tensor, a_boxes: torch.Tensor, b_logits: torch.Tensor, b_boxes: torch.Tensor,
+    a_logits: torch.Tensor,
+    a_boxes: torch.Tensor,
+    b_logits: torch.Tensor,
+    b_boxes: torch.Tensor,
     gate: float,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    cost = torch.cdist(a_boxes.double(), b_boxes.double(), p=1) + torch.cdist(
-        a_logits.double(), b_logits.double(), p=1
-    ) / a_logits.shape[-1]
+    cost = (
+        torch.cdist(a_boxes.double(), b_boxes.double(), p=1)
+        + torch.cdist(a_logits.double(), b_logits.double(), p=1) / a_logits.shape[-1]
+    )
     rows, cols = linear_sum_assignment(cost.numpy())
     good = cost.numpy()[rows, cols] <= gate
     lonely = sorted(set(range(a_boxes.shape[0])) - set(rows[good].tolist()))
@@ -107,7 +113,9 @@ def compare_outputs(
         if a_index is not None and b_index is not None:
             ia, ib, lonely = _pair_by_index(a_index[n].cpu().numpy(), b_index[n].cpu().numpy())
         else:
-            ia, ib, lonely = _pair_by_assignment(a_logits[n], a_boxes[n], b_logits[n], b_boxes[n], gate)
+            ia, ib, lonely = _pair_by_assignment(
+                a_logits[n], a_boxes[n], b_logits[n], b_boxes[n], gate
+            )
         unpaired.append(lonely)
         if len(ia):
             max_logit = max(max_logit, (a_logits[n, ia] - b_logits[n, ib]).abs().max().item())

@@ -25,7 +25,7 @@ def postprocess(
 
     Returns:
         One dict per image: ``labels [K]`` int64, ``boxes [K, 4]`` xyxy pixels,
-        ``scores [K]`` descending.
+        ``scores [K]`` descending, and ``queries [K]``, the decoder query of each detection.
     """
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     num_classes = logits.shape[-1]
@@ -39,5 +39,6 @@ def postprocess(
     if remap_coco_category:
         labels = remap_labels_to_coco(labels)
     return [
-        {"labels": lab, "boxes": box, "scores": sco} for lab, box, sco in zip(labels, picked, scores)
+        {"labels": lab, "boxes": box, "scores": sco, "queries": q}
+        for lab, box, sco, q in zip(labels, picked, scores, query)
     ]

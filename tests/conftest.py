@@ -21,7 +21,9 @@ def reference_file(name: str) -> Path:
     for base in (FIXTURES, SHARED_REFERENCE):
         if (base / name).exists():
             return base / name
-    pytest.skip(f"reference fixture {name} not available (looked in {FIXTURES} and {SHARED_REFERENCE})")
+    pytest.skip(
+        f"reference fixture {name} not available (looked in {FIXTURES} and {SHARED_REFERENCE})"
+    )
 
 
 def load_tensors(name: str):

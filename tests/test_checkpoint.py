@@ -26,7 +26,10 @@ def test_load_reference_checkpoint_infers_size_and_prefers_ema(tmp_path):
     loaded = dfine.load_model(tmp_path / "both.pth")
     assert torch.equal(loaded.decoder.enc_score_head.bias, other["decoder.enc_score_head.bias"])
     torch.save({"model": sd}, tmp_path / "model_only.pth")
-    assert torch.equal(dfine.load_model(tmp_path / "model_only.pth").decoder.enc_score_head.bias, sd["decoder.enc_score_head.bias"])
+    assert torch.equal(
+        dfine.load_model(tmp_path / "model_only.pth").decoder.enc_score_head.bias,
+        sd["decoder.enc_score_head.bias"],
+    )
 
 
 @pytest.mark.parametrize("size", ["n", "s", "m", "l", "x"])

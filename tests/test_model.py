@@ -29,7 +29,9 @@ def test_any_input_size(model_n_perturbed, inputs, hw):
     assert torch.isfinite(out["pred_logits"]).all() and torch.isfinite(out["pred_boxes"]).all()
     assert int(trace.enc_topk_indices.max()) < s
     # anchors for this size, computed and cached; the stored 640 buffer is untouched
-    anchors, valid = model_n_perturbed.decoder.anchors_for(trace.spatial_shapes, torch.device("cpu"))
+    anchors, valid = model_n_perturbed.decoder.anchors_for(
+        trace.spatial_shapes, torch.device("cpu")
+    )
     assert anchors.shape == (1, s, 4) and valid.shape == (1, s, 1)
     assert model_n_perturbed.decoder.anchors.shape == (1, 2000, 4)
 
@@ -92,8 +94,12 @@ def test_deploy_matches_eval(model_n_perturbed, inputs):
         b = deployed(x)
     ta, tb = model_n_perturbed.trace(x), deployed.trace(x)
     report = compare_outputs(
-        a["pred_logits"], a["pred_boxes"], b["pred_logits"], b["pred_boxes"],
-        ta.enc_topk_indices, tb.enc_topk_indices,
+        a["pred_logits"],
+        a["pred_boxes"],
+        b["pred_logits"],
+        b["pred_boxes"],
+        ta.enc_topk_indices,
+        tb.enc_topk_indices,
     )
     assert report.ok(logit_tol=1e-3, box_tol=1e-4, max_swaps=3), report.summary()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
@@ -106,7 +112,10 @@ def test_train_mode_outputs_layout():
     model = dfine.build_model("n", num_classes=5)
     x = torch.rand(2, 3, 256, 256)
     targets = [
-        {"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.3, 0.1, 0.1]])},
+        {
+            "labels": torch.tensor([1, 3]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.3, 0.1, 0.1]]),
+        },
         {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.6, 0.4, 0.3, 0.3]])},
     ]
     out = model(x, targets)
@@ -117,7 +126,11 @@ def test_train_mode_outputs_layout():
     meta = out["dn_meta"]
     num_dn = meta["dn_num_split"][0]
     assert meta["dn_num_group"] == 50 and num_dn == 2 * 2 * 50
-    assert len(out["dn_outputs"]) == 3 and out["dn_outputs"][0]["pred_boxes"].shape == (2, num_dn, 4)
+    assert len(out["dn_outputs"]) == 3 and out["dn_outputs"][0]["pred_boxes"].shape == (
+        2,
+        num_dn,
+        4,
+    )
     assert out["pre_outputs"]["pred_boxes"].shape == (2, q, 4)
     enc = out["enc_aux_outputs"][0]
     loss = out["pred_logits"].sum() + out["pred_boxes"].sum() + enc["pred_logits"].sum()

@@ -31,7 +31,9 @@ def _trace(name, inputs, cache={}):  # noqa: B006 (module-level memo on purpose)
 def _check_boundary_swaps(report, trace, ref):
     enc_scores = trace.enc_topk_logits.max(-1).values
     for img, lonely in enumerate(report.unpaired_a):
-        assert len(lonely) <= MAX_SWAPS, f"image {img}: {len(lonely)} queries not in the reference set"
+        assert len(lonely) <= MAX_SWAPS, (
+            f"image {img}: {len(lonely)} queries not in the reference set"
+        )
         for q in lonely:
             gap = abs(enc_scores[img, q].item() - ref["enc_next_score"][img].item())
             assert gap <= 1e-3, f"image {img} query {q} swapped although not at the boundary"

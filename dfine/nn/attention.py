@@ -84,7 +84,9 @@ class MSDeformableAttention(nn.Module):
 
     def _reset_parameters(self) -> None:
         nn.init.constant_(self.sampling_offsets.weight, 0)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (
+            2.0 * math.pi / self.num_heads
+        )
         grid = torch.stack([thetas.cos(), thetas.sin()], -1)
         grid = grid / grid.abs().max(-1, keepdim=True).values
         grid = grid.reshape(self.num_heads, 1, 2).tile([1, sum(self.num_points_list), 1])
@@ -119,4 +121,6 @@ class MSDeformableAttention(nn.Module):
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
         locations, weights = self.sampling(query, reference_boxes)
-        return deformable_attention(values, spatial_shapes, locations, weights, self.num_points_list)
+        return deformable_attention(
+            values, spatial_shapes, locations, weights, self.num_points_list
+        )

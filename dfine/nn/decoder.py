@@ -130,7 +130,12 @@ class TransformerDecoder(nn.Module):
     aliases of ``up`` / ``reg_scale``, exactly as the reference state dict has them."""
 
     def __init__(
-        self, layer_factory, num_layers: int, reg_max: int, up: nn.Parameter, reg_scale: nn.Parameter
+        self,
+        layer_factory,
+        num_layers: int,
+        reg_max: int,
+        up: nn.Parameter,
+        reg_scale: nn.Parameter,
     ) -> None:
         super().__init__()
         self.up = up
@@ -564,7 +569,9 @@ class DFINEDecoder(nn.Module):
             "ref_points": refs[-1],
             "up": self.up,
             "reg_scale": self.reg_scale,
-            "aux_outputs": _aux_list(logits[:-1], boxes[:-1], corners[:-1], refs[:-1], corners[-1], logits[-1]),
+            "aux_outputs": _aux_list(
+                logits[:-1], boxes[:-1], corners[:-1], refs[:-1], corners[-1], logits[-1]
+            ),
             "enc_aux_outputs": [
                 {"pred_logits": sel["logits"], "pred_boxes": F.sigmoid(sel["boxes_unact_grad"])}
             ],
@@ -573,9 +580,17 @@ class DFINEDecoder(nn.Module):
         }
         if dn is not None:
             result["dn_outputs"] = _aux_list(
-                dn["logits"], dn["boxes"], dn["corners"], dn["refs"], dn["corners"][-1], dn["logits"][-1]
+                dn["logits"],
+                dn["boxes"],
+                dn["corners"],
+                dn["refs"],
+                dn["corners"][-1],
+                dn["logits"][-1],
             )
-            result["dn_pre_outputs"] = {"pred_logits": dn["pre_logits"], "pred_boxes": dn["pre_boxes"]}
+            result["dn_pre_outputs"] = {
+                "pred_logits": dn["pre_logits"],
+                "pred_boxes": dn["pre_boxes"],
+            }
             result["dn_meta"] = dn_meta
         return result
 

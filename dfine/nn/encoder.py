@@ -268,7 +268,7 @@ class HybridEncoder(nn.Module):
 
         # AIFI: self-attention over the flattened top-level map(s)
         for enc, idx in zip(self.encoder, self.cfg.use_encoder_idx):
-            b, c, h, w = proj[idx].shape
+            _b, c, h, w = proj[idx].shape
             src = proj[idx].flatten(2).permute(0, 2, 1)
             pos = self.position_embedding(w, h, src.device).to(src.dtype)
             memory = enc(src, pos_embed=pos)

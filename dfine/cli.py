@@ -1,0 +1,224 @@
+"""The ``dfine`` command line. ``dfine --help`` and ``dfine COMMAND --help`` describe everything."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+EPILOG_PREDICT = """examples:
+  dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
+  dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
+outputs, for each image: OUT/<name>.jpg (boxes drawn) and OUT/<name>.json (boxes in
+original pixels, xyxy, with scores, class ids and names, and the speed breakdown)."""
+
+
+def _expand_images(items: Sequence[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            paths.append(p)
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dfine.io import ImageLoadError
+    from dfine.predict import Detector
+
+    images = _expand_images(args.images)
+    if not images:
+        print("error: no images found in " + " ".join(args.images), file=sys.stderr)
+        return 2
+    detector = Detector(
+        args.weights,
+        threshold=args.threshold,
+        size=args.size,
+        device=args.device,
+        deploy=not args.exact,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    names_seen: dict[str, int] = {}
+    bar = tqdm(images, desc="predict", unit="img", disable=args.quiet or len(images) < 2)
+    for path in bar:
+        try:
+            dets = detector(path)
+        except (ImageLoadError, FileNotFoundError) as e:
+            failures += 1
+            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        stem = path.stem
+        if stem in names_seen:  # two inputs with the same name from different folders
+            names_seen[stem] += 1
+            stem = f"{stem}_{names_seen[stem]}"
+        else:
+            names_seen[stem] = 0
+        dets.plot().save(out / f"{stem}.jpg", quality=92)
+        record = dets.to_dict()
+        record["source"] = str(path)
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+        if not args.quiet:
+            tqdm.write(f"{path}: {dets.summary()}")
+    done = len(images) - failures
+    if not args.quiet:
+        print(f"wrote {done} annotated image(s) and JSON file(s) to {out}")
+    return 1 if failures else 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
+    from dfine.model import DFINE
+
+    path = Path(args.checkpoint)
+    if not path.exists():
+        from dfine import zoo
+
+        if not zoo.is_zoo_name(args.checkpoint):
+            print(f"error: checkpoint not found: {path}", file=sys.stderr)
+            return 2
+        path = zoo.download(args.checkpoint)
+    sd, meta = read_checkpoint(path)
+    cfg = infer_config(sd)
+    model = DFINE(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    names = meta.get("class_names") or default_class_names(cfg.num_classes)
+    names = list(names) if names else None
+    info = {
+        "file": str(path),
+        "format": "safetensors" if path.suffix == ".safetensors" else "pytorch (reference layout)",
+        "size": cfg.size,
+        "architecture": f"D-FINE-{cfg.size.upper()} (HGNetv2-{cfg.backbone.name}, "
+        f"{cfg.decoder.num_layers} decoder layers, hidden {cfg.decoder.hidden_dim})",
+        "num_classes": cfg.num_classes,
+        "class_names": names,
+        "parameters": params,
+        "input_size": list(meta.get("input_size") or cfg.eval_size),
+        "reg_max": cfg.decoder.reg_max,
+        "reg_scale": float(sd["decoder.reg_scale"].reshape(-1)[0]),
+        "metadata": {k: v for k, v in meta.items() if k not in ("class_names",)},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    shown = (
+        ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        if names
+        else "(no names stored)"
+    )
+    print(f"file:          {info['file']} [{info['format']}]")
+    print(f"model:         {info['architecture']}")
+    print(f"parameters:    {params:,} ({params / 1e6:.2f} M)")
+    print(f"classes:       {cfg.num_classes}: {shown}")
+    print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
+    print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
+    for k, v in info["metadata"].items():
+        print(f"{k + ':':<15}{v}")
+    return 0
+
+
+def _size_arg(text: str) -> int | tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        vals = [int(p) for p in parts if p]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"size must be N or H,W (e.g. 640 or 480,640), got {text!r}"
+        ) from e
+    if len(vals) == 1:
+        return vals[0]
+    if len(vals) == 2:
+        return (vals[0], vals[1])
+    raise argparse.ArgumentTypeError(f"size must be N or H,W, got {text!r}")
+
+
+def _threshold_arg(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfine",
+        description="D-FINE object detector: predict, inspect checkpoints (see each command's --help).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "predict",
+        help="detect objects in images; write annotated images and JSON",
+        description="Detect objects in images and write an annotated image and a JSON file per image.",
+        epilog=EPILOG_PREDICT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument(
+        "--weights",
+        "-w",
+        required=True,
+        help="checkpoint (.pth reference layout or .safetensors) or a model-zoo name",
+    )
+    p.add_argument(
+        "--threshold",
+        "-t",
+        type=_threshold_arg,
+        default=0.5,
+        help="minimum score to keep a detection (default 0.5)",
+    )
+    p.add_argument(
+        "--size",
+        type=_size_arg,
+        default=None,
+        help="network input size: N or H,W, multiples of 32 (default: the model's, 640)",
+    )
+    p.add_argument(
+        "--out", "-o", default="runs/predict", help="output folder (default runs/predict)"
+    )
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="skip conv+BN fusion: the reference's exact arithmetic (slower)",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "inspect",
+        help="show a checkpoint's model size, classes, parameter count and input size",
+        description="Show what a checkpoint holds without running it.",
+    )
+    p.add_argument("checkpoint", help="checkpoint file or model-zoo name")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from dfine.checkpoint import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""The official D-FINE checkpoints by name, and a cached, resumable download of them.
+
+>>> from dfine import zoo
+>>> zoo.get("dfine-l-coco").ap
+54.0
+>>> path = zoo.download("dfine_n_coco")  # doctest: +SKIP
+
+Names are ``dfine_{size}_{dataset}`` with size ``n s m l x`` and dataset ``coco`` (trained on
+COCO), ``obj2coco`` (Objects365 pre-training, COCO fine-tuning) or ``obj365`` (Objects365
+only), plus ``dfine_l_obj365_e25``. Lookups ignore case and accept ``-`` for ``_``, a
+``.pth`` suffix and the size words ``nano small medium large xlarge``.
+
+Files land in :func:`cache_dir` (``$DFINE_HOME``, else the user cache folder). A download
+goes to ``<file>.part`` first and is renamed into place only once it is complete and
+verified, so a half-written checkpoint never carries the final name; an interrupted one is
+resumed with an HTTP ``Range`` request on the next call. ``base_url=`` or ``$DFINE_ZOO_URL``
+points the downloads at a mirror. Without a network the error says where to put the file
+by hand. Everything here uses the standard library (and tqdm for the progress bar).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import http.client
+import os
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "MODELS",
+    "ZooDownloadError",
+    "ZooEntry",
+    "cache_dir",
+    "class_names",
+    "download",
+    "get",
+    "is_zoo_name",
+    "names",
+]
+
+DEFAULT_BASE_URL = "https://github.com/Peterande/storage/releases/download/dfinev1.0"
+"""Where the reference README links every official checkpoint."""
+
+HOME_ENV = "DFINE_HOME"
+URL_ENV = "DFINE_ZOO_URL"
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One official checkpoint.
+
+    ``num_classes`` is the width of the classification head in the file: 80 for ``coco`` and
+    ``obj2coco``; 366 for ``obj365``, whose heads are indexed by the raw Objects365 category
+    id 1..365 (logit 0 unused, see :mod:`dfine.obj365`). ``ap`` is COCO val2017 AP for
+    ``coco``/``obj2coco`` and, for ``obj365``, AP on the first 5000 Objects365 val images
+    (the README's AP^5000, the one figure it gives for every Objects365 model). ``params_m``
+    is the README's parameter count in millions. ``hf_repo`` names the Hugging Face copy in
+    the transformers layout, for information only: nothing here downloads from the hub.
+    ``sha256`` is checked after a download when known.
+    """
+
+    name: str
+    size: str
+    dataset: str
+    url: str
+    filename: str
+    num_classes: int
+    ap: float
+    params_m: float
+    hf_repo: str | None
+    sha256: str | None = None
+
+
+class ZooDownloadError(RuntimeError):
+    """A checkpoint could not be downloaded; the message says where to put it by hand."""
+
+
+_SIZE_WORDS = {"nano": "n", "small": "s", "medium": "m", "large": "l", "xlarge": "x"}
+_HF_SIZE = {v: k for k, v in _SIZE_WORDS.items()}
+_PARAMS_M = {"n": 4.0, "s": 10.0, "m": 19.0, "l": 31.0, "x": 62.0}
+_NUM_CLASSES = {"coco": 80, "obj2coco": 80, "obj365": 366}
+
+# (size, dataset, AP, file stem, Hugging Face repo id or None). AP and files from the
+# reference README (Peterande/D-FINE @ 4a1f73a, "Model Zoo"). Objects365 full-val APs, for
+# reference: S 31.0, M 38.6, L (E25) 44.7, X 49.5 (none given for the first L run).
+# The hub ids are those of transformers' conversion script and the ustc-community org page;
+# its dfine-large-obj365 was converted from dfine_l_obj365.pth (the first L run), so the E25
+# file has no hub copy.
+_TABLE: tuple[tuple[str, str, float, str, str | None], ...] = (
+    ("n", "coco", 42.8, "dfine_n_coco", "dfine-nano-coco"),
+    ("s", "coco", 48.5, "dfine_s_coco", "dfine-small-coco"),
+    ("m", "coco", 52.3, "dfine_m_coco", "dfine-medium-coco"),
+    ("l", "coco", 54.0, "dfine_l_coco", "dfine-large-coco"),
+    ("x", "coco", 55.8, "dfine_x_coco", "dfine-xlarge-coco"),
+    ("s", "obj2coco", 50.7, "dfine_s_obj2coco", "dfine-small-obj2coco"),
+    ("m", "obj2coco", 55.1, "dfine_m_obj2coco", "dfine-medium-obj2coco"),
+    ("l", "obj2coco", 57.3, "dfine_l_obj2coco_e25", "dfine-large-obj2coco-e25"),
+    ("x", "obj2coco", 59.3, "dfine_x_obj2coco", "dfine-xlarge-obj2coco"),
+    ("s", "obj365", 30.5, "dfine_s_obj365", "dfine-small-obj365"),
+    ("m", "obj365", 37.4, "dfine_m_obj365", "dfine-medium-obj365"),
+    ("l", "obj365", 40.6, "dfine_l_obj365", "dfine-large-obj365"),
+    ("l", "obj365", 42.6, "dfine_l_obj365_e25", None),
+    ("x", "obj365", 46.5, "dfine_x_obj365", "dfine-xlarge-obj365"),
+)
+
+
+def _entry(size: str, dataset: str, ap: float, stem: str, hf: str | None) -> ZooEntry:
+    name = stem if stem.endswith("obj365_e25") else f"dfine_{size}_{dataset}"
+    return ZooEntry(
+        name=name,
+        size=size,
+        dataset=dataset,
+        url=f"{DEFAULT_BASE_URL}/{stem}.pth",
+        filename=f"{stem}.pth",
+        num_classes=_NUM_CLASSES[dataset],
+        ap=ap,
+        params_m=_PARAMS_M[size],
+        hf_repo=f"ustc-community/{hf}" if hf else None,
+    )
+
+
+MODELS: dict[str, ZooEntry] = {e.name: e for e in (_entry(*row) for row in _TABLE)}
+"""Every official checkpoint, by canonical name (``dfine_l_coco``, ``dfine_l_obj365_e25``)."""
+
+
+# ---------------------------------------------------------------------------- names
+_NAME_RE = re.compile(
+    r"d_?fine_(?P<size>n|s|m|l|x|nano|small|medium|large|xlarge)"
+    r"_(?P<dataset>coco|obj2coco|obj365)(?P<e25>_e25)?"
+)
+
+
+def names() -> list[str]:
+    """Canonical names of all official checkpoints, COCO first, in table order."""
+    return list(MODELS)
+
+
+def _normalize(name: str) -> str:
+    """``'D-FINE-Large-COCO.pth'`` -> ``'d_fine_large_coco'`` (not yet canonical)."""
+    s = name.strip().lower().replace("-", "_").replace(" ", "_")
+    return s.removesuffix(".pth")
+
+
+def _canonical(name: str) -> str | None:
+    """The key of ``MODELS`` that ``name`` spells, or None."""
+    m = _NAME_RE.fullmatch(_normalize(name))
+    if m is None:
+        return None
+    size = _SIZE_WORDS.get(m["size"], m["size"])
+    key = f"dfine_{size}_{m['dataset']}"
+    if m["e25"]:
+        # the L obj2coco file is the E25 run; obj365 has both runs under two names
+        key = {"dfine_l_obj2coco": key, "dfine_l_obj365": f"{key}_e25"}.get(key, "")
+    return key if key in MODELS else None
+
+
+def is_zoo_name(name: str) -> bool:
+    """Whether ``name`` names an official checkpoint (``dfine_l_coco``, ``dfine-L-coco``...)."""
+    return _canonical(name) is not None
+
+
+def get(name: str) -> ZooEntry:
+    """The entry of an official checkpoint; a ValueError naming close matches otherwise."""
+    key = _canonical(name)
+    if key is not None:
+        return MODELS[key]
+    close = difflib.get_close_matches(_normalize(name).replace("d_fine", "dfine"), names(), 3, 0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model-zoo name {name!r}.{hint} Known: {', '.join(names())}")
+
+
+def class_names(name: str) -> tuple[str, ...]:
+    """Name of every logit of the checkpoint ``name`` (80 COCO or 366 Objects365 entries)."""
+    entry = get(name)
+    if entry.dataset == "obj365":
+        from dfine.obj365 import OBJ365_LABEL_NAMES
+
+        return OBJ365_LABEL_NAMES
+    from dfine.coco import COCO_CLASSES
+
+    return COCO_CLASSES
+
+
+# ---------------------------------------------------------------------------- cache folder
+def _user_cache_root() -> Path:
+    """The platform's per-user cache folder (XDG on Linux)."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def cache_dir() -> Path:
+    """Where checkpoints are kept: ``$DFINE_HOME``, else ``~/.cache/dfine`` (or the
+    platform's user cache); created on demand."""
+    env = os.environ.get(HOME_ENV)
+    path = Path(env).expanduser() if env else _user_cache_root() / "dfine"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------- download
+@dataclass(frozen=True)
+class _Target:
+    label: str  # what the error message calls it
+    url: str
+    path: Path
+    sha256: str | None
+
+
+def _base_url(base_url: str | None) -> str:
+    return (base_url or os.environ.get(URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+
+
+def _resolve(
+    name_or_url: str, dest: str | os.PathLike[str] | None, base_url: str | None
+) -> _Target:
+    """What to fetch from where, and the final path to write."""
+    if re.match(r"^(https?|file)://", name_or_url):
+        url, sha, label = name_or_url, None, name_or_url
+        if url.startswith(DEFAULT_BASE_URL + "/"):
+            url = _base_url(base_url) + url[len(DEFAULT_BASE_URL) :]
+        filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+        if not filename:
+            raise ValueError(f"cannot tell a file name from the URL {url!r}; pass dest=")
+    else:
+        entry = get(name_or_url)
+        url, sha, label = f"{_base_url(base_url)}/{entry.filename}", entry.sha256, entry.name
+        filename = entry.filename
+    if dest is None:
+        path = cache_dir() / filename
+    else:
+        path = Path(dest).expanduser()
+        path = path / filename if path.is_dir() else path
+    return _Target(label, url, path, sha)
+
+
+def download(
+    name_or_url: str,
+    *,
+    dest: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+    base_url: str | None = None,
+) -> Path:
+    """The local path of a checkpoint, downloading it first if it is not there yet.
+
+    ``name_or_url``: a zoo name (see :func:`names`) or an ``http(s)://`` / ``file://`` URL.
+    ``dest``: the file to write, or a folder to put it in under its official name (default:
+    :func:`cache_dir`). An existing file is returned at once, without touching the network.
+    Otherwise the bytes go to ``<dest>.part``, resuming a previous partial download when the
+    server honours ``Range``, are checked against the Content-Length and the known sha256,
+    and only then renamed to ``dest``. ``timeout`` bounds connecting and every read.
+    ``base_url`` (else ``$DFINE_ZOO_URL``) replaces :data:`DEFAULT_BASE_URL`.
+
+    Concurrent calls for the same file, from threads or processes, serialise on an
+    exclusive lock of ``<dest>.lock`` (``fcntl.flock``; ``msvcrt`` on Windows): the second
+    waits, then finds the finished file. The lock file is removed after a success (every
+    caller checks for the finished file first) and left after a failure (removing it then
+    could let two callers write the same ``.part``).
+
+    Raises :class:`ZooDownloadError` (network, HTTP or checksum failure; the message names
+    the URL, the reason and the path to save the file at by hand) and ValueError (unknown
+    name).
+    """
+    target = _resolve(name_or_url, dest, base_url)
+    if target.path.is_file():
+        return target.path
+    target.path.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.path.with_name(target.path.name + ".lock")
+    with _locked(lock):
+        if not target.path.is_file():  # another caller may have finished it meanwhile
+            _fetch(target, progress=progress, timeout=timeout)
+            with contextlib.suppress(OSError):  # safe: every later caller sees the file
+                lock.unlink(missing_ok=True)
+    return target.path
+
+
+def _fail(target: _Target, reason: str, part: Path | None = None) -> ZooDownloadError:
+    msg = (
+        f"Could not download {target.label} from {target.url} ({reason}). Download it "
+        f"yourself and save it as {target.path}, or pass the file path to load_model()."
+    )
+    if part is not None and part.exists():
+        msg += f" The partial download {part} is kept; calling again resumes it."
+    return ZooDownloadError(msg)
+
+
+def _fetch(target: _Target, *, progress: bool, timeout: float) -> None:
+    """Download into ``<path>.part``, verify, and rename into place."""
+    part = target.path.with_name(target.path.name + ".part")
+    try:
+        try:
+            _stream(target.url, part, progress=progress, timeout=timeout)
+        except _RangeRefused:  # a stale or already complete .part: start over once
+            part.unlink(missing_ok=True)
+            _stream(target.url, part, progress=progress, timeout=timeout)
+    except (_Incomplete, _RangeRefused, OSError, http.client.HTTPException) as exc:
+        raise _fail(target, _reason(exc), part) from exc
+    _verify_sha256(target, part)
+    os.replace(part, target.path)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for a network exception."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        reason = exc.reason
+        return _reason(reason) if isinstance(reason, BaseException) else str(reason)
+    if isinstance(exc, TimeoutError):
+        return f"timed out: {exc}" if str(exc) else "timed out"
+    if isinstance(exc, _RangeRefused):
+        return "the server refused to resume the download"
+    return str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {exc}"
+
+
+def _verify_sha256(target: _Target, part: Path) -> None:
+    if target.sha256 is None:
+        return
+    digest = _sha256(part)
+    if digest != target.sha256.lower():
+        part.unlink(missing_ok=True)
+        raise _fail(target, f"sha256 mismatch: expected {target.sha256}, got {digest}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Incomplete(Exception):
+    """The body ended before Content-Length said it would."""
+
+
+class _RangeRefused(Exception):
+    """The server answered 416 to a resume request."""
+
+
+def _stream(url: str, part: Path, *, progress: bool, timeout: float) -> None:
+    """Append the rest of ``url`` to ``part``, or rewrite it when the server sends it all."""
+    start = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "dfine-zoo"})
+    if start:
+        req.add_header("Range", f"bytes={start}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start:
+            raise _RangeRefused from exc
+        raise
+    with resp:
+        resumed = bool(start) and getattr(resp, "status", None) == 206
+        if resumed and not _range_starts_at(resp, start):
+            raise _RangeRefused
+        offset = start if resumed else 0
+        length = resp.headers.get("Content-Length", "")
+        total = offset + int(length) if length.isdigit() else None
+        with (
+            open(part, "ab" if resumed else "wb") as out,
+            _bar(part, total, offset, progress) as bar,
+        ):
+            while chunk := resp.read(_CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise _Incomplete(f"connection closed after {size} of {total} bytes")
+
+
+def _range_starts_at(resp: http.client.HTTPResponse, start: int) -> bool:
+    """Whether a 206 answer continues exactly where the partial file ends."""
+    m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+    return m is None or int(m[1]) == start
+
+
+def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
+    """A byte progress bar on stderr (silent when ``progress`` is false)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=part.name.removesuffix(".part"),
+        disable=not progress,
+        leave=False,
+    )
+
+
+# ---------------------------------------------------------------------------- locking
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive, blocking, inter-process lock held on ``lock_path`` for the block."""
+    with open(lock_path, "a+b") as f:
+        if sys.platform == "win32":  # pragma: no cover
+            import msvcrt
+
+            _win_lock(f, msvcrt)
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _win_lock(f: BinaryIO, msvcrt: object) -> None:  # pragma: no cover
+    """Block until the Windows byte-range lock is ours (LK_LOCK gives up after 10 s)."""
+    while True:
+        try:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+            return
+        except OSError:
+            continue

@@ -1,0 +1,110 @@
+"""Detector: image in, Detections out; trace alignment; speed breakdown."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dfine
+from dfine.io import ImageLoadError
+from tests.conftest import reference_file
+
+EXAMPLE = "assets/examples/astronaut.jpg"
+
+
+@pytest.fixture(scope="module")
+def detector():
+    # random-init weights give low scores; a low threshold still returns detections
+    return dfine.Detector(reference_file("dfine_n_perturbed_random_official.pth"), threshold=0.005)
+
+
+def test_detections_in_original_pixels(detector):
+    dets = detector(EXAMPLE)
+    w, h = Image.open(EXAMPLE).size
+    assert dets.image_size == (w, h) and len(dets) > 0
+    assert (dets.boxes[:, [0, 2]] >= 0).all() and (dets.boxes[:, [0, 2]] <= w).all()
+    assert (dets.boxes[:, [1, 3]] >= 0).all() and (dets.boxes[:, [1, 3]] <= h).all()
+    assert (np.diff(dets.scores) <= 0).all() and (dets.scores > 0.005).all()
+    assert set(dets.speed) == {"preprocess", "inference", "postprocess"}
+    assert all(v > 0 for v in dets.speed.values())
+    assert dets.names[0] in dfine.coco.COCO_CLASSES
+
+
+def test_matches_model_plus_postprocess(detector):
+    """The detector is model → postprocess in original pixels, nothing more (before clipping)."""
+    rgb, x = detector.preprocess(EXAMPLE)
+    with torch.inference_mode():
+        out = detector.model(x)
+    res = dfine.postprocess(out, torch.tensor([[rgb.shape[1], rgb.shape[0]]]))[0]
+    keep = res["scores"] > 0.005
+    dets = detector(EXAMPLE)
+    np.testing.assert_allclose(dets.scores, res["scores"][keep].numpy())
+    ref_boxes = res["boxes"][keep].numpy()
+    ref_boxes[:, 0::2] = ref_boxes[:, 0::2].clip(0, rgb.shape[1])
+    ref_boxes[:, 1::2] = ref_boxes[:, 1::2].clip(0, rgb.shape[0])
+    np.testing.assert_allclose(dets.boxes, ref_boxes, rtol=0, atol=1e-3)
+
+
+def test_same_result_for_every_source_kind(detector):
+    ref = detector(EXAMPLE)
+    data = Path(EXAMPLE).read_bytes()
+    pil = Image.open(EXAMPLE)
+    rgb = np.asarray(pil.convert("RGB"))
+    for source, order in [
+        (data, "RGB"),
+        (io.BytesIO(data), "RGB"),
+        (pil, "RGB"),
+        (rgb, "RGB"),
+        (rgb[..., ::-1].copy(), "BGR"),
+    ]:
+        dets = detector(source, color_order=order)
+        np.testing.assert_array_equal(dets.labels, ref.labels)
+        np.testing.assert_allclose(dets.boxes, ref.boxes, atol=1e-4)
+
+
+def test_trace_is_aligned_with_detections(detector):
+    dets, trace, queries = detector.trace(EXAMPLE)
+    assert len(queries) == len(dets) and trace.boxes.shape[:3] == (3, 1, 300)
+    w, _h = dets.image_size
+    last = trace.boxes[-1, 0, queries]  # cxcywh normalized
+    x1 = (last[:, 0] - last[:, 2] / 2).clamp(0, 1) * w
+    np.testing.assert_allclose(dets.boxes[:, 0], x1.numpy(), atol=1e-3)
+    scores = trace.logits[-1, 0, queries].sigmoid().max(-1).values
+    assert (scores.numpy() >= dets.scores - 1e-6).all()
+
+
+def test_threshold_size_and_errors(detector):
+    assert len(detector(EXAMPLE, threshold=1.0)) == 0
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+        detector(EXAMPLE, threshold=1.5)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        dfine.Detector(detector.model, size=300)
+    with pytest.raises(ValueError, match="unknown backend"):
+        dfine.Detector(detector.model, backend="nope")
+    with pytest.raises(ImageLoadError):
+        detector(b"not an image")
+    small = dfine.Detector(detector.model, size=(320, 480), threshold=0.005)
+    dets = small(EXAMPLE)
+    assert dets.image_size == (512, 512) and len(dets) > 0
+
+
+def test_batch_predict_equals_single(detector):
+    single = [detector(p) for p in (EXAMPLE, "assets/examples/coffee.jpg")]
+    batch = detector.predict([EXAMPLE, "assets/examples/coffee.jpg"])
+    for a, b in zip(single, batch):
+        assert a.image_size == b.image_size
+        np.testing.assert_allclose(a.scores[:20], b.scores[:20], atol=1e-4)
+    assert detector.predict([]) == []
+
+
+def test_exact_mode_is_not_deployed():
+    model = dfine.load_model(reference_file("dfine_n_random_official.pth"))
+    exact = dfine.Detector(model, deploy=False)
+    fast = dfine.Detector(model)
+    assert not exact.model.deployed and fast.model.deployed
+    assert not model.deployed  # the caller's model is never modified
