@@ -15,28 +15,12 @@ import copy
 import datetime as dt
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import dfine
-
-# FLOPs at 640x640 (2 x multiply-accumulates), as quoted for the reference models.
-REFERENCE_GFLOPS = {"n": 7.2, "s": 25.2, "m": 56.7, "l": 91.0, "x": 202.5}
-
-
-def matmul_gflops(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> float:
-    """Best fp32 sgemm throughput (GFLOP/s) over square products of the given sizes."""
-    best_rate = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            best_rate = max(best_rate, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best_rate
+from dfine.benchmark import REFERENCE_GFLOPS, matmul_gflops, p90, time_call
 
 
 def counted_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -51,18 +35,7 @@ def counted_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def time_model(model: torch.nn.Module, x: torch.Tensor, warmup: int, iters: int) -> list[float]:
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t) * 1000)
-    return times
-
-
-def p90(values: list[float]) -> float:
-    return statistics.quantiles(values, n=10)[-1] if len(values) >= 2 else values[0]
+        return time_call(lambda: model(x), warmup, iters)
 
 
 def main() -> None:

@@ -126,6 +126,65 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from dfine.export import export_onnx
+
+    if args.format != "onnx":
+        print(f"error: unknown format {args.format}", file=sys.stderr)
+        return 2
+    batch = "dynamic" if args.batch == "dynamic" else int(args.batch)
+    size = (
+        args.size if isinstance(args.size, tuple) or args.size is None else (args.size, args.size)
+    )
+    out = Path(args.out) if args.out else Path(args.weights).with_suffix(".onnx")
+    result = export_onnx(
+        args.weights,
+        out,
+        size=size,
+        batch=batch,
+        postprocess=args.postprocess,
+        half=args.half,
+        opset=args.opset,
+        check_parity=not args.no_check,
+    )
+    print(result.report())
+    if result.parity is not None and not result.parity.ok():
+        print(
+            "error: ONNX Runtime output differs from PyTorch beyond the tolerance", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from dfine.benchmark import markdown, run_benchmark
+
+    rows, peak = run_benchmark(
+        backends=args.backends,
+        sizes=args.sizes,
+        batches=args.batch,
+        input_size=args.input,
+        threads=args.threads,
+        warmup=args.warmup,
+        iters=args.iters,
+    )
+    text = markdown(rows, peak, args.input, args.threads, args.iters)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _batch_arg(text: str) -> str:
+    if text != "dynamic" and not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(
+            f"batch must be 'dynamic' or a positive integer, got {text!r}"
+        )
+    return text
+
+
 def _size_arg(text: str) -> int | tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -151,7 +210,7 @@ def _threshold_arg(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfine",
-        description="D-FINE object detector: predict, inspect checkpoints (see each command's --help).",
+        description="D-FINE object detector (see each command's --help).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -202,6 +261,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint file or model-zoo name")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (checked, with a parity report)",
+        description="Export to ONNX (opset >= 17, conv+BN folded), check it with onnx.checker "
+        "and compare ONNX Runtime with PyTorch on the example images.",
+        epilog="example:\n  dfine export dfine_n_coco.pth --format onnx --batch dynamic --out dfine_n.onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("weights", help="checkpoint file or model-zoo name")
+    p.add_argument(
+        "--format", default="onnx", choices=["onnx"], help="export format (default onnx)"
+    )
+    p.add_argument(
+        "--batch",
+        type=_batch_arg,
+        default="dynamic",
+        help="'dynamic' (default) or a fixed batch size",
+    )
+    p.add_argument(
+        "--size",
+        type=_size_arg,
+        default=None,
+        help="input size N or H,W, multiples of 32 (default: the model's)",
+    )
+    p.add_argument(
+        "--postprocess",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include top-k postprocessing in the graph (outputs labels, boxes, scores; default on)",
+    )
+    p.add_argument(
+        "--half", action="store_true", help="export in fp16 (for GPUs; no CPU parity check)"
+    )
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity report")
+    p.add_argument(
+        "--out", "-o", default=None, help="output .onnx path (default: next to the weights)"
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "benchmark",
+        help="latency/throughput of backends x sizes x batch sizes vs the FLOP floor",
+        description="Time inference of random-init models for each backend, model size and "
+        "batch size (warm-up, pinned threads) and print a Markdown table with each size's "
+        "ratio to its FLOP floor.",
+    )
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch-eager", "torch", "onnxruntime", "openvino"],
+        choices=["torch-eager", "torch", "onnxruntime", "openvino", "tensorrt"],
+    )
+    p.add_argument("--sizes", nargs="+", default=["n", "s"], choices=list("nsmlx"))
+    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
+    p.add_argument("--input", type=int, default=640, help="square input size (default 640)")
+    p.add_argument(
+        "--threads", type=int, default=2, help="CPU threads for every backend (default 2)"
+    )
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--out", default=None, help="also write the Markdown table to this file")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

@@ -45,11 +45,12 @@ class ParityReport:
         )
 
     def summary(self) -> str:
-        order = "same query order" if self.same_order else f"queries paired by {self.pairing}"
+        what = "scores" if "detections" in self.pairing else "logits"
+        order = "same order" if self.same_order else f"paired by {self.pairing}"
         return (
-            f"{order}; index-aligned max |Δ| logits {self.index_max_logit_diff:.2e}, boxes "
-            f"{self.index_max_box_diff:.2e}; paired max |Δ| logits {self.paired_max_logit_diff:.2e}, "
-            f"boxes {self.paired_max_box_diff:.2e}; boundary swaps per image {self.swaps}"
+            f"{order}; index-aligned max |Δ| {what} {self.index_max_logit_diff:.2e}, boxes "
+            f"{self.index_max_box_diff:.2e}; paired max |Δ| {what} {self.paired_max_logit_diff:.2e}, "
+            f"boxes {self.paired_max_box_diff:.2e}; unpaired per image {self.swaps}"
         )
 
 
@@ -74,12 +75,16 @@ def _pair_by_assignment(
     b_logits: torch.Tensor,
     b_boxes: torch.Tensor,
     gate: float,
+    extra_cost: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     cost = (
         torch.cdist(a_boxes.double(), b_boxes.double(), p=1)
         + torch.cdist(a_logits.double(), b_logits.double(), p=1) / a_logits.shape[-1]
     )
-    rows, cols = linear_sum_assignment(cost.numpy())
+    if extra_cost is not None:
+        cost = cost + extra_cost.double()
+    # maximise the number of pairs within the gate first, then minimise their distance
+    rows, cols = linear_sum_assignment(((cost > gate).double() + cost * 1e-3).numpy())
     good = cost.numpy()[rows, cols] <= gate
     lonely = sorted(set(range(a_boxes.shape[0])) - set(rows[good].tolist()))
     return rows[good], cols[good], lonely
@@ -92,7 +97,7 @@ def compare_outputs(
     b_boxes: torch.Tensor,
     a_index: torch.Tensor | None = None,
     b_index: torch.Tensor | None = None,
-    gate: float = 0.05,
+    gate: float = 1e-3,
 ) -> ParityReport:
     """Compare outputs A and B (batched). ``*_index [B, Q]``: encoder positions of the queries;
     without them, queries are paired by assignment and pairs costing more than ``gate``
@@ -121,3 +126,36 @@ def compare_outputs(
             max_logit = max(max_logit, (a_logits[n, ia] - b_logits[n, ib]).abs().max().item())
             max_box = max(max_box, (a_boxes[n, ia] - b_boxes[n, ib]).abs().max().item())
     return ParityReport(same, index_logit, index_box, max_logit, max_box, pairing, unpaired)
+
+
+def compare_detections(
+    a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    image_sizes: torch.Tensor,
+    gate: float = 1e-3,
+) -> ParityReport:
+    """Compare postprocessed detections ``(labels [B, K], boxes [B, K, 4] xyxy pixels,
+    scores [B, K])``, paired by assignment on normalized box distance plus score difference,
+    never across labels (a detection whose only partner has another label is unpaired). In the
+    report "logits" stands for scores, and boxes are normalized by the image size
+    (``image_sizes [B, 2]`` as (w, h))."""
+    scale = image_sizes.float().repeat(1, 2).unsqueeze(1)
+    a_boxes, b_boxes = a[1].float() / scale, b[1].float() / scale
+    a_scores, b_scores = a[2].float()[..., None], b[2].float()[..., None]
+    index_score = (a_scores - b_scores).abs().max().item()
+    index_box = (a_boxes - b_boxes).abs().max().item()
+    same = bool(torch.equal(a[0], b[0])) and index_score == 0.0 and index_box == 0.0
+    max_score = max_box = 0.0
+    unpaired = []
+    for n in range(a[0].shape[0]):
+        label_cost = (a[0][n][:, None] != b[0][n][None, :]).double() * 10.0
+        rows, cols, lonely = _pair_by_assignment(
+            a_scores[n], a_boxes[n], b_scores[n], b_boxes[n], gate, label_cost
+        )
+        unpaired.append(lonely)
+        if len(rows):
+            max_score = max(max_score, (a_scores[n, rows] - b_scores[n, cols]).abs().max().item())
+            max_box = max(max_box, (a_boxes[n, rows] - b_boxes[n, cols]).abs().max().item())
+    return ParityReport(
+        same, index_score, index_box, max_score, max_box, "assignment (detections)", unpaired
+    )

@@ -9,6 +9,25 @@ from torchvision.ops import box_convert
 from dfine.coco import remap_labels_to_coco
 
 
+def topk_detections(
+    logits: torch.Tensor, boxes: torch.Tensor, orig_sizes: torch.Tensor, num_top: int = 300
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched core of :func:`postprocess` (export-friendly: no per-image Python loop).
+
+    Returns ``labels [B, K]``, ``boxes [B, K, 4]`` (xyxy pixels), ``scores [B, K]``,
+    ``queries [B, K]``.
+    """
+    num_classes = logits.shape[-1]
+    num_top = min(num_top, logits.shape[1] * num_classes)
+    xyxy = box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
+    xyxy = xyxy * orig_sizes.to(xyxy.device).repeat(1, 2).unsqueeze(1)
+    scores, index = torch.topk(F.sigmoid(logits).flatten(1), num_top, dim=-1)
+    labels = index % num_classes
+    queries = index // num_classes
+    picked = xyxy.gather(1, queries.unsqueeze(-1).expand(-1, -1, 4))
+    return labels, picked, scores, queries
+
+
 def postprocess(
     outputs: dict[str, torch.Tensor],
     orig_sizes: torch.Tensor,
@@ -27,18 +46,12 @@ def postprocess(
         One dict per image: ``labels [K]`` int64, ``boxes [K, 4]`` xyxy pixels,
         ``scores [K]`` descending, and ``queries [K]``, the decoder query of each detection.
     """
-    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-    num_classes = logits.shape[-1]
-    num_top = min(num_top, logits.shape[1] * num_classes)
-    xyxy = box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
-    xyxy = xyxy * orig_sizes.to(xyxy.device).repeat(1, 2).unsqueeze(1)
-    scores, index = torch.topk(F.sigmoid(logits).flatten(1), num_top, dim=-1)
-    labels = index % num_classes
-    query = index // num_classes
-    picked = xyxy.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
+    labels, boxes, scores, queries = topk_detections(
+        outputs["pred_logits"], outputs["pred_boxes"], orig_sizes, num_top
+    )
     if remap_coco_category:
         labels = remap_labels_to_coco(labels)
     return [
         {"labels": lab, "boxes": box, "scores": sco, "queries": q}
-        for lab, box, sco, q in zip(labels, picked, scores, query)
+        for lab, box, sco, q in zip(labels, boxes, scores, queries)
     ]

@@ -7,7 +7,6 @@ dets.plot().save("street_pred.jpg")
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -16,14 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dfine.checkpoint import load_model
+from dfine.backends import BACKENDS, create_backend
 from dfine.detections import Detections
 from dfine.io import ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
-from dfine.postprocess import postprocess
-
-BACKENDS = ("torch",)
+from dfine.postprocess import topk_detections
 
 
 def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -55,16 +52,18 @@ class Detector:
 
     Args:
         weights: a checkpoint path (reference ``.pth`` or project ``.safetensors``), a zoo name,
-            or a ``DFINE`` model.
-        backend: ``"torch"``.
+            a ``DFINE`` model, or (non-torch backends) an exported ``.onnx`` file.
+        backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
+            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`.
         threshold: minimum score of a returned detection, in [0, 1].
         size: network input size, ``int`` or ``(height, width)``, multiples of 32; default the
-            model's own (640 for the reference checkpoints).
-        device: torch device.
-        deploy: fuse conv+BN and re-parameterised blocks for speed (outputs equal to float
-            rounding). ``False`` keeps the reference's exact arithmetic.
-        max_detections: at most this many detections per image (top by score).
+            model's own (640 for the reference checkpoints). Fixed at export for ONNX files.
+        device: torch device (``cpu``, ``cuda:0``).
+        deploy: torch backend: fuse conv+BN and re-parameterised blocks for speed (outputs
+            equal to float rounding). ``False`` keeps the reference's exact arithmetic.
+        max_detections: at most this many detections per image (top by score, <= 300).
         class_names: override the model's class names.
+        **backend_options: passed to the backend (e.g. ``threads``, ``precision``).
     """
 
     def __init__(
@@ -78,27 +77,34 @@ class Detector:
         deploy: bool = True,
         max_detections: int = 300,
         class_names: Sequence[str] | None = None,
+        **backend_options,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         self.threshold = _check_threshold(threshold)
-        if max_detections < 1:
-            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        if not 1 <= max_detections <= 300:
+            raise ValueError(f"max_detections must be in [1, 300], got {max_detections}")
         self.max_detections = int(max_detections)
         self.device = torch.device(device)
-        owned = not isinstance(weights, DFINE)
-        model = load_model(weights, device=self.device) if owned else weights
-        if deploy and not model.deployed:
-            model = (model if owned else copy.deepcopy(model)).deploy()
-        self.model = model.to(self.device).eval()
-        self.backend = backend
-        self.size = parse_size(size, model.config.eval_size)
-        names = class_names or model.class_names
+        hw = None if size is None else parse_size(size, (640, 640))
+        if backend == "torch":
+            backend_options.update(deploy=deploy, num_top=self.max_detections)
+        self.backend = create_backend(backend, weights, size=hw, device=device, **backend_options)
+        self.size = self.backend.input_size
+        num_classes = self.backend.num_classes
+        names = class_names or self.backend.class_names
         if names is None:
-            names = tuple(f"class {i}" for i in range(model.num_classes))
-        if len(names) != model.num_classes:
-            raise ValueError(f"{len(names)} class names given for {model.num_classes} classes")
+            names = tuple(f"class {i}" for i in range(num_classes))
+        if len(names) != num_classes:
+            raise ValueError(f"{len(names)} class names given for {num_classes} classes")
         self.class_names = tuple(names)
+
+    @property
+    def model(self) -> DFINE:
+        """The torch model (torch backend only)."""
+        if not hasattr(self.backend, "model"):
+            raise AttributeError(f"the {self.backend.name} backend has no torch model")
+        return self.backend.model
 
     # ------------------------------------------------------------------ steps
     def preprocess(
@@ -106,38 +112,34 @@ class Detector:
     ) -> tuple[np.ndarray, torch.Tensor]:
         """Decode and orient the image, resize it to the input size: ``(rgb, [1, 3, h, w])``."""
         rgb = load_image(image, color_order=color_order)
-        return rgb, to_input_tensor(rgb, self.size).to(self.device)
+        return rgb, to_input_tensor(rgb, self.size)
 
     def _detections(
         self,
-        outputs: dict[str, torch.Tensor],
+        results: tuple[torch.Tensor, ...],
         rgbs: list[np.ndarray],
         threshold: float,
         keep_image: bool,
-        queries: bool = False,
-    ):
-        """Postprocess, threshold and clip; optionally also the query index of each detection."""
-        sizes = torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs], device=self.device)
-        results = postprocess(outputs, sizes, num_top=self.max_detections)
-        dets, query_index = [], []
-        for rgb, res in zip(rgbs, results):
-            keep = res["scores"] > threshold
+    ) -> list[Detections]:
+        """Threshold, cap and clip ``(labels, boxes, scores[, queries])`` of a batch."""
+        dets = []
+        for n, rgb in enumerate(rgbs):
+            keep = results[2][n, : self.max_detections] > threshold
             h, w = rgb.shape[:2]
-            boxes = res["boxes"][keep]
+            boxes = results[1][n, : self.max_detections][keep].clone()
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)  # the reference leaves boxes unclipped
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             dets.append(
                 Detections(
-                    boxes=boxes.cpu().numpy(),
-                    scores=res["scores"][keep].cpu().numpy(),
-                    labels=res["labels"][keep].cpu().numpy(),
+                    boxes=boxes.numpy(),
+                    scores=results[2][n, : self.max_detections][keep].numpy(),
+                    labels=results[0][n, : self.max_detections][keep].numpy(),
                     class_names=self.class_names,
                     image_size=(w, h),
                     image=rgb if keep_image else None,
                 )
             )
-            query_index.append(res["queries"][keep].cpu())
-        return (dets, query_index) if queries else dets
+        return dets
 
     # ------------------------------------------------------------------ public
     def __call__(
@@ -154,7 +156,6 @@ class Detector:
             [image], color_order=color_order, threshold=threshold, keep_image=keep_image
         )[0]
 
-    @torch.inference_mode()
     def predict(
         self,
         images: Iterable[ImageSource],
@@ -172,11 +173,11 @@ class Detector:
         t0 = time.perf_counter()
         rgbs, tensors = zip(*(self.preprocess(im, color_order) for im in images))
         batch = torch.cat(tensors)
+        sizes = torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs])
         t1 = time.perf_counter()
-        outputs = self.model(batch)
-        _sync(self.device)
+        results = self.backend.detect(batch, sizes)
         t2 = time.perf_counter()
-        dets = self._detections(outputs, list(rgbs), threshold, keep_image)
+        dets = self._detections(results, list(rgbs), threshold, keep_image)
         t3 = time.perf_counter()
         n = len(dets)
         speed = {
@@ -191,18 +192,29 @@ class Detector:
     def trace(
         self, image: ImageSource, *, color_order: str = "RGB", threshold: float | None = None
     ) -> tuple[Detections, DecoderTrace, torch.Tensor]:
-        """Detections plus the full decoder trace of one image.
+        """Detections plus the full decoder trace of one image (torch backend).
 
         Returns ``(detections, trace, query_index)`` where ``query_index [N]`` is the decoder
         query each detection came from, so ``trace.boxes[:, 0, query_index]`` are the boxes of
         every layer for the returned detections.
         """
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        t0 = time.perf_counter()
         rgb, x = self.preprocess(image, color_order)
-        trace = self.model.trace(x)
-        outputs = {"pred_logits": trace.logits[-1], "pred_boxes": trace.boxes[-1]}
-        det, queries = self._detections(outputs, [rgb], threshold, keep_image=True, queries=True)
-        return det[0], trace, queries[0]
+        t1 = time.perf_counter()
+        trace = self.model.trace(x.to(self.device))
+        t2 = time.perf_counter()
+        sizes = torch.tensor([[rgb.shape[1], rgb.shape[0]]], device=trace.boxes.device)
+        results = topk_detections(trace.logits[-1], trace.boxes[-1], sizes, self.max_detections)
+        results = tuple(t.cpu() for t in results)
+        det = self._detections(results, [rgb], threshold, keep_image=True)[0]
+        keep = results[2][0, : self.max_detections] > threshold
+        det.speed = {
+            "preprocess": (t1 - t0) * 1000,
+            "inference": (t2 - t1) * 1000,
+            "postprocess": (time.perf_counter() - t2) * 1000,
+        }
+        return det, trace, results[3][0, : self.max_detections][keep]
 
 
 def _check_threshold(threshold: float) -> float:
@@ -210,8 +222,3 @@ def _check_threshold(threshold: float) -> float:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     return threshold
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -364,20 +364,27 @@ class DFINEDecoder(nn.Module):
         return hit
 
     def project(self) -> torch.Tensor:
-        """W(n) ``[reg_max + 1]``; cached in eval mode (recomputed while training)."""
+        """W(n) ``[reg_max + 1]``; cached in eval mode (recomputed while training). The cache
+        is cleared when weights are loaded or the module moves."""
         if self.training:
             return weighting_function(self.reg_max, self.up, self.reg_scale)
-        key = (str(self.up.device), float(self.up), float(self.reg_scale))
-        w = self._project_cache.get(key)
+        w = self._project_cache.get("w")
         if w is None:
             w = weighting_function(self.reg_max, self.up, self.reg_scale)
-            self._project_cache[key] = w
+            self._project_cache["w"] = w
         return w
 
-    def _apply(self, fn, recurse=True):
+    def clear_caches(self) -> None:
         self._anchor_cache = {}
         self._project_cache = {}
+
+    def _apply(self, fn, recurse=True):
+        self.clear_caches()
         return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.clear_caches()
+        return super()._load_from_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------ forward pieces
     def _flatten_memory(

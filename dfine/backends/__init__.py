@@ -1,0 +1,39 @@
+"""Inference backends behind one interface (:class:`dfine.backends.base.Backend`).
+
+``torch`` (eager or deployed), ``onnxruntime`` (CPU / CUDA), ``openvino`` (CPU) and
+``tensorrt`` (CUDA, FP32/FP16 with a precision guard). Optional packages are imported only
+when their backend is created, with an error that names what to install.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dfine.backends.base import Backend
+
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+
+
+def create_backend(name: str, weights: str | os.PathLike, **options) -> Backend:
+    """A backend by name. ``weights``: checkpoint, zoo name, DFINE model (torch only) or
+    ``.onnx`` file (the non-torch backends export checkpoints to ONNX once, cached)."""
+    if name == "torch":
+        from dfine.backends.torch_backend import TorchBackend
+
+        return TorchBackend(weights, **options)
+    if name == "onnxruntime":
+        from dfine.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(weights, **options)
+    if name == "openvino":
+        from dfine.backends.openvino import OpenVINOBackend
+
+        return OpenVINOBackend(weights, **options)
+    if name == "tensorrt":
+        from dfine.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(weights, **options)
+    raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "Backend", "create_backend"]

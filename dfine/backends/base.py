@@ -1,0 +1,85 @@
+"""The interface every inference backend implements."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+Detections3 = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class Backend:
+    """Runs a D-FINE graph: ``detect(images [B, 3, H, W] float32 in [0, 1], orig_sizes [B, 2]
+    int64 (w, h))`` → ``labels [B, K]``, ``boxes [B, K, 4]`` (xyxy, original pixels),
+    ``scores [B, K]`` (descending), as CPU torch tensors.
+
+    Attributes: ``name``, ``input_size`` (h, w), ``num_classes``, ``class_names`` (or None).
+    """
+
+    name = "base"
+    input_size: tuple[int, int]
+    num_classes: int
+    class_names: tuple[str, ...] | None = None
+
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        h, w = self.input_size
+        return f"{type(self).__name__}(input {h}x{w}, {self.num_classes} classes)"
+
+
+def missing_package(package: str, pip_name: str, purpose: str) -> ImportError:
+    return ImportError(
+        f"the {purpose} backend needs the '{package}' package: pip install {pip_name}"
+    )
+
+
+def as_numpy(x: torch.Tensor | np.ndarray, dtype=np.float32) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """sha256 prefix of a file's bytes (cache keys for exported graphs and engines)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def backend_cache_dir() -> Path:
+    from dfine.zoo import cache_dir
+
+    path = cache_dir() / "backends"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def onnx_for(weights: str | os.PathLike, size: tuple[int, int] | None) -> Path:
+    """An ONNX file for ``weights``: the file itself when it is ``.onnx``, otherwise an export
+    (dynamic batch, in-graph postprocessing) cached by checkpoint hash and input size."""
+    path = Path(weights)
+    if path.suffix == ".onnx":
+        if not path.exists():
+            raise FileNotFoundError(f"ONNX file not found: {path}")
+        return path
+    from dfine.checkpoint import load_model
+    from dfine.export import export_onnx
+
+    if not path.exists():
+        from dfine import zoo
+
+        path = zoo.download(str(weights)) if zoo.is_zoo_name(str(weights)) else path
+    model = load_model(path)
+    size = tuple(size or model.config.eval_size)
+    out = backend_cache_dir() / f"{path.stem}-{file_digest(path)}-{size[0]}x{size[1]}.onnx"
+    if not out.exists():
+        export_onnx(model, out, size=size, check_parity=False)
+    return out

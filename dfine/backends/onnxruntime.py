@@ -1,0 +1,57 @@
+"""ONNX Runtime backend (CPU; CUDA when onnxruntime-gpu and a GPU are present)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from dfine.backends.base import Backend, Detections3, as_numpy, missing_package, onnx_for
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        *,
+        size: tuple[int, int] | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise missing_package("onnxruntime", "onnxruntime", "ONNX Runtime") from e
+        from dfine.export import read_metadata
+
+        self.path = onnx_for(weights, size)
+        meta = read_metadata(self.path)
+        if not meta["postprocess"]:
+            raise ValueError(f"{self.path} was exported without postprocessing; export it with it")
+        self.input_size = tuple(meta["input_size"])
+        self.num_classes = meta["num_classes"]
+        self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if str(device).startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError(
+                    "device cuda asked for, but this onnxruntime has no CUDA provider: "
+                    "pip install onnxruntime-gpu (and have a CUDA GPU)"
+                )
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+
+    def run_raw(self, images: np.ndarray, orig_sizes: np.ndarray) -> list[np.ndarray]:
+        feed = {"images": as_numpy(images), "orig_target_sizes": as_numpy(orig_sizes, np.int64)}
+        return self.session.run(None, feed)
+
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+        labels, boxes, scores = self.run_raw(images, orig_sizes)
+        return torch.from_numpy(labels), torch.from_numpy(boxes), torch.from_numpy(scores)

@@ -1,0 +1,185 @@
+"""TensorRT backend: an engine built from the exported ONNX file, FP32 or FP16, cached by
+ONNX hash, input shape, batch range and precision.
+
+FP16 guard: after an FP16 build the engine is compared with the PyTorch model on sample
+images. If scores or boxes drift beyond the bounds (``FP16_SCORE_TOL``, ``FP16_BOX_TOL``), the
+engine is rebuilt with normalization, softmax and reduction layers pinned to FP32 (what users
+of the reference found necessary); if that still drifts, the FP16 engine is refused and the
+numbers are reported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from dfine.backends.base import (
+    Backend,
+    Detections3,
+    backend_cache_dir,
+    file_digest,
+    missing_package,
+    onnx_for,
+)
+
+FP16_SCORE_TOL = 0.02  # max |score difference| of paired detections
+FP16_BOX_TOL = 0.01  # max box coordinate difference, as a fraction of the image side
+
+
+class PrecisionGuardError(RuntimeError):
+    """An FP16 engine drifted too far from the FP32 PyTorch model."""
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise missing_package("tensorrt", "tensorrt", "TensorRT") from e
+    if not torch.cuda.is_available():
+        raise RuntimeError("the TensorRT backend needs a CUDA GPU; none is visible to torch")
+    return trt
+
+
+def build_engine(
+    onnx_path: Path,
+    input_size: tuple[int, int],
+    precision: str = "fp32",
+    max_batch: int = 8,
+    fp32_norm_layers: bool = False,
+    workspace_gib: float = 4.0,
+) -> bytes:
+    """Serialized TensorRT engine for ``onnx_path`` (batch 1..max_batch)."""
+    trt = _import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+        if fp32_norm_layers:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+            keep = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+            for i in range(network.num_layers):
+                layer = network.get_layer(i)
+                if layer.type in keep:
+                    layer.precision = trt.float32
+    h, w = input_size
+    profile = builder.create_optimization_profile()
+    profile.set_shape("images", (1, 3, h, w), (1, 3, h, w), (max_batch, 3, h, w))
+    profile.set_shape("orig_target_sizes", (1, 2), (1, 2), (max_batch, 2))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
+    return bytes(engine)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        weights: str | os.PathLike,
+        *,
+        size: tuple[int, int] | None = None,
+        precision: str = "fp32",
+        max_batch: int = 8,
+        device: str = "cuda:0",
+        guard: bool = True,
+    ) -> None:
+        if precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        trt = _import_tensorrt()
+        from dfine.export import read_metadata
+
+        self.device = torch.device(device)
+        self.path = onnx_for(weights, size)
+        meta = read_metadata(self.path)
+        self.input_size = tuple(meta["input_size"])
+        self.num_classes = meta["num_classes"]
+        self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
+        self.max_batch = max_batch
+        self.precision = precision
+        self.guard_report: str | None = None
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._load(self._engine_bytes(precision, fp32_norm=False))
+        if precision == "fp16" and guard:
+            self._guard(weights)
+
+    def _engine_bytes(self, precision: str, fp32_norm: bool) -> bytes:
+        h, w = self.input_size
+        tag = f"{file_digest(self.path)}-{h}x{w}-b{self.max_batch}-{precision}{'-n32' if fp32_norm else ''}"
+        cache = backend_cache_dir() / "tensorrt" / f"{tag}.engine"
+        if cache.exists():
+            return cache.read_bytes()
+        data = build_engine(self.path, self.input_size, precision, self.max_batch, fp32_norm)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, cache)
+        return data
+
+    def _load(self, data: bytes) -> None:
+        self.engine = self._runtime.deserialize_cuda_engine(data)
+        self.context = self.engine.create_execution_context()
+
+    def _guard(self, weights) -> None:
+        from dfine.backends.torch_backend import TorchBackend
+        from dfine.export import sample_images
+        from dfine.parity import compare_detections
+
+        source = weights if Path(weights).suffix != ".onnx" else None
+        if source is None:
+            self.guard_report = "FP16 guard skipped: no PyTorch checkpoint to compare with"
+            return
+        reference = TorchBackend(source, size=self.input_size, device=self.device)
+        images, sizes = sample_images(self.input_size)
+        expected = reference.detect(images, sizes)
+        for fp32_norm in (False, True):
+            if fp32_norm:
+                self._load(self._engine_bytes("fp16", fp32_norm=True))
+            report = compare_detections(
+                self.detect(images, sizes), expected, sizes, gate=FP16_SCORE_TOL + 4 * FP16_BOX_TOL
+            )
+            within = (
+                report.paired_max_logit_diff <= FP16_SCORE_TOL
+                and report.paired_max_box_diff <= FP16_BOX_TOL
+            )
+            mode = "FP16 with FP32 normalization" if fp32_norm else "FP16"
+            self.guard_report = f"{mode} vs PyTorch FP32: {report.summary()}"
+            if within:
+                return
+        raise PrecisionGuardError(
+            f"the FP16 engine drifts beyond the bounds (scores {FP16_SCORE_TOL}, boxes "
+            f"{FP16_BOX_TOL} of the image side) even with FP32 normalization layers: "
+            f"{self.guard_report}. Use precision='fp32'."
+        )
+
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+        b = images.shape[0]
+        if b > self.max_batch:
+            raise ValueError(f"batch {b} exceeds the engine's max batch {self.max_batch}")
+        x = images.to(self.device, torch.float32).contiguous()
+        s = orig_sizes.to(self.device, torch.int64).contiguous()
+        self.context.set_input_shape("images", tuple(x.shape))
+        self.context.set_input_shape("orig_target_sizes", tuple(s.shape))
+        k = min(300, self.num_classes * 300)
+        outputs = {
+            "labels": torch.empty(b, k, dtype=torch.int64, device=self.device),
+            "boxes": torch.empty(b, k, 4, dtype=torch.float32, device=self.device),
+            "scores": torch.empty(b, k, dtype=torch.float32, device=self.device),
+        }
+        for name, tensor in [("images", x), ("orig_target_sizes", s), *outputs.items()]:
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return outputs["labels"].cpu(), outputs["boxes"].cpu(), outputs["scores"].cpu()

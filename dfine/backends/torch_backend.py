@@ -1,0 +1,47 @@
+"""PyTorch backend (eager or deployed), the only one that can also trace the decoder."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+
+from dfine.backends.base import Backend, Detections3
+from dfine.checkpoint import load_model
+from dfine.model import DFINE
+from dfine.postprocess import topk_detections
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | DFINE,
+        *,
+        size: tuple[int, int] | None = None,
+        device: str | torch.device = "cpu",
+        deploy: bool = True,
+        num_top: int = 300,
+    ) -> None:
+        self.device = torch.device(device)
+        owned = not isinstance(weights, DFINE)
+        model = load_model(weights, device=self.device) if owned else weights
+        if deploy and not model.deployed:
+            model = (model if owned else copy.deepcopy(model)).deploy()
+        self.model = model.to(self.device).eval()
+        self.input_size = tuple(size or model.config.eval_size)
+        self.num_classes = model.num_classes
+        self.class_names = model.class_names
+        self.num_top = num_top
+
+    @torch.inference_mode()
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+        out = self.model(images.to(self.device))
+        labels, boxes, scores, _ = topk_detections(
+            out["pred_logits"], out["pred_boxes"], orig_sizes.to(self.device), self.num_top
+        )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return labels.cpu(), boxes.cpu(), scores.cpu()
