@@ -325,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.set_defaults(func=cmd_benchmark)
+
+    from dfine.data.cli import register_cli as register_data
+
+    register_data(sub)
     return parser
 
 

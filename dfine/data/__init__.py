@@ -1,0 +1,30 @@
+"""Training data: COCO- and YOLO-format datasets validated at load time, the reference's
+transforms (torchvision.transforms.v2), multi-scale batch collation and data loaders, and a
+procedural synthetic dataset that writes COCO json.
+
+Importing this package does not import pycocotools / faster-coco-eval (only
+``CocoDetection.coco`` does) nor PyYAML (only ``YoloDetection.from_yaml`` does).
+"""
+
+from dfine.data.coco import CocoDetection
+from dfine.data.collate import BatchImageCollate, DataLoader, build_dataloader, generate_scales
+from dfine.data.dataset import DatasetError, DetectionDataset
+from dfine.data.synth import SYNTH_CLASSES, make_synthetic_dataset
+from dfine.data.transforms import Compose, build_train_transforms, build_val_transforms
+from dfine.data.yolo import YoloDetection
+
+__all__ = [
+    "SYNTH_CLASSES",
+    "BatchImageCollate",
+    "CocoDetection",
+    "Compose",
+    "DataLoader",
+    "DatasetError",
+    "DetectionDataset",
+    "YoloDetection",
+    "build_dataloader",
+    "build_train_transforms",
+    "build_val_transforms",
+    "generate_scales",
+    "make_synthetic_dataset",
+]
