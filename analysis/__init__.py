@@ -1,0 +1,64 @@
+"""Analysis of a D-FINE forward pass: data objects and figures for people to look at.
+
+Data (numpy / torch / PIL only):
+
+- :func:`refinement` → :class:`Refinement`: every stage's box of chosen detections (encoder
+  b0, pre-head, layers 1..L), edge offsets, IoU to the final box, edge movements, in pixels;
+  :func:`refinement_overlay` draws one stage with the previous one ghosted.
+- :func:`edge_distributions` → :class:`EdgeDistributions`: one detection's four edge
+  distributions at every layer on the W(n) axis in pixels, expectation, entropy, σ;
+  :func:`uncertainty_overlay` draws every edge as a ±σ band.
+- :func:`weighting_curve` / :func:`model_weighting` → :class:`WeightingCurve`: W(n) and
+  evenly spaced bins over the same range.
+- :func:`golsd` → :class:`GOLSDReport`: GO-LSD matches, softened teacher / student
+  distributions, KL, DDF weights and per-layer loss, computed by the criterion's functions;
+  :func:`criterion_outputs`, :func:`pseudo_targets`.
+
+Figures: ``analysis.figures`` (plotly, interactive) and ``analysis.static`` (matplotlib, the
+same figures for PNG/SVG export, ``save_figure``). They are imported on first use, so the data
+functions work without plotly or matplotlib installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from analysis._common import EDGES
+from analysis.distributions import EdgeDistributions, edge_distributions, uncertainty_overlay
+from analysis.golsd import GOLSDReport, criterion_outputs, golsd, pseudo_targets
+from analysis.refinement import Refinement, refinement, refinement_overlay
+from analysis.weighting import (
+    UNIFORM_NOTE,
+    WeightingCurve,
+    check_parameters,
+    model_weighting,
+    weighting_curve,
+)
+
+__all__ = [
+    "EDGES",
+    "UNIFORM_NOTE",
+    "EdgeDistributions",
+    "GOLSDReport",
+    "Refinement",
+    "WeightingCurve",
+    "check_parameters",
+    "criterion_outputs",
+    "edge_distributions",
+    "figures",
+    "golsd",
+    "model_weighting",
+    "pseudo_targets",
+    "refinement",
+    "refinement_overlay",
+    "static",
+    "uncertainty_overlay",
+    "weighting_curve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("figures", "static"):
+        return importlib.import_module(f"analysis.{name}")
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

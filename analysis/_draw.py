@@ -1,0 +1,138 @@
+"""Small PIL drawing helpers for the image overlays (translucent layers, legends, dashes)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def to_rgb_image(image: Image.Image | np.ndarray, expected_size: tuple[int, int]) -> Image.Image:
+    """An RGB PIL copy of ``image`` (PIL or ``[H, W, 3]`` uint8 RGB array) of ``expected_size``
+    ``(width, height)``."""
+    if isinstance(image, Image.Image):
+        pil = image.convert("RGB")
+    else:
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError(
+                f"image must be uint8 RGB [H, W, 3], got {array.dtype} {list(array.shape)}"
+            )
+        pil = Image.fromarray(array)
+    if pil.size != tuple(expected_size):
+        raise ValueError(
+            f"the image is {pil.size[0]}x{pil.size[1]} but the detections are for a "
+            f"{expected_size[0]}x{expected_size[1]} image"
+        )
+    return pil.copy()
+
+
+def _font_files() -> list[str]:
+    """DejaVu Sans (has Greek letters) from the system, or the copy matplotlib bundles."""
+    files = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.origin:
+        files.append(
+            str(Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf")
+        )
+    return files
+
+
+@functools.lru_cache(maxsize=32)
+def font(size: int) -> Font:
+    """A font of ``size`` pixels that can write "σ"; Pillow's default font otherwise (then
+    :func:`sigma` spells the letter out)."""
+    for path in _font_files():
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            continue
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def sigma(fnt: Font) -> str:
+    """ "σ" when ``fnt`` is DejaVu (it has the glyph), else "sigma"."""
+    name = getattr(fnt, "path", None)
+    return "σ" if isinstance(name, str) and name.endswith("DejaVuSans.ttf") else "sigma"
+
+
+def sizes_for(image: Image.Image) -> tuple[int, int]:
+    """(line width, font size) in pixels scaled with the image, as ``Detections.plot``."""
+    half_perimeter = (image.width + image.height) / 2
+    return max(round(half_perimeter * 0.003), 2), max(round(half_perimeter * 0.025), 11)
+
+
+def text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return (0, 0, 0) if luminance > 150 else (255, 255, 255)
+
+
+def tag(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    rgb: tuple[int, int, int],
+    fnt: Font,
+    canvas: tuple[int, int],
+) -> None:
+    """A filled label with ``text`` whose bottom-left is at ``xy`` (moved inside the canvas)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
+    pad = 3
+    tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+    x = min(max(xy[0], 0), max(canvas[0] - tw, 0))
+    y = xy[1] - th if xy[1] - th >= 0 else xy[1]
+    y = min(y, max(canvas[1] - th, 0))
+    draw.rectangle((x, y, x + tw, y + th), fill=(*rgb, 230))
+    draw.text((x + pad - left, y + pad - top), text, fill=(*text_color(rgb), 255), font=fnt)
+
+
+def legend(image: Image.Image, lines: list[str], fnt: Font) -> None:
+    """A dark translucent box with white ``lines`` in the bottom-left corner (in place)."""
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    boxes = [draw.textbbox((0, 0), line, font=fnt) for line in lines]
+    line_h = max(b[3] - b[1] for b in boxes) + 4
+    width = max(b[2] - b[0] for b in boxes) + 12
+    height = line_h * len(lines) + 8
+    x0, y0 = 6, max(image.height - height - 6, 0)
+    draw.rounded_rectangle((x0, y0, x0 + width, y0 + height), radius=5, fill=(20, 20, 20, 190))
+    for i, (line, box) in enumerate(zip(lines, boxes)):
+        draw.text((x0 + 6 - box[0], y0 + 4 + i * line_h - box[1]), line, fill="white", font=fnt)
+    image.paste(Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB"))
+
+
+def dashed_rectangle(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[float, float, float, float],
+    fill: tuple[int, ...],
+    width: int,
+    dash: int,
+) -> None:
+    """Outline ``box`` (x1, y1, x2, y2) with dashes of length ``dash`` pixels."""
+    x1, y1, x2, y2 = box
+    for a, b in (
+        ((x1, y1), (x2, y1)),
+        ((x2, y1), (x2, y2)),
+        ((x2, y2), (x1, y2)),
+        ((x1, y2), (x1, y1)),
+    ):
+        length = float(np.hypot(b[0] - a[0], b[1] - a[1]))
+        steps = max(int(length // dash), 1)
+        for i in range(0, steps, 2):
+            t0, t1 = i / steps, min((i + 1) / steps, 1.0)
+            p0 = (a[0] + (b[0] - a[0]) * t0, a[1] + (b[1] - a[1]) * t0)
+            p1 = (a[0] + (b[0] - a[0]) * t1, a[1] + (b[1] - a[1]) * t1)
+            draw.line((p0, p1), fill=fill, width=width)
+
+
+def composite(base: Image.Image, layer: Image.Image) -> Image.Image:
+    """``layer`` (RGBA) over ``base`` (RGB) → RGB."""
+    return Image.alpha_composite(base.convert("RGBA"), layer).convert("RGB")

@@ -1,0 +1,422 @@
+"""Interactive plotly figures of the analysis objects. Every axis title names its unit;
+nothing is smoothed; GO-LSD figures say whether the targets are pseudo ground truth.
+
+``analysis.static`` renders the same figures with matplotlib (same names and arguments).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+try:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("analysis.figures needs plotly: pip install plotly") from err
+
+from analysis import _style as S
+from analysis._common import EDGES, class_name
+from analysis.distributions import EdgeDistributions
+from analysis.golsd import GOLSDReport
+from analysis.refinement import Refinement
+from analysis.weighting import UNIFORM_NOTE, WeightingCurve
+
+TEMPLATE = "plotly_white"
+
+
+def _note(fig: go.Figure, text: str, y: float = -0.12) -> None:
+    fig.add_annotation(
+        text=text,
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=y,
+        showarrow=False,
+        xanchor="left",
+        yanchor="top",
+        font={"size": 11, "color": "#555"},
+    )
+
+
+# ----------------------------------------------------------------------------- refinement
+def refinement_figure(
+    ref: Refinement, detection: int = 0, class_names: Sequence[str] | None = None
+) -> go.Figure:
+    """Top: IoU of every stage's box with the final box, one line per detection. Bottom: the
+    signed movement of each edge of detection ``detection`` from stage to stage (px)."""
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        vertical_spacing=0.2,
+        subplot_titles=(
+            "IoU of every stage's box with the final box",
+            _moves_title(ref, detection, class_names),
+        ),
+    )
+    for i in range(ref.num_detections):
+        name = S.detection_label(
+            i, int(ref.queries[i]), class_name(class_names, int(ref.labels[i]))
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=ref.stages,
+                y=ref.iou_to_final[:, i],
+                mode="lines+markers",
+                name=name,
+                line={"color": S.detection_color(i)},
+                legendgroup="iou",
+                hovertemplate="%{x}: IoU %{y:.3f}<extra>" + name + "</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    if ref.num_detections:
+        d = _check_detection(ref, detection)
+        steps = S.transition_labels(ref.stages)
+        for e, edge in enumerate(EDGES):
+            fig.add_trace(
+                go.Bar(
+                    x=steps,
+                    y=ref.edge_moves_px[:, d, e],
+                    name=f"{edge} edge",
+                    marker_color=S.EDGE_COLORS[edge],
+                    legendgroup="moves",
+                    hovertemplate="%{x}: %{y:+.2f} px<extra>" + edge + "</extra>",
+                ),
+                row=2,
+                col=1,
+            )
+    else:
+        _note(fig, "no detections selected", y=1.0)
+    fig.update_yaxes(title_text=S.IOU_AXIS, range=[0, 1.05], row=1, col=1)
+    fig.update_xaxes(title_text="stage", row=1, col=1)
+    fig.update_yaxes(title_text=S.MOVE_AXIS, zeroline=True, row=2, col=1)
+    fig.update_xaxes(title_text="stage transition", row=2, col=1)
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="group",
+        height=720,
+        title="Layer-by-layer box refinement",
+        legend={"groupclick": "toggleitem"},
+    )
+    return fig
+
+
+def _check_detection(ref: Refinement, detection: int) -> int:
+    if not 0 <= detection < ref.num_detections:
+        raise ValueError(f"detection must be in 0..{ref.num_detections - 1}, got {detection}")
+    return detection
+
+
+def _moves_title(ref: Refinement, detection: int, class_names: Sequence[str] | None) -> str:
+    if not ref.num_detections:
+        return "edge movement"
+    d = _check_detection(ref, detection)
+    name = S.detection_label(d, int(ref.queries[d]), class_name(class_names, int(ref.labels[d])))
+    return f"edge movement from the previous stage, {name}"
+
+
+# ----------------------------------------------------------------------------- distributions
+def distribution_figure(dist: EdgeDistributions, title: str | None = None) -> go.Figure:
+    """Grid of layers (rows) × edges (columns): bars are the bin probabilities placed at the
+    pixel displacement each bin stands for; the diamond marks the expected displacement with
+    ±1σ whiskers. Columns share their x axis (the bins' pixel offsets do not change by layer)."""
+    num_layers = dist.num_layers
+    titles = [
+        f"{layer} · {edge}: E={dist.expected_px[li, e]:+.1f} px, σ={dist.std_px[li, e]:.1f} px, "
+        f"H={dist.entropy[li, e]:.2f} nats"
+        for li, layer in enumerate(dist.layers)
+        for e, edge in enumerate(EDGES)
+    ]
+    fig = make_subplots(
+        rows=num_layers,
+        cols=4,
+        shared_xaxes="columns",
+        subplot_titles=titles,
+        vertical_spacing=min(0.08, 0.5 / num_layers),
+        horizontal_spacing=0.05,
+    )
+    colors = S.layer_colors(num_layers)
+    for li, layer in enumerate(dist.layers):
+        for e, edge in enumerate(EDGES):
+            _distribution_cell(fig, dist, li, e, colors[li], layer, edge)
+    for e, edge in enumerate(EDGES):
+        fig.update_xaxes(title_text=S.edge_axis(edge), row=num_layers, col=e + 1)
+    for li, layer in enumerate(dist.layers):
+        fig.update_yaxes(title_text=f"{layer}: {S.PROB_AXIS}", row=li + 1, col=1)
+    fig.update_annotations(font_size=10)
+    _note(fig, S.BAR_NOTE, y=-0.08)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=230 * num_layers + 140,
+        showlegend=False,
+        bargap=0,
+        title=title or f"Edge distributions of query {dist.query}, every layer",
+    )
+    return fig
+
+
+def _distribution_cell(fig, dist: EdgeDistributions, li: int, e: int, color: str, layer, edge):
+    x, p = dist.offsets_px[e], dist.probs[li, e]
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=p,
+            width=S.bar_widths(x),
+            marker_color=color,
+            name=f"{layer} {edge}",
+            customdata=np.arange(len(x)),
+            hovertemplate="bin %{customdata}: %{x:+.2f} px, p=%{y:.4f}<extra></extra>",
+        ),
+        row=li + 1,
+        col=e + 1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[dist.expected_px[li, e]],
+            y=[float(p.max()) * 1.08],
+            mode="markers",
+            marker={"symbol": "diamond", "size": 9, "color": "#d62728"},
+            error_x={"type": "constant", "value": float(dist.std_px[li, e]), "color": "#d62728"},
+            name="expected ±1σ",
+            hovertemplate="expected %{x:+.2f} px ± "
+            + f"{dist.std_px[li, e]:.2f} px<extra></extra>",
+        ),
+        row=li + 1,
+        col=e + 1,
+    )
+
+
+# ----------------------------------------------------------------------------- W(n)
+def weighting_figure(curve: WeightingCurve, model: WeightingCurve | None = None) -> go.Figure:
+    """Top: W(n)/reg_scale against the bin index, the evenly spaced bins over the same range,
+    and the model's own W(n) when given. Bottom: the spacing between neighbouring bins."""
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        vertical_spacing=0.16,
+        row_heights=[0.62, 0.38],
+        subplot_titles=(_weighting_title(curve), "spacing between neighbouring bins"),
+    )
+    for c, label, style in _weighting_series(curve, model):
+        fig.add_trace(
+            go.Scatter(
+                x=c.n,
+                y=c.box_fraction if label != "uniform" else c.uniform_box_fraction,
+                customdata=c.w if label != "uniform" else c.uniform,
+                name=label,
+                mode=style["mode"],
+                line=style.get("line"),
+                marker=style.get("marker"),
+                hovertemplate="n=%{x}: W=%{customdata:.4f}, W/reg_scale=%{y:.4f}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
+    for c, label, style in _weighting_series(curve, model):
+        spacing = c.spacing if label != "uniform" else np.diff(c.uniform)
+        fig.add_trace(
+            go.Scatter(
+                x=c.n[:-1] + 0.5,
+                y=spacing / abs(c.reg_scale),
+                name=f"{label} spacing",
+                mode=style["mode"],
+                line=style.get("line"),
+                marker=style.get("marker"),
+                showlegend=False,
+                hovertemplate="between n=%{x:.1f}±0.5: %{y:.4f}<extra></extra>",
+            ),
+            row=2,
+            col=1,
+        )
+    fig.update_xaxes(title_text=S.BIN_AXIS, row=1, col=1)
+    fig.update_yaxes(title_text=S.W_AXIS, row=1, col=1)
+    fig.update_xaxes(title_text=S.BIN_AXIS, row=2, col=1)
+    fig.update_yaxes(title_text=S.SPACING_AXIS, type="log", row=2, col=1)
+    _note(fig, UNIFORM_NOTE + "; spacing axis is logarithmic", y=-0.1)
+    fig.update_layout(template=TEMPLATE, height=680, title="Weighting function W(n)")
+    return fig
+
+
+def _weighting_title(c: WeightingCurve) -> str:
+    return (
+        f"reg_max={c.reg_max}, up={c.up:g}, reg_scale={c.reg_scale:g}: step ratio {c.step:.4f}, "
+        f"spacing {c.min_spacing:.4f}…{c.max_spacing:.4f} (W units)"
+    )
+
+
+def _weighting_series(curve: WeightingCurve, model: WeightingCurve | None):
+    series = [
+        (curve, "W(n)", {"mode": "lines+markers", "line": {"color": "#1f77b4"}}),
+        (
+            curve,
+            "uniform",
+            {
+                "mode": "lines+markers",
+                "line": {"color": "#7f7f7f", "dash": "dash"},
+                "marker": {"size": 4},
+            },
+        ),
+    ]
+    if model is not None:
+        label = f"model's W(n) (up={model.up:g}, reg_scale={model.reg_scale:g})"
+        series.append(
+            (
+                model,
+                label,
+                {
+                    "mode": "markers",
+                    "marker": {"symbol": "circle-open", "size": 10, "color": "#d62728"},
+                },
+            )
+        )
+    return series
+
+
+# ----------------------------------------------------------------------------- GO-LSD
+def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) -> go.Figure:
+    """The softened teacher (final layer) distribution of one query's edge as bars, and each
+    student layer's softened distribution as a line, on the pixel offset axis."""
+    q, e = _check_query(report, query), S.edge_index(edge)
+    x = report.offsets_px[q, e]
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=report.teacher_probs[q, e],
+            width=S.bar_widths(x),
+            marker_color="#bbbbbb",
+            marker_line_color=S.TEACHER_COLOR,
+            marker_line_width=1,
+            name=f"teacher ({report.teacher_layer})",
+            hovertemplate="%{x:+.2f} px: p=%{y:.4f}<extra>teacher</extra>",
+        )
+    )
+    colors = S.layer_colors(len(report.student_layers) + 1)
+    for i, layer in enumerate(report.student_layers):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=report.student_probs[i, q, e],
+                mode="lines+markers",
+                line={"color": colors[i]},
+                marker={"size": 5},
+                name=f"student {layer} (KL {report.kl_edges[i, q, e]:.4f} nats)",
+                hovertemplate="%{x:+.2f} px: p=%{y:.4f}<extra>" + layer + "</extra>",
+            )
+        )
+    fig.update_xaxes(title_text=S.edge_axis(EDGES[e], report.pixel_space))
+    fig.update_yaxes(title_text=S.softened_axis(report.temperature))
+    fig.update_layout(
+        template=TEMPLATE,
+        height=460,
+        bargap=0,
+        title=f"GO-LSD, query {q}, {EDGES[e]} edge: teacher vs students · {_match_text(report, q)}"
+        f"<br><sub>{report.note}</sub>",
+    )
+    return fig
+
+
+def golsd_kl_figure(report: GOLSDReport, query: int) -> go.Figure:
+    """KL(teacher ‖ student) of one query per student layer, stacked by edge (nats)."""
+    q = _check_query(report, query)
+    fig = go.Figure()
+    for e, edge in enumerate(EDGES):
+        fig.add_trace(
+            go.Bar(
+                x=report.student_layers,
+                y=report.kl_edges[:, q, e],
+                name=f"{edge} edge",
+                marker_color=S.EDGE_COLORS[edge],
+                hovertemplate="%{x}: %{y:.5f} nats<extra>" + edge + "</extra>",
+            )
+        )
+    weights = ", ".join(
+        f"{layer}: {report.weights[i, q]:.3f}" for i, layer in enumerate(report.student_layers)
+    )
+    fig.update_xaxes(title_text="student layer (the teacher is " + report.teacher_layer + ")")
+    fig.update_yaxes(title_text=S.kl_axis(report.temperature))
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="stack",
+        height=420,
+        title=f"KL per student layer, query {q} · {_match_text(report, q)} · DDF weight {weights}"
+        f"<br><sub>{report.note}</sub>",
+    )
+    return fig
+
+
+def golsd_loss_figure(report: GOLSDReport) -> go.Figure:
+    """Each student layer's ``loss_ddf`` split into the shares of matched and unmatched
+    queries (the two stacked bars sum to the criterion's per-layer DDF loss)."""
+    fig = go.Figure()
+    for label, mask, color in (
+        ("matched queries (weight = IoU)", report.matched, "#2ca02c"),
+        ("unmatched queries (weight = teacher confidence)", ~report.matched, "#ff7f0e"),
+    ):
+        fig.add_trace(
+            go.Bar(
+                x=report.student_layers,
+                y=report.contribution[:, mask].sum(1),
+                name=label,
+                marker_color=color,
+                hovertemplate="%{x}: %{y:.6f}<extra></extra>",
+            )
+        )
+    fig.update_xaxes(title_text="student layer (the teacher is " + report.teacher_layer + ")")
+    fig.update_yaxes(title_text=S.loss_axis())
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="stack",
+        height=420,
+        title=f"DDF loss per layer: {', '.join(f'{v:.5f}' for v in report.loss_ddf)} "
+        f"({int(report.matched.sum())} matched queries, T = {report.temperature:g})"
+        f"<br><sub>{report.note}</sub>",
+    )
+    return fig
+
+
+def golsd_weights_figure(
+    report: GOLSDReport, top: int = 15, class_names: Sequence[str] | None = None
+) -> go.Figure:
+    """The ``top`` queries by their share of the DDF loss as a table (``report.to_table``)."""
+    rows = report.to_table(top, class_names)
+    columns = [c for c in (rows[0] if rows else {"query": None}) if c != "targets"]
+    cells = [["" if r[c] is None else r[c] for r in rows] for c in columns]
+    fig = go.Figure(
+        go.Table(
+            header={"values": columns, "fill_color": "#e8e8e8", "align": "left"},
+            cells={"values": cells, "align": "left"},
+        )
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        height=120 + 28 * max(len(rows), 1),
+        title=f"DDF weights and KL (nats, T = {report.temperature:g}) of the top {len(rows)} "
+        f"queries by loss share<br><sub>{report.note}</sub>",
+    )
+    return fig
+
+
+def _check_query(report: GOLSDReport, query: int) -> int:
+    if not 0 <= int(query) < report.num_queries:
+        raise ValueError(f"query must be in 0..{report.num_queries - 1}, got {query}")
+    return int(query)
+
+
+def _match_text(report: GOLSDReport, q: int) -> str:
+    t = int(report.union_target[q])
+    return f"matched to target {t}" if t >= 0 else "unmatched"
+
+
+__all__ = [
+    "distribution_figure",
+    "golsd_distribution_figure",
+    "golsd_kl_figure",
+    "golsd_loss_figure",
+    "golsd_weights_figure",
+    "refinement_figure",
+    "weighting_figure",
+]
