@@ -37,10 +37,8 @@ from analysis.refinement import STAGE_ENCODER, STAGE_PRE
 from dfine.detections import Detections
 from dfine.loss.criterion import (
     DFINECriterion,
-    ddf_balance,
-    ddf_kl,
     ddf_loss,
-    ddf_weights,
+    ddf_terms,
     matched_ious,
     matched_targets,
     src_permutation,
@@ -296,29 +294,24 @@ def _layer_terms(
     per_layer: dict[str, list] = {k: [] for k in ("kl", "weight", "loss", "share")}
     for aux in outputs["aux_outputs"]:
         ious = matched_ious(aux["pred_boxes"][idx], tgt)
-        weight, mask = ddf_weights(aux["teacher_logits"], idx, ious)
-        student = aux["pred_corners"].reshape(-1, reg_max + 1)
-        teacher = aux["teacher_corners"].reshape(-1, reg_max + 1)
-        kl = ddf_kl(student, teacher, temp)
-        if balance is None:  # the criterion takes it from the first student layer
-            balance = ddf_balance(mask, aux["pred_boxes"].shape[0])
-        loss, share = _loss_and_share(kl, weight, mask, balance, temp)
-        if torch.equal(student, teacher):  # the criterion's shortcut: no distillation
-            loss, share = torch.zeros(()), torch.zeros_like(share)
+        loss, kl, weight, mask, balance = ddf_terms(aux, idx, ious, reg_max, temp, balance)
+        share = _share(kl, weight, mask, balance, temp)
+        if loss.item() == 0.0:  # identical teacher and student: no distillation, no shares
+            share = torch.zeros_like(share)
         for key, value in zip(per_layer, (kl, weight, loss, share)):
             per_layer[key].append(value.detach())
     return {"mask": mask, "balance": balance, **{k: torch.stack(v) for k, v in per_layer.items()}}
 
 
-def _loss_and_share(kl, weight, mask, balance, temp) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ddf_loss`` and each edge's share of it (``kl × ∂loss/∂kl``; exact, the loss is linear
-    in ``kl``)."""
+def _share(kl, weight, mask, balance, temp) -> torch.Tensor:
+    """Each edge's share of ``ddf_loss`` (``kl × ∂loss/∂kl``; exact, the loss is linear in
+    ``kl``)."""
     with torch.inference_mode(False), torch.enable_grad():
         kl_leaf = kl.detach().clone().requires_grad_(True)
         pos, neg = (torch.as_tensor(b).clone() for b in balance)
         loss = ddf_loss(kl_leaf, weight.clone(), mask.clone(), pos, neg, temperature=temp)
         (grad,) = torch.autograd.grad(loss, kl_leaf)
-    return loss.detach(), (kl_leaf.detach() * grad)
+    return kl_leaf.detach() * grad
 
 
 def _report(trace, targets, sets, layers, temp, size, space, pseudo) -> GOLSDReport:

@@ -3,6 +3,7 @@
 from dfine.checkpoint import CheckpointError, load_model, save_model
 from dfine.config import SIZES, ModelConfig, get_config
 from dfine.detections import Detections
+from dfine.loss import build_criterion
 from dfine.model import DFINE, build_model
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import postprocess
@@ -16,6 +17,7 @@ __all__ = [
     "Detections",
     "Detector",
     "ModelConfig",
+    "build_criterion",
     "build_model",
     "get_config",
     "load_model",

@@ -192,6 +192,34 @@ def ddf_loss(
     return (pos * num_pos + neg * num_neg) / (num_pos + num_neg)
 
 
+def ddf_terms(
+    out: dict,
+    idx: tuple[torch.Tensor, torch.Tensor],
+    ious: torch.Tensor,
+    reg_max: int,
+    temperature: float,
+    balance: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+    """GO-LSD distillation of one student output set (``pred_corners``, ``teacher_corners``,
+    ``teacher_logits``, ``pred_boxes``) at the union matches ``idx`` with their IoUs ``[M]``.
+
+    Returns ``(loss_ddf, kl [N], weight [N], mask [N], balance)`` over the ``N = B*Q*4`` edges;
+    ``balance`` (matched, unmatched group weights) is computed here unless given. A student
+    identical to its teacher (the last layer) gives a zero loss, as in the reference.
+    """
+    student = out["pred_corners"].reshape(-1, reg_max + 1)
+    teacher = out["teacher_corners"].reshape(-1, reg_max + 1)
+    weight, mask = ddf_weights(out["teacher_logits"], idx, ious)
+    kl = ddf_kl(student, teacher, temperature)
+    if balance is None:
+        balance = ddf_balance(mask, out["pred_boxes"].shape[0])
+    if torch.equal(student, teacher):
+        loss = student.sum() * 0
+    else:
+        loss = ddf_loss(kl, weight, mask, *balance, temperature=temperature)
+    return loss, kl, weight, mask, balance
+
+
 # ----------------------------------------------------------------------------- the criterion
 class DFINECriterion(nn.Module):
     """D-FINE's loss over all outputs of a train-mode forward.
@@ -277,18 +305,12 @@ class DFINECriterion(nn.Module):
         corners = out["pred_corners"][idx].reshape(-1, self.reg_max + 1)
         terms["loss_fgl"] = fgl_loss(corners, bins, w_right, w_left, edge_weight, num_box)
         if "teacher_corners" in out:
-            student = out["pred_corners"].reshape(-1, self.reg_max + 1)
-            teacher = out["teacher_corners"].reshape(-1, self.reg_max + 1)
-            if torch.equal(student, teacher):
-                terms["loss_ddf"] = student.sum() * 0
-            else:
-                weight, mask = ddf_weights(out["teacher_logits"], idx, ious)
-                kl = ddf_kl(student, teacher, self.temperature)
-                if not is_dn:
-                    cache["ddf_balance"] = ddf_balance(mask, out["pred_boxes"].shape[0])
-                terms["loss_ddf"] = ddf_loss(
-                    kl, weight, mask, *cache["ddf_balance"], temperature=self.temperature
-                )
+            balance = cache.get("ddf_balance") if is_dn else None
+            terms["loss_ddf"], *_, balance = ddf_terms(
+                out, idx, ious, self.reg_max, self.temperature, balance
+            )
+            if not is_dn:
+                cache["ddf_balance"] = balance
         return terms
 
     def _weighted(self, terms: dict[str, torch.Tensor], suffix: str) -> dict[str, torch.Tensor]:
