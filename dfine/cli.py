@@ -327,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_benchmark)
 
     from dfine.data.cli import register_cli as register_data
+    from dfine.train.cli import register_cli as register_train
 
+    register_train(sub)
     register_data(sub)
     return parser
 
