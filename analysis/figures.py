@@ -279,7 +279,7 @@ def _weighting_series(curve: WeightingCurve, model: WeightingCurve | None):
 def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) -> go.Figure:
     """The softened teacher (final layer) distribution of one query's edge as bars, and each
     student layer's softened distribution as a line, on the pixel offset axis."""
-    q, e = _check_query(report, query), S.edge_index(edge)
+    q, e = report.check_query(query), S.edge_index(edge)
     x = report.offsets_px[q, e]
     fig = go.Figure()
     fig.add_trace(
@@ -313,7 +313,7 @@ def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) 
         template=TEMPLATE,
         height=460,
         bargap=0,
-        title=f"GO-LSD, query {q}, {EDGES[e]} edge: teacher vs students · {_match_text(report, q)}"
+        title=f"GO-LSD, query {q}, {EDGES[e]} edge: teacher vs students · {report.match_text(q)}"
         f"<br><sub>{report.note}</sub>",
     )
     return fig
@@ -321,7 +321,7 @@ def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) 
 
 def golsd_kl_figure(report: GOLSDReport, query: int) -> go.Figure:
     """KL(teacher ‖ student) of one query per student layer, stacked by edge (nats)."""
-    q = _check_query(report, query)
+    q = report.check_query(query)
     fig = go.Figure()
     for e, edge in enumerate(EDGES):
         fig.add_trace(
@@ -342,7 +342,7 @@ def golsd_kl_figure(report: GOLSDReport, query: int) -> go.Figure:
         template=TEMPLATE,
         barmode="stack",
         height=420,
-        title=f"KL per student layer, query {q} · {_match_text(report, q)} · DDF weight {weights}"
+        title=f"KL per student layer, query {q} · {report.match_text(q)} · DDF weight {weights}"
         f"<br><sub>{report.note}</sub>",
     )
     return fig
@@ -398,17 +398,6 @@ def golsd_weights_figure(
         f"queries by loss share<br><sub>{report.note}</sub>",
     )
     return fig
-
-
-def _check_query(report: GOLSDReport, query: int) -> int:
-    if not 0 <= int(query) < report.num_queries:
-        raise ValueError(f"query must be in 0..{report.num_queries - 1}, got {query}")
-    return int(query)
-
-
-def _match_text(report: GOLSDReport, q: int) -> str:
-    t = int(report.union_target[q])
-    return f"matched to target {t}" if t >= 0 else "unmatched"
 
 
 __all__ = [

@@ -180,6 +180,17 @@ class GOLSDReport:
     def num_queries(self) -> int:
         return self.teacher_probs.shape[0]
 
+    def check_query(self, query: int) -> int:
+        """``query`` as an int, or ValueError when it is not a query of this report."""
+        if not 0 <= int(query) < self.num_queries:
+            raise ValueError(f"query must be in 0..{self.num_queries - 1}, got {query}")
+        return int(query)
+
+    def match_text(self, query: int) -> str:
+        """'matched to target t' or 'unmatched' (GO-LSD union matching)."""
+        t = int(self.union_target[query])
+        return f"matched to target {t}" if t >= 0 else "unmatched"
+
     def ranked_queries(self) -> np.ndarray:
         """Queries by total contribution to the DDF loss (all student layers), descending."""
         return np.argsort(-self.contribution.sum(0), kind="stable")

@@ -186,7 +186,7 @@ def weighting_figure(curve: WeightingCurve, model: WeightingCurve | None = None)
 # ----------------------------------------------------------------------------- GO-LSD
 def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) -> Figure:
     """Matplotlib version of :func:`analysis.figures.golsd_distribution_figure`."""
-    q, e = _check_query(report, query), S.edge_index(edge)
+    q, e = report.check_query(query), S.edge_index(edge)
     x = report.offsets_px[q, e]
     fig = _figure(9, 4.8)
     ax = fig.subplots()
@@ -213,7 +213,7 @@ def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) 
         xlabel=S.edge_axis(EDGES[e], report.pixel_space), ylabel=S.softened_axis(report.temperature)
     )
     ax.set_title(
-        f"GO-LSD, query {q}, {EDGES[e]} edge: teacher vs students · {_match_text(report, q)}\n"
+        f"GO-LSD, query {q}, {EDGES[e]} edge: teacher vs students · {report.match_text(q)}\n"
         f"{report.note}",
         fontsize=10,
     )
@@ -223,7 +223,7 @@ def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) 
 
 def golsd_kl_figure(report: GOLSDReport, query: int) -> Figure:
     """Matplotlib version of :func:`analysis.figures.golsd_kl_figure`."""
-    q = _check_query(report, query)
+    q = report.check_query(query)
     fig = _figure(8, 4.5)
     ax = fig.subplots()
     x = np.arange(len(report.student_layers))
@@ -246,7 +246,7 @@ def golsd_kl_figure(report: GOLSDReport, query: int) -> Figure:
         f"{layer}: {report.weights[i, q]:.3f}" for i, layer in enumerate(report.student_layers)
     )
     ax.set_title(
-        f"KL per student layer, query {q} · {_match_text(report, q)} · DDF weight {weights}\n"
+        f"KL per student layer, query {q} · {report.match_text(q)} · DDF weight {weights}\n"
         f"{report.note}",
         fontsize=9,
     )
@@ -302,17 +302,6 @@ def golsd_weights_figure(
         fontsize=9,
     )
     return fig
-
-
-def _check_query(report: GOLSDReport, query: int) -> int:
-    if not 0 <= int(query) < report.num_queries:
-        raise ValueError(f"query must be in 0..{report.num_queries - 1}, got {query}")
-    return int(query)
-
-
-def _match_text(report: GOLSDReport, q: int) -> str:
-    t = int(report.union_target[q])
-    return f"matched to target {t}" if t >= 0 else "unmatched"
 
 
 __all__ = [

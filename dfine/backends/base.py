@@ -28,6 +28,21 @@ class Backend:
     def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
         raise NotImplementedError
 
+    def _init_from_onnx(
+        self, weights: str | os.PathLike, size: tuple[int, int] | None, postprocess: bool = True
+    ) -> dict:
+        """Resolve ``weights`` to an exported ONNX file and read its metadata."""
+        from dfine.export import read_metadata
+
+        self.path = onnx_for(weights, size)
+        meta = read_metadata(self.path)
+        if postprocess and not meta["postprocess"]:
+            raise ValueError(f"{self.path} was exported without postprocessing; export it with it")
+        self.input_size = tuple(meta["input_size"])
+        self.num_classes = meta["num_classes"]
+        self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
+        return meta
+
     def __repr__(self) -> str:
         h, w = self.input_size
         return f"{type(self).__name__}(input {h}x{w}, {self.num_classes} classes)"

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from dfine.backends.base import Backend, Detections3, as_numpy, missing_package, onnx_for
+from dfine.backends.base import Backend, Detections3, as_numpy, missing_package
 
 
 class OnnxRuntimeBackend(Backend):
@@ -25,15 +25,7 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError as e:
             raise missing_package("onnxruntime", "onnxruntime", "ONNX Runtime") from e
-        from dfine.export import read_metadata
-
-        self.path = onnx_for(weights, size)
-        meta = read_metadata(self.path)
-        if not meta["postprocess"]:
-            raise ValueError(f"{self.path} was exported without postprocessing; export it with it")
-        self.input_size = tuple(meta["input_size"])
-        self.num_classes = meta["num_classes"]
-        self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
+        self._init_from_onnx(weights, size)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from dfine.backends.base import Backend, Detections3, as_numpy, missing_package, onnx_for
+from dfine.backends.base import Backend, Detections3, as_numpy, missing_package
 
 PRECISIONS = ("f32", "bf16", "f16")
 
@@ -28,17 +28,9 @@ class OpenVINOBackend(Backend):
             import openvino as ov
         except ImportError as e:
             raise missing_package("openvino", "openvino", "OpenVINO") from e
-        from dfine.export import read_metadata
-
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.path = onnx_for(weights, size)
-        meta = read_metadata(self.path)
-        if not meta["postprocess"]:
-            raise ValueError(f"{self.path} was exported without postprocessing; export it with it")
-        self.input_size = tuple(meta["input_size"])
-        self.num_classes = meta["num_classes"]
-        self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
+        self._init_from_onnx(weights, size)
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

@@ -21,7 +21,6 @@ from dfine.backends.base import (
     backend_cache_dir,
     file_digest,
     missing_package,
-    onnx_for,
 )
 
 FP16_SCORE_TOL = 0.02  # max |score difference| of paired detections
@@ -97,14 +96,8 @@ class TensorRTBackend(Backend):
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
         trt = _import_tensorrt()
-        from dfine.export import read_metadata
-
         self.device = torch.device(device)
-        self.path = onnx_for(weights, size)
-        meta = read_metadata(self.path)
-        self.input_size = tuple(meta["input_size"])
-        self.num_classes = meta["num_classes"]
-        self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
+        self._init_from_onnx(weights, size)
         self.max_batch = max_batch
         self.precision = precision
         self.guard_report: str | None = None
