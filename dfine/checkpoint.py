@@ -39,6 +39,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    # --- Hugging Face (transformers) layout: a directory with config.json, or its weights ---
+    from dfine.hf import is_hf_checkpoint, read_hf_checkpoint
+
+    if is_hf_checkpoint(path):
+        return read_hf_checkpoint(path)
+    # ---
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if path.stat().st_size == 0:
@@ -211,8 +217,9 @@ def load_model(
 ) -> DFINE:
     """A D-FINE model from a checkpoint file, in eval mode on ``device``.
 
-    ``source``: a reference ``.pth``, a project ``.safetensors``, or a model-zoo name
-    (see :mod:`dfine.zoo`). Size and class count are read from the weights; ``num_classes``,
+    ``source``: a reference ``.pth``, a project ``.safetensors``, a Hugging Face
+    transformers-layout checkpoint (folder with ``config.json``, see :mod:`dfine.hf`), or a
+    model-zoo name (see :mod:`dfine.zoo`). Size and class count are read from the weights; ``num_classes``,
     when given, is checked against them.
     """
     path = Path(source)
