@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,17 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"refusing to load {path}: it holds pickled Python objects ({found.group(1)}) "
+                "besides tensors, which could run code when loaded (only weights_only loading "
+                "is allowed). If the file is yours, re-save just its state dict: "
+                "torch.save(model.state_dict(), path)."
+            ) from e
         raise CheckpointError(
-            f"refusing to load {path}: it holds pickled Python objects other than tensors, "
-            "which could run code when loaded (only weights_only loading is allowed). If the "
-            "file is yours, re-save just its state dict: torch.save(model.state_dict(), path)."
+            f"{path} cannot be read as a weights-only PyTorch checkpoint: it is corrupt, not a "
+            "checkpoint, or a raw pickle (which could run code when unpickled, so it is refused)"
         ) from e
     except Exception as e:  # torch raises many types for non-checkpoint bytes
         raise CheckpointError(

@@ -1,0 +1,28 @@
+"""Where the app finds its files, and the few constants every module shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "assets"
+BUNDLED_WEIGHTS = ASSETS / "dfine_n_synth.safetensors"
+"""The demo model trained on the synthetic shapes dataset; used as soon as the file exists."""
+FIXTURE_WEIGHTS = REPO / "tests" / "fixtures" / "dfine_n_perturbed_random_official.pth"
+"""Fallback while the demo weights are not bundled: a randomly initialised parity fixture."""
+EXAMPLES_DIR = ASSETS / "examples"
+SYNTH_DIR = EXAMPLES_DIR / "synth"
+SYNTH_ANNOTATIONS = SYNTH_DIR / "instances_val.json"
+
+FIXTURE_BANNER = (
+    "Demo weights not bundled yet: this is a randomly initialised parity fixture — "
+    "its detections are meaningless"
+)
+FIXTURE_THRESHOLD = 0.02
+"""The fixture's scores are all about 0.05: a threshold that lets some of them through."""
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MAX_DETECTIONS = 25
+INPUT_SIZES = tuple(range(320, 801, 32))
+"""Network input sizes offered (square, pixels; multiples of 32)."""
+MAX_STAGES = 8
+"""Stages of the largest official model (encoder b0, pre-head, 6 decoder layers)."""

@@ -1,0 +1,171 @@
+"""What the endpoints say in words and draw besides the analysis figures: summaries,
+picker labels, the model description, the GO-LSD targets image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image, ImageDraw
+
+import analysis
+from app.ground_truth import GroundTruth
+from app.models import LoadedModel
+from app.paths import FIXTURE_BANNER
+from dfine.detections import Detections
+
+if TYPE_CHECKING:
+    from app.handlers import Selection
+
+GOLSD_QUERY_CHOICES = 20
+"""How many queries the GO-LSD picker offers (the largest contributors to the loss)."""
+
+
+def detection_label(index: int, dets: Detections) -> str:
+    """``"3: person 0.912"``: how pickers name detection ``index`` of ``dets``."""
+    return f"{index}: {dets.names[index]} {dets.scores[index]:.3f}"
+
+
+def speed_text(sel: Selection) -> str:
+    speed = sel.result.detections.speed
+    parts = " · ".join(f"{k} {speed[k]:.1f} ms" for k in ("preprocess", "inference", "postprocess"))
+    when = "cached result, computed earlier: 0 ms now" if sel.cached else "computed now"
+    return f"**Speed** (this server's CPU): {parts} ({when})"
+
+
+def detect_summary(sel: Selection) -> str:
+    n, total = len(sel.detections), len(sel.result.detections)
+    w, h = sel.result.image_size
+    count = f"**{n} detection{'s' if n != 1 else ''}** with score above {sel.threshold:g}"
+    if n == sel.max_detections and total > n:
+        count += (
+            f" (showing the top {n} of {int((sel.result.detections.scores > sel.threshold).sum())})"
+        )
+    lines = [
+        f"{count} · image {w}×{h} px · network input {sel.result.size}×{sel.result.size} px · "
+        f"model: {sel.model.entry.label}",
+        speed_text(sel),
+    ]
+    if n == 0:
+        lines.append("Nothing scored above the threshold: lower it to see weaker detections.")
+    if sel.model.entry.is_fixture:
+        lines.append(f"⚠️ {FIXTURE_BANNER}.")
+    return "\n\n".join(lines)
+
+
+def distribution_title(sel: Selection, index: int) -> str:
+    dets = sel.detections
+    return (
+        f"Edge distributions of detection {index} ({dets.names[index]}, score "
+        f"{dets.scores[index]:.3f}, query {int(sel.queries[index])}), every decoder layer"
+    )
+
+
+def weighting_summary(
+    curve: analysis.WeightingCurve, own: analysis.WeightingCurve, loaded: LoadedModel
+) -> str:
+    same = (curve.reg_max, curve.up, curve.reg_scale) == (own.reg_max, own.up, own.reg_scale)
+    return (
+        f"**Your parameters**: reg_max = {curve.reg_max}, up = {curve.up:g}, reg_scale = "
+        f"{curve.reg_scale:g} → range ±{2 * curve.up * curve.reg_scale:g} W units "
+        f"(±{2 * curve.up:g} × box size), step ratio {curve.step:.4f}, smallest step "
+        f"{curve.min_spacing:.4f}, largest {curve.max_spacing:.4f} "
+        f"({curve.spacing_ratio:.0f}× the smallest).\n\n"
+        f"**The model** ({loaded.entry.label}): reg_max = {own.reg_max}, up = {own.up:g}, "
+        f"reg_scale = {own.reg_scale:g} (red circles)"
+        + (" — the same as your parameters." if same else ".")
+    )
+
+
+def query_label(report: analysis.GOLSDReport, q: int, names: Sequence[str]) -> str:
+    t = int(report.union_target[q])
+    if t >= 0:
+        label = int(report.target_labels[t])
+        name = names[label] if 0 <= label < len(names) else f"class {label}"
+        match = f"matched to target {t} ({name})"
+    else:
+        match = "unmatched"
+    return f"query {q}: {match}, loss share {report.contribution[:, q].sum():.3g}"
+
+
+def query_choices(report: analysis.GOLSDReport, q: int, names: Sequence[str]) -> list[str]:
+    ranked = [int(i) for i in report.ranked_queries()[:GOLSD_QUERY_CHOICES]]
+    if q not in ranked:
+        ranked.append(q)
+    return [query_label(report, i, names) for i in ranked]
+
+
+def golsd_summary(report: analysis.GOLSDReport, sel: Selection, truth: GroundTruth | None) -> str:
+    source = (
+        f"annotations of the synthetic example {truth.file_name}"
+        if truth is not None
+        else f"the {len(report.target_labels)} detections above {sel.threshold:g} shown in the "
+        "Detect tab"
+    )
+    losses = ", ".join(
+        f"{layer}: {v:.5f}" for layer, v in zip(report.student_layers, report.loss_ddf)
+    )
+    return (
+        f"### {report.note}\n"
+        f"Targets: {source} ({len(report.target_labels)} boxes) · "
+        f"{int(report.matched.sum())} of {report.num_queries} queries matched (union of the "
+        f"matches of {len(report.match_sets)} output sets) · teacher: {report.teacher_layer} · "
+        f"temperature T = {report.temperature:g}\n\n"
+        f"DDF loss per student layer (before the loss weight): {losses}"
+    )
+
+
+def compact(fig: go.Figure) -> go.Figure:
+    """Smaller titles, for figures shown side by side."""
+    return fig.update_layout(title_font_size=12)
+
+
+def targets_image(
+    sel: Selection, report: analysis.GOLSDReport, names: Sequence[str], q: int
+) -> Image.Image:
+    """The targets drawn on the image, and the chosen query's final box in white."""
+    n = len(report.target_labels)
+    targets = Detections(
+        boxes=report.target_boxes_xyxy.reshape(-1, 4),
+        scores=np.ones(n, dtype=np.float32),
+        labels=report.target_labels,
+        class_names=tuple(names),
+        image_size=sel.result.image_size,
+        image=sel.result.image,
+    )
+    canvas = targets.plot(show_scores=False)
+    box = analysis.refinement(sel.result.trace, [q], sel.result.image_size).boxes_xyxy[-1, 0]
+    draw = ImageDraw.Draw(canvas)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    rect = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+    lw = max(round(sum(canvas.size) / 2 * 0.004), 2)
+    draw.rectangle(rect, outline=(0, 0, 0), width=lw + 2)
+    draw.rectangle(rect, outline=(255, 255, 255), width=lw)
+    draw.text((rect[0] + lw + 2, rect[3] - lw - 14), f"query {q}", fill=(255, 255, 255))
+    return canvas
+
+
+def model_markdown(loaded: LoadedModel) -> str:
+    """Size, classes, parameter count and input size of a loaded model, as markdown."""
+    cfg = loaded.model.config
+    h, w = loaded.input_size
+    names = loaded.class_names
+    shown = ", ".join(names[:30]) + (f", … ({len(names) - 30} more)" if len(names) > 30 else "")
+    size = f"{loaded.file_bytes / 2**20:.1f} MiB" if loaded.file_bytes else "unknown"
+    decoder = cfg.decoder
+    rows = [
+        ("Model", loaded.entry.label),
+        ("Key (the API's model value)", f"`{loaded.entry.key}`"),
+        ("Architecture", f"D-FINE-{cfg.size.upper()}, {decoder.num_layers} decoder layers"),
+        ("Parameters", f"{loaded.num_parameters / 1e6:.2f} M ({loaded.num_parameters:,})"),
+        ("Input size", f"{w}×{h} px (the model's own; any multiple of 32 works)"),
+        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge"),
+        ("Checkpoint file", size),
+        ("Classes", f"{loaded.num_classes}: {shown}"),
+    ]
+    text = "\n".join(f"- **{k}**: {v}" for k, v in rows)
+    if loaded.entry.is_fixture:
+        text = f"⚠️ **{FIXTURE_BANNER}.**\n\n" + text
+    return text

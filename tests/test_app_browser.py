@@ -1,0 +1,168 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright (the PyPI package; no
+``playwright install``). Upload a photo, press Detect, see the boxes and the table, open the
+Distributions tab, pick a detection, see a rendered plotly figure. Screenshots are saved in
+``test-artifacts/`` (printed at the end of the test)."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium) to run "
+        "the browser test",
+        allow_module_level=True,
+    )
+pytest.importorskip("gradio", reason="the app needs gradio")
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+
+from PIL import Image  # noqa: E402
+
+from app import build_demo, launch_options  # noqa: E402
+from app.paths import FIXTURE_WEIGHTS  # noqa: E402
+from dfine.io import load_image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+PHOTO = ROOT / "assets" / "examples" / "astronaut.jpg"
+WAIT_MS = 60_000  # every browser wait is bounded by this
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    demo = build_demo(str(FIXTURE_WEIGHTS))
+    demo.queue(default_concurrency_limit=2, max_size=20)
+    _, local_url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=_free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(),
+    )
+    try:
+        yield demo, local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    url = server[1]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(url, wait_until="domcontentloaded", timeout=WAIT_MS)
+            page.wait_for_selector("#detect-button", state="visible")
+            yield page
+        finally:
+            browser.close()
+
+
+def _shot(page, name: str, shots: list[str]) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    shots.append(str(path))
+
+
+def _image_at(page, selector: str) -> np.ndarray:
+    """The image an ``<img>`` shows, fetched from the server and decoded."""
+    src = page.locator(selector).first.get_attribute("src")
+    data = page.request.get(src, timeout=WAIT_MS).body()
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_detect_then_distributions(server, page, record_property):
+    shots: list[str] = []
+    assert page.locator("#fixture-banner").inner_text().startswith("⚠️ Demo weights not bundled")
+
+    start = time.perf_counter()
+    page.locator("#input-image input[type=file]").set_input_files(str(PHOTO))
+    page.wait_for_selector("#input-image img", state="visible")
+    page.click("#detect-button")
+    grid = page.locator("#detections-table [role=grid]")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#detections-table [role=grid]')"
+        "?.getAttribute('aria-rowcount')) > 1",
+        timeout=WAIT_MS,
+    )
+    page.wait_for_selector("#annotated img", state="visible")
+    summary = page.locator("#detect-summary")
+    summary.get_by_text("detections").first.wait_for()
+    upload_to_detections = time.perf_counter() - start
+    _shot(page, "app_01_detect.png", shots)
+
+    count = int(summary.inner_text().split(" detection")[0].split()[-1])
+    assert 0 < count <= 25
+    assert int(grid.get_attribute("aria-rowcount")) == count + 1  # header + one per detection
+    first_row = page.locator("#detections-table [role=row][aria-rowindex='2']")
+    cells = first_row.inner_text().split()
+    assert cells[0] == "0" and float(cells[-5]) > 0.02  # index, …, score, x1, y1, x2, y2
+    x1, y1, x2, y2 = (float(v) for v in cells[-4:])
+    centre = ((x1 + x2) / 2, (y1 + y2) / 2)  # clicked below: the nearest box is this one
+    nearest = server[0].dfine_handlers.nearest_detection(
+        str(PHOTO), 0.02, 640, "default", 25, centre
+    )
+    other = "2: " if nearest.startswith("1: ") else "1: "
+    annotated = _image_at(page, "#annotated img").astype(int)
+    original = load_image(PHOTO).astype(int)
+    assert annotated.shape == original.shape
+    assert np.abs(annotated - original).mean() > 0.5  # boxes were drawn
+    assert np.abs(annotated[150:350, 150:350] - original[150:350, 150:350]).mean() < 3
+
+    page.get_by_role("tab", name="Distributions").click()
+    picker = page.locator("#distribution-detection input")
+    picker.click()
+    page.get_by_role("option").filter(has_text=other).first.click()
+    title = page.locator("#dist-plot .gtitle")
+    title.filter(has_text=f"detection {other[:-2]} ").first.wait_for()
+    plot = page.locator("#dist-plot .js-plotly-plot")
+    traces = plot.evaluate("el => el.data.length")
+    bars = plot.evaluate("el => el.data.filter(t => t.type === 'bar').length")
+    assert traces > 0 and bars == 12  # four edges × three decoder layers
+    assert page.locator("#dist-plot .js-plotly-plot .barlayer .point").count() > 0
+    page.wait_for_selector("#uncertainty-overlay img", state="visible")
+    _shot(page, "app_02_distributions.png", shots)
+
+    # clicking a box in the Detect tab opens its distributions
+    page.get_by_role("tab", name="Detect").click()
+    box = page.locator("#annotated img").bounding_box()
+    scale = box["width"] / original.shape[1]
+    page.mouse.click(box["x"] + centre[0] * scale, box["y"] + centre[1] * scale)
+    page.get_by_role("tab", name="Distributions", selected=True).wait_for()
+    page.wait_for_function(
+        f"() => document.querySelector('#distribution-detection input').value === '{nearest}'",
+        timeout=WAIT_MS,
+    )
+    index = nearest.split(":")[0]
+    title.filter(has_text=f"detection {index} ").first.wait_for()
+    _shot(page, "app_03_clicked_box.png", shots)
+
+    record_property("screenshots", ", ".join(shots))
+    record_property("upload_to_detections_s", round(upload_to_detections, 2))
+    print(f"\nbrowser: upload + Detect → table shown in {upload_to_detections:.2f} s")
+    print("screenshots:\n" + "\n".join(shots))
