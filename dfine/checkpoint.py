@@ -44,7 +44,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     from dfine.hf import is_hf_checkpoint, read_hf_checkpoint
 
     if is_hf_checkpoint(path):
-        return read_hf_checkpoint(path)
+        sd, meta = read_hf_checkpoint(path)
+        return sd, _check_metadata(meta, path)
     # ---
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
@@ -70,7 +71,34 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             meta = json.loads(raw_meta[METADATA_KEY])
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}: its metadata is not valid JSON ({e})") from e
-    return _restore_aliases(sd), meta
+    return _restore_aliases(sd), _check_metadata(meta, path)
+
+
+MAX_INPUT_SIZE = 2048
+"""Largest input side a checkpoint's metadata may declare (memory grows with its square)."""
+
+
+def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
+    """``meta`` if it is a JSON object whose ``input_size`` and ``class_names`` (when set)
+    are usable; a file from a stranger could declare a size that exhausts memory."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its metadata is a {type(meta).__name__}, not an object")
+    size = meta.get("input_size")
+    if size and not (  # empty or missing: the model's own size (see load_model)
+        isinstance(size, (list, tuple))
+        and len(size) == 2
+        and all(type(s) is int and 64 <= s <= MAX_INPUT_SIZE and s % 32 == 0 for s in size)
+    ):
+        raise CheckpointError(
+            f"{path}: its metadata's input_size must be [height, width], multiples of 32 "
+            f"from 64 to {MAX_INPUT_SIZE}, got {size!r}"
+        )
+    names = meta.get("class_names")
+    if names is not None and not (
+        isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
+    ):
+        raise CheckpointError(f"{path}: its metadata's class_names must be a list of strings")
+    return meta
 
 
 def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

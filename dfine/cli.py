@@ -334,6 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_text(exc: BaseException) -> str:
+    """``str(exc)``; for an error re-raised from a ``DataLoader`` worker, whose message holds
+    the worker's traceback, only the original error's message."""
+    text = str(exc)
+    if "Original Traceback (most recent call last):" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "pkg.SomeError: message"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -342,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

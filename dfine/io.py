@@ -190,6 +190,9 @@ def _sniff(fp: IO[bytes]) -> str | None:
 def _unidentified_error(fp: IO[bytes], name: str) -> ImageLoadError:
     """Pillow recognised no format: a damaged image if the magic bytes say so, else not one."""
     kind = _sniff(fp)
+    with contextlib.suppress(Exception):  # an empty file object (paths and bytes are checked)
+        if fp.seek(0) == 0 and not fp.read(1):
+            return ImageLoadError(f"Cannot load image {name}: empty data (0 bytes)")
     if kind is not None:
         return ImageLoadError(
             f"Cannot load image {name}: truncated or corrupt {kind} file (it starts like one, "
