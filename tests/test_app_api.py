@@ -4,10 +4,8 @@ gradio_client, outputs checked for content. Every wait is bounded."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,8 @@ import analysis  # noqa: E402
 from app.paths import FIXTURE_WEIGHTS, SYNTH_ANNOTATIONS  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
 from dfine.io import load_image  # noqa: E402
+from tests.app_util import call as call_app  # noqa: E402
+from tests.app_util import load_app_py, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "assets" / "examples" / "chelsea.jpg"
@@ -29,37 +29,12 @@ THRESHOLD = 0.0494
 SHARED = (THRESHOLD, 640, "default", 300)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _load_app_py():
-    spec = importlib.util.spec_from_file_location("dfine_app_main", ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def server():
-    main = _load_app_py()
-    from app import launch_options
-
-    demo = main.create_demo(str(FIXTURE_WEIGHTS))
+    demo = load_app_py().create_demo(str(FIXTURE_WEIGHTS))
     assert demo.max_threads >= 2
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1",
-        server_port=_free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(),
-    )
-    try:
+    with serve(demo) as url:
         yield demo, url
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +43,7 @@ def client(server):
 
 
 def call(client, *args, api_name: str):
-    """``client.predict`` with a bound on the wait."""
-    return client.submit(*args, api_name=api_name).result(timeout=TIMEOUT)
+    return call_app(client, *args, api_name=api_name, timeout=TIMEOUT)
 
 
 def image(path: str | Path) -> np.ndarray:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -26,9 +25,10 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwr
 
 from PIL import Image  # noqa: E402
 
-from app import build_demo, launch_options  # noqa: E402
+from app import build_demo  # noqa: E402
 from app.paths import FIXTURE_WEIGHTS  # noqa: E402
 from dfine.io import load_image  # noqa: E402
+from tests.app_util import serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -44,27 +44,12 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
     demo = build_demo(str(FIXTURE_WEIGHTS))
     demo.queue(default_concurrency_limit=2, max_size=20)
-    _, local_url, _ = demo.launch(
-        server_name="127.0.0.1",
-        server_port=_free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(),
-    )
-    try:
-        yield demo, local_url
-    finally:
-        demo.close()
+    with serve(demo) as url:
+        yield demo, url
 
 
 @pytest.fixture(scope="module")

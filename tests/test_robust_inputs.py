@@ -12,14 +12,12 @@ answers a normal request afterwards. (Unit-level decoding and checkpoint errors 
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import logging
 import os
 import pickle
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -311,6 +309,8 @@ from app.handlers import Handlers  # noqa: E402
 from app.models import ModelStore  # noqa: E402
 from app.results import ResultCache  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
+from tests.app_util import call as call_app  # noqa: E402
+from tests.app_util import load_app_py, serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -351,31 +351,11 @@ def test_handler_still_answers_after_every_bad_image(handlers, image_dir):
 
 
 # ---------------------------------------------------------------------- (d) the launched app
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    spec = importlib.util.spec_from_file_location("dfine_app_main_robust", ROOT / "app.py")
-    main = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(main)
-    from app import launch_options
-
-    demo = main.create_demo(str(FIXTURE))
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1",
-        server_port=_free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(),
-    )
-    try:
+    demo = load_app_py("dfine_app_main_robust").create_demo(str(FIXTURE))
+    with serve(demo) as url:
         yield demo, url
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +364,7 @@ def client(server):
 
 
 def call(client, *args, api_name: str):
-    return client.submit(*args, api_name=api_name).result(timeout=TIMEOUT)
+    return call_app(client, *args, api_name=api_name, timeout=TIMEOUT)
 
 
 def _detect_photo(client) -> None:

@@ -18,7 +18,6 @@ import concurrent.futures
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ import httpx  # noqa: E402  (a gradio dependency)
 from gradio_client.utils import QueueError  # noqa: E402
 
 from dfine.predict import Detector  # noqa: E402
+from tests.app_util import free_port, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "dfine_n_perturbed_random_official.pth"
@@ -53,10 +53,8 @@ PEAK_RSS_LIMIT = 3 * 2**30  # bytes: the server's peak resident memory, whole ru
 GROWTH_LIMIT = 1536 * 2**20  # bytes: peak minus the warmed-up server's resident memory
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _unused():
+    pass
 
 
 def _proc_status(pid: int) -> dict[str, int]:
@@ -124,7 +122,7 @@ def _matches(rows: list[list], expected) -> bool:
 def app_process(tmp_path_factory):
     """``python app.py`` on 127.0.0.1 with the fixture model; yields ``(url, pid)``."""
     log_path = tmp_path_factory.mktemp("app_log") / "server.log"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "GRADIO_SERVER_NAME": "127.0.0.1",
@@ -273,7 +271,7 @@ QUEUE_MAX = 4
 def small_queue_app():
     """The app with 1 request at a time and 4 waiting; requests are held at a gate inside
     the handler until the test opens it. Yields ``(demo, url, gate, entered)``."""
-    from app import build_demo, launch_options
+    from app import build_demo
 
     demo = build_demo(str(FIXTURE))
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX)
@@ -287,18 +285,11 @@ def small_queue_app():
         return real_get(*args, **kwargs)
 
     handlers.cache.get = gated_get
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1",
-        server_port=_free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(),
-    )
-    try:
-        yield demo, url, gate, entered
-    finally:
-        gate.set()
-        demo.close()
+    with serve(demo) as url:
+        try:
+            yield demo, url, gate, entered
+        finally:
+            gate.set()
 
 
 def _queued(demo) -> int:

@@ -1,0 +1,49 @@
+"""Helpers shared by the tests that launch the app on 127.0.0.1."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_app_py(module_name: str = "dfine_app_main"):
+    """The repository's ``app.py`` as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def serve(demo) -> Iterator[str]:
+    """Launch ``demo`` on 127.0.0.1 (free port, no thread lock); yield its URL; close it."""
+    from app import launch_options
+
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(),
+    )
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+def call(client, *args, api_name: str, timeout: float):
+    """``client.predict`` with a bound on the wait."""
+    return client.submit(*args, api_name=api_name).result(timeout=timeout)
