@@ -51,6 +51,7 @@ class TrainRun:
     no_val: bool = False
     max_steps_per_epoch: int | None = None
     sync_bn: bool | None = None
+    channels_last: bool | None = None
     progress: bool = True
     tensorboard: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -146,6 +147,7 @@ def _train(run: TrainRun, device: torch.device) -> dict[str, Any]:
         eval_every=run.eval_every,
         max_steps_per_epoch=run.max_steps_per_epoch,
         sync_bn=run.sync_bn,
+        channels_last=run.channels_last,
         metadata={"dataset": str(train_split.annotations)},
     )
     trainer = Trainer(model, recipe, train_loader, val_loader, options=options)

@@ -70,6 +70,8 @@ class TrainOptions:
     ``off``, ``fp16`` (CUDA only) or ``bf16`` (autocast, no scaler; CPU or a bf16 GPU).
     ``eval_every``: evaluate every N epochs (None: the recipe's; 0: never), plus the last epoch.
     ``max_steps_per_epoch``: cap the steps of an epoch (smoke tests, quick runs).
+    ``channels_last``: keep weights and images channels-last (oneDNN's faster convolutions,
+    about 10% per step for N on a 2-core CPU); None: on for single-process CPU training.
     """
 
     out_dir: str | Path = "runs/train"
@@ -81,6 +83,7 @@ class TrainOptions:
     eval_every: int | None = None
     max_steps_per_epoch: int | None = None
     sync_bn: bool | None = None
+    channels_last: bool | None = None
     find_unused_parameters: bool = False
     checkpoint_freq: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -131,6 +134,9 @@ class Trainer:
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.amp_dtype = self._amp_dtype(self.options.amp)
+        self.channels_last = self.options.channels_last
+        if self.channels_last is None:
+            self.channels_last = self.device.type == "cpu" and not dist.is_dist()
         self.model = self._wrap(model.to(self.device))
         self.criterion = (criterion or _default_criterion(unwrap(self.model))).to(self.device)
         self.optimizer = build_optimizer(unwrap(self.model), recipe)
@@ -177,6 +183,8 @@ class Trainer:
         return None
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         if not dist.is_dist():
             return model
         sync_bn = self.recipe.sync_bn if self.options.sync_bn is None else self.options.sync_bn
@@ -261,6 +269,8 @@ class Trainer:
 
     def _to_device(self, images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, list]:
         images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         moved = [
             {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
             for t in targets
