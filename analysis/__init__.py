@@ -13,6 +13,8 @@ Data (numpy / torch / PIL only):
 - :func:`golsd` → :class:`GOLSDReport`: GO-LSD matches, softened teacher / student
   distributions, KL, DDF weights and per-layer loss, computed by the criterion's functions;
   :func:`criterion_outputs`, :func:`pseudo_targets`.
+- :func:`layer_stats`: over an annotated dataset, each decoder layer's mean IoU with the ground
+  truth and mean edge entropy (refinement measured, not only shown).
 
 Figures: ``analysis.figures`` (plotly, interactive) and ``analysis.static`` (matplotlib, the
 same figures for PNG/SVG export, ``save_figure``). They are imported on first use, so the data
@@ -27,6 +29,7 @@ from typing import Any
 from analysis._common import EDGES
 from analysis.distributions import EdgeDistributions, edge_distributions, uncertainty_overlay
 from analysis.golsd import GOLSDReport, criterion_outputs, golsd, pseudo_targets
+from analysis.layer_stats import layer_stats
 from analysis.refinement import Refinement, refinement, refinement_overlay
 from analysis.weighting import (
     UNIFORM_NOTE,
@@ -48,6 +51,7 @@ __all__ = [
     "edge_distributions",
     "figures",
     "golsd",
+    "layer_stats",
     "model_weighting",
     "pseudo_targets",
     "refinement",
