@@ -13,9 +13,9 @@ from app.paths import BUNDLED_WEIGHTS
 from dfine.checkpoint import read_checkpoint
 from dfine.data import CocoDetection, build_val_transforms
 from dfine.data.synth import SYNTH_CLASSES, make_synthetic_dataset
+from dfine.train.run import validate
 
 NAMES = [c.name for c in SYNTH_CLASSES]
-from dfine.train.run import validate
 
 
 @pytest.fixture(scope="module")
