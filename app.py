@@ -1,9 +1,10 @@
 """Hugging Face Spaces entry point: ``python app.py`` serves the dfine app.
 
-Works offline on a fresh clone: the default model is bundled (or, until the demo weights are
-added, the parity fixture in tests/fixtures). ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``
-choose the address (default 127.0.0.1:7860; Spaces sets 0.0.0.0); ``DFINE_APP_MODEL`` or
-``--model PATH`` replaces the default model.
+Works offline on a fresh clone: the default model is bundled (assets/dfine_n_synth.safetensors;
+the parity fixture in tests/fixtures if that file is missing). ``GRADIO_SERVER_NAME`` /
+``GRADIO_SERVER_PORT`` choose the address (default 127.0.0.1:7860; Spaces sets 0.0.0.0);
+``DFINE_APP_MODEL`` or ``--model`` (a checkpoint path or a zoo name such as ``dfine_s_coco``,
+downloaded once into ``DFINE_HOME``) replaces the default model.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def create_demo(model_path: str | None = None) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the D-FINE explorer (Gradio).")
-    parser.add_argument("--model", default=os.environ.get("DFINE_APP_MODEL"), help="checkpoint")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("DFINE_APP_MODEL"),
+        help="default model: a checkpoint path or a zoo name (default: the bundled demo model)",
+    )
     args = parser.parse_args(argv)
     create_demo(args.model).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

@@ -131,7 +131,8 @@ class ModelStore:
     """Loads each model once and shares it between users (thread-safe).
 
     Args:
-        default: the default model's checkpoint; ``None`` picks :func:`default_weights`.
+        default: the default model's checkpoint or a zoo name (downloaded on first use);
+            ``None`` picks :func:`default_weights`.
         upload_dir: where uploaded checkpoints are kept (default: a new temp folder).
         max_loaded: how many models besides the default stay in memory.
         max_uploads: how many uploaded files stay on disk (oldest removed first).
@@ -146,6 +147,8 @@ class ModelStore:
         max_uploads: int = 8,
     ) -> None:
         path = Path(default) if default is not None else default_weights()
+        if not path.is_file() and zoo.is_zoo_name(str(default)):
+            path = zoo.download(str(default))  # once, into DFINE_HOME; later runs find it
         if not path.is_file():
             raise FileNotFoundError(f"default model not found: {path}")
         self._entries: dict[str, ModelEntry] = {DEFAULT_KEY: _default_entry(path)}

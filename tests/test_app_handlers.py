@@ -23,6 +23,7 @@ from app.paths import FIXTURE_BANNER, FIXTURE_WEIGHTS, SYNTH_ANNOTATIONS  # noqa
 from app.results import ResultCache  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
 from dfine.io import load_image  # noqa: E402
+from dfine.zoo import ZooDownloadError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "assets" / "examples" / "astronaut.jpg"
@@ -377,6 +378,20 @@ def test_default_model_prefers_the_bundled_weights(monkeypatch, tmp_path):
     entry = ModelStore(upload_dir=tmp_path / "u").default
     assert not entry.is_fixture and entry.default_threshold == 0.5
     assert ModelStore(FIXTURE_WEIGHTS, upload_dir=tmp_path / "u").default.is_fixture
+
+
+def test_default_model_by_zoo_name(monkeypatch, tmp_path):
+    """``python app.py --model dfine_n_coco`` (or DFINE_APP_MODEL on a Space): the zoo file is
+    downloaded once into DFINE_HOME; a file already there is used without the network."""
+    monkeypatch.setenv("DFINE_HOME", str(tmp_path / "zoo"))
+    monkeypatch.setenv("DFINE_ZOO_URL", "http://127.0.0.1:9/unreachable")  # refused at once
+    with pytest.raises(ZooDownloadError, match=r"dfine_n_coco\.pth"):
+        ModelStore("dfine_n_coco", upload_dir=tmp_path / "u")
+    cached = tmp_path / "zoo" / "dfine_n_coco.pth"
+    shutil.copy(FIXTURE_WEIGHTS, cached)
+    store = ModelStore("dfine_n_coco", upload_dir=tmp_path / "u")
+    assert Path(store.default.source) == cached
+    assert store.get("default").model.num_classes == 80
 
 
 # ------------------------------------------------------------------------------ utilities
