@@ -5,15 +5,19 @@ gradient clipping (0.1), AdamW and the EMA update — `Trainer.train_step`, as `
 it. The fp32 sgemm throughput is measured in the same run (as for benchmarks/latency.py) so
 numbers from different machines can be compared.
 
-    python benchmarks/train_step.py [--steps 10] [--batch 4] [--size 640] [--threads 2]
+    python benchmarks/train_step.py [--steps 10] [--batch 4] [--size 640] [--threads 2] \\
+        [--out benchmarks/results/train_step_cpu.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="n", choices=list("nslmx"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the line here (.md)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -66,12 +71,16 @@ def main() -> None:
             trainer.train_step(images, targets, epoch=0, step=i)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t)
-    print(
+    line = (
         f"train step, D-FINE-{args.model.upper()}, batch {args.batch}, {args.size}x{args.size}, "
         f"denoising on, {args.threads} threads: median {statistics.median(times):.2f} s, "
         f"p90 {p90(times):.2f} s over {args.steps} steps (after {args.warmup} warm-up); "
         f"fp32 sgemm {peak:.0f} GFLOP/s in the same run"
     )
+    print(line)
+    if args.out:
+        stamp = f"{datetime.date.today()}, torch {torch.__version__}, {platform.machine()}"
+        args.out.write_text(f"# CPU training step\n\n- {stamp}\n- {line}\n")
 
 
 if __name__ == "__main__":
