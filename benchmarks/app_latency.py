@@ -1,11 +1,17 @@
 """Seconds from upload to answer for the app's main endpoints, as a user of the running app sees.
 
-Starts ``python app.py`` (the default model unless ``--model``) on 127.0.0.1 in a subprocess,
-then for every example image calls ``/detect``, ``/trace`` (all stages of the top 5
-detections) and ``/distributions`` (detection 0, all layers) through ``gradio_client``. Every
-call uploads the image again, so the time includes upload, decoding, the network, analysis,
-figure building and the download of the outputs. The first call of each endpoint is reported
-apart (cold) from the median and p90 of the next ``--repeats`` calls.
+Starts ``python app.py`` (the default model unless ``--model``) on 127.0.0.1 in a subprocess and
+calls it through ``gradio_client``. Every call uploads an image, so the times include upload,
+decoding, the network, analysis, figures and the download of the outputs. The app runs the
+network once per (image, model, input size) and keeps the result for the other tabs, so two
+cases are timed:
+
+- a new image (one pixel changed per call, so nothing is cached): ``/detect`` (upload to
+  detections) and ``/trace`` (upload straight to the full layer-by-layer trace);
+- the same image after ``/detect`` (the usual path through the tabs): ``/trace`` and
+  ``/distributions``, which reuse the forward pass.
+
+The very first call after start-up is reported apart.
 
     python benchmarks/app_latency.py [--repeats 10] [--out benchmarks/results/app_cpu.md]
 """
@@ -19,11 +25,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from gradio_client import Client, handle_file
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = [
@@ -57,6 +65,23 @@ def _start(model: str | None, threads: int) -> tuple[subprocess.Popen, str]:
     raise TimeoutError("app.py did not start within 180 s")
 
 
+def _variants(path: Path, folder: Path, count: int) -> list[Path]:
+    """``count`` copies of an image, each with its top-left pixel changed (new bytes, so the
+    app cannot reuse an earlier result)."""
+    image = np.asarray(Image.open(path).convert("RGB")).copy()
+    out = []
+    for i in range(count):
+        image[0, 0] = (i * 37 % 256, i * 11 % 256, i % 256)
+        target = folder / f"{path.stem}_{i}.png"
+        Image.fromarray(image).save(target)
+        out.append(target)
+    return out
+
+
+def _median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
 def _time(client: Client, *args, api_name: str) -> float:
     start = time.perf_counter()
     client.submit(*args, api_name=api_name).result(timeout=300)
@@ -83,21 +108,30 @@ def main() -> None:
     try:
         client = Client(url, verbose=False)
         shared = (args.threshold, args.size, "default", 300)
-        calls = {
-            "/detect": lambda img: _time(client, img, *shared, api_name="/detect"),
-            "/trace": lambda img: _time(client, img, *shared, [], args.stage, api_name="/trace"),
-            "/distributions": lambda img: _time(
-                client, img, *shared, "0", 1.5, False, api_name="/distributions"
-            ),
+        endpoints = {
+            "/detect": (),
+            "/trace": ([], args.stage),
+            "/distributions": ("0", 1.5, False),
         }
-        for path in IMAGES:
-            for name, fn in calls.items():
-                cold = fn(handle_file(path))
-                warm = [fn(handle_file(path)) for _ in range(args.repeats)]
-                rows.append(
-                    (path.name, name, cold, statistics.median(warm), np.percentile(warm, 90))
-                )
-                print(f"{path.name:12s} {name:15s} cold {cold:.3f}s  median {rows[-1][3]:.3f}s")
+
+        def call(name: str, image: Path) -> float:
+            return _time(client, handle_file(image), *shared, *endpoints[name], api_name=name)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            variants = _variants(IMAGES[0], Path(tmp), 1)
+            first = call("/detect", variants[0])
+            rows.append((IMAGES[0].name, "/detect", "first call after start-up", [first]))
+            for path in IMAGES:
+                fresh = _variants(path, Path(tmp), 2 * args.repeats)
+                for k, name in enumerate(("/detect", "/trace")):
+                    times = [call(name, v) for v in fresh[k::2]]
+                    rows.append((path.name, name, "new image", times))
+                call("/detect", path)
+                for name in ("/trace", "/distributions"):
+                    times = [call(name, path) for _ in range(args.repeats)]
+                    rows.append((path.name, name, "after /detect", times))
+                for row in rows[-4:]:
+                    print(f"{row[0]:12s} {row[1]:15s} {row[2]:26s} median {_median(row[3]):.3f}s")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -107,14 +141,17 @@ def main() -> None:
         "",
         f"Model: {args.model or 'the default (assets/dfine_n_synth.safetensors)'}; input "
         f"{args.size}², threshold {args.threshold}; {args.threads} threads; "
-        f"{platform.machine()} CPU, {os.cpu_count()} cores; {args.repeats} warm calls each. "
+        f"{platform.machine()} CPU, {os.cpu_count()} cores; "
         f"`python app.py` took {startup:.1f} s until it accepted connections.",
         "",
-        "| image | endpoint | first call | median | p90 |",
-        "|---|---|---|---|---|",
+        "| image | endpoint | case | calls | median s | p90 s |",
+        "|---|---|---|---|---|---|",
     ]
-    for image, name, cold, med, p90 in rows:
-        lines.append(f"| {image} | `{name}` | {cold:.3f} | {med:.3f} | {p90:.3f} |")
+    for image, name, case, times in rows:
+        lines.append(
+            f"| {image} | `{name}` | {case} | {len(times)} | {_median(times):.3f} "
+            f"| {np.percentile(times, 90):.3f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
