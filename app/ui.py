@@ -195,9 +195,11 @@ def _refinement_tab(h: Handlers, ui: Inputs, default: LoadedModel) -> None:
             button = gr.Button("Show refinement", variant="primary", scale=1)
         with gr.Row():
             overlay = gr.Image(
-                label="Boxes at the chosen stage (dashed: previous stage)", height=480
+                label="Boxes at the chosen stage (dashed: previous stage)",
+                height=480,
+                elem_id="refinement-overlay",
             )
-            plot = gr.Plot(label="Refinement chart")
+            plot = gr.Plot(label="Refinement chart", elem_id="refinement-plot")
         with gr.Accordion("Per-stage table (pixels; + = outward)", open=False):
             table = gr.Dataframe(label="Refinement table", interactive=False)
     inputs = [*ui.shared(), picks, stage]

@@ -6,6 +6,7 @@ Distributions tab, pick a detection, see a rendered plotly figure. Screenshots a
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -26,13 +27,14 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwr
 from PIL import Image  # noqa: E402
 
 from app import build_demo  # noqa: E402
-from app.paths import FIXTURE_WEIGHTS  # noqa: E402
+from app.paths import FIXTURE_WEIGHTS, SYNTH_ANNOTATIONS, SYNTH_DIR  # noqa: E402
 from dfine.io import load_image  # noqa: E402
 from tests.app_util import serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 PHOTO = ROOT / "assets" / "examples" / "astronaut.jpg"
+SYNTH = SYNTH_DIR / "000001.jpg"
 WAIT_MS = 60_000  # every browser wait is bounded by this
 ARGS = [
     "--no-sandbox",
@@ -53,18 +55,44 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    url = server[1]
+def demo_server():
+    """The app as ``python app.py`` serves it: the bundled demo model."""
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=2, max_size=20)
+    with serve(demo) as url:
+        yield demo, url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module (Playwright's sync API allows one at a time)."""
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(WAIT_MS)
-            page.goto(url, wait_until="domcontentloaded", timeout=WAIT_MS)
-            page.wait_for_selector("#detect-button", state="visible")
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    yield from _open(browser, server[1])
+
+
+@pytest.fixture(scope="module")
+def demo_page(browser, demo_server):
+    yield from _open(browser, demo_server[1])
+
+
+def _open(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.set_default_timeout(WAIT_MS)
+        page.goto(url, wait_until="domcontentloaded", timeout=WAIT_MS)
+        page.wait_for_selector("#detect-button", state="visible")
+        yield page
+    finally:
+        page.close()
 
 
 def _shot(page, name: str, shots: list[str]) -> None:
@@ -151,3 +179,56 @@ def test_detect_then_distributions(server, page, record_property):
     record_property("upload_to_detections_s", round(upload_to_detections, 2))
     print(f"\nbrowser: upload + Detect → table shown in {upload_to_detections:.2f} s")
     print("screenshots:\n" + "\n".join(shots))
+
+
+def test_demo_model_detects_and_refines(demo_page, record_property):
+    """The default model on an annotated synthetic example: the table names exactly the
+    ground-truth shapes, and the Refinement tab draws the boxes and the IoU chart."""
+    page, shots = demo_page, []
+    assert page.locator("#fixture-banner").count() == 0
+    truth = json.loads(SYNTH_ANNOTATIONS.read_text())
+    names = {c["id"]: c["name"] for c in truth["categories"]}
+    image_id = next(i["id"] for i in truth["images"] if i["file_name"] == SYNTH.name)
+    expected = sorted(
+        names[a["category_id"]] for a in truth["annotations"] if a["image_id"] == image_id
+    )
+
+    page.locator("#input-image input[type=file]").set_input_files(str(SYNTH))
+    page.wait_for_selector("#input-image img", state="visible")
+    page.click("#detect-button")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#detections-table [role=grid]')"
+        f"?.getAttribute('aria-rowcount')) === {len(expected) + 1}",
+        timeout=WAIT_MS,
+    )
+    rows = page.locator("#detections-table [role=row]").all_inner_texts()[1:]
+    found = sorted(" ".join(row.split()[1:-5]) for row in rows)  # "#, class words, score, box"
+    assert found == expected
+    page.wait_for_selector("#annotated img", state="visible")
+    _shot(page, "app_04_demo_detect.png", shots)
+
+    page.get_by_role("tab", name="Refinement").click()
+    plot = page.locator("#refinement-plot .js-plotly-plot")
+    plot.wait_for()
+    page.wait_for_function(
+        "() => document.querySelector('#refinement-plot .js-plotly-plot')?.data?.length > 0",
+        timeout=WAIT_MS,
+    )
+    lines = plot.evaluate(
+        "el => el._fullData.filter(t => t.type === 'scatter').map(t => Array.from(t.y))"
+    )
+    assert len(lines) == min(5, len(expected))  # the top 5 detections are followed
+    assert all(abs(y[-1] - 1.0) < 1e-6 for y in lines)  # IoU to the final box ends at 1
+    page.wait_for_selector("#refinement-overlay img", state="visible")
+    _shot(page, "app_05_demo_refinement.png", shots)
+
+    page.get_by_role("tab", name="Distributions").click()
+    page.locator("#dist-plot .gtitle").filter(has_text="detection 0 ").first.wait_for()
+    bars = page.locator("#dist-plot .js-plotly-plot").evaluate(
+        "el => el._fullData.filter(t => t.type === 'bar').map(t => Array.from(t.y))"
+    )
+    assert len(bars) == 12  # four edges × three decoder layers
+    assert all(abs(sum(b) - 1.0) < 1e-3 for b in bars)  # each a probability distribution
+    page.wait_for_selector("#uncertainty-overlay img", state="visible")
+    _shot(page, "app_06_demo_distributions.png", shots)
+    record_property("demo_screenshots", ", ".join(shots))
