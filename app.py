@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, works offline
 
 import gradio as gr
 
 from app import build_demo, launch_options
+from app.examples import photo_examples, synth_examples
 
 
 def create_demo(model_path: str | None = None) -> gr.Blocks:
@@ -35,7 +37,12 @@ def main(argv: list[str] | None = None) -> None:
         help="default model: a checkpoint path or a zoo name (default: the bundled demo model)",
     )
     args = parser.parse_args(argv)
-    create_demo(args.model).launch(
+    demo = create_demo(args.model)
+    # answer the first click on each bundled example from the cache (about 1 s, off the
+    # request path; an error there is printed and leaves those clicks to compute as usual)
+    examples = [*photo_examples(), *synth_examples()]
+    threading.Thread(target=demo.dfine_handlers.warm, args=(examples,), daemon=True).start()
+    demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         **launch_options(),

@@ -39,7 +39,7 @@ from app.checks import (
 from app.errors import UserError, user_errors
 from app.files import OutputDir
 from app.ground_truth import AnnotatedExamples, GroundTruth
-from app.models import LoadedModel, ModelStore
+from app.models import DEFAULT_KEY, LoadedModel, ModelStore
 from app.results import ResultCache, TraceResult, file_digest
 from app.summaries import (
     compact,
@@ -150,6 +150,17 @@ class Handlers:
         loaded = self.store.get(entry.key)
         dets, queries = result.select(threshold, max_detections)
         return Selection(result, loaded, dets, queries, threshold, max_detections, digest, cached)
+
+    def warm(self, images: Sequence[str | Path]) -> int:
+        """Run the default model once on ``images`` (the bundled examples) at its default input
+        size, so that a first click on an example is answered from the cache. Returns how many
+        were computed (the others were cached already)."""
+        default = self.store.get(None)
+        computed = 0
+        for image in images:
+            sel = self.select(str(image), 0.5, default.default_size, DEFAULT_KEY, 1)
+            computed += not sel.cached
+        return computed
 
     # ----------------------------------------------------------------------- /detect
     @user_errors

@@ -24,6 +24,7 @@ from app.paths import (
     DEFAULT_THRESHOLD,
     FIXTURE_THRESHOLD,
     FIXTURE_WEIGHTS,
+    INPUT_SIZES,
 )
 from dfine import zoo
 from dfine.checkpoint import CheckpointError
@@ -74,6 +75,13 @@ class LoadedModel:
     def input_size(self) -> tuple[int, int]:
         """The model's own input size ``(height, width)``."""
         return tuple(self.model.config.eval_size)
+
+    @property
+    def default_size(self) -> int:
+        """The input size the app starts with for this model: its own, when the app offers it
+        (square multiples of 32 in 320..800), else 640."""
+        size = self.input_size[0]
+        return size if size in INPUT_SIZES else 640
 
     @property
     def num_layers(self) -> int:

@@ -84,7 +84,7 @@ class Inputs(dict):
 
 
 def _detect_tab(h: Handlers, default: LoadedModel) -> Inputs:
-    size = default.input_size[0] if default.input_size[0] in INPUT_SIZES else 640
+    size = default.default_size
     with gr.Tab("Detect", id="detect"):
         gr.Markdown(texts.DETECT, elem_classes="dfine-note")
         with gr.Row():

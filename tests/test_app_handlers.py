@@ -14,7 +14,7 @@ gr = pytest.importorskip("gradio", reason="the app needs gradio")
 import analysis  # noqa: E402
 import dfine  # noqa: E402
 from app import models as app_models  # noqa: E402
-from app.errors import user_errors  # noqa: E402
+from app.errors import UserError, user_errors  # noqa: E402
 from app.files import OutputDir  # noqa: E402
 from app.ground_truth import AnnotatedExamples  # noqa: E402
 from app.handlers import Handlers, detection_label, first_int, nearest_box  # noqa: E402
@@ -378,6 +378,18 @@ def test_default_model_prefers_the_bundled_weights(monkeypatch, tmp_path):
     entry = ModelStore(upload_dir=tmp_path / "u").default
     assert not entry.is_fixture and entry.default_threshold == 0.5
     assert ModelStore(FIXTURE_WEIGHTS, upload_dir=tmp_path / "u").default.is_fixture
+
+
+def test_warm_answers_first_example_clicks_from_the_cache(tmp_path):
+    store = ModelStore(FIXTURE_WEIGHTS, upload_dir=tmp_path / "u")
+    h = Handlers(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp_path / "out"))
+    assert h.warm([PHOTO, SYNTH]) == 2
+    assert h.warm([PHOTO, SYNTH]) == 0  # both cached now
+    size = store.get("default").default_size
+    *_, summary = h.detect(str(SYNTH), THRESHOLD, size, "default", MAX)
+    assert "cached result" in summary
+    with pytest.raises(UserError):
+        h.warm([tmp_path / "missing.jpg"])
 
 
 def test_default_model_by_zoo_name(monkeypatch, tmp_path):
