@@ -240,12 +240,8 @@ class Handlers:
     ) -> tuple[go.Figure, Image.Image, pd.DataFrame]:
         """The four edges × layers figure on the pixel axis, the ±kσ overlay, the stats."""
         sel = self.select(image, threshold, size, model, max_detections, progress)
-        sel.require_detections()
-        index = _detection_or_first(detection, sel)
+        index, dist = _edge_distributions(sel, detection)
         scale = check_sigma(sigma_scale)
-        dist = analysis.edge_distributions(
-            sel.result.trace, int(sel.queries[index]), sel.result.image_size
-        )
         fig = figures.distribution_figure(dist, title=distribution_title(sel, index))
         shown = np.arange(len(sel.detections)) if overlay_all else np.array([index])
         overlay = analysis.uncertainty_overlay(
@@ -270,11 +266,7 @@ class Handlers:
     ) -> str:
         """The distributions figure as a PNG or SVG file (matplotlib)."""
         sel = self.select(image, threshold, size, model, max_detections)
-        sel.require_detections()
-        index = _detection_or_first(detection, sel)
-        dist = analysis.edge_distributions(
-            sel.result.trace, int(sel.queries[index]), sel.result.image_size
-        )
+        index, dist = _edge_distributions(sel, detection)
         fig = analysis.static.distribution_figure(dist, title=distribution_title(sel, index))
         return self._save(fig, f"edge_distributions_detection{index}", fmt)
 
@@ -504,6 +496,18 @@ def _check_detection_index(index: int, sel: Selection) -> int:
 def _detection_or_first(detection: str | int | None, sel: Selection) -> int:
     index = first_int(detection, "detection")
     return 0 if index is None else _check_detection_index(index, sel)
+
+
+def _edge_distributions(
+    sel: Selection, detection: str | int | None
+) -> tuple[int, analysis.EdgeDistributions]:
+    """The chosen detection (default: the first) and its four edge distributions."""
+    sel.require_detections()
+    index = _detection_or_first(detection, sel)
+    dist = analysis.edge_distributions(
+        sel.result.trace, int(sel.queries[index]), sel.result.image_size
+    )
+    return index, dist
 
 
 def _curve(reg_max: int, up: float, reg_scale: float) -> analysis.WeightingCurve:

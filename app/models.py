@@ -8,7 +8,6 @@ checkpoints, uploads) by least recent use. Keys: ``"default"``, a zoo name
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from app.paths import (
 )
 from dfine import zoo
 from dfine.checkpoint import CheckpointError
+from dfine.io import file_sha256
 from dfine.loss.criterion import DFINECriterion
 
 DEFAULT_KEY = "default"
@@ -240,7 +240,7 @@ class ModelStore:
             raise UserError(
                 f"{name}: a checkpoint must be a .pth or .safetensors file, got '{suffix or name}'"
             )
-        digest = _sha256(src)[:16]
+        digest = file_sha256(src)[:16]
         key = f"{UPLOAD_PREFIX}{digest}"
         dest = self.upload_dir / f"{digest}{'.safetensors' if suffix == '.safetensors' else '.pth'}"
         if not dest.exists():
@@ -286,11 +286,3 @@ def _zoo_file_size(entry: ModelEntry) -> int | None:
         return None
     path = zoo.cache_dir() / zoo.get(entry.source).filename
     return path.stat().st_size if path.is_file() else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

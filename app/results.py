@@ -8,7 +8,6 @@ applied afterwards (:meth:`TraceResult.select`), so moving the threshold recompu
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 
 from app.errors import UserError
 from dfine.detections import Detections
+from dfine.io import file_sha256
 from dfine.nn.decoder import DecoderTrace
 
 CacheKey = tuple[str, str, int]
@@ -61,16 +61,12 @@ class TraceResult:
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a file's bytes: the identity of an uploaded image."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(path)
     except FileNotFoundError as e:
         raise UserError("The image file is gone from the server; upload it again.") from e
     except IsADirectoryError as e:
         raise UserError("Expected an image file, got a folder.") from e
-    return h.hexdigest()
 
 
 class ResultCache:

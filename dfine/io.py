@@ -6,11 +6,14 @@ oriented by their EXIF tag, reduced to their first frame and converted to RGB wi
 right scaling for 16-bit and float data. Images larger than ``max_pixels`` are refused
 from their header, before any pixel data is decoded. Every failure raises
 ``ImageLoadError`` with a message that names the source and the problem.
+
+``file_sha256`` is the one file hash of the project (downloads, upload and cache keys).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -21,7 +24,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "ImageSource", "load_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "ImageSource", "file_sha256", "load_image"]
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest ``width * height`` that ``load_image`` decodes unless told otherwise."""
@@ -35,6 +38,15 @@ ImageSource = (
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "RGBX", "LA", "La", "PA", "P")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks. OSErrors propagate."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class ImageLoadError(ValueError):

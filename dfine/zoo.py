@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import http.client
 import os
 import re
@@ -34,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+
+from dfine.io import file_sha256
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -333,18 +334,10 @@ def _reason(exc: BaseException) -> str:
 def _verify_sha256(target: _Target, part: Path) -> None:
     if target.sha256 is None:
         return
-    digest = _sha256(part)
+    digest = file_sha256(part)
     if digest != target.sha256.lower():
         part.unlink(missing_ok=True)
         raise _fail(target, f"sha256 mismatch: expected {target.sha256}, got {digest}")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Incomplete(Exception):

@@ -509,3 +509,16 @@ def test_image_load_error_is_a_value_error():
     assert issubclass(ImageLoadError, ValueError)
     with pytest.raises(ValueError):
         load_image(Path("/definitely/not/here.png"))
+
+
+def test_file_sha256_matches_hashlib_across_blocks(tmp_path):
+    import hashlib
+
+    from dfine.io import file_sha256
+
+    data = bytes(range(256)) * 5000  # 1.28 MB: more than one 1 MiB block
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    with pytest.raises(FileNotFoundError):
+        file_sha256(tmp_path / "missing.bin")

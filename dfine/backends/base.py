@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dfine.io import file_sha256
 
 Detections3 = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -62,11 +63,7 @@ def as_numpy(x: torch.Tensor | np.ndarray, dtype=np.float32) -> np.ndarray:
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
     """sha256 prefix of a file's bytes (cache keys for exported graphs and engines)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:length]
+    return file_sha256(path)[:length]
 
 
 def backend_cache_dir() -> Path:
