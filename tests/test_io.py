@@ -2,11 +2,9 @@
 
 import io
 import os
-import struct
 import sys
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import torch
 from PIL import Image, ImageFile, features
 
 from dfine.io import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
+from tests.image_util import encode, png_header_only
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -34,24 +33,6 @@ def _quadrants(height: int = 48, width: int = 64) -> np.ndarray:
     out[h:, :w] = (0, 0, 255)
     out[h:, w:] = (255, 255, 0)
     return out
-
-
-def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A ~60-byte PNG whose IHDR claims width x height (8-bit RGB) with almost no data."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _assert_rgb(out: np.ndarray, height: int, width: int) -> None:
@@ -78,7 +59,7 @@ class _StreamOnly:
 
 def test_every_source_kind_gives_the_same_pixels(tmp_path):
     rgb = _photo()
-    png = _encode(Image.fromarray(rgb), "PNG")
+    png = encode(Image.fromarray(rgb), "PNG")
     path = tmp_path / "photo.png"
     path.write_bytes(png)
     with path.open("rb") as f:
@@ -227,7 +208,7 @@ def test_other_source_types_are_refused(bad):
 
 def test_text_mode_file_object_is_refused(tmp_path):
     path = tmp_path / "photo.png"
-    path.write_bytes(_encode(Image.fromarray(_photo()), "PNG"))
+    path.write_bytes(encode(Image.fromarray(_photo()), "PNG"))
     with path.open("r", encoding="latin-1") as f, pytest.raises(TypeError, match="'rb'"):
         load_image(f)
 
@@ -259,7 +240,7 @@ def test_exif_orientation_exact_with_png():
     rgb = _photo()
     exif = Image.Exif()
     exif[0x0112] = 6
-    out = load_image(_encode(Image.fromarray(rgb), "PNG", exif=exif))
+    out = load_image(encode(Image.fromarray(rgb), "PNG", exif=exif))
     np.testing.assert_array_equal(out, np.rot90(rgb, k=-1))
 
 
@@ -290,7 +271,7 @@ def test_palette_png_gives_the_palette_colours():
     rgb = _quadrants()
     palette_image = Image.fromarray(rgb).quantize(colors=4)
     assert palette_image.mode == "P"
-    np.testing.assert_array_equal(load_image(_encode(palette_image, "PNG")), rgb)
+    np.testing.assert_array_equal(load_image(encode(palette_image, "PNG")), rgb)
 
 
 def test_palette_png_with_transparency_drops_alpha():
@@ -299,27 +280,27 @@ def test_palette_png_with_transparency_drops_alpha():
     palette_image.info["transparency"] = 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = load_image(_encode(palette_image, "PNG", transparency=0))
+        out = load_image(encode(palette_image, "PNG", transparency=0))
     np.testing.assert_array_equal(out, rgb)
 
 
 def test_rgba_png_drops_alpha():
     rgb = _photo()
     rgba = np.concatenate([rgb, np.tile(np.arange(32, dtype=np.uint8), (24, 1))[..., None]], -1)
-    np.testing.assert_array_equal(load_image(_encode(Image.fromarray(rgba), "PNG")), rgb)
+    np.testing.assert_array_equal(load_image(encode(Image.fromarray(rgba), "PNG")), rgb)
 
 
 def test_la_png_gives_gray_rgb():
     gray = _photo()[:, :, 0]
     la = Image.merge("LA", [Image.fromarray(gray), Image.new("L", (32, 24), 10)])
-    out = load_image(_encode(la, "PNG"))
+    out = load_image(encode(la, "PNG"))
     for c in range(3):
         np.testing.assert_array_equal(out[:, :, c], gray)
 
 
 def test_cmyk_jpeg_is_converted_to_rgb():
     rgb = _quadrants()
-    data = _encode(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95)
+    data = encode(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95)
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
     out = load_image(data)
     _assert_rgb(out, 48, 64)
@@ -330,7 +311,7 @@ def test_one_bit_image_gives_black_and_white():
     bits = (np.indices((16, 16)).sum(axis=0) % 2).astype(bool)
     one = Image.fromarray(bits)
     assert one.mode == "1"
-    for source in (one, _encode(one, "PNG")):
+    for source in (one, encode(one, "PNG")):
         out = load_image(source)
         np.testing.assert_array_equal(out[:, :, 0], np.where(bits, 255, 0))
         assert set(np.unique(out)) == {0, 255}
@@ -338,7 +319,7 @@ def test_one_bit_image_gives_black_and_white():
 
 def test_grayscale_jpeg_gets_three_channels():
     gray = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (16, 1))
-    out = load_image(_encode(Image.fromarray(gray), "JPEG", quality=95))
+    out = load_image(encode(Image.fromarray(gray), "JPEG", quality=95))
     _assert_rgb(out, 16, 64)
     np.testing.assert_array_equal(out[:, :, 0], out[:, :, 2])
 
@@ -352,7 +333,7 @@ def test_animation_gives_its_first_frame(fmt):
         pytest.skip("Pillow without WebP")
     frames = [Image.new("RGB", (20, 10), color) for color in _FRAMES]
     extra = {"lossless": True} if fmt == "WEBP" else {}
-    data = _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, **extra)
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, **extra)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
     out = load_image(data)
     _assert_rgb(out, 10, 20)
@@ -367,7 +348,7 @@ def test_default_limit():
 
 
 def test_huge_png_is_refused_fast_without_decoding(tmp_path):
-    data = _png_header_only(30000, 30000)
+    data = png_header_only(30000, 30000)
     assert len(data) < 100
     path = tmp_path / "bomb.png"
     path.write_bytes(data)
@@ -388,20 +369,20 @@ def test_huge_png_is_refused_fast_without_decoding(tmp_path):
 
 def test_our_limit_names_size_and_limit():
     with pytest.raises(ImageLoadError, match="2000x1500") as info:
-        load_image(_png_header_only(2000, 1500), max_pixels=1_000_000)
+        load_image(png_header_only(2000, 1500), max_pixels=1_000_000)
     assert "1,000,000" in str(info.value)
     assert "max_pixels" in str(info.value)
 
 
 def test_limit_is_overridable_per_call():
-    data = _encode(Image.fromarray(_photo(100, 100)), "PNG")
+    data = encode(Image.fromarray(_photo(100, 100)), "PNG")
     with pytest.raises(ImageLoadError, match="too large"):
         load_image(data, max_pixels=9_999)
     assert load_image(data, max_pixels=10_000).shape == (100, 100, 3)
 
 
 def test_between_pillow_warning_and_error_no_pillow_warning_escapes():
-    data = _png_header_only(10000, 10000)  # 1e8: above Pillow's warning limit, below its error
+    data = png_header_only(10000, 10000)  # 1e8: above Pillow's warning limit, below its error
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(ImageLoadError, match="10000x10000"):
@@ -411,13 +392,13 @@ def test_between_pillow_warning_and_error_no_pillow_warning_escapes():
 
 def test_raising_our_limit_past_pillows_says_so():
     with pytest.raises(ImageLoadError, match="MAX_IMAGE_PIXELS"):
-        load_image(_png_header_only(30000, 30000), max_pixels=10**12)
+        load_image(png_header_only(30000, 30000), max_pixels=10**12)
 
 
 def test_lazy_pil_image_is_checked_before_decoding():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        lazy = Image.open(io.BytesIO(_png_header_only(10000, 10000)))
+        lazy = Image.open(io.BytesIO(png_header_only(10000, 10000)))
     with pytest.raises(ImageLoadError, match="too large"):
         load_image(lazy)
 
@@ -476,7 +457,7 @@ def test_garbage_bytes_and_file_object_name(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated_file(tmp_path, fmt):
-    data = _encode(Image.fromarray(_photo(64, 64)), fmt)
+    data = encode(Image.fromarray(_photo(64, 64)), fmt)
     path = tmp_path / f"cut.{fmt.lower()}"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageLoadError, match=f"truncated or corrupt {fmt} data") as info:
@@ -490,7 +471,7 @@ def test_unreadable_file(tmp_path):
     if os.name == "nt" or os.geteuid() == 0:
         pytest.skip("root (or Windows) can read a file without read permission")
     path = tmp_path / "secret.png"
-    path.write_bytes(_encode(Image.fromarray(_photo()), "PNG"))
+    path.write_bytes(encode(Image.fromarray(_photo()), "PNG"))
     path.chmod(0)
     with pytest.raises(ImageLoadError, match=r"secret\.png"):
         load_image(path)
@@ -498,7 +479,7 @@ def test_unreadable_file(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_file_cut_inside_its_header(fmt):
-    data = _encode(Image.fromarray(_photo(64, 64)), fmt)
+    data = encode(Image.fromarray(_photo(64, 64)), fmt)
     with pytest.raises(ImageLoadError, match="truncated or corrupt") as info:
         load_image(data[:30])
     assert fmt in str(info.value)

@@ -12,17 +12,14 @@ answers a normal request afterwards. (Unit-level decoding and checkpoint errors 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import pickle
 import re
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +32,7 @@ import dfine
 from dfine.checkpoint import CheckpointError
 from dfine.io import ImageLoadError, load_image
 from dfine.predict import Detector
+from tests.image_util import encode, png_header_only
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "dfine_n_perturbed_random_official.pth"
@@ -74,24 +72,6 @@ def _photo(height: int = 48, width: int = 64) -> np.ndarray:
     return np.stack([x * 5 % 256, y * 7 % 256, (x * y + 40) % 256], -1).astype(np.uint8)
 
 
-def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A ~60-byte PNG whose header claims ``width x height`` 8-bit RGB pixels."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def _overwrite(data: bytes, start: int, count: int) -> bytes:
     out = bytearray(data)
     out[start : start + count] = bytes((i * 37 + 11) % 256 for i in range(count))
@@ -103,19 +83,19 @@ def _exif_rotated_jpeg() -> bytes:
     image = Image.fromarray(_photo(48, 64))
     exif = Image.Exif()
     exif[0x0112] = 6
-    return _encode(image, "JPEG", quality=92, exif=exif.tobytes())
+    return encode(image, "JPEG", quality=92, exif=exif.tobytes())
 
 
 def _animation(fmt: str) -> bytes:
     frames = [Image.new("RGB", (40, 30), c) for c in ((220, 20, 30), (20, 200, 40), (30, 40, 210))]
     extra = {"lossless": True} if fmt == "WEBP" else {}
-    return _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, **extra)
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, **extra)
 
 
 def hostile_images() -> list[Case]:
     rgb = Image.fromarray(_photo())
-    jpeg = _encode(rgb, "JPEG", quality=90)
-    png = _encode(rgb, "PNG")
+    jpeg = encode(rgb, "JPEG", quality=90)
+    png = encode(rgb, "PNG")
     sof = jpeg.find(b"\xff\xc0")  # the JPEG frame header
     gray16 = (np.linspace(0, 65535, 48 * 64).reshape(48, 64)).astype(np.uint16)
     rgba = np.dstack([_photo(), np.full((48, 64), 90, np.uint8)])
@@ -133,21 +113,21 @@ def hostile_images() -> list[Case]:
         ),
         Case("zero_bytes.jpg", b"", error=r"empty (file|data) \(0 bytes\)"),
         Case("text_file.jpg", b"this is a text file, not a picture\n" * 4, error="not an image"),
-        Case("one_pixel.png", _encode(Image.new("RGB", (1, 1), (200, 30, 60)), "PNG"), (1, 1)),
+        Case("one_pixel.png", encode(Image.new("RGB", (1, 1), (200, 30, 60)), "PNG"), (1, 1)),
         Case(
             "bomb_30000x30000.png",
-            _png_header_only(30000, 30000),
+            png_header_only(30000, 30000),
             error=r"too large \(.*900,000,000 pixels, limit 40,000,000\)",
         ),
-        Case("gray_16bit.png", _encode(Image.fromarray(gray16), "PNG"), (64, 48)),
-        Case("cmyk.jpg", _encode(rgb.convert("CMYK"), "JPEG", quality=90), (64, 48)),
+        Case("gray_16bit.png", encode(Image.fromarray(gray16), "PNG"), (64, 48)),
+        Case("cmyk.jpg", encode(rgb.convert("CMYK"), "JPEG", quality=90), (64, 48)),
         Case(
             "palette.png",
-            _encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+            encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
             (64, 48),
         ),
-        Case("rgba.png", _encode(Image.fromarray(rgba, "RGBA"), "PNG"), (64, 48)),
-        Case("grayscale.jpg", _encode(rgb.convert("L"), "JPEG", quality=90), (64, 48)),
+        Case("rgba.png", encode(Image.fromarray(rgba, "RGBA"), "PNG"), (64, 48)),
+        Case("grayscale.jpg", encode(rgb.convert("L"), "JPEG", quality=90), (64, 48)),
         Case("exif_rotated.jpg", _exif_rotated_jpeg(), (48, 64)),
         Case("animated_gif.gif", _animation("GIF"), (40, 30)),
     ]
