@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from analysis._common import layer_names
+from analysis.distributions import edge_stats
 from dfine.box_ops import box_cxcywh_to_xyxy
 from dfine.loss.matcher import HungarianMatcher
 
@@ -48,14 +50,14 @@ def layer_stats(model: torch.nn.Module, dataset: Sequence[Any], limit: int | Non
         ious.append(
             [box_iou(box_cxcywh_to_xyxy(s[queries]), gt_xyxy).diag().numpy() for s in stages]
         )
-        p = trace.probs[:, 0, queries]  # [L, M, 4, R+1]
-        ent = -(p * p.clamp_min(1e-12).log()).sum(-1).mean(-1)  # [L, M]
-        entropies.append(ent.numpy())
+        width, height = image.shape[-1], image.shape[-2]
+        stats = edge_stats(trace, queries.numpy(), (width, height))
+        entropies.append(stats["entropy"].mean(-1))  # [L, M]: mean over the four edges
     if not ious:
         raise ValueError(f"no ground-truth boxes in the first {n} images: nothing to measure")
     iou = np.concatenate(ious, axis=1)  # [stages, objects]
     ent = np.concatenate(entropies, axis=1)  # [L, objects]
-    names = ["pre-head"] + [f"layer {k + 1}" for k in range(ent.shape[0])]
+    names = ["pre-head", *layer_names(ent.shape[0])]
     return {
         "objects": int(iou.shape[1]),
         "images": n,

@@ -26,6 +26,11 @@ def metadata() -> dict:
 
 
 @pytest.fixture(scope="module")
+def model():
+    return dfine.load_model(BUNDLED_WEIGHTS)
+
+
+@pytest.fixture(scope="module")
 def val_data(tmp_path_factory, metadata):
     """The validation split the model was measured on: same generator, same seed."""
     ds = metadata["dataset"]
@@ -51,8 +56,7 @@ def test_metadata_describes_the_model(metadata):
     assert BUNDLED_WEIGHTS.stat().st_size < 20e6
 
 
-def test_loads_as_a_detector():
-    model = dfine.load_model(BUNDLED_WEIGHTS)
+def test_loads_as_a_detector(model):
     assert model.num_classes == len(SYNTH_CLASSES)
     assert list(model.class_names) == NAMES
     assert not model.training
@@ -67,8 +71,7 @@ def test_meets_targets_on_the_validation_split(metadata, val_data):
         assert metrics[key] == pytest.approx(metadata["metrics"][key], abs=2e-3), key
 
 
-def test_later_layers_refine(val_data):
-    model = dfine.load_model(BUNDLED_WEIGHTS)
+def test_later_layers_refine(model, val_data):
     dataset = CocoDetection(
         val_data / "val",
         val_data / "annotations" / "instances_val.json",
