@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dfine.config import ModelConfig, get_config
+from dfine.io import atomic_write
 from dfine.model import DFINE
 
 METADATA_KEY = "dfine"
@@ -298,9 +299,7 @@ def save_model(
     if getattr(model, "deployed", False):
         raise ValueError("a deployed (fused) model has no reference layout; save before deploy()")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
-    tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
@@ -314,12 +313,10 @@ def save_model(
         tensors = {
             k: v.detach().cpu().contiguous().clone() for k, v in sd.items() if k not in ALIASES
         }
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta), "format": "pt"})
-    else:
-        ckpt = {
-            "date": _dt.datetime.now().isoformat(),
-            "model": {k: v.detach().cpu() for k, v in sd.items()},
-        }
-        torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+        header = {METADATA_KEY: json.dumps(meta), "format": "pt"}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    ckpt = {
+        "date": _dt.datetime.now().isoformat(),
+        "model": {k: v.detach().cpu() for k, v in sd.items()},
+    }
+    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))

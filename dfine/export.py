@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dfine.checkpoint import load_model
+from dfine.io import atomic_write
 from dfine.model import DFINE
 from dfine.parity import ParityReport, compare_detections, compare_outputs
 from dfine.postprocess import topk_detections
@@ -139,22 +140,6 @@ def export_onnx(
     outputs = ["labels", "boxes", "scores"] if postprocess else ["pred_logits", "pred_boxes"]
     dynamic = {name: {0: "N"} for name in inputs + outputs} if batch == "dynamic" else None
     args = (images, sizes) if postprocess else (images,)
-    start = time.perf_counter()
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about Python-side constants
-        torch.onnx.export(
-            wrapper,
-            args,
-            str(tmp),
-            dynamo=False,
-            opset_version=opset,
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_axes=dynamic,
-        )
-    proto = onnx.load(str(tmp))
-    onnx.checker.check_model(proto)
     meta = {
         "dfine_size": net.config.size,
         "num_classes": str(net.num_classes),
@@ -164,9 +149,27 @@ def export_onnx(
         "batch": str(batch),
         "precision": "fp16" if half else "fp32",
     }
-    onnx.helper.set_model_props(proto, meta)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python-side constants
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=dynamic,
+            )
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        onnx.helper.set_model_props(proto, meta)
+        onnx.save(proto, str(tmp))
+
+    start = time.perf_counter()
+    atomic_write(path, write)
     result = ExportResult(path, size, batch, postprocess, half, opset, time.perf_counter() - start)
     if check_parity and not half:
         result.parity, result.parity_batch = _parity(wrapper, path, size, batch, postprocess)

@@ -7,7 +7,9 @@ right scaling for 16-bit and float data. Images larger than ``max_pixels`` are r
 from their header, before any pixel data is decoded. Every failure raises
 ``ImageLoadError`` with a message that names the source and the problem.
 
-``file_sha256`` is the one file hash of the project (downloads, upload and cache keys).
+``file_sha256`` is the one file hash of the project (downloads, upload and cache keys);
+``atomic_write`` the one way it writes files that others may read while they are written
+(checkpoints, exports, engine caches, training logs).
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageLoadError", "ImageSource", "file_sha256", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageLoadError",
+    "ImageSource",
+    "atomic_write",
+    "file_sha256",
+    "load_image",
+]
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest ``width * height`` that ``load_image`` decodes unless told otherwise."""
@@ -38,6 +48,42 @@ ImageSource = (
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "RGBX", "LA", "La", "PA", "P")
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp_path)`` then atomically move the result to ``path``.
+
+    The temporary file (``<name>.tmp.<pid>`` next to ``path``) is removed if ``write`` fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_SUFFIX}.{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported on this platform / filesystem
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -22,6 +22,7 @@ from dfine.backends.base import (
     file_digest,
     missing_package,
 )
+from dfine.io import atomic_write
 
 FP16_SCORE_TOL = 0.02  # max |score difference| of paired detections
 FP16_BOX_TOL = 0.01  # max box coordinate difference, as a fraction of the image side
@@ -113,10 +114,7 @@ class TensorRTBackend(Backend):
         if cache.exists():
             return cache.read_bytes()
         data = build_engine(self.path, self.input_size, precision, self.max_batch, fp32_norm)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, cache)
+        atomic_write(cache, lambda tmp: tmp.write_bytes(data))
         return data
 
     def _load(self, data: bytes) -> None:

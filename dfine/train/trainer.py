@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfine.io import atomic_write
 from dfine.train import dist
 from dfine.train.ema import ModelEMA
 from dfine.train.optim import build_optimizer, format_param_groups, unwrap
@@ -703,9 +704,11 @@ def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for r in records:
         columns.extend(k for k in r if k not in columns)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(records)
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(records)
+
+    atomic_write(path, write)
