@@ -84,3 +84,20 @@ def test_help_is_complete():
     )
     for flag in ("--weights", "--threshold", "--size", "--out", "examples:"):
         assert flag in res.stdout
+
+
+def test_argument_types():
+    import argparse
+
+    from dfine.argtypes import fraction, non_negative_int, positive_int
+
+    assert positive_int("3") == 3 and non_negative_int("0") == 0 and fraction("0.25") == 0.25
+    for parse, text, message in [
+        (positive_int, "0", "expected a positive integer, got 0"),
+        (positive_int, "1.5", "expected an integer, got '1.5'"),
+        (non_negative_int, "-1", "expected an integer >= 0, got -1"),
+        (fraction, "1.5", r"expected a number in \[0, 1\], got 1.5"),
+        (fraction, "half", r"expected a number in \[0, 1\], got 'half'"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse(text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dfine.argtypes import fraction, non_negative_int
+
 __all__ = ["register_cli"]
 
 EPILOG_SYNTH = """examples:
@@ -14,26 +16,6 @@ writes OUT/train/*.jpg, OUT/val/*.jpg, OUT/annotations/instances_train.json and
 OUT/annotations/instances_val.json (COCO format; categories 1..8 = red circle, blue square,
 green triangle, yellow star, purple ring, orange cross, cyan hexagon, pink heart).
 The same arguments always give byte-identical files."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from e
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from e
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -84,14 +66,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     )
     p.add_argument("--out", "-o", required=True, help="output folder (created if needed)")
     p.add_argument(
-        "--train", type=_positive_int, default=1000, help="number of train images (default 1000)"
+        "--train", type=non_negative_int, default=1000, help="number of train images (default 1000)"
     )
     p.add_argument(
-        "--val", type=_positive_int, default=200, help="number of val images (default 200)"
+        "--val", type=non_negative_int, default=200, help="number of val images (default 200)"
     )
     p.add_argument(
         "--size",
-        type=_positive_int,
+        type=non_negative_int,
         nargs=2,
         default=(320, 320),
         metavar=("W", "H"),
@@ -100,7 +82,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
         "--photos",
-        type=_fraction,
+        type=fraction,
         default=0.2,
         help="share of backgrounds cut from assets/examples photos, 0..1 (default 0.2)",
     )
@@ -112,7 +94,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=non_negative_int,
         default=None,
         help="worker processes (default: one per CPU, up to 8; 0: none). The output does "
         "not depend on it",

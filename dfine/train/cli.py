@@ -8,6 +8,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from dfine.argtypes import non_negative_int, positive_int
+
 __all__ = ["build_parser", "main", "register_cli"]
 
 EPILOG_TRAIN = """recipes (the reference configs, and synth for a CPU demo):
@@ -37,20 +39,6 @@ def _wrapped(names: list[str], width: int = 96) -> str:
     import textwrap
 
     return textwrap.fill(", ".join(names), width=width, initial_indent="  ", subsequent_indent="  ")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -155,16 +143,16 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="image folder of a --data json")
     p.add_argument("--val-images", help="image folder of a --val-data json")
     p.add_argument("--out", "-o", default="runs/train", help="output folder (default runs/train)")
-    p.add_argument("--epochs", type=_positive, help="number of epochs (default: the recipe's)")
+    p.add_argument("--epochs", type=positive_int, help="number of epochs (default: the recipe's)")
     p.add_argument(
         "--stop-epoch",
-        type=_non_negative,
+        type=non_negative_int,
         help="epoch where augmentation/multi-scale stop and the EMA restarts",
     )
     p.add_argument(
         "--batch-size",
         "-b",
-        type=_positive,
+        type=positive_int,
         help="total batch size over all processes (default: the recipe's)",
     )
     p.add_argument(
@@ -181,11 +169,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--flat-epochs",
-        type=_non_negative,
+        type=non_negative_int,
         help="flatcosine: epochs at the base lr before the cosine decay",
     )
-    p.add_argument("--input-size", type=_positive, help="train/eval size, a multiple of 32")
-    p.add_argument("--workers", type=_non_negative, help="data loader workers per process")
+    p.add_argument("--input-size", type=positive_int, help="train/eval size, a multiple of 32")
+    p.add_argument("--workers", type=non_negative_int, help="data loader workers per process")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
         "--amp",
@@ -213,12 +201,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--eval-every",
-        type=_non_negative,
+        type=non_negative_int,
         help="evaluate every N epochs and after the last (0: never; default: the recipe's)",
     )
     p.add_argument("--no-val", action="store_true", help="train without a validation set")
     p.add_argument(
-        "--max-steps-per-epoch", type=_positive, help="cap steps per epoch (smoke tests)"
+        "--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke tests)"
     )
     p.add_argument(
         "--sync-bn",
@@ -250,9 +238,9 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", "-w", required=True, help="checkpoint file or model-zoo name")
     p.add_argument("--data", "-d", required=True, help="dataset folder or COCO val json")
     p.add_argument("--images", help="image folder of a --data json")
-    p.add_argument("--size", type=_positive, help="input size (default: the checkpoint's)")
-    p.add_argument("--batch-size", "-b", type=_positive, default=8, help="default 8")
-    p.add_argument("--workers", type=_non_negative, default=2, help="loader workers (default 2)")
+    p.add_argument("--size", type=positive_int, help="input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", "-b", type=positive_int, default=8, help="default 8")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="loader workers (default 2)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
         "--backend",
