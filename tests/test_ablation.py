@@ -195,3 +195,54 @@ def test_dfine_train_ablate_records_the_variant(ablation, tiny, tmp_path, capsys
                 ablation="none" if ablation == "fdr" else "fdr",
             )
         )  # fmt: skip
+
+
+def test_layer_stats_of_a_model_without_distributions(images):
+    from analysis.layer_stats import layer_stats, markdown
+
+    target = {"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2],
+                                                                     [0.6, 0.6, 0.3, 0.4]])}  # fmt: skip
+    model = dfine.build_model("n", num_classes=3, ablation="fdr").eval()
+    stats = layer_stats(model, [(images[0], target)])
+    assert stats["stages"] == ["layer 1", "layer 2", "layer 3"] and stats["objects"] == 2
+    assert stats["mean_edge_entropy_nats"] == [None] * 3 and stats["max_entropy_nats"] is None
+    assert all(0.0 <= v <= 1.0 for v in stats["mean_iou_to_gt"])
+    assert "no distributions" in markdown(stats)
+
+
+def _load_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_script_commands_differ_only_in_the_switch_and_report_spread(tmp_path):
+    script = _load_script()
+    args = script.build_parser().parse_args(["--out", str(tmp_path), "--seeds", "0", "1"])
+    commands = {v: script.train_command(args, v, 0, tmp_path / "data") for v in script.VARIANTS}
+    assert commands["fdr"][-1] == "fdr" and commands["none"][-1] == "none"
+    strip = [[a for a in c if not a.endswith(("fdr_seed0", "golsd_seed0", "none_seed0"))][:-1]
+             for c in commands.values()]  # fmt: skip
+    assert strip[0] == strip[1] == strip[2]  # same data, recipe, schedule, seed, steps
+
+    def record(ap: float, stages: list[str]) -> dict:
+        return {
+            "metrics": {"AP": ap, "AP50": ap + 0.2, "AP75": ap, "APs": ap / 2},
+            "layers": {"stages": stages, "mean_iou_to_gt": [0.5 + 0.1 * i for i in range(len(stages))]},
+            "train_seconds": 600.0, "steps": 350, "seconds_per_step": 1.71,
+        }  # fmt: skip
+
+    full = ["pre-head", "layer 1", "layer 2"]
+    records = {("none", 0): record(0.30, full), ("none", 1): record(0.40, full),
+               ("fdr", 0): record(0.20, full[1:]), ("fdr", 1): record(0.24, full[1:])}  # fmt: skip
+    text = script.report(args, tmp_path / "data", records)
+    assert "| 0.350 ± 0.050 | 0.550 ± 0.050 |" in text  # full model: AP and AP50 over 2 seeds
+    assert "0.220 ± 0.020" in text
+    assert "| fdr | — | 0.500 ± 0.000 | 0.600 ± 0.000 |" in text  # no pre-head stage
+    assert "10.0 min (350 steps, 1.71 s/step)" in text
+    assert "--ablate fdr" in text and "```bash" in text
