@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dfine.nn.decoder import DecoderTrace
+from dfine.nn.decoder import DecoderTrace, NoDistributionsError
 from dfine.nn.fdr import weighting_function
 
 REG_MAX_RANGE = (4, 128)
@@ -123,6 +123,8 @@ def weighting_curve(reg_max: int = 32, up: float = 0.5, reg_scale: float = 4.0) 
 
 def model_weighting(trace: DecoderTrace) -> WeightingCurve:
     """The loaded model's own W(n): the trace's ``project`` (no range checks)."""
+    if trace.project is None:
+        raise NoDistributionsError.about("the model's W(n)")
     w = trace.project.detach().cpu()
     return _curve(w, trace.reg_max, float(trace.up), float(trace.reg_scale), "model")
 

@@ -345,7 +345,7 @@ class DFINECriterion(nn.Module):
             "aux": aux,
             "pre": pre,
             "enc": enc,
-            "union": union_matches(final, others) if self.golsd else None,
+            "union": union_matches(final, others),  # used by the loss only with GO-LSD
         }
 
     def forward(self, outputs: dict, targets: list[dict], **_: Any) -> dict[str, torch.Tensor]:

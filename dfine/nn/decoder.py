@@ -214,11 +214,7 @@ class DecoderTrace:
         """Raise :class:`NoDistributionsError` (one line, what to do) unless the model has
         per-edge distributions."""
         if not self.has_distributions:
-            raise NoDistributionsError(
-                f"{what} needs per-edge distributions, but this model was trained with "
-                "--ablate fdr (RT-DETR-style box deltas, no FDR): it has none; load a full "
-                "D-FINE or an --ablate golsd model"
-            )
+            raise NoDistributionsError.about(what)
 
     @property
     def reg_max(self) -> int:
@@ -250,6 +246,15 @@ class DecoderTrace:
 
 class NoDistributionsError(ValueError):
     """Asked for per-edge distributions of a model trained with ``ablation="fdr"``."""
+
+    @classmethod
+    def about(cls, what: str) -> NoDistributionsError:
+        """The one-line explanation: ``what`` needs distributions, this model has none."""
+        return cls(
+            f"{what} needs per-edge distributions, but this model was trained with "
+            "--ablate fdr (RT-DETR-style box deltas, no FDR): it has none; load a full "
+            "D-FINE or an --ablate golsd model"
+        )
 
 
 class DFINEDecoder(nn.Module):
@@ -414,7 +419,7 @@ class DFINEDecoder(nn.Module):
         """W(n) ``[reg_max + 1]``; cached in eval mode (recomputed while training). The cache
         is cleared when weights are loaded or the module moves."""
         if not self.distributions:
-            raise NoDistributionsError("a decoder trained with ablation 'fdr' has no W(n)")
+            raise NoDistributionsError.about("W(n)")
         if self.training:
             return weighting_function(self.reg_max, self.up, self.reg_scale)
         w = self._project_cache.get("w")
