@@ -40,7 +40,7 @@ from app.errors import UserError, user_errors
 from app.files import OutputDir
 from app.ground_truth import AnnotatedExamples, GroundTruth
 from app.models import DEFAULT_KEY, LoadedModel, ModelStore
-from app.results import ResultCache, TraceResult, file_digest
+from app.results import ResultCache, Selection, TraceResult, file_digest
 from app.summaries import (
     compact,
     detect_summary,
@@ -53,7 +53,6 @@ from app.summaries import (
     targets_image,
     weighting_summary,
 )
-from dfine.detections import Detections
 from dfine.io import ImageLoadError
 
 DEFAULT_REFINEMENT_SELECTION = 5
@@ -62,27 +61,6 @@ TARGET_MODES = ("auto", "annotations", "pseudo")
 
 
 # --------------------------------------------------------------------------- input checks
-@dataclass(frozen=True)
-class Selection:
-    """The result of one forward pass and the detections the Detect tab's settings keep."""
-
-    result: TraceResult
-    model: LoadedModel
-    detections: Detections
-    queries: np.ndarray
-    threshold: float
-    max_detections: int
-    digest: str
-    cached: bool
-
-    def require_detections(self) -> None:
-        if len(self.detections) == 0:
-            raise UserError(
-                f"No detections above the threshold {self.threshold:g} to analyse; lower the "
-                "threshold in the Detect tab."
-            )
-
-
 @dataclass(frozen=True)
 class ModelW:
     """What ``analysis.model_weighting`` reads from a trace, taken from a model instead."""

@@ -4,7 +4,6 @@ picker labels, the model description, the GO-LSD targets image."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
@@ -14,10 +13,8 @@ import analysis
 from app.ground_truth import GroundTruth
 from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
+from app.results import Selection
 from dfine.detections import Detections
-
-if TYPE_CHECKING:
-    from app.handlers import Selection
 
 GOLSD_QUERY_CHOICES = 20
 """How many queries the GO-LSD picker offers (the largest contributors to the loss)."""

@@ -20,7 +20,13 @@ from app.components import raw_image
 from app.examples import photo_examples, synth_examples
 from app.handlers import Handlers
 from app.models import LoadedModel, ModelStore
-from app.paths import DEFAULT_MAX_DETECTIONS, FIXTURE_BANNER, INPUT_SIZES, MAX_STAGES, REPO
+from app.paths import (
+    ASSETS,
+    DEFAULT_MAX_DETECTIONS,
+    FIXTURE_BANNER,
+    INPUT_SIZES,
+    MAX_STAGES,
+)
 from app.summaries import model_markdown
 
 CSS = """
@@ -42,7 +48,7 @@ def launch_options() -> dict[str, Any]:
         "theme": theme,
         "css": CSS,
         "max_file_size": "400mb",
-        "allowed_paths": [str(REPO / "assets")],
+        "allowed_paths": [str(ASSETS)],
     }
 
 

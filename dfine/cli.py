@@ -1,4 +1,8 @@
-"""The ``dfine`` command line. ``dfine --help`` and ``dfine COMMAND --help`` describe everything."""
+"""The ``dfine`` command line, its one entry point (``python -m dfine.train`` runs the same
+:func:`main`). ``dfine --help`` and ``dfine COMMAND --help`` describe everything.
+
+Exit codes: 0 done; 1 some inputs failed (each reported); 2 bad input or arguments (one line
+saying what, why and what to do); 3 training stopped on a non-finite loss; 130 interrupted."""
 
 from __future__ import annotations
 
@@ -7,6 +11,19 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from tqdm import tqdm
+
+from dfine import zoo
+from dfine.benchmark import markdown, run_benchmark
+from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
+from dfine.data.cli import register_cli as register_data
+from dfine.export import export_onnx
+from dfine.io import ImageLoadError
+from dfine.model import DFINE
+from dfine.predict import Detector
+from dfine.train.cli import register_cli as register_train
+from dfine.train.trainer import NonFiniteLossError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -29,11 +46,6 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from dfine.io import ImageLoadError
-    from dfine.predict import Detector
-
     images = _expand_images(args.images)
     if not images:
         print("error: no images found in " + " ".join(args.images), file=sys.stderr)
@@ -76,13 +88,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
-    from dfine.model import DFINE
-
     path = Path(args.checkpoint)
     if not path.exists():
-        from dfine import zoo
-
         if not zoo.is_zoo_name(args.checkpoint):
             print(f"error: checkpoint not found: {path}", file=sys.stderr)
             return 2
@@ -127,8 +134,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dfine.export import export_onnx
-
     if args.format != "onnx":
         print(f"error: unknown format {args.format}", file=sys.stderr)
         return 2
@@ -157,8 +162,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from dfine.benchmark import markdown, run_benchmark
-
     rows, peak = run_benchmark(
         backends=args.backends,
         sizes=args.sizes,
@@ -326,9 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.set_defaults(func=cmd_benchmark)
 
-    from dfine.data.cli import register_cli as register_data
-    from dfine.train.cli import register_cli as register_train
-
     register_train(sub)
     register_data(sub)
     return parser
@@ -343,19 +343,27 @@ def error_text(exc: BaseException) -> str:
     return text
 
 
+# handled errors → exit code (first match wins); anything else is a bug and keeps its traceback
+EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (NonFiniteLossError, 3),
+    ((CheckpointError, FileNotFoundError, ValueError, KeyError), 2),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dfine.checkpoint import CheckpointError
-
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {error_text(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        for kinds, code in EXIT_CODES:
+            if isinstance(e, kinds):
+                print(f"error: {error_text(e)}", file=sys.stderr)
+                return code
+        raise
 
 
 if __name__ == "__main__":
