@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from app.errors import UserError
-from app.models import LoadedModel
 from dfine.detections import Detections
 from dfine.io import file_sha256
 from dfine.nn.decoder import DecoderTrace
@@ -129,24 +128,3 @@ class ResultCache:
         ):
             _, old = self._items.popitem(last=False)
             total -= old.nbytes
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The result of one forward pass and the detections the Detect tab's settings keep."""
-
-    result: TraceResult
-    model: LoadedModel
-    detections: Detections
-    queries: np.ndarray
-    threshold: float
-    max_detections: int
-    digest: str
-    cached: bool
-
-    def require_detections(self) -> None:
-        if len(self.detections) == 0:
-            raise UserError(
-                f"No detections above the threshold {self.threshold:g} to analyse; lower the "
-                "threshold in the Detect tab."
-            )
