@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dfine import zoo
+from dfine import webapp, zoo
 from dfine.benchmark import markdown, run_benchmark
 from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
 from dfine.data.cli import register_cli as register_data
@@ -22,12 +22,14 @@ from dfine.export import export_onnx
 from dfine.io import ImageLoadError
 from dfine.model import DFINE
 from dfine.predict import Detector
+from dfine.resources import demo_weights
 from dfine.train.cli import register_cli as register_train
 from dfine.train.trainer import NonFiniteLossError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 EPILOG_PREDICT = """examples:
+  dfine predict assets/examples/synth/000001.jpg --out runs/predict    # the bundled demo model
   dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
   dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
 outputs, for each image: OUT/<name>.jpg (boxes drawn) and OUT/<name>.json (boxes in
@@ -51,7 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print("error: no images found in " + " ".join(args.images), file=sys.stderr)
         return 2
     detector = Detector(
-        args.weights,
+        args.weights or demo_weights(),
         threshold=args.threshold,
         size=args.size,
         device=args.device,
@@ -180,6 +182,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        webapp.serve(args.model, args.host, args.port)
+    except webapp.AppUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _batch_arg(text: str) -> str:
     if text != "dynamic" and not (text.isdigit() and int(text) > 0):
         raise argparse.ArgumentTypeError(
@@ -228,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         "-w",
-        required=True,
-        help="checkpoint (.pth reference layout or .safetensors) or a model-zoo name",
+        default=None,
+        help="checkpoint (.pth reference layout or .safetensors) or a model-zoo name "
+        "(default: the bundled demo model, D-FINE-N on 8 synthetic shape classes)",
     )
     p.add_argument(
         "--threshold",
@@ -328,6 +340,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser(
+        "app",
+        help="serve the Gradio app (detections, refinement, distributions, W(n), GO-LSD)",
+        description="Serve the dfine app in the browser, offline, with the bundled demo model "
+        "unless --model says otherwise. Ctrl+C stops it.",
+        epilog="example:\n  dfine app --model dfine_s_coco.pth --port 7861",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="default model: checkpoint path or zoo name (default: the bundled demo model)",
+    )
+    p.add_argument(
+        "--port", "-p", type=int, default=None, help="port (default GRADIO_SERVER_PORT or 7860)"
+    )
+    p.add_argument("--host", default=None, help="address (default GRADIO_SERVER_NAME or 127.0.0.1)")
+    p.set_defaults(func=cmd_app)
 
     register_train(sub)
     register_data(sub)
