@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, works offline
@@ -34,10 +35,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model",
         default=os.environ.get("DFINE_APP_MODEL"),
-        help="default model: a checkpoint path or a zoo name (default: the bundled demo model)",
+        help="default model: a .pth/.safetensors checkpoint, a Hugging Face folder or a zoo name "
+        "(default: the bundled demo model)",
     )
     args = parser.parse_args(argv)
-    demo = create_demo(args.model)
+    from app.errors import UserError, one_line
+    from dfine.cli import handled_errors
+
+    try:
+        demo = create_demo(args.model)
+    except (*handled_errors(), UserError) as e:  # a bad --model: one line, exit status 2
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        raise SystemExit(2) from None
     # answer the first click on each bundled example from the cache (about 1 s, off the
     # request path; an error there is printed and leaves those clicks to compute as usual)
     examples = [*photo_examples(), *synth_examples()]

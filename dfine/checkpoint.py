@@ -120,7 +120,8 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         ) from e
     except Exception as e:  # torch raises many types for non-checkpoint bytes
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}"
+            f"{path} is not a readable PyTorch checkpoint: truncated or corrupt "
+            f"({type(e).__name__}: {e})"
         ) from e
     return _extract_state_dict(obj, path), {}
 
@@ -259,17 +260,14 @@ def load_model(
     model-zoo name (see :mod:`dfine.zoo`). Size and class count are read from the weights; ``num_classes``,
     when given, is checked against them.
     """
-    path = Path(source)
-    if not path.exists():
-        from dfine import zoo
+    from dfine.weights import is_onnx, resolve
 
-        if zoo.is_zoo_name(str(source)):
-            path = zoo.download(str(source))
-        else:
-            raise FileNotFoundError(
-                f"checkpoint not found: {source}. Pass a .pth/.safetensors path or a model-zoo "
-                f"name ({', '.join(zoo.names()[:4])}, ...)"
-            )
+    if is_onnx(source):
+        raise CheckpointError(
+            f"{source} is an exported ONNX graph, not a checkpoint: run it with "
+            f"dfine.Detector({str(source)!r}) (ONNX Runtime) instead of load_model()"
+        )
+    path = resolve(source)
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
     if num_classes is not None and num_classes != cfg.num_classes:

@@ -148,6 +148,7 @@ def export_onnx(
         "postprocess": str(postprocess).lower(),
         "batch": str(batch),
         "precision": "fp16" if half else "fp32",
+        "num_top": str(num_top),
     }
 
     def write(tmp: Path) -> None:
@@ -212,4 +213,5 @@ def read_metadata(path: str | os.PathLike) -> dict:
         "postprocess": props.get("postprocess") == "true",
         "batch": props.get("batch"),
         "precision": props.get("precision", "fp32"),
+        "num_top": int(props.get("num_top", 300)),
     }

@@ -1,6 +1,6 @@
 """``Detector``: any image in, ``Detections`` out.
 
-det = dfine.Detector("dfine_n_coco.pth", threshold=0.5)
+det = dfine.Detector("dfine_n_coco.pth", threshold=0.5)   # or an exported "model.onnx"
 dets = det("street.jpg")          # Detections in original pixel coordinates
 dets.plot().save("street_pred.jpg")
 """
@@ -21,6 +21,7 @@ from dfine.io import ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import topk_detections
+from dfine.weights import default_backend
 
 
 def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -54,7 +55,8 @@ class Detector:
         weights: a checkpoint path (reference ``.pth`` or project ``.safetensors``), a zoo name,
             a ``DFINE`` model, or (non-torch backends) an exported ``.onnx`` file.
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
-            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`.
+            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`. Default: from the
+            weights — ``onnxruntime`` for an ``.onnx`` file, else ``torch``.
         threshold: minimum score of a returned detection, in [0, 1].
         size: network input size, ``int`` or ``(height, width)``, multiples of 32; default the
             model's own (640 for the reference checkpoints). Fixed at export for ONNX files.
@@ -70,7 +72,7 @@ class Detector:
         self,
         weights: str | os.PathLike | DFINE,
         *,
-        backend: str = "torch",
+        backend: str | None = None,
         threshold: float = 0.5,
         size: int | Sequence[int] | None = None,
         device: str | torch.device = "cpu",
@@ -79,6 +81,7 @@ class Detector:
         class_names: Sequence[str] | None = None,
         **backend_options,
     ) -> None:
+        backend = backend or default_backend(weights)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         self.threshold = _check_threshold(threshold)

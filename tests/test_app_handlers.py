@@ -458,3 +458,23 @@ def test_synthetic_examples_are_reproducible_and_annotated(tmp_path):
     assert (
         truth.names[0] == "red circle" and (truth.boxes_xyxy[:, 2:] > truth.boxes_xyxy[:, :2]).all()
     )
+
+
+def test_handled_errors_are_one_line_in_toast_and_log(state, tmp_path, caplog):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not a picture\nsecond line")
+    with caplog.at_level("WARNING", logger="dfine.app"), _raises("not an image") as err:
+        detect.detect(state, str(fake), 0.5, SIZE, "default", MAX)
+    assert err.value.print_exception is False  # gradio prints no traceback for it
+    _readable(err)
+    records = [r for r in caplog.records if r.name == "dfine.app"]
+    assert len(records) == 1 and records[0].exc_info is None
+    assert "\n" not in records[0].getMessage() and "notes.jpg" in records[0].getMessage()
+
+
+def test_an_onnx_upload_is_refused_with_the_way_out(state, tmp_path):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"onnx")
+    with _raises("exported ONNX graph: the app needs the PyTorch weights") as err:
+        model.model_info(state, "default", str(onnx))
+    assert "dfine predict IMAGE --weights model.onnx" in _readable(err)

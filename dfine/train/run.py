@@ -204,18 +204,33 @@ def validate(
     device: str | None = None,
     backend: str = "auto",
     progress: bool = True,
+    runtime: str | None = None,
 ) -> dict[str, float]:
-    """COCO metrics of the checkpoint ``weights`` on the val split of ``data``."""
+    """COCO metrics of ``weights`` (a checkpoint, zoo name or exported ``.onnx``) on the val
+    split of ``data``. ``runtime``: what runs the model — ``torch``, ``onnxruntime``,
+    ``openvino`` or ``tensorrt`` (default: from the file, see :func:`dfine.weights.
+    default_backend`); ``backend``: the COCO evaluation library."""
+    from dfine.backends.module import BackendModel
     from dfine.checkpoint import load_model
     from dfine.data import CocoDetection, build_dataloader, build_val_transforms
     from dfine.train.evaluate import evaluate
+    from dfine.weights import default_backend
 
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
-        model = load_model(weights, device=device_)
+        runtime = runtime or default_backend(weights)
+        if runtime == "torch":
+            model = load_model(weights, device=device_)
+        else:
+            model = BackendModel.load(weights, runtime, device=device_)
         split = resolve_split(data, "val", images)
         size = size or model.config.eval_size[0]
+        if runtime != "torch" and (size, size) != tuple(model.config.eval_size):
+            raise ValueError(
+                f"{weights} was exported for input {model.config.eval_size[0]}x"
+                f"{model.config.eval_size[1]}; leave --size out or export again at {size}"
+            )
         dataset = CocoDetection(
             split.images,
             split.annotations,
