@@ -44,10 +44,10 @@ class BackendModel(nn.Module):
     ) -> list[dict[str, torch.Tensor]]:
         """``postprocess``-style results: one dict of ``labels``, ``boxes`` (xyxy pixels),
         ``scores`` per image."""
-        labels, boxes, scores = self.backend.detect(images.cpu(), orig_sizes.cpu())
+        out = self.backend.detect(images.cpu(), orig_sizes.cpu())
         return [
             {"labels": lab, "boxes": box, "scores": sco}
-            for lab, box, sco in zip(labels, boxes, scores)
+            for lab, box, sco in zip(out.labels, out.boxes, out.scores)
         ]
 
     def forward(self, images: torch.Tensor) -> None:  # pragma: no cover - guard
