@@ -14,15 +14,20 @@ EPILOG_PREDICT = """examples:
   dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
   dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
 outputs, for each image: OUT/<name>.jpg (boxes drawn) and OUT/<name>.json (boxes in
-original pixels, xyxy, with scores, class ids and names, and the speed breakdown)."""
+original pixels, xyxy, with scores, class ids and names, and the speed breakdown);
+for each video: OUT/<name>.webm (boxes and track ids drawn) and OUT/<name>.json
+({"video": {...}, "frames": [{"index", "time_s", "detections": [... "track_id"]}]})."""
 
 
 def _expand_images(items: Sequence[str]) -> list[Path]:
+    from dfine.video import VIDEO_SUFFIXES
+
     paths: list[Path] = []
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+            suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes))
         else:
             paths.append(p)
     return paths
@@ -33,9 +38,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from dfine.io import ImageLoadError
     from dfine.predict import Detector
+    from dfine.video import is_video
+    from dfine.video_cli import predict_videos
 
     images = _expand_images(args.images)
-    if not images:
+    videos = [p for p in images if is_video(p)]
+    images = [p for p in images if not is_video(p)]
+    if not images and not videos:
         print("error: no images found in " + " ".join(args.images), file=sys.stderr)
         return 2
     detector = Detector(
@@ -47,8 +56,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
     names_seen: dict[str, int] = {}
+    failures = predict_videos(detector, videos, out, args, names_seen)
     bar = tqdm(images, desc="predict", unit="img", disable=args.quiet or len(images) < 2)
     for path in bar:
         try:
@@ -69,9 +78,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
         if not args.quiet:
             tqdm.write(f"{path}: {dets.summary()}")
-    done = len(images) - failures
+    done = len(images) + len(videos) - failures
     if not args.quiet:
-        print(f"wrote {done} annotated image(s) and JSON file(s) to {out}")
+        kind = "image(s) and video(s)" if videos else "image(s)"
+        print(f"wrote {done} annotated {kind} and JSON file(s) to {out}")
     return 1 if failures else 0
 
 
@@ -221,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_PREDICT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("images", nargs="+", help="image or video files, or folders of them")
     p.add_argument(
         "--weights",
         "-w",
@@ -251,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip conv+BN fusion: the reference's exact arithmetic (slower)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    from dfine.video_cli import add_video_arguments
+
+    add_video_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

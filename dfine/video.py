@@ -20,12 +20,13 @@ failed, why, and what to do.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ import torch
 from torchvision.ops import nms
 
 from dfine.detections import Detections
-from dfine.io import TMP_SUFFIX, ImageLoadError, load_image
+from dfine.io import TMP_SUFFIX, ImageLoadError, atomic_write, load_image
 
 if TYPE_CHECKING:
     from dfine.predict import Detector
@@ -50,7 +51,9 @@ __all__ = [
     "Tracker",
     "VideoError",
     "VideoInfo",
+    "VideoRun",
     "VideoWriter",
+    "annotate_video",
     "detect_video",
     "is_video",
     "probe",
@@ -170,9 +173,8 @@ def _diagnose(path: Path) -> str:
                 return f"it has no video stream (streams: {found}; an audio-only file?)"
             stream = container.streams.video[0]
             if stream.codec_context is None:
-                tag = stream.codec_tag or "unknown"
                 return (
-                    f"its video codec ({tag!r}) is not supported by this OpenCV/FFmpeg build; "
+                    "its video codec is not supported by this OpenCV/FFmpeg build; "
                     "re-encode it to H.264 MP4 or VP9 WebM"
                 )
             return (
@@ -188,9 +190,22 @@ def _diagnose(path: Path) -> str:
         return "it holds no video frames (empty, or truncated before the first frame)"
 
 
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log while it opens a file: its "Could not find decoder" lines
+    would come before (and say less than) the one-line ``VideoError``."""
+    logging = _cv2().utils.logging
+    old = logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(old)
+
+
 def _open_capture(path: Path):
     cv2 = _cv2()
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    with _quiet_opencv():
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
         raise VideoError(f"Cannot read video {path}: {_diagnose(path)}")
@@ -648,3 +663,117 @@ def _detect_frames(
             dets.time_s = frame.time_s
             dets.speed.setdefault("total", (time.perf_counter() - t0) * 1000)
             yield dets
+
+
+# --------------------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class VideoRun:
+    """What :func:`annotate_video` did: the source, the written files, one ``Detections`` per
+    processed frame (without their images), and the wall time."""
+
+    info: VideoInfo
+    video: Path
+    json: Path | None
+    frames: list[Detections]
+    stride: int
+    tracked: bool
+    seconds: float
+    capped: bool
+
+    @property
+    def fps(self) -> float:
+        """Processed frames per second of wall time (decode + model + track + encode)."""
+        return len(self.frames) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON written next to the video: ``{"video": {...}, "frames": [...]}``."""
+        video = self.info.to_dict()
+        video.update(
+            source_fps=video.pop("fps"),
+            source_frame_count=video.pop("frame_count"),
+            fps=round(self.info.fps / self.stride, 4),
+            frame_count=len(self.frames),
+            stride=self.stride,
+            tracked=self.tracked,
+            capped=self.capped,
+            output=self.video.name,
+        )
+        video.pop("duration_s")
+        frames = [
+            {
+                "index": d.frame_index,
+                "time_s": round(float(d.time_s), 4),
+                "detections": d.to_dict()["detections"],
+            }
+            for d in self.frames
+        ]
+        return {"video": video, "frames": frames}
+
+
+def annotate_video(
+    detector: Detector,
+    source: str | os.PathLike,
+    out_video: str | os.PathLike,
+    out_json: str | os.PathLike | None = None,
+    *,
+    track: bool = True,
+    stride: int = 1,
+    max_frames: int | None = None,
+    threshold: float | None = None,
+    max_pixels: int = MAX_PIXELS,
+    on_frame: Callable[[Detections], None] | None = None,
+) -> VideoRun:
+    """Detect (and track) every kept frame of ``source``, draw the boxes (``#id name score``)
+    and write the annotated video (``.webm``, VP8, at ``source fps / stride``) and, when
+    ``out_json`` is given, the detections of every frame (:meth:`VideoRun.to_dict`).
+
+    Both files are written under temporary names and renamed when complete; on any error
+    neither exists. ``on_frame(dets)`` is called after each frame (progress bars).
+    """
+    out_video = Path(out_video)
+    start = time.perf_counter()
+    frames_iter = detect_video(
+        detector,
+        source,
+        track=track,
+        stride=stride,
+        max_frames=max_frames,
+        threshold=threshold,
+        max_pixels=max_pixels,
+    )
+    info = probe(source, max_pixels=max_pixels)
+    size = (info.width, info.height)
+    frames: list[Detections] = []
+    with VideoWriter(out_video, info.fps / stride, size) as writer:
+        for dets in frames_iter:
+            writer.write(np.asarray(dets.plot()))
+            dets.image = None  # keep the boxes, not every frame's pixels
+            frames.append(dets)
+            if on_frame is not None:
+                on_frame(dets)
+        if not frames:
+            raise VideoError(f"Cannot read video {source}: it yielded no frames")
+        written = writer.frames
+    if written != len(frames):  # pragma: no cover - a writer bug
+        raise RuntimeError(f"wrote {written} frames for {len(frames)} processed")
+    total = math.ceil(info.frame_count / stride)
+    run = VideoRun(
+        info=info,
+        video=out_video,
+        json=Path(out_json) if out_json is not None else None,
+        frames=frames,
+        stride=stride,
+        tracked=track,
+        seconds=time.perf_counter() - start,
+        capped=max_frames is not None and total > max_frames,
+    )
+    if run.json is not None:
+        text = json.dumps(run.to_dict(), separators=(",", ":")) + "\n"
+        try:
+            atomic_write(run.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        except BaseException:
+            out_video.unlink(missing_ok=True)
+            raise
+    return run
