@@ -22,6 +22,7 @@ from app.handlers import Handlers
 from app.models import LoadedModel, ModelStore
 from app.paths import DEFAULT_MAX_DETECTIONS, FIXTURE_BANNER, INPUT_SIZES, MAX_STAGES, REPO
 from app.summaries import model_markdown
+from app.tabs import video as video_tab
 
 CSS = """
 .dfine-banner { background: #fff4d6; border: 1px solid #f0c36d; border-radius: 8px;
@@ -63,6 +64,7 @@ def build_demo(model_path: str | None = None) -> gr.Blocks:
             )
         with gr.Tabs() as tabs:
             ui = _detect_tab(handlers, default)
+            video_tab.build(handlers, ui, tabs)
             _refinement_tab(handlers, ui, default)
             _distributions_tab(handlers, ui, tabs)
             _weighting_tab(handlers, ui, default)
