@@ -34,10 +34,10 @@ class NoProgress:
 def tab():
     if not DEMO.exists():
         pytest.skip("demo model not bundled")
-    from app.handlers import Handlers
     from app.models import ModelStore
+    from app.state import AppState
 
-    return VideoTab(Handlers(ModelStore(str(DEMO))), VideoCaps(max_frames=6))
+    return VideoTab(AppState(ModelStore(str(DEMO))), VideoCaps(max_frames=6))
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,8 @@ from analysis import figures
 from analysis.tracks import edge_sigmas, track_ids, track_series
 from app.checks import check_max_detections, check_size, check_threshold, first_int
 from app.errors import UserError, user_errors
+from app.state import AppState
+from app.tabs.common import Controls, quietly
 from dfine.detections import Detections
 from dfine.video import FrameReader, Tracker, VideoInfo, VideoRun, VideoWriter
 
@@ -166,7 +168,7 @@ class VideoTab:
     """The tab's handlers over the app's shared state (``state.store``: the models,
     ``state.outputs``: the folder for files handed to users)."""
 
-    def __init__(self, state: Any, caps: VideoCaps | None = None) -> None:
+    def __init__(self, state: AppState, caps: VideoCaps | None = None) -> None:
         self.state = state
         self.caps = caps or VideoCaps.from_env()
         self.runs = VideoRuns(Path(state.outputs.root))
@@ -471,12 +473,10 @@ def _frame_table(dets: Detections, sigma: np.ndarray | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else ["#", "track", "class", "score"])
 
 
-def build(state: Any, controls: Any, tabs: gr.Tabs | None = None) -> VideoTab:
-    """The Video tab (with the live webcam). ``controls``: the Detect tab's components
-    (``image``, ``threshold``, ``size``, ``model``, ``max_detections``); ``tabs``: the
-    ``gr.Tabs`` to switch to Refinement (default ``controls.tabs``)."""
+def build(state: AppState, controls: Controls) -> VideoTab:
+    """The Video tab (with the live webcam); it reads the Detect tab's threshold, input size,
+    model and detection limit, and "open this frame" sets the Detect tab's image."""
     tab = VideoTab(state)
-    tabs = tabs if tabs is not None else controls.tabs
     with gr.Tab("Video", id="video"):
         gr.Markdown(TEXT, elem_classes="dfine-note")
         gr.Markdown(tab.caps.markdown(), elem_id="video-caps")
@@ -577,13 +577,13 @@ def build(state: Any, controls: Any, tabs: gr.Tabs | None = None) -> VideoTab:
     event.success(
         tab.frame, inputs=[run_id, position], outputs=frame_outputs, api_visibility="private"
     ).success(
-        _quiet(tab.track, 3),
+        quietly(tab.track, 3),
         inputs=[run_id, track_pick],
         outputs=track_outputs,
         api_visibility="private",
     )
     position.change(
-        _quiet(tab.frame, 3),
+        quietly(tab.frame, 3),
         inputs=[run_id, position],
         outputs=frame_outputs,
         api_visibility="private",
@@ -601,7 +601,7 @@ def build(state: Any, controls: Any, tabs: gr.Tabs | None = None) -> VideoTab:
     open_btn.click(
         tab.open_frame,
         inputs=[run_id, position],
-        outputs=[controls.image, tabs],
+        outputs=[controls.image, controls.tabs],
         api_visibility="private",
     ).success(
         None,
@@ -620,15 +620,3 @@ def build(state: Any, controls: Any, tabs: gr.Tabs | None = None) -> VideoTab:
         api_name="webcam",
     )
     return tab
-
-
-def _quiet(fn: Any, outputs: int) -> Any:
-    """``fn``, leaving its outputs as they are when it fails (slider moved before a run)."""
-
-    def run(*args: Any) -> Any:
-        try:
-            return fn(*args)
-        except Exception:
-            return gr.skip() if outputs == 1 else tuple(gr.skip() for _ in range(outputs))
-
-    return run
