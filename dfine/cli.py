@@ -53,6 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         size=args.size,
         device=args.device,
         deploy=not args.exact,
+        backend=args.backend,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -255,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", "-o", default="runs/predict", help="output folder (default runs/predict)"
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime", "openvino", "tensorrt"],
+        help="inference backend; the others take an exported .onnx as --weights (default torch)",
+    )
     p.add_argument(
         "--exact",
         action="store_true",

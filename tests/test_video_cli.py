@@ -190,3 +190,18 @@ def test_interrupted_run_leaves_no_files(clip, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         annotate_video(detector, clip, out / "a.webm", out / "a.json", on_frame=stop)
     assert list(out.iterdir()) == []  # no half video, no temporary file
+
+
+def test_predict_video_on_onnxruntime(clip, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from dfine.export import export_onnx
+
+    onnx = tmp_path / "demo.onnx"
+    export_onnx(DEMO, onnx, batch=1, check_parity=False)
+    out = tmp_path / "out"
+    args = ["predict", str(clip), "-w", str(onnx), "--backend", "onnxruntime", "-o", str(out)]
+    assert main([*args, "--max-frames", "3", "-q"]) == 0
+    record = json.loads((out / "moving.json").read_text())
+    assert [f["index"] for f in record["frames"]] == [0, 1, 2]
+    names = {d["name"] for d in record["frames"][1]["detections"] if d["track_id"] >= 0}
+    assert names == {"green triangle", "orange cross", "purple ring"}
