@@ -178,3 +178,18 @@ def test_track_series_marks_the_jump():
     assert uncertainty_jumps(np.array([1.0, 1.0, np.nan, 1.0])).size == 0
     with pytest.raises(ValueError, match="track 3 is in none"):
         track_series(frames, sigmas, 3)
+
+
+def test_track_view_marks_motion_blurred_frames(tab, tmp_path):
+    """Frames 5 and 6 smeared by a horizontal motion blur: every track's edge σ jumps
+    there, and nowhere else."""
+    clip, _ = write_synth_video(tmp_path / "blur.webm", 10, blur=(5, 6))
+    long = VideoTab(tab.state, VideoCaps(max_frames=10))
+    out = long.video(str(clip), 0.5, 320, "default", 25, 1, True, progress=NoProgress())
+    run_id, tracks = out[5], out[4]["choices"]
+    assert len(tracks) == 3
+    for _, tid in tracks:
+        _, table, text = long.track(run_id, tid)
+        jumps = set(table.loc[table["jump"], "frame"].tolist())
+        assert jumps and jumps <= {5, 6}, (tid, text)
+        assert "uncertainty jumps at frames: 5" in text

@@ -48,6 +48,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 EPILOG_SYNTH_VIDEO = """examples:
   dfine data synth-video clip.webm
   dfine data synth-video runs/clip.avi --frames 100 --size 640 480 --objects 5 --seed 2
+  dfine data synth-video blurred.webm --frames 30 --blur 12 13   # motion blur in two frames
 writes the clip (.webm VP8, .avi MJPG or .mp4 MPEG-4) and <stem>.gt.json with every
 object's class and box in every frame (shapes of the synthetic dataset moving on straight
 lines; the demo model assets/dfine_n_synth.safetensors detects them)."""
@@ -63,6 +64,7 @@ def cmd_synth_video(args: argparse.Namespace) -> int:
         fps=args.fps,
         num_objects=args.objects,
         seed=args.seed,
+        blur=args.blur,
     )
     if not args.quiet:
         print(f"wrote {video} ({args.frames} frames) and its ground truth {truth}")
@@ -153,5 +155,14 @@ def _register_synth_video(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=25.0, help="frame rate (default 25)")
     p.add_argument("--objects", type=positive_int, default=3, help="moving shapes, 1-8 (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--blur",
+        type=non_negative_int,
+        nargs="*",
+        default=[],
+        metavar="FRAME",
+        help="frames (0-based) to smear with a horizontal motion blur: the model's edge "
+        "uncertainty jumps there (see the app's track view)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing")
     p.set_defaults(func=cmd_synth_video)

@@ -8,7 +8,7 @@ every frame is exactly known.
 
 ``write_synth_video("clip.webm")`` writes the clip and ``clip.gt.json``::
 
-    {"video": {"width", "height", "fps", "frame_count", "seed"},
+    {"video": {"width", "height", "fps", "frame_count", "seed", "blurred_frames"},
      "objects": [{"id": k, "label": l, "name": "red circle", "start": [x, y], "end": [x, y]}],
      "frames": [{"index": i, "time_s": t,
                  "objects": [{"id": k, "label": l, "box": [x1, y1, x2, y2]}]}]}
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,11 @@ def render_clip(
     num_objects: int = 3,
     size_range: tuple[float, float] = (40.0, 70.0),
     seed: int = 0,
+    blur: Sequence[int] = (),
+    blur_px: int = 25,
 ) -> tuple[list[np.ndarray], list[MovingShape], list[list[dict[str, Any]]]]:
-    """Draw a clip.
+    """Draw a clip. The frames listed in ``blur`` get a horizontal motion blur of ``blur_px``
+    pixels (as if the camera panned fast): the boxes stay where they are, the edges smear.
 
     Returns:
         ``(frames, shapes, truth)``: ``num_frames`` uint8 ``[H, W, 3]`` RGB frames, the
@@ -114,9 +118,21 @@ def render_clip(
             _paint(img, obj, np.random.default_rng([seed, 11, k]))  # same colour every frame
             x, y, w, h = obj.bbox()
             objects.append({"id": k, "label": shape.label, "box": [x, y, x + w, y + h]})
+        if i in set(blur):
+            img = _motion_blur(img, blur_px)
         frames.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
         truth.append(objects)
     return frames, shapes, truth
+
+
+def _motion_blur(img: np.ndarray, length: int) -> np.ndarray:
+    """Average of ``length`` horizontally neighbouring pixels (edges repeated), float."""
+    if length < 2:
+        return img
+    left = length // 2
+    padded = np.pad(img, ((0, 0), (left, length - 1 - left), (0, 0)), mode="edge")
+    total = np.concatenate([np.zeros_like(padded[:, :1]), padded.cumsum(axis=1)], axis=1)
+    return (total[:, length:] - total[:, :-length]) / length
 
 
 def write_synth_video(
@@ -127,6 +143,7 @@ def write_synth_video(
     fps: float = 25.0,
     num_objects: int = 3,
     seed: int = 0,
+    blur: Sequence[int] = (),
 ) -> tuple[Path, Path]:
     """Write a clip (``.webm`` VP8, ``.avi`` MJPG, ``.mp4`` MPEG-4) and its ground truth
     ``<stem>.gt.json`` next to it (see the module docstring). ``size`` is ``(width, height)``.
@@ -137,7 +154,7 @@ def write_synth_video(
     path = Path(path)
     width, height = size
     frames, shapes, truth = render_clip(
-        num_frames, width, height, num_objects=num_objects, seed=seed
+        num_frames, width, height, num_objects=num_objects, seed=seed, blur=blur
     )
     with VideoWriter(path, fps, (width, height)) as writer:
         for frame in frames:
@@ -149,6 +166,7 @@ def write_synth_video(
             "fps": fps,
             "frame_count": num_frames,
             "seed": seed,
+            "blurred_frames": sorted(int(i) for i in blur),
         },
         "objects": [
             {
