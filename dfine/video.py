@@ -280,6 +280,7 @@ class FrameReader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.frames_read = 0
+        self.max_pixels = int(max_pixels)
         self.info = self._open(max_pixels, folder_fps)
         if start:
             self._start()
@@ -368,7 +369,7 @@ class FrameReader:
                     rgb = self._first
                 else:
                     try:
-                        rgb = load_image(self._files[index])
+                        rgb = load_image(self._files[index], max_pixels=self.max_pixels)
                     except ImageLoadError as e:
                         raise VideoError(f"Cannot read frame {index} of {self.path}: {e}") from e
                     if rgb.shape[:2] != (self.info.height, self.info.width):
@@ -711,6 +712,13 @@ class VideoRun:
         ]
         return {"video": video, "frames": frames}
 
+    def write_json(self) -> Path:
+        """Write :meth:`to_dict` (compact JSON) to ``self.json``, atomically."""
+        if self.json is None:
+            raise ValueError("this VideoRun has no json path")
+        text = json.dumps(self.to_dict(), separators=(",", ":")) + "\n"
+        return atomic_write(self.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
 
 def annotate_video(
     detector: Detector,
@@ -770,9 +778,8 @@ def annotate_video(
         capped=max_frames is not None and total > max_frames,
     )
     if run.json is not None:
-        text = json.dumps(run.to_dict(), separators=(",", ":")) + "\n"
         try:
-            atomic_write(run.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            run.write_json()
         except BaseException:
             out_video.unlink(missing_ok=True)
             raise

@@ -309,12 +309,7 @@ class VideoTab:
             seconds=time.perf_counter() - start,
             capped=bool(note),
         )
-        import json
-
-        from dfine.io import atomic_write
-
-        text = json.dumps(run.to_dict(), separators=(",", ":")) + "\n"
-        atomic_write(run.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        run.write_json()
         return VideoResult(run_id, folder, reader.path, info, run, sigmas, files, class_names, note)
 
     # ------------------------------------------------------------------ /video_frame
