@@ -12,6 +12,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 EPILOG_PREDICT = """examples:
   dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
+  dfine predict clip.mp4 photo.jpg --weights dfine_n_coco.pth --track --stride 2 --out runs/v
   dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
 outputs, for each image: OUT/<name>.jpg (boxes drawn) and OUT/<name>.json (boxes in
 original pixels, xyxy, with scores, class ids and names, and the speed breakdown);
@@ -227,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="detect objects in images; write annotated images and JSON",
-        description="Detect objects in images and write an annotated image and a JSON file per image.",
+        help="detect objects in images and videos; write annotated images/videos and JSON",
+        description="Detect objects in images and videos (tracked with ByteTrack) and write an "
+        "annotated image or video and a JSON file per input.",
         epilog=EPILOG_PREDICT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
