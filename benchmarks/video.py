@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import platform
 import statistics
 import sys
@@ -72,6 +73,13 @@ def _stages(clip: Path, detector: Detector, frames: int, work: Path) -> dict[str
                                          (decode, model, track, draw, encode))}  # fmt: skip
 
 
+def _load() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:  # not on this platform
+        return "n/a"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=100, help="frames per clip (default 100)")
@@ -81,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.load_start = _load()
     work = Path(tempfile.mkdtemp(prefix="dfine-video-bench-"))
     clips = {s: write_synth_video(work / f"clip_{s}.webm", args.frames, (s, s))[0]
              for s in args.sizes}  # fmt: skip
@@ -131,6 +140,8 @@ def _report(args, variants, fps, model_ms, stages, rounds: int) -> str:
         "(in-graph postprocessing), fp32",
         "- the machine is shared with other jobs: absolute figures drift between runs; compare "
         "within a table (ratio columns)",
+        f"- load average (1/5/15 min) at the start: {args.load_start}; when this table was "
+        f"written: {_load()} ({os.cpu_count()} CPUs)",
         "",
         "| backend | input | tracking | frames/s (median) | per round | ms/frame | model ms/frame "
         "| vs torch, same input and tracking |",
