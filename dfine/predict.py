@@ -200,6 +200,7 @@ class Detector:
         stride: int = 1,
         max_frames: int | None = None,
         threshold: float | None = None,
+        batch: int = 1,
     ) -> Iterator[Detections]:
         """Detect (and track) objects in a video file or a folder of frames.
 
@@ -207,11 +208,18 @@ class Detector:
         frame (every ``stride``-th, at most ``max_frames``), in original pixels, with
         ``frame_index``, ``time_s`` (the frame's timestamp), the frame as ``image`` and, with
         ``track=True``, a ByteTrack ``track_id`` per detection. Decoding runs in a worker
-        thread. Unreadable videos raise :class:`dfine.video.VideoError`.
+        thread; ``batch`` frames share one forward pass (worth it for ONNX Runtime/OpenVINO
+        with a dynamic-batch export). Unreadable videos raise :class:`dfine.video.VideoError`.
         """
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
         return detect_video(
-            self, source, track=track, stride=stride, max_frames=max_frames, threshold=threshold
+            self,
+            source,
+            track=track,
+            stride=stride,
+            max_frames=max_frames,
+            threshold=threshold,
+            batch=batch,
         )
 
     def trace(

@@ -630,10 +630,15 @@ def detect_video(
     threshold: float | None = None,
     max_pixels: int = MAX_PIXELS,
     folder_fps: float = FOLDER_FPS,
+    batch: int = 1,
 ) -> Iterator[Detections]:
     """Run ``detector`` on the frames of ``source``; one :class:`Detections` per kept frame,
     with ``frame_index``, ``time_s``, the frame as ``image`` and (``track=True``)
-    ``track_id``. See :meth:`dfine.predict.Detector.video`."""
+    ``track_id``. ``batch`` frames go through the model at once (ONNX Runtime and OpenVINO
+    with a dynamic-batch export gain ~10 % per frame at 4; torch on CPU does not); tracking
+    stays frame by frame. See :meth:`dfine.predict.Detector.video`."""
+    if batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch}")
     thr = detector.threshold if threshold is None else float(threshold)
     reader = FrameReader(
         source,
@@ -643,27 +648,40 @@ def detect_video(
         folder_fps=folder_fps,
         start=False,
     )  # opened and checked now: a bad source fails here, not at the first frame
-    return _detect_frames(detector, reader, track, thr)
+    return _detect_frames(detector, reader, track, thr, int(batch))
+
+
+def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
+    chunk: list[Frame] = []
+    for frame in frames:
+        chunk.append(frame)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _detect_frames(
-    detector: Detector, reader: FrameReader, track: bool, thr: float
+    detector: Detector, reader: FrameReader, track: bool, thr: float, batch: int
 ) -> Iterator[Detections]:
     low = min(thr, 0.1)
     stride = reader.stride
     with reader:
         tracker = Tracker(reader.info.fps / stride, threshold=thr) if track else None
-        for frame in reader:
+        for chunk in _batches(iter(reader), batch):
             t0 = time.perf_counter()
-            dets = detector(frame.rgb, threshold=low if track else thr)
-            if tracker is not None:
-                t1 = time.perf_counter()
-                dets = tracker.update(dets, frame.time_s).filter(thr)
-                dets.speed["track"] = (time.perf_counter() - t1) * 1000
-            dets.frame_index = frame.index
-            dets.time_s = frame.time_s
-            dets.speed.setdefault("total", (time.perf_counter() - t0) * 1000)
-            yield dets
+            results = detector.predict([f.rgb for f in chunk], threshold=low if track else thr)
+            share = (time.perf_counter() - t0) * 1000 / len(chunk)
+            for frame, dets in zip(chunk, results):
+                if tracker is not None:
+                    t1 = time.perf_counter()
+                    dets = tracker.update(dets, frame.time_s).filter(thr)
+                    dets.speed["track"] = (time.perf_counter() - t1) * 1000
+                dets.frame_index = frame.index
+                dets.time_s = frame.time_s
+                dets.speed["total"] = share + dets.speed.get("track", 0.0)
+                yield dets
 
 
 # --------------------------------------------------------------------------- files
@@ -732,6 +750,7 @@ def annotate_video(
     threshold: float | None = None,
     max_pixels: int = MAX_PIXELS,
     on_frame: Callable[[Detections], None] | None = None,
+    batch: int = 1,
 ) -> VideoRun:
     """Detect (and track) every kept frame of ``source``, draw the boxes (``#id name score``)
     and write the annotated video (``.webm``, VP8, at ``source fps / stride``) and, when
@@ -750,6 +769,7 @@ def annotate_video(
         max_frames=max_frames,
         threshold=threshold,
         max_pixels=max_pixels,
+        batch=batch,
     )
     info = probe(source, max_pixels=max_pixels)
     size = (info.width, info.height)

@@ -231,3 +231,15 @@ def test_video_rejects_bad_arguments(detector, clip):
         detector.video(clip[0].with_name("missing.mp4"))
     with pytest.raises(VideoError):
         detector.video(Path(__file__))
+
+
+def test_video_batched_frames_match_single(detector, clip):
+    single = list(detector.video(clip[0], track=True, max_frames=6))
+    batched = list(detector.video(clip[0], track=True, max_frames=6, batch=4))
+    assert [d.frame_index for d in batched] == list(range(6))
+    for a, b in zip(single, batched):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
+        assert a.labels.tolist() == b.labels.tolist()
+        assert a.track_id.tolist() == b.track_id.tolist()
+    with pytest.raises(ValueError, match="batch must be a positive integer"):
+        detector.video(clip[0], batch=0)
