@@ -106,8 +106,9 @@ def cmd_val(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
-        backend=args.backend,
+        coco_lib=args.coco_lib,
         progress=not args.quiet,
+        backend=args.backend,
     )
     if not dist.is_main():
         return 0
@@ -227,6 +228,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_val(subparsers: argparse._SubParsersAction) -> None:
+    from dfine.backends import BACKENDS
+    from dfine.train.evaluate import COCO_LIBS
+
     p = subparsers.add_parser(
         "val",
         help="COCO mAP of a checkpoint on a COCO-format dataset",
@@ -244,8 +248,15 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
         "--backend",
+        default="torch",
+        choices=list(BACKENDS),
+        help="inference runtime (default torch); the others take a checkpoint (exported to "
+        "ONNX once, cached) or an .onnx file",
+    )
+    p.add_argument(
+        "--coco-lib",
         default="auto",
-        choices=["auto", "faster_coco_eval", "pycocotools"],
+        choices=list(COCO_LIBS),
         help="COCO evaluation library (default: faster-coco-eval when installed)",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dfine.train import dist
-from dfine.train.data import build_loaders, category_mapping, resolve_split
+from dfine.train.data import Split, build_loaders, category_mapping, resolve_split
 from dfine.train.recipes import Recipe, get_recipe
 from dfine.train.state import seed_everything, set_deterministic
 from dfine.train.trainer import Trainer, TrainOptions
@@ -179,7 +179,8 @@ def _start_notes(recipe: Recipe) -> list[str]:
 
 # ---------------------------------------------------------------------- validation
 def _mapping_for(model: Any, annotations: Path) -> str:
-    """Category mapping for evaluating ``model``: its recipe's, else guessed from the json."""
+    """Category mapping for evaluating ``model`` (a DFINE or a backend): its recipe's, else
+    guessed from the json."""
     recipe = (getattr(model, "metadata", None) or {}).get("recipe")
     if recipe:
         return category_mapping(Recipe.from_dict(recipe))
@@ -194,6 +195,19 @@ def _mapping_for(model: Any, annotations: Path) -> str:
     return "contiguous"
 
 
+def val_dataset(model: Any, split: Split, size: int) -> Any:
+    """The :class:`dfine.data.CocoDetection` that ``validate`` scores ``model`` on."""
+    from dfine.data import CocoDetection, build_val_transforms
+
+    return CocoDetection(
+        split.images,
+        split.annotations,
+        transforms=build_val_transforms(size),
+        category_mapping=_mapping_for(model, split.annotations),
+        num_classes=model.num_classes,
+    )
+
+
 def validate(
     weights: str | os.PathLike,
     data: str | os.PathLike,
@@ -202,29 +216,62 @@ def validate(
     batch_size: int = 8,
     workers: int = 2,
     device: str | None = None,
-    backend: str = "auto",
+    coco_lib: str = "auto",
     progress: bool = True,
+    backend: str = "torch",
 ) -> dict[str, float]:
-    """COCO metrics of the checkpoint ``weights`` on the val split of ``data``."""
-    from dfine.checkpoint import load_model
-    from dfine.data import CocoDetection, build_dataloader, build_val_transforms
+    """COCO metrics of the checkpoint ``weights`` on the val split of ``data``.
+
+    ``backend``: the inference runtime (``dfine.backends``: torch, onnxruntime, openvino,
+    tensorrt; the non-torch ones take a checkpoint, exported to ONNX once, or an ``.onnx``
+    file); ``coco_lib``: the COCO evaluation library (``dfine.train.evaluate.COCO_LIBS``)."""
+    from dfine.data import build_dataloader
     from dfine.train.evaluate import evaluate
+
+    if backend != "torch":
+        return _validate_backend(
+            weights, data, images, size, batch_size, workers, device, coco_lib, progress, backend
+        )
+    from dfine.checkpoint import load_model
 
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
         model = load_model(weights, device=device_)
         split = resolve_split(data, "val", images)
-        size = size or model.config.eval_size[0]
-        dataset = CocoDetection(
-            split.images,
-            split.annotations,
-            transforms=build_val_transforms(size),
-            category_mapping=_mapping_for(model, split.annotations),
-            num_classes=model.num_classes,
-        )
+        dataset = val_dataset(model, split, size or model.config.eval_size[0])
         loader = build_dataloader(dataset, batch_size, shuffle=False, num_workers=workers)
-        return evaluate(model, loader, device=device_, backend=backend, progress=progress)
+        return evaluate(model, loader, device=device_, coco_lib=coco_lib, progress=progress)
     finally:
         if owned:
             dist.cleanup()
+
+
+def _validate_backend(
+    weights, data, images, size, batch_size, workers, device, coco_lib, progress, backend
+) -> dict[str, float]:
+    """``validate`` through a non-torch inference backend (one process)."""
+    from tqdm import tqdm
+
+    from dfine.backends import create_backend
+    from dfine.data import build_dataloader
+    from dfine.train.evaluate import coco_metrics, to_coco_detections
+
+    runtime = create_backend(
+        backend, weights, size=(size, size) if size else None, device=device or "cpu"
+    )
+    split = resolve_split(data, "val", images)
+    dataset = val_dataset(runtime, split, size or runtime.input_size[0])
+    loader = build_dataloader(dataset, batch_size, shuffle=False, num_workers=workers)
+    image_ids: list[int] = []
+    dets: list[dict[str, Any]] = []
+    for batch, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress):
+        sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
+        labels, boxes, scores = runtime.detect(batch, sizes)
+        ids = [int(t["image_id"]) for t in targets]
+        results = [
+            {"labels": la, "boxes": bo, "scores": sc} for la, bo, sc in zip(labels, boxes, scores)
+        ]
+        image_ids.extend(ids)
+        dets.extend(to_coco_detections(results, ids, dataset.label_to_category))
+    return coco_metrics(dataset, dets, image_ids=image_ids, coco_lib=coco_lib)
