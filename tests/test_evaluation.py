@@ -222,16 +222,30 @@ def synth_val(tmp_path_factory) -> Path:
     return out
 
 
-def test_last_stage_ap_equals_plain_validate_and_is_cached(synth_val, tmp_path):
+@pytest.fixture(scope="module")
+def dfine_home(tmp_path_factory):
+    """A private DFINE_HOME, so the report cache of these tests is their own."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("dfine_home")
+        mp.setenv("DFINE_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def demo_report(synth_val, dfine_home):
+    return evaluate_dataset(DEMO, synth_val, settings=EvalSettings(batch_size=8))
+
+
+def test_last_stage_ap_equals_plain_validate_and_is_cached(synth_val, demo_report):
     from dfine.train.run import validate
 
-    settings = EvalSettings(batch_size=8)
-    report = evaluate_dataset(DEMO, synth_val, settings=settings, cache=tmp_path)
+    report = demo_report
     plain = validate(DEMO, synth_val, workers=0, progress=False)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         assert report.metrics[key] == pytest.approx(plain[key], abs=1e-4), key
     last = report.stages[-1]
-    assert last.name == "layer 3" and pytest.approx(plain["AP"], abs=1e-4) == last.AP
+    assert last.name == "layer 3"
+    assert pytest.approx(plain["AP"], abs=1e-4) == last.AP
     assert len(report.stages) == 5 and len(report.calibration) == 3
     for cal in report.calibration:
         assert cal.edges > 0 and 0 <= cal.coverage_1sigma <= cal.coverage_2sigma <= 1
@@ -244,13 +258,44 @@ def test_last_stage_ap_equals_plain_validate_and_is_cached(synth_val, tmp_path):
     assert m.shape == (9, 9) and m[:8, 8].sum() + m[:8, :8].sum() == sum(
         c.gt_count for c in report.per_class
     )
-    cached = evaluate_dataset(DEMO, synth_val, settings=settings, cache=tmp_path)
+    cached = evaluate_dataset(DEMO, synth_val, settings=EvalSettings(batch_size=8))
     assert cached.info["cached"] and cached.metrics == report.metrics
     assert cached.to_dict()["stages"] == d["stages"]
-    other = EvalSettings(batch_size=8, threshold=0.3)  # another setting: another key
     from analysis.evaluation.report import cache_key
 
-    assert cache_key("w", "d", 320, settings) != cache_key("w", "d", 320, other)
+    other = EvalSettings(batch_size=8, threshold=0.3)  # another setting: another key
+    assert cache_key("w", "d", 320, EvalSettings(batch_size=8)) != cache_key("w", "d", 320, other)
+
+
+def test_cli_report_writes_metrics_figures_and_offline_html(
+    synth_val, demo_report, tmp_path, capsys
+):
+    from dfine.cli import main
+
+    out = tmp_path / "report"
+    argv = ["val", "-w", str(DEMO), "-d", str(synth_val), "--report", str(out), "-q", "-b", "8"]
+    assert main([*argv, "--workers", "0"]) == 0  # the cached pass of demo_report
+    printed = capsys.readouterr().out
+    assert "per-stage AP" in printed and "| layer 3 |" in printed and "inside ±1σ" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["AP"] == pytest.approx(demo_report.metrics["AP"])
+    assert [s["name"] for s in metrics["stages"]][-1] == "layer 3"
+    for name in ("stage_ap", "edge_reliability", "edge_coverage", "confusion", "pr_iou50"):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:400]
+    page = (out / "index.html").read_text()
+    assert "Per-stage AP" in page and "Plotly" in page
+    assert "<script src" not in page and "<link" not in page  # offline: plotly.js inside
+    assert list((out / "gallery").glob("*.png"))
+
+
+def test_cli_report_on_another_backend_says_it_needs_pytorch(synth_val, capsys):
+    from dfine.cli import main
+
+    argv = ["val", "-w", "m.onnx", "-d", str(synth_val), "--backend", "onnxruntime", "--per-layer"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "need the PyTorch model" in err and err.count("\n") == 1
 
 
 def test_onnx_weights_need_the_pytorch_model(synth_val):

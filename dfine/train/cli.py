@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from dfine.argtypes import non_negative_int, positive_int
+from dfine.argtypes import fraction, non_negative_int, positive_int
 
 __all__ = ["build_parser", "main", "register_cli"]
 
@@ -31,6 +31,9 @@ train.log and tensorboard/ (only process 0 writes)."""
 
 EPILOG_VAL = """examples:
   dfine val --weights runs/synth/best.safetensors --data data/synth
+  dfine val --weights runs/synth/best.safetensors --data data/synth --report runs/report \\
+      --per-layer --calibration          # per-stage AP, σ calibration, figures, index.html
+  dfine val --weights dfine_n.onnx --data data/synth --backend onnxruntime
   dfine val --weights dfine_n_coco.pth --data /data/coco/annotations/instances_val2017.json \\
       --images /data/coco/val2017"""
 
@@ -96,6 +99,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_val(args: argparse.Namespace) -> int:
     from dfine.train import dist
+
+    if args.report or args.per_layer or args.calibration:
+        if args.backend != "torch":
+            raise ValueError(
+                f"--report, --per-layer and --calibration need the PyTorch model (--backend "
+                f"torch); the {args.backend} backend gives plain AP only (drop those options)"
+            )
+        # The report is the analysis layer's (analysis.evaluation); this is the one place the
+        # CLI reaches up to it (see DESIGN.md, dependency direction).
+        from analysis.evaluation.cli import run_report
+
+        return run_report(args)
     from dfine.train.run import validate
 
     metrics = validate(
@@ -259,6 +274,31 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
         choices=list(COCO_LIBS),
         help="COCO evaluation library (default: faster-coco-eval when installed)",
     )
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write a dataset report to DIR: metrics.json, figures as PNG and SVG, an offline "
+        "index.html (per-stage AP, calibration, PR curves, confusion matrix, error gallery; "
+        "implies --per-layer and --calibration)",
+    )
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="score every stage (encoder proposals, pre-head, each decoder layer) as a "
+        "detector: AP with its own and with the final layer's scores, mean IoU",
+    )
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="σ of the edge distributions against the real edge errors, per layer",
+    )
+    p.add_argument(
+        "--threshold",
+        type=fraction,
+        default=0.5,
+        help="report: score threshold of the confusion matrix and error gallery (default 0.5)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="report: recompute, ignore the cache")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_val)
