@@ -22,6 +22,7 @@ from app.handlers import Handlers
 from app.models import LoadedModel, ModelStore
 from app.paths import DEFAULT_MAX_DETECTIONS, FIXTURE_BANNER, INPUT_SIZES, MAX_STAGES, REPO
 from app.summaries import model_markdown
+from app.tabs import evaluate as evaluate_tab
 
 CSS = """
 .dfine-banner { background: #fff4d6; border: 1px solid #f0c36d; border-radius: 8px;
@@ -68,6 +69,7 @@ def build_demo(model_path: str | None = None) -> gr.Blocks:
             _weighting_tab(handlers, ui, default)
             _golsd_tab(handlers, ui)
             _model_tab(handlers, ui)
+            evaluate_tab.build(handlers, ui, tabs, _image_files(handlers, handlers.detect))
         _wire_pickers(handlers, ui)
     demo.dfine_handlers = handlers  # for tests and embedding
     return demo
