@@ -61,5 +61,4 @@ def test_evaluate_tab_then_open_gallery_item_in_detect():
             page.screenshot(path=str(ARTIFACTS / "app_evaluate_open.png"), full_page=True)
         finally:
             browser.close()
-    handlers = demo.dfine_handlers
-    assert len(handlers.examples) > 4  # the clicked image's ground truth is now known
+    assert len(demo.dfine_state.examples) > 4  # the clicked image's ground truth is now known

@@ -17,7 +17,6 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ from app.archive import LIMITS_TEXT, extract_zip, find_dataset
 from app.errors import UserError, user_errors
 from app.ground_truth import GroundTruth
 from app.results import file_digest
+from app.state import AppState
+from app.tabs.common import Controls, bind
 
 BUNDLED = "bundled synthetic val split"
 UPLOAD = "uploaded zip"
@@ -111,163 +112,156 @@ def summary_markdown(report: DatasetReport) -> str:
     return "\n\n".join(lines)
 
 
-class EvaluateTab:
-    """State and handlers of the tab (one per app)."""
+def _cancel_event(state: AppState, request: gr.Request | None) -> threading.Event:
+    """The cancel flag of this browser session (the API's calls share one)."""
+    key = getattr(request, "session_hash", None) or "api"
+    return state.memo("evaluate-cancel").get(key, threading.Event)
 
-    def __init__(self, handlers: Any) -> None:
-        self.h = handlers
-        self._cancel: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
 
-    def _event(self, request: gr.Request | None) -> threading.Event:
-        key = getattr(request, "session_hash", None) or "api"
-        with self._lock:
-            ev = self._cancel.setdefault(key, threading.Event())
-        return ev
+def cancel(state: AppState, request: gr.Request = None) -> str:  # type: ignore[assignment]
+    """Ask the running evaluation of this session to stop after its current batch."""
+    _cancel_event(state, request).set()
+    return "Cancelling the evaluation…"
 
-    def cancel(self, request: gr.Request) -> str:
-        self._event(request).set()
-        return "Cancelling the evaluation…"
 
-    @user_errors
-    def evaluate(
-        self,
-        source: str,
-        dataset_zip: str | None,
-        model: str | None,
-        threshold: float,
-        per_layer: bool,
-        calibration: bool,
-        request: gr.Request = None,  # type: ignore[assignment]
-        progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's idiom)
-    ) -> tuple:
-        """``/evaluate``: summary, stage / calibration / per-class tables, the figures, the
-        error gallery and the gallery's items (for clicks)."""
-        stop = self._event(request)
-        stop.clear()
-        entry = self.h.store.entry(model)
-        threshold = float(threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise UserError(f"the score threshold must be in [0, 1], got {threshold}")
-        settings = EvalSettings(
-            threshold=threshold, per_layer=bool(per_layer), calibration=bool(calibration)
+@user_errors
+def evaluate(
+    state: AppState,
+    source: str,
+    dataset_zip: str | None,
+    model: str | None,
+    threshold: float,
+    per_layer: bool,
+    calibration: bool,
+    request: gr.Request = None,  # type: ignore[assignment]
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's idiom)
+) -> tuple:
+    """``/evaluate``: summary, stage / calibration / per-class tables, the figures
+    (:data:`analysis.evaluation.figures.FIGURES` order), the error gallery and, for clicks,
+    the gallery's images with their ground truth."""
+    stop = _cancel_event(state, request)
+    stop.clear()
+    entry = state.store.entry(model)
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"The score threshold must be in [0, 1], got {threshold}.")
+    settings = EvalSettings(
+        threshold=threshold, per_layer=bool(per_layer), calibration=bool(calibration)
+    )
+
+    def on_batch(done: int, total: int) -> None:
+        if stop.is_set():
+            raise UserError("The evaluation was cancelled.")
+        progress((done, total), desc="Evaluating", unit="images")
+
+    if source == UPLOAD:
+        if not dataset_zip:
+            raise UserError("Upload a zip of the dataset first (or pick the bundled split).")
+        with tempfile.TemporaryDirectory(prefix="dfine-eval-") as tmp:
+            progress(0, desc="Checking the zip")
+            extract_zip(dataset_zip, tmp)
+            found = find_dataset(tmp)
+            report = evaluate_dataset(
+                entry.source, found.annotations, images=found.images, settings=settings,
+                on_batch=on_batch,
+            )  # fmt: skip
+            return _outputs(state, report)  # while the folder exists: thumbnails, copies
+    progress(0, desc="Preparing the bundled split")
+    report = evaluate_dataset(entry.source, bundled_split(), settings=settings, on_batch=on_batch)
+    return _outputs(state, report)
+
+
+def _outputs(state: AppState, report: DatasetReport) -> tuple:
+    from analysis.evaluation.figures import FIGURES
+    from analysis.evaluation.thumbnails import caption, thumbnail
+
+    stages = _frame(
+        [s.to_dict() for s in report.stages],
+        ["name", "AP", "AP50", "AP75", "AP_final_scores", "mean_iou"],
+    )
+    calib = _frame(
+        [c.to_dict() for c in report.calibration],
+        ["stage", "edges", "coverage_1sigma", "coverage_2sigma", "spearman",
+         "mean_abs_error_px", "mean_sigma_px"],
+    )  # fmt: skip
+    classes = _frame(
+        [c.to_dict() for c in report.per_class],
+        ["name", "AP", "AP50", "AP75", "APs", "APm", "APl", "gt_count", "det_count",
+         "best_threshold", "best_f1"],
+    )  # fmt: skip
+    plots = [fn(report) for fn in FIGURES.values()]
+    files = report.info.get("files") or []
+    names = report.info.get("class_names")
+    copies: dict[int, str] = {}
+    gallery, items = [], []
+    for kind in GALLERY_KINDS:
+        for item in report.gallery.get(kind, [])[:GALLERY_PER_KIND]:
+            src = files[item.index]
+            if item.index not in copies:  # keep the image: an upload's folder goes
+                dst = state.outputs.path(Path(src).name)
+                shutil.copyfile(src, dst)
+                copies[item.index] = str(dst)
+            thumb = state.outputs.path(f"{kind.replace(' ', '_')}.png")
+            thumbnail(item, src, names).save(thumb)
+            gallery.append((str(thumb), caption(item, names)))
+            items.append(copies[item.index])
+    clicks = {"items": items, "truths": _truths(report, copies)}
+    return (summary_markdown(report), stages, calib, classes, *plots, gallery, clicks)
+
+
+def _truths(report: DatasetReport, copies: dict[int, str]) -> dict[str, Any]:
+    """Ground truth of every copied image (COCO xywh pixels, contiguous labels), by path."""
+    path = report.info.get("annotations")
+    if not path or not Path(path).is_file():
+        return {}
+    coco = json.loads(Path(path).read_text(encoding="utf-8"))
+    label = {c: i for i, c in enumerate(sorted(c["id"] for c in coco["categories"]))}
+    files = report.info.get("files") or []
+    by_name = {Path(files[i]).name: p for i, p in copies.items()}
+    out = {}
+    for im in coco["images"]:
+        p = by_name.get(Path(im["file_name"]).name)
+        if p is None:
+            continue
+        anns = [
+            a for a in coco["annotations"] if a["image_id"] == im["id"] and not a.get("iscrowd")
+        ]
+        out[p] = {
+            "file_name": im["file_name"],
+            "size": [im["width"], im["height"]],
+            "xywh": [a["bbox"] for a in anns],
+            "labels": [label[a["category_id"]] for a in anns],
+        }
+    return out
+
+
+def open_item(state: AppState, clicks: dict | None, evt: gr.SelectData) -> tuple[Any, Any]:
+    """A click on a gallery thumbnail: its image into Detect (its ground truth into the
+    annotated examples, so GO-LSD uses it), and Detect selected."""
+    items = (clicks or {}).get("items") or []
+    if evt.index is None or not 0 <= int(evt.index) < len(items):
+        raise gr.Error("Run an evaluation first, then click a thumbnail.")
+    path = items[int(evt.index)]
+    truth = (clicks or {}).get("truths", {}).get(path)
+    if truth is not None:
+        xywh = np.asarray(truth["xywh"], np.float64).reshape(-1, 4)
+        state.examples.add(
+            file_digest(path),
+            GroundTruth(
+                file_name=truth["file_name"],
+                image_size=tuple(truth["size"]),
+                boxes_xyxy=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                labels=np.asarray(truth["labels"], np.int64),
+                names=tuple(state.store.get(None).class_names),
+            ),
         )
-
-        def on_batch(done: int, total: int) -> None:
-            if stop.is_set():
-                raise UserError("The evaluation was cancelled.")
-            progress((done, total), desc="Evaluating", unit="images")
-
-        if source == UPLOAD:
-            if not dataset_zip:
-                raise UserError("Upload a zip of the dataset first (or pick the bundled split).")
-            with tempfile.TemporaryDirectory(prefix="dfine-eval-") as tmp:
-                progress(0, desc="Checking the zip")
-                extract_zip(dataset_zip, tmp)
-                found = find_dataset(tmp)
-                report = evaluate_dataset(
-                    entry.source, found.annotations, images=found.images, settings=settings,
-                    on_batch=on_batch,
-                )  # fmt: skip
-                return self._outputs(report)  # before the folder goes: thumbnails, images
-        progress(0, desc="Preparing the bundled split")
-        report = evaluate_dataset(
-            entry.source, bundled_split(), settings=settings, on_batch=on_batch
-        )
-        return self._outputs(report)
-
-    def _outputs(self, report: DatasetReport) -> tuple:
-        from analysis.evaluation.figures import FIGURES
-        from analysis.evaluation.thumbnails import caption, thumbnail
-
-        stages = _frame(
-            [s.to_dict() for s in report.stages],
-            ["name", "AP", "AP50", "AP75", "AP_final_scores", "mean_iou"],
-        )
-        calib = _frame(
-            [c.to_dict() for c in report.calibration],
-            ["stage", "edges", "coverage_1sigma", "coverage_2sigma", "spearman",
-             "mean_abs_error_px", "mean_sigma_px"],
-        )  # fmt: skip
-        classes = _frame(
-            [c.to_dict() for c in report.per_class],
-            ["name", "AP", "AP50", "AP75", "APs", "APm", "APl", "gt_count", "det_count",
-             "best_threshold", "best_f1"],
-        )  # fmt: skip
-        plots = [fn(report) for fn in FIGURES.values()]
-        files = report.info.get("files") or []
-        names = report.info.get("class_names")
-        copies: dict[int, str] = {}
-        gallery, items = [], []
-        for kind in GALLERY_KINDS:
-            for item in report.gallery.get(kind, [])[:GALLERY_PER_KIND]:
-                src = files[item.index]
-                if item.index not in copies:  # keep the image: the upload's folder goes
-                    dst = self.h.outputs.path(Path(src).name)
-                    shutil.copyfile(src, dst)
-                    copies[item.index] = str(dst)
-                thumb = self.h.outputs.path(f"{kind.replace(' ', '_')}.png")
-                thumbnail(item, src, names).save(thumb)
-                gallery.append((str(thumb), caption(item, names)))
-                items.append({"image": copies[item.index], "index": item.index})
-        truths = self._truths(report, copies)
-        state = {"items": items, "truths": truths}
-        return (summary_markdown(report), stages, calib, classes, *plots, gallery, state)
-
-    def _truths(self, report: DatasetReport, copies: dict[int, str]) -> dict[str, Any]:
-        """Ground truth of every copied image (pixels xyxy, contiguous labels), by path."""
-        path = report.info.get("annotations")
-        if not path or not Path(path).is_file():
-            return {}
-        coco = json.loads(Path(path).read_text(encoding="utf-8"))
-        cats = sorted(c["id"] for c in coco["categories"])
-        label = {c: i for i, c in enumerate(cats)}
-        files = report.info.get("files") or []
-        by_name = {Path(files[i]).name: p for i, p in copies.items()}
-        out = {}
-        for im in coco["images"]:
-            p = by_name.get(Path(im["file_name"]).name)
-            if p is None:
-                continue
-            anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
-            anns = [a for a in anns if not a.get("iscrowd")]
-            out[p] = {
-                "file_name": im["file_name"],
-                "size": [im["width"], im["height"]],
-                "xywh": [a["bbox"] for a in anns],
-                "labels": [label[a["category_id"]] for a in anns],
-            }
-        return out
-
-    def open_item(self, state: dict | None, evt: gr.SelectData) -> tuple[Any, Any]:
-        """A click on a gallery thumbnail: its image into Detect (and its ground truth into
-        the analysis tabs' examples), and Detect selected."""
-        items = (state or {}).get("items") or []
-        if evt.index is None or not 0 <= int(evt.index) < len(items):
-            raise gr.Error("Run an evaluation first, then click a thumbnail.")
-        path = items[int(evt.index)]["image"]
-        truth = (state or {}).get("truths", {}).get(path)
-        names = self.h.store.get(None).class_names
-        if truth is not None:
-            xywh = np.asarray(truth["xywh"], np.float64).reshape(-1, 4)
-            self.h.examples.add(
-                file_digest(path),
-                GroundTruth(
-                    file_name=truth["file_name"],
-                    image_size=tuple(truth["size"]),
-                    boxes_xyxy=np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
-                    labels=np.asarray(truth["labels"], np.int64),
-                    names=tuple(names),
-                ),
-            )
-        return path, gr.Tabs(selected="detect")
+    return path, gr.Tabs(selected="detect")
 
 
-def build(handlers: Any, ui: Any, tabs: gr.Tabs, detect: Callable[..., Any]) -> EvaluateTab:
-    """Add the Evaluate tab. ``ui``: the Detect tab's components (``image``, ``model``,
-    ``annotated`` and :meth:`shared`); ``detect``: the Detect handler run after a gallery
-    click (its first output, the annotated image, is shown)."""
-    tab = EvaluateTab(handlers)
+def build(state: AppState, controls: Controls) -> None:
+    """The Evaluate tab."""
+    from app.tabs.detect import detect
+
     with gr.Tab("Evaluate", id="evaluate"):
         gr.Markdown(TEXT, elem_classes="dfine-note")
         with gr.Row():
@@ -298,22 +292,26 @@ def build(handlers: Any, ui: Any, tabs: gr.Tabs, detect: Callable[..., Any]) -> 
             with gr.Row():
                 plots += [gr.Plot(elem_id=f"evaluate-plot-{i + k}") for k in range(2)]
         classes = gr.Dataframe(label="Per class", interactive=False)
-        state = gr.State({})
+        clicks = gr.State({})
     event = run.click(
-        tab.evaluate,
-        inputs=[source, upload, ui.model, threshold, per_layer, calibration],
-        outputs=[summary, stages, calib, classes, *plots, gallery, state],
+        bind(state, evaluate),
+        inputs=[source, upload, controls.model, threshold, per_layer, calibration],
+        outputs=[summary, stages, calib, classes, *plots, gallery, clicks],
         api_name="evaluate",
         concurrency_limit=1,
         concurrency_id="evaluate",
     )
-    stop.click(tab.cancel, outputs=summary, cancels=[event], api_visibility="private")
+    stop.click(bind(state, cancel), outputs=summary, cancels=[event], api_visibility="private")
     upload.upload(lambda _: UPLOAD, inputs=upload, outputs=source, api_visibility="private")
 
-    def show(*args: Any) -> Any:
-        return detect(*args)[0]
+    def annotated(*shared: Any) -> Any:
+        return bind(state, detect)(*shared)[0]
 
-    gallery.select(
-        tab.open_item, inputs=state, outputs=[ui.image, tabs], api_visibility="private"
-    ).success(show, inputs=ui.shared(), outputs=ui.annotated, api_visibility="private")
-    return tab
+    opened = gallery.select(
+        bind(state, open_item),
+        inputs=clicks,
+        outputs=[controls.image, controls.tabs],
+        api_visibility="private",
+    ).success(annotated, inputs=controls.shared(), outputs=controls.annotated,
+              api_visibility="private")  # fmt: skip
+    controls.result_events.append(opened)  # the analysis tabs' pickers follow

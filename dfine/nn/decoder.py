@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,36 @@ from dfine.nn.attention import MSDeformableAttention
 from dfine.nn.common import MLP, bias_init_with_prob, get_activation, inverse_sigmoid
 from dfine.nn.denoising import contrastive_denoising_group
 from dfine.nn.fdr import distance2bbox, integral, weighting_function
+
+
+class QuerySelection(NamedTuple):
+    """What encoder-side query selection hands to the decoder layers (B images, Q queries).
+
+    ``content [B, Q, C]`` and ``boxes_unact [B, Q, 4]`` (inverse-sigmoid cxcywh) are detached;
+    ``logits [B, Q, classes]`` and ``boxes_unact_grad [B, Q, 4]`` keep their gradient for the
+    encoder auxiliary loss; ``indices [B, Q]`` are the selected encoder positions.
+    """
+
+    content: torch.Tensor
+    boxes_unact: torch.Tensor
+    boxes_unact_grad: torch.Tensor
+    logits: torch.Tensor
+    indices: torch.Tensor
+
+
+class LayerOutputs(NamedTuple):
+    """What :meth:`DFINEDecoder.run_layers` returns: lists over the kept layers of ``boxes
+    [B, Q, 4]`` (cxcywh, normalized), ``logits [B, Q, C]`` (after LQE), ``logits_raw`` (before
+    LQE) and ``corners [B, Q, 4(R+1)]``; plus layer 0's ``pre_boxes [B, Q, 4]``, ``pre_logits
+    [B, Q, C]`` and ``ref_initial`` (the detached ``pre_boxes`` every layer refines)."""
+
+    boxes: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    logits_raw: list[torch.Tensor]
+    corners: list[torch.Tensor]
+    pre_boxes: torch.Tensor
+    pre_logits: torch.Tensor
+    ref_initial: torch.Tensor
 
 
 class Gate(nn.Module):
@@ -407,13 +437,9 @@ class DFINEDecoder(nn.Module):
 
     def select_queries(
         self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]]
-    ) -> dict[str, torch.Tensor]:
-        """Encoder-side query selection: top-Q positions by their best class logit.
-
-        Returns ``content [B, Q, C]`` (detached), ``boxes_unact [B, Q, 4]`` (detached),
-        ``indices [B, Q]``, and the differentiable ``logits [B, Q, classes]`` and
-        ``boxes_unact_grad [B, Q, 4]`` for the encoder auxiliary loss.
-        """
+    ) -> QuerySelection:
+        """Encoder-side query selection: top-Q positions by their best class logit (see
+        :class:`QuerySelection` for the fields and shapes)."""
         if memory.shape[1] < self.num_queries:
             raise ValueError(
                 f"the input is too small: its feature maps {spatial_shapes} have {memory.shape[1]} "
@@ -430,13 +456,13 @@ class DFINEDecoder(nn.Module):
         )
         top_logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         boxes_unact = self.enc_bbox_head(top_memory) + top_anchors
-        return {
-            "content": top_memory.detach(),
-            "boxes_unact": boxes_unact.detach(),
-            "boxes_unact_grad": boxes_unact,
-            "logits": top_logits,
-            "indices": idx,
-        }
+        return QuerySelection(
+            content=top_memory.detach(),
+            boxes_unact=boxes_unact.detach(),
+            boxes_unact_grad=boxes_unact,
+            logits=top_logits,
+            indices=idx,
+        )
 
     def run_layers(
         self,
@@ -446,13 +472,13 @@ class DFINEDecoder(nn.Module):
         spatial_shapes: list[tuple[int, int]],
         attn_mask: torch.Tensor | None = None,
         all_layers: bool = False,
-    ) -> dict[str, Any]:
-        """Run the decoder layers with FDR.
+    ) -> LayerOutputs:
+        """Run the decoder layers with FDR on ``target [B, Q, C]`` content queries with initial
+        boxes ``ref_unact [B, Q, 4]`` (inverse sigmoid).
 
         ``all_layers`` computes class logits (and keeps boxes/corners) for every layer, as in
-        training or tracing; otherwise only the last layer's heads run.
-        Returns lists over the kept layers: ``boxes`` [B, Q, 4], ``logits`` [B, Q, C],
-        ``logits_raw``, ``corners`` [B, Q, 4(R+1)]; plus ``pre_boxes`` and ``pre_logits``.
+        training or tracing; otherwise only the last layer's heads run (see
+        :class:`LayerOutputs`).
         """
         values = self._value_maps(memory, spatial_shapes)
         project = self.project()
@@ -485,10 +511,9 @@ class DFINEDecoder(nn.Module):
             corners_prev = corners
             ref_detach = box.detach()
             output_detach = output.detach()
-        kept["pre_boxes"] = pre_boxes
-        kept["pre_logits"] = pre_logits
-        kept["ref_initial"] = ref_initial
-        return kept
+        return LayerOutputs(
+            **kept, pre_boxes=pre_boxes, pre_logits=pre_logits, ref_initial=ref_initial
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -497,26 +522,26 @@ class DFINEDecoder(nn.Module):
         memory, shapes = self._flatten_memory(feats)
         if not self.training:
             sel = self.select_queries(memory, shapes)
-            out = self.run_layers(sel["content"], sel["boxes_unact"], memory, shapes)
-            return {"pred_logits": out["logits"][-1], "pred_boxes": out["boxes"][-1]}
+            out = self.run_layers(sel.content, sel.boxes_unact, memory, shapes)
+            return {"pred_logits": out.logits[-1], "pred_boxes": out.boxes[-1]}
         return self._forward_train(memory, shapes, targets)
 
     def trace(self, feats: list[torch.Tensor], input_size: tuple[int, int]) -> DecoderTrace:
         """Eval-mode forward that keeps every layer's outputs (see :class:`DecoderTrace`)."""
         memory, shapes = self._flatten_memory(feats)
         sel = self.select_queries(memory, shapes)
-        out = self.run_layers(sel["content"], sel["boxes_unact"], memory, shapes, all_layers=True)
-        b, q = sel["indices"].shape
+        out = self.run_layers(sel.content, sel.boxes_unact, memory, shapes, all_layers=True)
+        b, q = sel.indices.shape
         return DecoderTrace(
-            enc_topk_indices=sel["indices"],
-            enc_topk_logits=sel["logits"],
-            init_boxes=F.sigmoid(sel["boxes_unact"]),
-            pre_boxes=out["pre_boxes"],
-            pre_logits=out["pre_logits"],
-            boxes=torch.stack(out["boxes"]),
-            logits=torch.stack(out["logits"]),
-            logits_raw=torch.stack(out["logits_raw"]),
-            corners=torch.stack(out["corners"]).reshape(len(out["corners"]), b, q, 4, -1),
+            enc_topk_indices=sel.indices,
+            enc_topk_logits=sel.logits,
+            init_boxes=F.sigmoid(sel.boxes_unact),
+            pre_boxes=out.pre_boxes,
+            pre_logits=out.pre_logits,
+            boxes=torch.stack(out.boxes),
+            logits=torch.stack(out.logits),
+            logits_raw=torch.stack(out.logits_raw),
+            corners=torch.stack(out.corners).reshape(len(out.corners), b, q, 4, -1),
             project=self.project(),
             reg_scale=float(self.reg_scale),
             up=float(self.up),
@@ -544,15 +569,15 @@ class DFINEDecoder(nn.Module):
                 box_noise_scale=self.cfg.box_noise_scale,
             )
         sel = self.select_queries(memory, shapes)
-        content, ref_unact = sel["content"], sel["boxes_unact"]
+        content, ref_unact = sel.content, sel.boxes_unact
         if dn_boxes is not None:
             ref_unact = torch.concat([dn_boxes, ref_unact], dim=1)
             content = torch.concat([dn_content, content], dim=1)
         out = self.run_layers(content, ref_unact, memory, shapes, attn_mask, all_layers=True)
-        logits, boxes = torch.stack(out["logits"]), torch.stack(out["boxes"])
-        corners = torch.stack(out["corners"])
-        refs = out["ref_initial"].unsqueeze(0).expand(len(out["boxes"]), -1, -1, -1)
-        pre_logits, pre_boxes = out["pre_logits"], out["pre_boxes"]
+        logits, boxes = torch.stack(out.logits), torch.stack(out.boxes)
+        corners = torch.stack(out.corners)
+        refs = out.ref_initial.unsqueeze(0).expand(len(out.boxes), -1, -1, -1)
+        pre_logits, pre_boxes = out.pre_logits, out.pre_boxes
 
         dn = None
         if dn_meta is not None and dn_boxes is not None:
@@ -580,7 +605,7 @@ class DFINEDecoder(nn.Module):
                 logits[:-1], boxes[:-1], corners[:-1], refs[:-1], corners[-1], logits[-1]
             ),
             "enc_aux_outputs": [
-                {"pred_logits": sel["logits"], "pred_boxes": F.sigmoid(sel["boxes_unact_grad"])}
+                {"pred_logits": sel.logits, "pred_boxes": F.sigmoid(sel.boxes_unact_grad)}
             ],
             "pre_outputs": {"pred_logits": pre_logits, "pred_boxes": pre_boxes},
             "enc_meta": {"class_agnostic": False},
