@@ -129,6 +129,14 @@ def test_per_stage_ap_follows_known_layer_boxes():
     # uniform distributions: every layer's σ is the W(n) spread times the box size
     sigma = results[0].match_sigma
     assert sigma.shape == (3, 2, 4) and np.all(sigma > 0)
+    # without per-layer scoring: only the last stage is scored, calibration still per layer
+    lean = EvalSettings(threshold=0.5, per_layer=False)
+    res = image_results(trace, [target], [0], lean)
+    rep = build_report(res, _coco_gt(target), ["a", "b"], {0: 1, 1: 2}, 3, lean)
+    assert rep.stages == [] and [c.stage for c in rep.calibration] == stage_names(3)[2:]
+    assert rep.metrics["AP"] == pytest.approx(report.metrics["AP"])
+    errs = [c.mean_abs_error_px for c in rep.calibration]
+    assert errs[0] > errs[1] > errs[2] == pytest.approx(0.0, abs=1e-4)  # shifts 0.2, 0.1, 0
 
 
 # ------------------------------------------------------------------------------ calibration
@@ -296,6 +304,14 @@ def test_cli_report_on_another_backend_says_it_needs_pytorch(synth_val, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "need the PyTorch model" in err and err.count("\n") == 1
+
+
+def test_plain_ap_on_onnxruntime_matches_torch(synth_val, demo_report, dfine_home):
+    pytest.importorskip("onnxruntime")
+    from dfine.train.run import validate
+
+    ort = validate(DEMO, synth_val, workers=0, progress=False, backend="onnxruntime")
+    assert ort["AP"] == pytest.approx(demo_report.metrics["AP"], abs=2e-3)
 
 
 def test_onnx_weights_need_the_pytorch_model(synth_val):

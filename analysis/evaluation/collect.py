@@ -89,7 +89,8 @@ class ImageResult:
             per-layer analysis.
         match_gt: ``[M]`` index of the matched ground-truth box of each match.
         match_score: ``[M]`` score of the matching final-layer detection.
-        match_boxes: ``[S, M, 4]`` every stage's box of the matched queries, xyxy pixels.
+        match_boxes: ``[L+2, M, 4]`` every stage's box (encoder, pre-head, layers, also
+            without per-layer analysis) of the matched queries, xyxy pixels.
         match_sigma: ``[L, M, 4]`` σ of each edge distribution, pixels (left, top, right,
             bottom); None without calibration.
         match_unit: ``[M, 4]`` pixels per W(n) unit of each edge (box size / reg_scale).
@@ -185,11 +186,12 @@ def image_results(
     ``orig_size`` (w, h) — as ``dfine.data`` datasets with validation transforms give them.
     """
     sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).float()
-    stage_boxes, stage_logits = _stage_tensors(trace, settings.per_layer)
-    px = [_pixels(b.float(), sizes) for b in stage_boxes]
-    own = [_topk(lg.float(), b, settings.num_top) for lg, b in zip(stage_logits, px)]
+    all_boxes, all_logits = _stage_tensors(trace, per_layer=True)
+    all_px = [_pixels(b.float(), sizes) for b in all_boxes]  # matches follow every stage
+    scored = range(len(all_px)) if settings.per_layer else [len(all_px) - 1]
+    own = [_topk(all_logits[s].float(), all_px[s], settings.num_top) for s in scored]
     final = (
-        [_topk(trace.logits[-1].float(), b, settings.num_top) for b in px]
+        [_topk(trace.logits[-1].float(), b, settings.num_top) for b in all_px]
         if settings.per_layer
         else None
     )
@@ -223,7 +225,7 @@ def image_results(
                 final=_pack(final, i) if final is not None else None,
                 match_gt=gt_of_det[hit],
                 match_score=scores[keep][hit].astype(np.float64),
-                match_boxes=np.stack([p[i, match_q].double().numpy() for p in px]),
+                match_boxes=np.stack([p[i, match_q].double().numpy() for p in all_px]),
                 match_sigma=sigma,
                 match_unit=unit,
             )

@@ -129,7 +129,8 @@ def build_report(
         if settings.per_layer
         else []
     )
-    calibration = layer_calibration(results, names[-num_layers:]) if settings.calibration else []
+    layers = stage_names(num_layers)[-num_layers:]
+    calibration = layer_calibration(results, layers) if settings.calibration else []
     scores, tp50, labels = true_positives(results, 0.5)
     _, tp75, _ = true_positives(results, 0.75)
     num_classes = len(class_names)

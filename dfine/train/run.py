@@ -267,10 +267,11 @@ def _validate_backend(
     dets: list[dict[str, Any]] = []
     for batch, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress):
         sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
-        labels, boxes, scores = runtime.detect(batch, sizes)
+        out = runtime.detect(batch, sizes)
         ids = [int(t["image_id"]) for t in targets]
         results = [
-            {"labels": la, "boxes": bo, "scores": sc} for la, bo, sc in zip(labels, boxes, scores)
+            {"labels": la, "boxes": bo, "scores": sc}
+            for la, bo, sc in zip(out.labels, out.boxes, out.scores)
         ]
         image_ids.extend(ids)
         dets.extend(to_coco_detections(results, ids, dataset.label_to_category))
