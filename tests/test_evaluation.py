@@ -139,6 +139,24 @@ def test_per_stage_ap_follows_known_layer_boxes():
     assert errs[0] > errs[1] > errs[2] == pytest.approx(0.0, abs=1e-4)  # shifts 0.2, 0.1, 0
 
 
+def test_model_without_fdr_has_no_pre_head_stage_and_no_calibration():
+    import dataclasses
+
+    trace, target = _hand_built_trace([0.45, 0.3, 0.2, 0.1, 0.0], [True] * 5)
+    trace = dataclasses.replace(
+        trace, pre_boxes=None, pre_logits=None, corners=None, project=None, reg_scale=None,
+        up=None, ablation="fdr",
+    )  # fmt: skip
+    settings = EvalSettings(threshold=0.5)
+    results = image_results(trace, [target], [0], settings)
+    report = build_report(results, _coco_gt(target), ["a", "b"], {0: 1, 1: 2}, 3, settings)
+    assert [s.name for s in report.stages] == ["encoder", "layer 1", "layer 2", "layer 3"]
+    assert report.calibration == [] and "no calibration" in report.info["notes"][0]
+    assert [s.mean_iou for s in report.stages] == pytest.approx(
+        [(1 - f) / (1 + f) for f in (0.45, 0.2, 0.1, 0.0)], abs=1e-6
+    )
+
+
 # ------------------------------------------------------------------------------ calibration
 def test_calibration_of_gaussian_errors_covers_68_and_95_percent():
     rng = np.random.default_rng(0)

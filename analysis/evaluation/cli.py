@@ -77,6 +77,8 @@ def run_report(args: argparse.Namespace) -> int:
             print("\nper-stage AP\n" + stage_table(report))
         if report.calibration:
             print("\nedge-uncertainty calibration (matched boxes)\n" + calibration_table(report))
+        for note in report.info.get("notes", []):
+            print(f"note: {note}")
     if args.report:
         from analysis.evaluation.html import write_report
 

@@ -89,8 +89,9 @@ class ImageResult:
             per-layer analysis.
         match_gt: ``[M]`` index of the matched ground-truth box of each match.
         match_score: ``[M]`` score of the matching final-layer detection.
-        match_boxes: ``[L+2, M, 4]`` every stage's box (encoder, pre-head, layers, also
+        match_boxes: ``[S_all, M, 4]`` every stage's box (encoder, pre-head, layers, also
             without per-layer analysis) of the matched queries, xyxy pixels.
+        stages: names of all stages (:func:`stage_names`; no pre-head without FDR).
         match_sigma: ``[L, M, 4]`` σ of each edge distribution, pixels (left, top, right,
             bottom); None without calibration.
         match_unit: ``[M, 4]`` pixels per W(n) unit of each edge (box size / reg_scale).
@@ -108,27 +109,27 @@ class ImageResult:
     match_boxes: np.ndarray
     match_sigma: np.ndarray | None
     match_unit: np.ndarray
+    stages: tuple[str, ...] = ()
 
 
-def stage_names(num_layers: int, per_layer: bool = True) -> list[str]:
-    """``encoder``, ``pre-head``, ``layer 1`` .. ``layer L`` (only the last without
-    per-layer analysis)."""
+def stage_names(num_layers: int, per_layer: bool = True, pre_head: bool = True) -> list[str]:
+    """``encoder``, ``pre-head`` (absent without FDR, ablation ``fdr``), ``layer 1`` ..
+    ``layer L``; only the last without per-layer analysis."""
     layers = [f"layer {i + 1}" for i in range(num_layers)]
-    return ["encoder", "pre-head", *layers] if per_layer else layers[-1:]
-
-
-def _stage_tensors(trace: DecoderTrace, per_layer: bool) -> tuple[list, list]:
-    """Boxes ``[B, Q, 4]`` and logits ``[B, Q, C]`` of every stage, in :func:`stage_names`
-    order."""
-    layers_b = list(trace.boxes.unbind(0))
-    layers_l = list(trace.logits.unbind(0))
     if not per_layer:
-        return layers_b[-1:], layers_l[-1:]
-    return [trace.init_boxes, trace.pre_boxes, *layers_b], [
-        trace.enc_topk_logits,
-        trace.pre_logits,
-        *layers_l,
-    ]
+        return layers[-1:]
+    return ["encoder", *(["pre-head"] if pre_head else []), *layers]
+
+
+def _stage_tensors(trace: DecoderTrace) -> tuple[list, list]:
+    """Boxes ``[B, Q, 4]`` and logits ``[B, Q, C]`` of every stage, in :func:`stage_names`
+    order (no pre-head stage for a model without one)."""
+    boxes = [trace.init_boxes, *trace.boxes.unbind(0)]
+    logits = [trace.enc_topk_logits, *trace.logits.unbind(0)]
+    if trace.pre_boxes is not None:
+        boxes.insert(1, trace.pre_boxes)
+        logits.insert(1, trace.pre_logits)
+    return boxes, logits
 
 
 def _topk(
@@ -186,7 +187,7 @@ def image_results(
     ``orig_size`` (w, h) — as ``dfine.data`` datasets with validation transforms give them.
     """
     sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).float()
-    all_boxes, all_logits = _stage_tensors(trace, per_layer=True)
+    all_boxes, all_logits = _stage_tensors(trace)
     all_px = [_pixels(b.float(), sizes) for b in all_boxes]  # matches follow every stage
     scored = range(len(all_px)) if settings.per_layer else [len(all_px) - 1]
     own = [_topk(all_logits[s].float(), all_px[s], settings.num_top) for s in scored]
@@ -211,7 +212,7 @@ def image_results(
         match_q = queries[keep][hit]
         sigma, unit = (
             _edge_sigma(trace, i, match_q, size)
-            if settings.calibration
+            if settings.calibration and trace.has_distributions
             else (None, np.zeros((len(match_q), 4)))
         )
         out.append(
@@ -228,6 +229,7 @@ def image_results(
                 match_boxes=np.stack([p[i, match_q].double().numpy() for p in all_px]),
                 match_sigma=sigma,
                 match_unit=unit,
+                stages=tuple(stage_names(trace.num_layers, pre_head=trace.pre_boxes is not None)),
             )
         )
     return out

@@ -120,7 +120,8 @@ def build_report(
     """Every view of the report from one pass's ``results``."""
     if not results:
         raise ValueError("the dataset has no images: nothing to evaluate")
-    names = stage_names(num_layers, settings.per_layer)
+    all_names = list(results[0].stages) or stage_names(num_layers)
+    names = all_names if settings.per_layer else all_names[-1:]
     last = len(names) - 1
     ev = stage_coco(ground_truth, results, last, label_to_category, False, settings.coco_lib)
     metrics = metrics_of(ev)
@@ -129,8 +130,9 @@ def build_report(
         if settings.per_layer
         else []
     )
-    layers = stage_names(num_layers)[-num_layers:]
-    calibration = layer_calibration(results, layers) if settings.calibration else []
+    layers = all_names[-num_layers:]
+    with_sigma = results[0].match_sigma is not None
+    calibration = layer_calibration(results, layers) if settings.calibration and with_sigma else []
     scores, tp50, labels = true_positives(results, 0.5)
     _, tp75, _ = true_positives(results, 0.75)
     num_classes = len(class_names)
@@ -170,6 +172,9 @@ def build_report(
             "class_names": list(map(str, class_names)),
             "recall_points": [float(v) for v in RECALL_POINTS],
             "settings": asdict(settings),
+            "notes": []
+            if not settings.calibration or with_sigma
+            else ["no edge distributions (a model trained without FDR): no calibration"],
         },
     )
 
