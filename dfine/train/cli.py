@@ -31,8 +31,9 @@ train.log and tensorboard/ (only process 0 writes)."""
 
 EPILOG_VAL = """examples:
   dfine val --weights runs/synth/best.safetensors --data data/synth
-  dfine val --weights runs/synth/best.safetensors --data data/synth --report runs/report \\
-      --per-layer --calibration          # per-stage AP, σ calibration, figures, index.html
+  dfine val --weights runs/synth/best.safetensors --data data/synth --report runs/report
+      # + per-stage AP, edge-σ calibration, PR curves, confusion, error gallery, index.html
+  dfine val --weights runs/synth/best.safetensors --data data/synth --per-layer  # table only
   dfine val --weights dfine_n.onnx --data data/synth --backend onnxruntime
   dfine val --weights dfine_n_coco.pth --data /data/coco/annotations/instances_val2017.json \\
       --images /data/coco/val2017"""
