@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from app.errors import UserError
+from dfine.data.yolo import YoloDetection
 
 MAX_FILES = 2000
 MAX_TOTAL_BYTES = 300 * 2**20
@@ -153,8 +154,6 @@ def _coco(root: Path, jsons: list[Path]) -> DatasetFiles:
 
 
 def _yolo(root: Path, label_dirs: list[Path]) -> DatasetFiles:
-    from dfine.data.yolo import YoloDetection
-
     labels = label_dirs[0]
     images = labels.parent / "images"
     if not images.is_dir():

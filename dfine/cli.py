@@ -1,4 +1,8 @@
-"""The ``dfine`` command line. ``dfine --help`` and ``dfine COMMAND --help`` describe everything."""
+"""The ``dfine`` command line, its one entry point (``python -m dfine.train`` runs the same
+:func:`main`). ``dfine --help`` and ``dfine COMMAND --help`` describe everything.
+
+Exit codes: 0 done; 1 some inputs failed (each reported); 2 bad input or arguments (one line
+saying what, why and what to do); 3 training stopped on a non-finite loss; 130 interrupted."""
 
 from __future__ import annotations
 
@@ -8,9 +12,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
+from dfine import webapp, zoo
+from dfine.benchmark import markdown, run_benchmark
+from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
+from dfine.data.cli import register_cli as register_data
+from dfine.export import export_onnx
+from dfine.io import ImageLoadError
+from dfine.model import DFINE
+from dfine.predict import Detector
+from dfine.resources import demo_weights
+from dfine.train.cli import register_cli as register_train
+from dfine.train.trainer import NonFiniteLossError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 EPILOG_PREDICT = """examples:
+  dfine predict assets/examples/synth/000001.jpg --out runs/predict    # the bundled demo model
   dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
   dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
 outputs, for each image: OUT/<name>.jpg (boxes drawn) and OUT/<name>.json (boxes in
@@ -29,17 +48,12 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from dfine.io import ImageLoadError
-    from dfine.predict import Detector
-
     images = _expand_images(args.images)
     if not images:
         print("error: no images found in " + " ".join(args.images), file=sys.stderr)
         return 2
     detector = Detector(
-        args.weights,
+        args.weights or demo_weights(),
         threshold=args.threshold,
         size=args.size,
         device=args.device,
@@ -83,13 +97,8 @@ ABLATION_TEXT = {
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
-    from dfine.model import DFINE
-
     path = Path(args.checkpoint)
     if not path.exists():
-        from dfine import zoo
-
         if not zoo.is_zoo_name(args.checkpoint):
             print(f"error: checkpoint not found: {path}", file=sys.stderr)
             return 2
@@ -140,8 +149,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dfine.export import export_onnx
-
     if args.format != "onnx":
         print(f"error: unknown format {args.format}", file=sys.stderr)
         return 2
@@ -170,8 +177,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from dfine.benchmark import markdown, run_benchmark
-
     rows, peak = run_benchmark(
         backends=args.backends,
         sizes=args.sizes,
@@ -187,6 +192,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        webapp.serve(args.model, args.host, args.port)
+    except webapp.AppUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -238,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         "-w",
-        required=True,
-        help="checkpoint (.pth reference layout or .safetensors) or a model-zoo name",
+        default=None,
+        help="checkpoint (.pth reference layout or .safetensors) or a model-zoo name "
+        "(default: the bundled demo model, D-FINE-N on 8 synthetic shape classes)",
     )
     p.add_argument(
         "--threshold",
@@ -339,8 +354,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.set_defaults(func=cmd_benchmark)
 
-    from dfine.data.cli import register_cli as register_data
-    from dfine.train.cli import register_cli as register_train
+    p = sub.add_parser(
+        "app",
+        help="serve the Gradio app (detections, refinement, distributions, W(n), GO-LSD)",
+        description="Serve the dfine app in the browser, offline, with the bundled demo model "
+        "unless --model says otherwise. Ctrl+C stops it.",
+        epilog="example:\n  dfine app --model dfine_s_coco.pth --port 7861",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="default model: checkpoint path or zoo name (default: the bundled demo model)",
+    )
+    p.add_argument(
+        "--port", "-p", type=int, default=None, help="port (default GRADIO_SERVER_PORT or 7860)"
+    )
+    p.add_argument("--host", default=None, help="address (default GRADIO_SERVER_NAME or 127.0.0.1)")
+    p.set_defaults(func=cmd_app)
 
     register_train(sub)
     register_data(sub)
@@ -356,19 +388,27 @@ def error_text(exc: BaseException) -> str:
     return text
 
 
+# handled errors → exit code (first match wins); anything else is a bug and keeps its traceback
+EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (NonFiniteLossError, 3),
+    ((CheckpointError, FileNotFoundError, ValueError, KeyError), 2),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dfine.checkpoint import CheckpointError
-
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {error_text(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        for kinds, code in EXIT_CODES:
+            if isinstance(e, kinds):
+                print(f"error: {error_text(e)}", file=sys.stderr)
+                return code
+        raise
 
 
 if __name__ == "__main__":

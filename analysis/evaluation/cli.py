@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from tqdm import tqdm
+
 from analysis.evaluation.collect import EvalSettings
+from analysis.evaluation.html import write_report
 from analysis.evaluation.report import DatasetReport, evaluate_dataset
 
 
@@ -44,8 +47,6 @@ def calibration_table(report: DatasetReport) -> str:
 
 def run_report(args: argparse.Namespace) -> int:
     """``dfine val`` with ``--report``, ``--per-layer`` or ``--calibration``."""
-    from tqdm import tqdm
-
     settings = EvalSettings(
         size=args.size,
         threshold=args.threshold,
@@ -80,8 +81,6 @@ def run_report(args: argparse.Namespace) -> int:
         for note in report.info.get("notes", []):
             print(f"note: {note}")
     if args.report:
-        from analysis.evaluation.html import write_report
-
         paths = write_report(report, args.report)
         print(f"\nreport: {paths['index']} (metrics: {paths['metrics']})")
     return 0

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_convert
 
 from analysis.evaluation.matching import greedy_match
+from dfine.data import build_dataloader
 from dfine.nn.decoder import DecoderTrace
 
 
@@ -247,8 +248,6 @@ def run_pass(
     """One traced forward per image of ``dataset`` (``dfine.data`` items with validation
     transforms). ``on_batch(done, total)`` is called after each batch (progress bars,
     cancellation: raise from it to stop)."""
-    from dfine.data import build_dataloader
-
     loader = build_dataloader(dataset, settings.batch_size, shuffle=False, num_workers=workers)
     results: list[ImageResult] = []
     done, total = 0, len(dataset)

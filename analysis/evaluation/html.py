@@ -11,20 +11,19 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import plotly.io as pio
+import plotly.offline
+
 from analysis.evaluation.errors import GALLERY_KINDS
+from analysis.evaluation.figures import all_figures
 from analysis.evaluation.report import DatasetReport
+from analysis.evaluation.thumbnails import caption, thumbnail
+from dfine.io import atomic_write
 
 
 def write_static(figures: dict, folder: Path) -> list[Path]:
     """PNG and SVG of every figure (one kaleido session for all)."""
-    import plotly.io as pio
 
-    try:
-        import kaleido  # noqa: F401
-    except ImportError as err:
-        raise ImportError(
-            "static figure export needs kaleido (and a Chromium): pip install kaleido"
-        ) from err
     folder.mkdir(parents=True, exist_ok=True)
     figs, paths = [], []
     for name, fig in figures.items():
@@ -35,8 +34,9 @@ def write_static(figures: dict, folder: Path) -> list[Path]:
         pio.write_images(figs, paths)
     except Exception as err:  # kaleido reports a missing browser in several ways
         raise RuntimeError(
-            f"static figure export failed ({type(err).__name__}: {err}); kaleido needs "
-            "Chromium or Chrome (apt-get install chromium, or set BROWSER_PATH)"
+            f"static figure export failed ({type(err).__name__}: {err}); it needs kaleido "
+            "(pip install kaleido) and Chromium or Chrome (apt-get install chromium, or set "
+            "BROWSER_PATH)"
         ) from err
     return paths
 
@@ -59,8 +59,6 @@ def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def write_thumbnails(report: DatasetReport, folder: Path) -> dict[str, list[tuple[str, str]]]:
     """Thumbnail PNGs of the gallery; kind → [(file name, caption)]."""
-    from analysis.evaluation.thumbnails import caption, thumbnail
-
     files = report.info.get("files") or []
     names = report.info.get("class_names")
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,11 +86,6 @@ def write_report(
     report: DatasetReport, out_dir: str | os.PathLike, static: bool = True
 ) -> dict[str, Path]:
     """Write the report folder; returns the paths of ``metrics.json`` and ``index.html``."""
-    import plotly.offline
-
-    from analysis.evaluation.figures import all_figures
-    from dfine.io import atomic_write
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()

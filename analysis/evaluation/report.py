@@ -37,6 +37,12 @@ from analysis.evaluation.errors import (
     image_errors,
 )
 from analysis.evaluation.stages import StageResult, metrics_of, stage_coco, stage_results
+from dfine.checkpoint import load_model
+from dfine.io import atomic_write, file_sha256
+from dfine.train.data import resolve_split
+from dfine.train.evaluate import METRIC_NAMES
+from dfine.train.run import val_dataset
+from dfine.zoo import cache_dir
 
 REPORT_VERSION = 1
 
@@ -88,8 +94,6 @@ class DatasetReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DatasetReport:
-        from dfine.train.evaluate import METRIC_NAMES
-
         if d.get("version") != REPORT_VERSION:
             raise ValueError(f"report version {d.get('version')} is not {REPORT_VERSION}")
         return cls(
@@ -182,8 +186,6 @@ def build_report(
 # ------------------------------------------------------------------------------ caching
 def dataset_hash(annotations: str | os.PathLike, image_paths: Sequence[str | os.PathLike]) -> str:
     """sha256 over the annotation file's bytes and every image file's bytes, in order."""
-    from dfine.io import file_sha256
-
     h = hashlib.sha256(Path(annotations).read_bytes())
     for p in image_paths:
         h.update(file_sha256(p).encode())
@@ -201,8 +203,6 @@ def cache_key(weights_hash: str, data_hash: str, size: int, settings: EvalSettin
 
 def default_cache_dir() -> Path:
     """``$DFINE_HOME/evaluate`` (``dfine.zoo.cache_dir``)."""
-    from dfine.zoo import cache_dir
-
     return cache_dir() / "evaluate"
 
 
@@ -223,11 +223,6 @@ def evaluate_dataset(
     ``cache``: True for :func:`default_cache_dir`, a folder, or False/None for none. A report
     found under its key is returned without running the model (``info["cached"]``).
     """
-    from dfine.checkpoint import load_model
-    from dfine.io import atomic_write, file_sha256
-    from dfine.train.data import resolve_split
-    from dfine.train.run import val_dataset
-
     settings = settings or EvalSettings()
     t0 = time.perf_counter()
     if str(weights).lower().endswith(".onnx"):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from analysis.evaluation.collect import ImageResult, StageDetections
+from analysis.evaluation.matching import iou_matrix
 from dfine.train.evaluate import METRIC_NAMES, coco_eval
 
 
@@ -94,8 +95,6 @@ def metrics_of(ev: Any) -> dict[str, float]:
 def mean_ious(results: Sequence[ImageResult]) -> list[float | None]:
     """Per stage, the mean IoU with their ground truth of the final layer's matches (None
     when nothing matched)."""
-    from analysis.evaluation.matching import iou_matrix
-
     per_stage: list[list[np.ndarray]] = []
     for r in results:
         if len(r.match_gt) == 0:

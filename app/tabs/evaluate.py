@@ -26,12 +26,17 @@ import pandas as pd
 
 from analysis.evaluation import DatasetReport, EvalSettings, evaluate_dataset
 from analysis.evaluation.errors import GALLERY_KINDS
+from analysis.evaluation.figures import FIGURES
+from analysis.evaluation.thumbnails import caption, thumbnail
 from app.archive import LIMITS_TEXT, extract_zip, find_dataset
 from app.errors import UserError, user_errors
 from app.ground_truth import GroundTruth
 from app.results import file_digest
 from app.state import AppState
 from app.tabs.common import Controls, bind
+from app.tabs.detect import detect
+from dfine.data.synth import make_synthetic_dataset
+from dfine.zoo import cache_dir
 
 BUNDLED = "bundled synthetic val split"
 UPLOAD = "uploaded zip"
@@ -59,9 +64,6 @@ def bundled_split(cache_root: Path | None = None) -> Path:
     """The bundled synthetic val split: ``dfine.data.synth`` with a fixed seed, generated once
     into ``<cache>/evaluate/synth_val_<n>_seed<s>`` (atomically: into a temporary folder,
     then renamed)."""
-    from dfine.data.synth import make_synthetic_dataset
-    from dfine.zoo import cache_dir
-
     root = (cache_root or cache_dir()) / "evaluate"
     folder = root / f"synth_val_{BUNDLED_IMAGES}_seed{BUNDLED_SEED}"
     if (folder / "annotations" / "instances_val.json").is_file():
@@ -172,9 +174,6 @@ def evaluate(
 
 
 def _outputs(state: AppState, report: DatasetReport) -> tuple:
-    from analysis.evaluation.figures import FIGURES
-    from analysis.evaluation.thumbnails import caption, thumbnail
-
     stages = _frame(
         [s.to_dict() for s in report.stages],
         ["name", "AP", "AP50", "AP75", "AP_final_scores", "mean_iou"],
@@ -260,8 +259,6 @@ def open_item(state: AppState, clicks: dict | None, evt: gr.SelectData) -> tuple
 
 def build(state: AppState, controls: Controls) -> None:
     """The Evaluate tab."""
-    from app.tabs.detect import detect
-
     with gr.Tab("Evaluate", id="evaluate"):
         gr.Markdown(TEXT, elem_classes="dfine-note")
         with gr.Row():

@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from dfine.backends import create_backend
+from dfine.checkpoint import load_model
+from dfine.coco import COCO_CATEGORY_IDS
+from dfine.config import get_config
+from dfine.data import CocoDetection, build_dataloader, build_val_transforms
+from dfine.model import DFINE
 from dfine.train import dist
 from dfine.train.data import Split, build_loaders, category_mapping, resolve_split
+from dfine.train.evaluate import coco_metrics, evaluate, to_coco_detections
 from dfine.train.recipes import Recipe, get_recipe
 from dfine.train.state import seed_everything, set_deterministic
 from dfine.train.trainer import Trainer, TrainOptions
@@ -95,9 +103,6 @@ def build_model_for(
 ) -> torch.nn.Module:
     """A fresh D-FINE of the recipe's size with anchors for its input size; ``ablation``
     switches FDR / GO-LSD off (see :data:`dfine.config.ABLATIONS`)."""
-    from dfine.config import get_config
-    from dfine.model import DFINE
-
     size = recipe.input_size
     cfg = get_config(recipe.model_size, num_classes, ablation)
     cfg = dataclasses.replace(cfg, eval_size=(size, size))
@@ -186,26 +191,22 @@ def _start_notes(recipe: Recipe) -> list[str]:
 
 # ---------------------------------------------------------------------- validation
 def _mapping_for(model: Any, annotations: Path) -> str:
-    """Category mapping for evaluating ``model`` (a DFINE or a backend): its recipe's, else
-    guessed from the json."""
+    """Category mapping for evaluating ``model`` (a DFINE or an inference backend): its
+    recipe's, else guessed from the json."""
     recipe = (getattr(model, "metadata", None) or {}).get("recipe")
     if recipe:
         return category_mapping(Recipe.from_dict(recipe))
     if model.num_classes == 366:
         return "identity"
     if model.num_classes == 80:
-        from dfine.coco import COCO_CATEGORY_IDS
-
         ids = {c["id"] for c in json.loads(annotations.read_text()).get("categories", [])}
         if ids == set(COCO_CATEGORY_IDS):
             return "coco80"
     return "contiguous"
 
 
-def val_dataset(model: Any, split: Split, size: int) -> Any:
-    """The :class:`dfine.data.CocoDetection` that ``validate`` scores ``model`` on."""
-    from dfine.data import CocoDetection, build_val_transforms
-
+def val_dataset(model: Any, split: Split, size: int) -> CocoDetection:
+    """The dataset :func:`validate` scores ``model`` on (validation transforms at ``size``)."""
     return CocoDetection(
         split.images,
         split.annotations,
@@ -232,15 +233,10 @@ def validate(
     ``backend``: the inference runtime (``dfine.backends``: torch, onnxruntime, openvino,
     tensorrt; the non-torch ones take a checkpoint, exported to ONNX once, or an ``.onnx``
     file); ``coco_lib``: the COCO evaluation library (``dfine.train.evaluate.COCO_LIBS``)."""
-    from dfine.data import build_dataloader
-    from dfine.train.evaluate import evaluate
-
     if backend != "torch":
         return _validate_backend(
             weights, data, images, size, batch_size, workers, device, coco_lib, progress, backend
         )
-    from dfine.checkpoint import load_model
-
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
@@ -257,13 +253,7 @@ def validate(
 def _validate_backend(
     weights, data, images, size, batch_size, workers, device, coco_lib, progress, backend
 ) -> dict[str, float]:
-    """``validate`` through a non-torch inference backend (one process)."""
-    from tqdm import tqdm
-
-    from dfine.backends import create_backend
-    from dfine.data import build_dataloader
-    from dfine.train.evaluate import coco_metrics, to_coco_detections
-
+    """:func:`validate` through a non-torch inference backend (one process)."""
     runtime = create_backend(
         backend, weights, size=(size, size) if size else None, device=device or "cpu"
     )
