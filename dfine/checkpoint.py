@@ -151,6 +151,14 @@ def load_model(
         raise CheckpointError(f"{path} has {cfg.num_classes} classes, not {num_classes}")
     if meta.get("input_size"):
         cfg = dataclasses.replace(cfg, eval_size=tuple(meta["input_size"]))
+    ablation = meta.get("ablation", cfg.ablation)
+    if (ablation == "fdr") != (cfg.ablation == "fdr"):
+        has = "4 box deltas per layer" if cfg.ablation == "fdr" else "per-edge distributions"
+        raise CheckpointError(
+            f"{path}: its metadata says ablation {ablation!r} but its box head has {has}; "
+            "the file is inconsistent, save it again"
+        )
+    cfg = cfg.with_ablation(ablation)
     names = meta.get("class_names")
     if names is not None and len(names) != cfg.num_classes:
         raise CheckpointError(
@@ -181,6 +189,7 @@ def save_model(
             "num_classes": model.num_classes,
             "class_names": list(model.class_names) if model.class_names else None,
             "input_size": list(model.config.eval_size),
+            "ablation": model.config.decoder.ablation,
             **(metadata or {}),
         }
         tensors = {

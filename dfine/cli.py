@@ -89,6 +89,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+ABLATION_TEXT = {
+    "none": "full D-FINE: FDR + GO-LSD",
+    "golsd": "trained without GO-LSD: FDR + FGL, no DDF",
+    "fdr": "trained without FDR: RT-DETR-style box deltas, no distributions",
+}
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
     if not path.exists():
@@ -98,6 +105,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         path = zoo.download(args.checkpoint)
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
+    cfg = cfg.with_ablation(meta.get("ablation", cfg.ablation))
     model = DFINE(cfg)
     params = sum(p.numel() for p in model.parameters())
     names = meta.get("class_names") or default_class_names(cfg.num_classes)
@@ -113,8 +121,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "parameters": params,
         "input_size": list(meta.get("input_size") or cfg.eval_size),
         "reg_max": cfg.decoder.reg_max,
-        "reg_scale": float(sd["decoder.reg_scale"].reshape(-1)[0]),
-        "metadata": {k: v for k, v in meta.items() if k not in ("class_names",)},
+        "reg_scale": float(sd["decoder.reg_scale"].reshape(-1)[0])
+        if cfg.ablation != "fdr"
+        else None,
+        "ablation": cfg.ablation,
+        "metadata": {k: v for k, v in meta.items() if k not in ("class_names", "ablation")},
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -129,7 +140,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"parameters:    {params:,} ({params / 1e6:.2f} M)")
     print(f"classes:       {cfg.num_classes}: {shown}")
     print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
-    print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
+    print(f"ablation:      {cfg.ablation} ({ABLATION_TEXT[cfg.ablation]})")
+    if cfg.ablation != "fdr":
+        print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
     for k, v in info["metadata"].items():
         print(f"{k + ':':<15}{v}")
     return 0

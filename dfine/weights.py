@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from dfine.config import ModelConfig, get_config
+from dfine.config import ABLATIONS, ModelConfig, get_config
 
 METADATA_KEY = "dfine"
 # keys that alias the same tensor in the reference layout
@@ -71,6 +71,12 @@ def check_metadata(meta: Any, path: Path) -> dict[str, Any]:
         isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
     ):
         raise CheckpointError(f"{path}: its metadata's class_names must be a list of strings")
+    ablation = meta.get("ablation", "none")
+    if ablation not in ABLATIONS:
+        raise CheckpointError(
+            f"{path}: its metadata's ablation must be one of {', '.join(ABLATIONS)}, "
+            f"got {ablation!r}"
+        )
     return meta
 
 
@@ -136,8 +142,10 @@ def restore_aliases(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def infer_config(sd: Mapping[str, torch.Tensor]) -> ModelConfig:
     """The model configuration a reference-layout state dict was made for.
 
-    Size from backbone/encoder shapes, plus num_classes, number of decoder layers and whether
-    denoising embeddings exist.
+    Size from backbone/encoder shapes, plus num_classes, number of decoder layers, whether
+    denoising embeddings exist and whether the box head predicts distributions (else the
+    ``ablation="fdr"`` RT-DETR-style head of 4 deltas; ``golsd`` has the full model's
+    shapes and is known only from metadata).
     """
     try:
         stem = sd["backbone.stem.stem1.conv.weight"].shape[0]
@@ -164,9 +172,12 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> ModelConfig:
         )
     num_layers = len({k.split(".")[2] for k in sd if k.startswith("decoder.dec_bbox_head.")})
     has_dn = "decoder.denoising_class_embed.weight" in sd
+    head = [k for k in sd if k.startswith("decoder.dec_bbox_head.0.") and k.endswith(".weight")]
+    box_out = sd[max(head)].shape[0] if head else None
     dec = dataclasses.replace(
         cfg.decoder,
         num_layers=num_layers or cfg.decoder.num_layers,
         num_denoising=cfg.decoder.num_denoising if has_dn else 0,
+        ablation="fdr" if box_out == 4 else "none",
     )
     return dataclasses.replace(cfg, decoder=dec)
