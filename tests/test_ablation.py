@@ -164,7 +164,6 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("ablation", ["fdr", "golsd"])
 def test_dfine_train_ablate_records_the_variant(ablation, tiny, tmp_path, capsys):
     from dfine.cli import main as dfine_main
-    from dfine.train.cli import main
 
     out = tmp_path / ablation
     args = [
@@ -172,7 +171,7 @@ def test_dfine_train_ablate_records_the_variant(ablation, tiny, tmp_path, capsys
         "--epochs", "1", "--batch-size", "2", "--input-size", "256", "--workers", "0",
         "--no-val", "--quiet", "--no-tensorboard", "--ablate", ablation,
     ]  # fmt: skip
-    assert main(args) == 0
+    assert dfine_main(args) == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     terms = " ".join(record)
     assert "loss_ddf" not in terms and ("loss_fgl" in terms) == (ablation == "golsd")

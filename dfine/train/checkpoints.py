@@ -84,3 +84,17 @@ class RunFiles:
         """Weights plus metadata as ``.safetensors`` (what ``dfine predict`` loads)."""
         if dist.is_main():
             save_model(model, path, metadata=metadata)
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    """Size, classes and input size of ``model``: what a training state records so a resume
+    can check it continues the same model."""
+    cfg = getattr(model, "config", None)
+    names = getattr(model, "class_names", None)
+    return {
+        "size": getattr(cfg, "size", None),
+        "num_classes": getattr(cfg, "num_classes", None),
+        "class_names": list(names) if names else None,
+        "input_size": list(getattr(cfg, "eval_size", ()) or ()),
+        "ablation": getattr(cfg, "ablation", "none"),
+    }

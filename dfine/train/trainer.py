@@ -48,7 +48,8 @@ from tqdm import tqdm
 
 from dfine.loss import build_criterion
 from dfine.train import dist
-from dfine.train.checkpoints import RunFiles
+from dfine.train.checkpoints import RunFiles, model_info
+from dfine.train.devices import amp_dtype, autocast, pick_device
 from dfine.train.ema import ModelEMA
 from dfine.train.evaluate import evaluate
 from dfine.train.metrics import MetricsSink
@@ -66,7 +67,6 @@ from dfine.train.tune import TuneReport, load_pretrained
 
 CHECKPOINT_FORMAT = "dfine-train-state"
 CHECKPOINT_VERSION = 1
-AMP_MODES = ("auto", "off", "fp16", "bf16")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -131,10 +131,10 @@ class Trainer:
         self.recipe = recipe
         self.options = options or TrainOptions()
         self.out_dir = Path(self.options.out_dir)
-        self.device = self._pick_device(self.options.device)
+        self.device = pick_device(self.options.device)
         self.train_loader = train_loader
         self.val_loader = val_loader
-        self.amp_dtype = self._amp_dtype(self.options.amp)
+        self.amp_dtype = amp_dtype(self.options.amp, self.recipe.amp, self.device)
         self.channels_last = self.options.channels_last
         if self.channels_last is None:
             self.channels_last = self.device.type == "cpu" and not dist.is_dist()
@@ -162,30 +162,6 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ setup helpers
-    @staticmethod
-    def _pick_device(device: str | None) -> torch.device:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None and dist.is_dist():
-            device = torch.device("cuda", torch.cuda.current_device())
-        return device
-
-    def _amp_dtype(self, mode: str) -> torch.dtype | None:
-        if mode not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {mode!r}")
-        if mode == "auto":
-            return torch.float16 if (self.recipe.amp and self.device.type == "cuda") else None
-        if mode == "fp16":
-            if self.device.type != "cuda":
-                raise ValueError("fp16 AMP needs a CUDA device; use --amp bf16 or off on CPU")
-            return torch.float16
-        if mode == "bf16":
-            if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-                raise ValueError("this GPU has no bfloat16 support; use --amp fp16")
-            return torch.bfloat16
-        return None
-
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -223,11 +199,6 @@ class Trainer:
         self.metrics.log(message)
 
     # ------------------------------------------------------------------ one step
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     def _to_device(self, images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, list]:
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
@@ -251,7 +222,7 @@ class Trainer:
             "global_step": global_step,
             "epoch_step": self.steps_per_epoch,
         }
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             outputs = self.model(images, targets=targets)
         with torch.autocast(device_type=self.device.type, enabled=False):
             loss_dict = self.criterion(outputs, targets, **metas)
@@ -494,7 +465,7 @@ class Trainer:
             "rng": rngs,
             "world_size": dist.world_size(),
             "recipe": self.recipe.to_dict(),
-            "model_config": _model_info(bare),
+            "model_config": model_info(bare),
         }
 
     def save_checkpoint(self) -> None:
@@ -542,7 +513,7 @@ class Trainer:
         )
 
     def _check_compatible(self, state: dict[str, Any], path: str | Path) -> None:
-        mine, theirs = _model_info(unwrap(self.model)), state.get("model_config") or {}
+        mine, theirs = model_info(unwrap(self.model)), state.get("model_config") or {}
         for key in ("size", "num_classes", "ablation"):
             if key in theirs and theirs[key] != mine[key]:
                 raise ValueError(
@@ -682,18 +653,6 @@ def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     names = list(values)
     stacked = torch.stack([values[k].detach().float().reshape(()) for k in names])
     return dict(zip(names, stacked.tolist()))
-
-
-def _model_info(model: nn.Module) -> dict[str, Any]:
-    cfg = getattr(model, "config", None)
-    names = getattr(model, "class_names", None)
-    return {
-        "size": getattr(cfg, "size", None),
-        "num_classes": getattr(cfg, "num_classes", None),
-        "class_names": list(names) if names else None,
-        "input_size": list(getattr(cfg, "eval_size", ()) or ()),
-        "ablation": getattr(cfg, "ablation", "none"),
-    }
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
