@@ -87,7 +87,7 @@ def test_weighting_function_is_symmetric_and_increasing(reg_max, up, reg_scale, 
 @SETTINGS
 @given(st.integers(-4, 3) | st.integers(2, 40).map(lambda n: 2 * n + 1), ups, reg_scales)
 def test_weighting_function_refuses_odd_or_tiny_reg_max(reg_max, up, reg_scale):
-    with pytest.raises(ValueError, match="even number >= 4"):
+    with pytest.raises(ValueError, match="even whole number >= 4"):
         weighting_function(reg_max, up, reg_scale)
 
 
