@@ -165,14 +165,13 @@ def tiny(tmp_path_factory):
 def test_dfine_train_ablate_records_the_variant(ablation, tiny, tmp_path, capsys):
     from dfine.cli import main as dfine_main
 
-    main = dfine_main
     out = tmp_path / ablation
     args = [
         "train", "--recipe", "synth", "--data", str(tiny), "--out", str(out),
         "--epochs", "1", "--batch-size", "2", "--input-size", "256", "--workers", "0",
         "--no-val", "--quiet", "--no-tensorboard", "--ablate", ablation,
     ]  # fmt: skip
-    assert main(args) == 0
+    assert dfine_main(args) == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     terms = " ".join(record)
     assert "loss_ddf" not in terms and ("loss_fgl" in terms) == (ablation == "golsd")

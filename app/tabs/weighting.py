@@ -59,12 +59,9 @@ def even_reg_max(reg_max: float | None) -> int:
 
 
 def _curve(reg_max: int, up: float, reg_scale: float) -> analysis.WeightingCurve:
-    reg_max_f = number(reg_max, "reg_max")
-    if reg_max_f != int(reg_max_f):
-        raise UserError(f"reg_max must be an even whole number, got {reg_max_f:g}.")
-    try:
+    try:  # reg_max is checked once, by dfine.nn.fdr.check_reg_max
         return analysis.weighting_curve(
-            int(reg_max_f), number(up, "up"), number(reg_scale, "reg_scale")
+            number(reg_max, "reg_max"), number(up, "up"), number(reg_scale, "reg_scale")
         )
     except ValueError as e:
         raise UserError(f"{e}.") from e

@@ -13,6 +13,7 @@ from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
 from dfine.sources import default_backend
 from dfine.train import dist
+from dfine.train.checkpoints import BEST, FINAL, describe_outputs
 from dfine.train.evaluate import COCO_LIBS
 from dfine.train.recipes import recipe_names
 from dfine.train.run import TrainRun, train, validate
@@ -32,9 +33,11 @@ examples:
   dfine train --recipe obj2custom_s --data data/mine --tune-from dfine_s_obj365 --epochs 40
   torchrun --nproc_per_node 8 -m dfine.train train --recipe coco_l --data /data/coco
 
-writes to --out: last.pth (full training state, every epoch), checkpointNNNN.pth, best.safetensors
-(best EMA weights, with recipe/classes/metrics), final.safetensors, metrics.jsonl, metrics.csv,
-train.log and tensorboard/ (only process 0 writes)."""
+writes to --out (process 0 only; checkpoints and weights atomically, so an interrupted run
+leaves complete ones; epochs are numbered from 1):
+{outputs}
+SIGINT (Ctrl+C) or SIGTERM stops with one line saying where to resume from (exit code 130); a
+non-finite loss with --stop-on-nan, or a non-finite gradient norm, stops with exit code 3."""
 
 EPILOG_VAL = """examples:
   dfine val --weights runs/synth/best.safetensors --data data/synth
@@ -80,19 +83,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         progress=not args.quiet,
         tensorboard=not args.no_tensorboard,
+        save_every=args.save_every,
+        stop_on_nan=args.stop_on_nan,
     )
     summary = train(run)  # NonFiniteLossError: exit code 3 (dfine.cli.EXIT_CODES)
     if dist.is_main():
-        best = summary["best"]
-        if best["epoch"] >= 0:
-            print(
-                f"best AP {best['top1']:.4f} at epoch {best['epoch']} -> {args.out}/best.safetensors"
-            )
-        print(
-            f"trained {summary['epochs']} epoch(s), {summary['global_step']} steps in "
-            f"{summary['seconds']:.0f} s; final weights {args.out}/final.safetensors"
-        )
+        print(summary_text(summary, args.out))
     return 0
+
+
+def summary_text(summary: dict, out: str) -> str:
+    """What ``dfine train`` prints at the end (epochs 1-based; a resumed run's own steps and
+    seconds apart from the whole run's epochs)."""
+    lines = []
+    best = summary["best"]
+    if best["epoch"] >= 0:
+        lines.append(f"best AP {best['top1']:.4f} at epoch {best['epoch'] + 1} -> {out}/{BEST}")
+    line = (
+        f"this invocation: {summary['steps_this_run']} steps in {summary['seconds']:.0f} s; "
+        f"whole run: {summary['epochs']} epoch(s), {summary['global_step']} steps"
+    )
+    if summary.get("nonfinite_steps"):
+        line += f"; {summary['nonfinite_steps']} step(s) had non-finite loss terms (see train.log)"
+    lines.append(line + f"; final weights {out}/{FINAL}")
+    return "\n".join(lines)
 
 
 def cmd_val(args: argparse.Namespace) -> int:
@@ -133,7 +147,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="train D-FINE with a named recipe on a COCO-format dataset",
         description="Train D-FINE (AdamW param groups, warm-up, EMA, grad clipping 0.1, AMP on "
         "GPU) with a reference recipe; evaluates COCO mAP and keeps the best EMA weights.",
-        epilog=EPILOG_TRAIN.format(recipes=_wrapped(recipe_names())),
+        epilog=EPILOG_TRAIN.format(recipes=_wrapped(recipe_names()), outputs=describe_outputs()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -234,6 +248,19 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="channels-last weights and images, ~10%% faster convolutions on CPU "
         "(default: on for single-process CPU training)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=positive_int,
+        metavar="N",
+        help="also keep the full state every N epochs (checkpointNNNN.pth; default: only "
+        "last.pth and the best weights)",
+    )
+    p.add_argument(
+        "--stop-on-nan",
+        action="store_true",
+        help="stop at the first step with a NaN/inf loss term (default: report it, count it "
+        "in metrics, and go on with the term zeroed, as the reference does)",
     )
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
