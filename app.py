@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model",
         default=os.environ.get("DFINE_APP_MODEL"),
-        help="default model: a checkpoint path or a zoo name (default: the bundled demo model)",
+        help="default model: a .pth/.safetensors checkpoint, a Hugging Face folder or a zoo name "
+        "(default: the bundled demo model)",
     )
     args = parser.parse_args(argv)
     serve(args.model)

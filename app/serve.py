@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import gradio as gr
 
+from app.errors import UserError, one_line
 from app.examples import photo_examples, synth_examples
 from app.ui import build_demo, launch_options
+from dfine.cli import handled_errors
 
 
 def create_demo(model_path: str | None = None) -> gr.Blocks:
@@ -29,7 +32,11 @@ def serve(
     """Build the app and serve it until interrupted. ``host``/``port`` default to
     ``GRADIO_SERVER_NAME``/``GRADIO_SERVER_PORT``, else 127.0.0.1:7860."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, works offline
-    demo = create_demo(model_path)
+    try:
+        demo = create_demo(model_path)
+    except (*handled_errors(), UserError) as e:  # a bad --model: one line, exit status 2
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        raise SystemExit(2) from None
     if warm:
         # answer the first click on each bundled example from the cache (about 1 s, off the
         # request path; an error there is printed and leaves those clicks to compute as usual)

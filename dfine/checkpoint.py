@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from dfine import zoo
 from dfine.coco import COCO_CLASSES
 from dfine.hf import is_hf_checkpoint, read_hf_checkpoint
 from dfine.io import atomic_write
 from dfine.model import DFINE
 from dfine.obj365 import OBJ365_LABEL_NAMES
+from dfine.sources import is_onnx, resolve
 from dfine.weights import (
     ALIASES,
     MAX_INPUT_SIZE,
@@ -136,15 +136,12 @@ def load_model(
     model-zoo name (see :mod:`dfine.zoo`). Size and class count are read from the weights; ``num_classes``,
     when given, is checked against them.
     """
-    path = Path(source)
-    if not path.exists():
-        if zoo.is_zoo_name(str(source)):
-            path = zoo.download(str(source))
-        else:
-            raise FileNotFoundError(
-                f"checkpoint not found: {source}. Pass a .pth/.safetensors path or a model-zoo "
-                f"name ({', '.join(zoo.names()[:4])}, ...)"
-            )
+    if is_onnx(source):
+        raise CheckpointError(
+            f"{source} is an exported ONNX graph, not a checkpoint: run it with "
+            f"dfine.Detector({str(source)!r}) (ONNX Runtime) instead of load_model()"
+        )
+    path = resolve(source)
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
     if num_classes is not None and num_classes != cfg.num_classes:

@@ -1,6 +1,6 @@
 """``Detector``: any image in, ``Detections`` out.
 
-det = dfine.Detector("dfine_n_coco.pth", threshold=0.5)
+det = dfine.Detector("dfine_n_coco.pth", threshold=0.5)   # or an exported "model.onnx"
 dets = det("street.jpg")          # Detections in original pixel coordinates
 dets.plot().save("street_pred.jpg")
 """
@@ -21,6 +21,7 @@ from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import BatchDetections, topk_detections
 from dfine.preprocess import parse_size, to_input_tensor
+from dfine.sources import default_backend
 
 
 class Detector:
@@ -30,7 +31,8 @@ class Detector:
         weights: a checkpoint path (reference ``.pth`` or project ``.safetensors``), a zoo name,
             a ``DFINE`` model, or (non-torch backends) an exported ``.onnx`` file.
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
-            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`.
+            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`. Default: from the
+            weights — ``onnxruntime`` for an ``.onnx`` file, else ``torch``.
         threshold: minimum score of a returned detection, in [0, 1].
         size: network input size, ``int`` or ``(height, width)``, multiples of 32; default the
             model's own (640 for the reference checkpoints). Fixed at export for ONNX files.
@@ -48,7 +50,7 @@ class Detector:
         self,
         weights: str | os.PathLike | DFINE,
         *,
-        backend: str = "torch",
+        backend: str | None = None,
         threshold: float = 0.5,
         size: int | Sequence[int] | None = None,
         device: str | torch.device | None = None,
@@ -57,6 +59,7 @@ class Detector:
         class_names: Sequence[str] | None = None,
         **backend_options,
     ) -> None:
+        backend = backend or default_backend(weights)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         self.threshold = _check_threshold(threshold)

@@ -219,6 +219,7 @@ class _Target:
     url: str
     path: Path
     sha256: str | None
+    approx_mb: float | None = None  # float32 weights of the zoo entry's parameter count
 
 
 def _base_url(base_url: str | None) -> str:
@@ -229,6 +230,7 @@ def _resolve(
     name_or_url: str, dest: str | os.PathLike[str] | None, base_url: str | None
 ) -> _Target:
     """What to fetch from where, and the final path to write."""
+    approx_mb = None
     if re.match(r"^(https?|file)://", name_or_url):
         url, sha, label = name_or_url, None, name_or_url
         if url.startswith(DEFAULT_BASE_URL + "/"):
@@ -240,12 +242,13 @@ def _resolve(
         entry = get(name_or_url)
         url, sha, label = f"{_base_url(base_url)}/{entry.filename}", entry.sha256, entry.name
         filename = entry.filename
+        approx_mb = entry.params_m * 4.1  # 4 bytes per float32 weight, plus the pickle
     if dest is None:
         path = cache_dir() / filename
     else:
         path = Path(dest).expanduser()
         path = path / filename if path.is_dir() else path
-    return _Target(label, url, path, sha)
+    return _Target(label, url, path, sha, approx_mb)
 
 
 def download(
@@ -290,9 +293,10 @@ def download(
 
 
 def _fail(target: _Target, reason: str, part: Path | None = None) -> ZooDownloadError:
+    size = f" (about {target.approx_mb:.0f} MB)" if target.approx_mb else ""
     msg = (
-        f"Could not download {target.label} from {target.url} ({reason}). Download it "
-        f"yourself and save it as {target.path}, or pass the file path to load_model()."
+        f"Could not download {target.label} from {target.url} ({reason}). Download that "
+        f"file{size} yourself and save it as {target.path}: it is found there from then on."
     )
     if part is not None and part.exists():
         msg += f" The partial download {part} is kept; calling again resumes it."

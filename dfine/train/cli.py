@@ -11,6 +11,7 @@ import textwrap
 from dfine import webapp
 from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
+from dfine.sources import default_backend
 from dfine.train import dist
 from dfine.train.evaluate import COCO_LIBS
 from dfine.train.recipes import recipe_names
@@ -96,10 +97,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_val(args: argparse.Namespace) -> int:
     if args.report or args.per_layer or args.calibration:
-        if args.backend != "torch":
+        backend = args.backend or default_backend(args.weights)
+        if backend != "torch":
             raise ValueError(
-                f"--report, --per-layer and --calibration need the PyTorch model (--backend "
-                f"torch); the {args.backend} backend gives plain AP only (drop those options)"
+                f"--report, --per-layer and --calibration need the PyTorch model (a .pth or "
+                f".safetensors checkpoint, --backend torch); the {backend} backend gives plain "
+                "AP only (drop those options)"
             )
         # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
         return webapp.load_module("analysis.evaluation.cli").run_report(args)
@@ -256,10 +259,8 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
         "--backend",
-        default="torch",
         choices=list(BACKENDS),
-        help="inference runtime (default torch); the others take a checkpoint (exported to "
-        "ONNX once, cached) or an .onnx file",
+        help="inference runtime (default: onnxruntime for an .onnx file, else torch)",
     )
     p.add_argument(
         "--coco-lib",

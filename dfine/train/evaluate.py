@@ -252,9 +252,11 @@ def predict_detections(
     )
     try:
         for images, targets in bar:
-            out = model(images.to(device))
             sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).to(device)
-            results = postprocess(out, sizes, num_top=num_top)
+            if hasattr(model, "detect"):  # an exported graph (dfine.backends.module)
+                results = model.detect(images, sizes)
+            else:
+                results = postprocess(model(images.to(device)), sizes, num_top=num_top)
             ids = [int(t["image_id"]) for t in targets]
             image_ids.extend(ids)
             dets.extend(to_coco_detections(results, ids, label_to_category))

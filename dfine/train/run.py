@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
-from dfine.backends import create_backend
+from dfine.backends.module import BackendModel
 from dfine.checkpoint import load_model
 from dfine.coco import COCO_CATEGORY_IDS
 from dfine.config import get_config
 from dfine.data import CocoDetection, build_dataloader, build_val_transforms
 from dfine.model import DFINE
+from dfine.sources import default_backend
 from dfine.train import dist
 from dfine.train.data import Split, build_loaders, category_mapping, resolve_split
-from dfine.train.evaluate import coco_metrics, evaluate, to_coco_detections
+from dfine.train.evaluate import evaluate
 from dfine.train.recipes import Recipe, get_recipe
 from dfine.train.state import seed_everything, set_deterministic
 from dfine.train.trainer import Trainer, TrainOptions
@@ -191,8 +191,7 @@ def _start_notes(recipe: Recipe) -> list[str]:
 
 # ---------------------------------------------------------------------- validation
 def _mapping_for(model: Any, annotations: Path) -> str:
-    """Category mapping for evaluating ``model`` (a DFINE or an inference backend): its
-    recipe's, else guessed from the json."""
+    """Category mapping for evaluating ``model``: its recipe's, else guessed from the json."""
     recipe = (getattr(model, "metadata", None) or {}).get("recipe")
     if recipe:
         return category_mapping(Recipe.from_dict(recipe))
@@ -226,50 +225,31 @@ def validate(
     device: str | None = None,
     coco_lib: str = "auto",
     progress: bool = True,
-    backend: str = "torch",
+    backend: str | None = None,
 ) -> dict[str, float]:
-    """COCO metrics of the checkpoint ``weights`` on the val split of ``data``.
-
-    ``backend``: the inference runtime (``dfine.backends``: torch, onnxruntime, openvino,
-    tensorrt; the non-torch ones take a checkpoint, exported to ONNX once, or an ``.onnx``
-    file); ``coco_lib``: the COCO evaluation library (``dfine.train.evaluate.COCO_LIBS``)."""
-    if backend != "torch":
-        return _validate_backend(
-            weights, data, images, size, batch_size, workers, device, coco_lib, progress, backend
-        )
+    """COCO metrics of ``weights`` (a checkpoint, zoo name or exported ``.onnx``) on the val
+    split of ``data``. ``backend``: the inference runtime — ``torch``, ``onnxruntime``,
+    ``openvino`` or ``tensorrt`` (default: from the file, see
+    :func:`dfine.sources.default_backend`); ``coco_lib``: the COCO evaluation library
+    (``dfine.train.evaluate.COCO_LIBS``)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
-        model = load_model(weights, device=device_)
+        backend = backend or default_backend(weights)
+        if backend == "torch":
+            model = load_model(weights, device=device_)
+        else:
+            model = BackendModel.load(weights, backend, device=device_)
         split = resolve_split(data, "val", images)
-        dataset = val_dataset(model, split, size or model.config.eval_size[0])
+        size = size or model.config.eval_size[0]
+        if backend != "torch" and (size, size) != tuple(model.config.eval_size):
+            raise ValueError(
+                f"{weights} was exported for input {model.config.eval_size[0]}x"
+                f"{model.config.eval_size[1]}; leave --size out or export again at {size}"
+            )
+        dataset = val_dataset(model, split, size)
         loader = build_dataloader(dataset, batch_size, shuffle=False, num_workers=workers)
         return evaluate(model, loader, device=device_, coco_lib=coco_lib, progress=progress)
     finally:
         if owned:
             dist.cleanup()
-
-
-def _validate_backend(
-    weights, data, images, size, batch_size, workers, device, coco_lib, progress, backend
-) -> dict[str, float]:
-    """:func:`validate` through a non-torch inference backend (one process)."""
-    runtime = create_backend(
-        backend, weights, size=(size, size) if size else None, device=device or "cpu"
-    )
-    split = resolve_split(data, "val", images)
-    dataset = val_dataset(runtime, split, size or runtime.input_size[0])
-    loader = build_dataloader(dataset, batch_size, shuffle=False, num_workers=workers)
-    image_ids: list[int] = []
-    dets: list[dict[str, Any]] = []
-    for batch, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress):
-        sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
-        out = runtime.detect(batch, sizes)
-        ids = [int(t["image_id"]) for t in targets]
-        results = [
-            {"labels": la, "boxes": bo, "scores": sc}
-            for la, bo, sc in zip(out.labels, out.boxes, out.scores)
-        ]
-        image_ids.extend(ids)
-        dets.extend(to_coco_detections(results, ids, dataset.label_to_category))
-    return coco_metrics(dataset, dets, image_ids=image_ids, coco_lib=coco_lib)
