@@ -31,7 +31,16 @@ from app import texts
 from app.models import ModelStore
 from app.paths import ASSETS, FIXTURE_BANNER
 from app.state import AppState
-from app.tabs import detect, distributions, evaluate, golsd, model, refinement, weighting
+from app.tabs import (
+    detect,
+    distributions,
+    evaluate,
+    golsd,
+    model,
+    refinement,
+    video,
+    weighting,
+)
 
 CSS = """
 .dfine-banner { background: #fff4d6; border: 1px solid #f0c36d; border-radius: 8px;
@@ -85,6 +94,7 @@ def build_demo(model_path: str | None = None) -> gr.Blocks:
             )
         with gr.Tabs() as tabs:
             controls = detect.build(state, tabs)
+            video.build(state, controls)
             refinement.build(state, controls)
             distributions.build(state, controls)
             weighting.build(state, controls)
