@@ -114,8 +114,9 @@ def cmd_val(args: argparse.Namespace) -> int:
     if args.report or args.per_layer or args.calibration:
         if runtime != "torch":
             raise ValueError(
-                f"--report, --per-layer and --calibration need the PyTorch model (a checkpoint, "
-                f"--backend torch); the {runtime} backend gives plain AP only (drop those options)"
+                f"--report, --per-layer and --calibration need the PyTorch model (a .pth or "
+                f".safetensors checkpoint, --backend torch); the {runtime} backend gives plain "
+                "AP only (drop those options)"
             )
         # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
         return webapp.load_module("analysis.evaluation.cli").run_report(args)

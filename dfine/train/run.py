@@ -63,8 +63,6 @@ class TrainRun:
     channels_last: bool | None = None
     progress: bool = True
     tensorboard: bool = True
-    save_every: int | None = None
-    stop_on_nan: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -162,8 +160,6 @@ def _train(run: TrainRun, device: torch.device) -> dict[str, Any]:
         max_steps_per_epoch=run.max_steps_per_epoch,
         sync_bn=run.sync_bn,
         channels_last=run.channels_last,
-        save_every=run.save_every,
-        stop_on_nan=run.stop_on_nan,
         metadata={"dataset": str(train_split.annotations)},
     )
     trainer = Trainer(model, recipe, train_loader, val_loader, options=options)
@@ -195,8 +191,7 @@ def _start_notes(recipe: Recipe) -> list[str]:
 
 # ---------------------------------------------------------------------- validation
 def _mapping_for(model: Any, annotations: Path) -> str:
-    """Category mapping for evaluating ``model`` (a DFINE or an inference backend): its
-    recipe's, else guessed from the json."""
+    """Category mapping for evaluating ``model``: its recipe's, else guessed from the json."""
     recipe = (getattr(model, "metadata", None) or {}).get("recipe")
     if recipe:
         return category_mapping(Recipe.from_dict(recipe))
@@ -233,22 +228,21 @@ def validate(
     backend: str | None = None,
 ) -> dict[str, float]:
     """COCO metrics of ``weights`` (a checkpoint, zoo name or exported ``.onnx``) on the val
-    split of ``data``.
-
-    ``backend``: the inference runtime — ``torch``, ``onnxruntime``, ``openvino`` or
-    ``tensorrt`` (default: from the file, see :func:`dfine.sources.default_backend`);
-    ``coco_lib``: the COCO evaluation library (``dfine.train.evaluate.COCO_LIBS``)."""
+    split of ``data``. ``backend``: the inference runtime — ``torch``, ``onnxruntime``,
+    ``openvino`` or ``tensorrt`` (default: from the file, see
+    :func:`dfine.sources.default_backend`); ``coco_lib``: the COCO evaluation library
+    (``dfine.train.evaluate.COCO_LIBS``)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
-        runtime = backend or default_backend(weights)
-        if runtime == "torch":
+        backend = backend or default_backend(weights)
+        if backend == "torch":
             model = load_model(weights, device=device_)
         else:
-            model = BackendModel.load(weights, runtime, device=device_)
+            model = BackendModel.load(weights, backend, device=device_)
         split = resolve_split(data, "val", images)
         size = size or model.config.eval_size[0]
-        if runtime != "torch" and (size, size) != tuple(model.config.eval_size):
+        if backend != "torch" and (size, size) != tuple(model.config.eval_size):
             raise ValueError(
                 f"{weights} was exported for input {model.config.eval_size[0]}x"
                 f"{model.config.eval_size[1]}; leave --size out or export again at {size}"
