@@ -232,10 +232,14 @@ class Detections:
         lw = line_width or max(round(half_perimeter * 0.003), 2)
         font = _font(font_size or max(round(half_perimeter * 0.035), 12))
         palette = list(colors) if colors else list(PALETTE)
-        for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names):
+        placed: list[tuple[float, float, float, float]] = []
+        items = list(zip(self.boxes.tolist(), self.scores, self.labels, self.names))
+        for box, _, label, _ in items:  # every outline first, then the labels over them
+            _draw_outline(draw, box, _rgb(palette[int(label) % len(palette)]), lw, canvas.size)
+        for box, score, label, name in items:  # highest scores first: they get the best spots
             color = _rgb(palette[int(label) % len(palette)])
-            text = f"{name} {score:.2f}" if show_scores else name
-            _draw_box(draw, box.tolist(), color, lw, text, font, canvas.size)
+            texts = [f"{name} {score:.2f}", name] if show_scores else [name]
+            _draw_label(draw, box, color, lw, texts, font, canvas.size, placed)
         return canvas
 
     def _plot_base(self, image: ImageSource | None) -> np.ndarray:
@@ -301,28 +305,53 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _draw_box(
+def _clip_box(box: list[float], size: tuple[int, int]) -> tuple[float, ...] | None:
+    width, height = size
+    x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
+    x2, y2 = min(box[2], width - 1.0), min(box[3], height - 1.0)
+    return None if x2 < x1 or y2 < y1 else (x1, y1, x2, y2)  # None: outside the image
+
+
+def _draw_outline(draw: ImageDraw.ImageDraw, box, color, lw: int, size) -> None:
+    clipped = _clip_box(box, size)
+    if clipped is not None:
+        draw.rectangle(clipped, outline=color, width=lw)
+
+
+def _draw_label(
     draw: ImageDraw.ImageDraw,
     box: list[float],
     color: tuple[int, int, int],
     lw: int,
-    text: str,
+    texts: list[str],
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     size: tuple[int, int],
+    placed: list[tuple[float, float, float, float]],
 ) -> None:
-    """Outline ``box`` and put ``text`` on a filled box above it (inside at the top edge)."""
-    width, height = size
-    x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
-    x2, y2 = min(box[2], width - 1.0), min(box[3], height - 1.0)
-    if x2 < x1 or y2 < y1:  # entirely outside the image
+    """Put the first of ``texts`` (then shorter ones) on a filled tag where it overlaps no
+    tag already ``placed``: above the box, inside at its top, below it or inside at its
+    bottom. A box whose every spot is taken keeps its outline only (the table lists it)."""
+    clipped = _clip_box(box, size)
+    if clipped is None:
         return
-    draw.rectangle((x1, y1, x2, y2), outline=color, width=lw)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x1, y1, _, y2 = clipped
+    width, height = size
     pad = max(lw // 2, 1)
-    tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-    ty = y1 - th if y1 - th >= 0 else y1  # above the box, or inside it at the top edge
-    tx = min(x1, max(width - tw, 0.0))
-    draw.rectangle((tx, ty, tx + tw, ty + th), fill=color)
-    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-    text_color = (0, 0, 0) if luminance > 150 else (255, 255, 255)
-    draw.text((tx + pad - left, ty + pad - top), text, fill=text_color, font=font)
+    for text in texts:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+        tx = min(x1, max(width - tw, 0.0))
+        for ty in (y1 - th, y1, y2, y2 - th):
+            rect = (tx, ty, tx + tw, ty + th)
+            if ty < 0 or ty + th > height or any(_overlap(rect, r) for r in placed):
+                continue
+            placed.append(rect)
+            draw.rectangle(rect, fill=color)
+            luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+            text_color = (0, 0, 0) if luminance > 150 else (255, 255, 255)
+            draw.text((tx + pad - left, ty + pad - top), text, fill=text_color, font=font)
+            return
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -312,3 +312,36 @@ def test_palette_has_twenty_distinct_colors():
     assert len(PALETTE) == 20
     assert len(set(PALETTE)) == 20
     assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in PALETTE)
+
+
+def test_plot_labels_never_pile_up(monkeypatch):
+    """On a crowded image every label tag goes where no other tag is (above, inside, below
+    the box), dropping to the bare class name and then to no tag when there is no room."""
+    from PIL import ImageDraw
+
+    from dfine.detections import Detections
+
+    tags: list[tuple[float, ...]] = []
+    real = ImageDraw.ImageDraw.rectangle
+
+    def record(self, xy, fill=None, outline=None, width=1):
+        if fill is not None:
+            tags.append(tuple(float(v) for v in xy))
+        return real(self, xy, fill=fill, outline=outline, width=width)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", record)
+    boxes = np.array([[100 + 3 * i, 100 + 2 * i, 180 + 3 * i, 160 + 2 * i] for i in range(12)])
+    dets = Detections(
+        boxes=boxes.astype(np.float32),
+        scores=np.linspace(0.99, 0.5, 12, dtype=np.float32),
+        labels=np.arange(12) % 3,
+        class_names=("circle", "square", "a class with a long name"),
+        image_size=(320, 320),
+        image=np.zeros((320, 320, 3), np.uint8),
+    )
+    dets.plot()
+    assert 3 <= len(tags) < 12  # some labelled, the rest left to the table
+    for i, a in enumerate(tags):
+        assert a[1] >= 0 and a[3] <= 320
+        for b in tags[i + 1 :]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
