@@ -521,7 +521,7 @@ def test_first_impression_says_what_the_model_knows(state):
     assert "knows only" not in on_example and "trained at" not in on_example
     *_, at_640 = detect.detect(state, str(IMAGE), THRESHOLD, 640, "default", MAX)
     assert "trained at 320×320 px" in at_640 and "Choose 320" in at_640
-    threshold, size, note = detect.model_defaults(state, "dfine_s_coco")
+    _, size, note = detect.model_defaults(state, "dfine_s_coco")
     assert size == 640 and "download" in note  # a zoo model not loaded yet
-    _threshold, size, note = detect.model_defaults(state, "default")
+    _, size, note = detect.model_defaults(state, "default")
     assert size == 320 and "Knows 8 classes" in note and "COCO model" in note
