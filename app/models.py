@@ -29,7 +29,7 @@ from dfine import zoo
 from dfine.checkpoint import CheckpointError
 from dfine.io import file_sha256
 from dfine.loss.criterion import DFINECriterion
-from dfine.weights import is_onnx, resolve
+from dfine.sources import is_onnx, resolve
 
 DEFAULT_KEY = "default"
 UPLOAD_PREFIX = "upload-"

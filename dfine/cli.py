@@ -1,4 +1,8 @@
-"""The ``dfine`` command line. ``dfine --help`` and ``dfine COMMAND --help`` describe everything."""
+"""The ``dfine`` command line, its one entry point (``python -m dfine.train`` runs the same
+:func:`main`). ``dfine --help`` and ``dfine COMMAND --help`` describe everything.
+
+Exit codes: 0 done; 1 some inputs failed (each reported); 2 bad input or arguments (one line
+saying what, why and what to do); 3 training stopped on a non-finite loss; 130 interrupted."""
 
 from __future__ import annotations
 
@@ -8,15 +12,32 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
+from dfine import webapp, zoo
+from dfine.benchmark import markdown, run_benchmark
+from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
+from dfine.data.cli import register_cli as register_data
+from dfine.export import export_onnx, read_metadata
+from dfine.io import ImageLoadError
+from dfine.model import DFINE
+from dfine.predict import Detector
+from dfine.resources import demo_weights
+from dfine.sources import is_onnx, resolve
+from dfine.train.cli import register_cli as register_train
+from dfine.train.trainer import NonFiniteLossError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 EPILOG_PREDICT = """examples:
-  dfine predict assets/examples/synth/000001.jpg --weights assets/dfine_n_synth.safetensors
-  dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --out runs/big
+  dfine predict assets/examples/synth/000001.jpg --out runs/predict    # the bundled demo model
+  dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
+  dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
   dfine predict street.jpg --weights dfine_n_synth.onnx          (ONNX Runtime, from the suffix)
   dfine predict street.jpg --weights model.onnx --backend openvino
 weights: a .pth/.safetensors checkpoint, a Hugging Face model folder, a model-zoo name
-(downloaded once into $DFINE_HOME, default ~/.cache/dfine) or an exported .onnx file.
+(downloaded once into $DFINE_HOME, default ~/.cache/dfine) or an exported .onnx file
+(default: the bundled demo model, D-FINE-N on 8 synthetic shape classes).
 outputs, for each image: OUT/<name>.jpg (boxes drawn) and OUT/<name>.json (boxes in
 original pixels, xyxy, with scores, class ids and names, and the speed breakdown)."""
 
@@ -35,17 +56,12 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from dfine.io import ImageLoadError
-    from dfine.predict import Detector
-
     images = _expand_images(args.images)
     if not images:
         print("error: no images found in " + " ".join(args.images), file=sys.stderr)
         return 2
     detector = Detector(
-        args.weights,
+        args.weights or demo_weights(),
         backend=args.backend,
         threshold=args.threshold,
         size=args.size,
@@ -82,9 +98,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from dfine import zoo
+ABLATION_TEXT = {
+    "none": "full D-FINE: FDR + GO-LSD",
+    "golsd": "trained without GO-LSD: FDR + FGL, no DDF",
+    "fdr": "trained without FDR: RT-DETR-style box deltas, no distributions",
+}
 
+
+def cmd_inspect(args: argparse.Namespace) -> int:
     if args.zoo:
         for name in zoo.names():
             e = zoo.get(name)
@@ -95,8 +116,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         print("error: name a checkpoint to inspect, or pass --zoo to list the zoo", file=sys.stderr)
         return 2
-    from dfine.weights import is_onnx, resolve
-
     info = (
         _onnx_info(args.checkpoint)
         if is_onnx(args.checkpoint)
@@ -118,7 +137,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"parameters:    {params:,} ({params / 1e6:.2f} M)")
     print(f"classes:       {info['num_classes']}: {shown}")
     print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
-    if info.get("reg_max") is not None:
+    if info.get("ablation"):
+        print(f"ablation:      {info['ablation']} ({ABLATION_TEXT[info['ablation']]})")
+    if info.get("reg_max") is not None and info.get("reg_scale") is not None:
         print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
     for k, v in info["metadata"].items():
         print(f"{k + ':':<15}{v}")
@@ -126,11 +147,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_info(path: Path) -> dict:
-    from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
-    from dfine.model import DFINE
-
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
+    cfg = cfg.with_ablation(meta.get("ablation", cfg.ablation))
     params = sum(p.numel() for p in DFINE(cfg).parameters())
     names = meta.get("class_names") or default_class_names(cfg.num_classes)
     return {
@@ -144,14 +163,15 @@ def _checkpoint_info(path: Path) -> dict:
         "parameters": params,
         "input_size": list(meta.get("input_size") or cfg.eval_size),
         "reg_max": cfg.decoder.reg_max,
-        "reg_scale": float(sd["decoder.reg_scale"].reshape(-1)[0]),
-        "metadata": {k: v for k, v in meta.items() if k not in ("class_names",)},
+        "reg_scale": float(sd["decoder.reg_scale"].reshape(-1)[0])
+        if cfg.ablation != "fdr"
+        else None,
+        "ablation": cfg.ablation,
+        "metadata": {k: v for k, v in meta.items() if k not in ("class_names", "ablation")},
     }
 
 
 def _onnx_info(source: str) -> dict:
-    from dfine.export import read_metadata
-
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file not found: {source}")
@@ -176,8 +196,6 @@ def _onnx_info(source: str) -> dict:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dfine.export import export_onnx
-
     if args.format != "onnx":
         print(f"error: unknown format {args.format}", file=sys.stderr)
         return 2
@@ -185,8 +203,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     size = (
         args.size if isinstance(args.size, tuple) or args.size is None else (args.size, args.size)
     )
-    from dfine.weights import is_onnx
-
     if is_onnx(args.weights):
         print(f"error: {args.weights} is already an ONNX export; pass the checkpoint it "
               "came from", file=sys.stderr)  # fmt: skip
@@ -213,8 +229,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from dfine.benchmark import markdown, run_benchmark
-
     rows, peak = run_benchmark(
         backends=args.backends,
         sizes=args.sizes,
@@ -230,6 +244,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        webapp.serve(args.model, args.host, args.port)
+    except webapp.AppUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -281,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         "-w",
-        required=True,
-        help="checkpoint (.pth, .safetensors), Hugging Face folder, model-zoo name or .onnx",
+        default=None,
+        help="checkpoint (.pth, .safetensors), Hugging Face folder, model-zoo name or .onnx "
+        "(default: the bundled demo model, D-FINE-N on 8 synthetic shape classes)",
     )
     p.add_argument(
         "--backend",
@@ -403,8 +427,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.set_defaults(func=cmd_benchmark)
 
-    from dfine.data.cli import register_cli as register_data
-    from dfine.train.cli import register_cli as register_train
+    p = sub.add_parser(
+        "app",
+        help="serve the Gradio app (detections, refinement, distributions, W(n), GO-LSD)",
+        description="Serve the dfine app in the browser, offline, with the bundled demo model "
+        "unless --model says otherwise. Ctrl+C stops it.",
+        epilog="example:\n  dfine app --model dfine_s_coco.pth --port 7861",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="default model: checkpoint path or zoo name (default: the bundled demo model)",
+    )
+    p.add_argument(
+        "--port", "-p", type=int, default=None, help="port (default GRADIO_SERVER_PORT or 7860)"
+    )
+    p.add_argument("--host", default=None, help="address (default GRADIO_SERVER_NAME or 127.0.0.1)")
+    p.set_defaults(func=cmd_app)
 
     register_train(sub)
     register_data(sub)
@@ -414,12 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
 def handled_errors() -> tuple[type[BaseException], ...]:
     """The errors a command reports as one line and exit status 2 (bad input, a missing
     file or package, a failed download); anything else is a bug and keeps its traceback."""
-    from dfine.checkpoint import CheckpointError
-    from dfine.io import ImageLoadError
-    from dfine.zoo import ZooDownloadError
-
-    return (CheckpointError, ImageLoadError, ZooDownloadError, FileNotFoundError, ValueError,
-            ImportError)  # fmt: skip
+    return EXIT_CODES[-1][0]
 
 
 def error_text(exc: BaseException) -> str:
@@ -433,17 +469,38 @@ def error_text(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
+# handled errors → exit code (first match wins); anything else is a bug and keeps its traceback
+EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (NonFiniteLossError, 3),
+    (
+        (
+            CheckpointError,
+            ImageLoadError,
+            zoo.ZooDownloadError,
+            FileNotFoundError,
+            ValueError,
+            KeyError,
+            ImportError,
+        ),
+        2,
+    ),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except handled_errors() as e:
-        print(f"error: {error_text(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        for kinds, code in EXIT_CODES:
+            if isinstance(e, kinds):
+                print(f"error: {error_text(e)}", file=sys.stderr)
+                return code
+        raise
 
 
 if __name__ == "__main__":

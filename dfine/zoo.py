@@ -32,12 +32,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
+from tqdm.auto import tqdm
+
+from dfine.coco import COCO_CLASSES
 from dfine.io import file_sha256
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
+from dfine.obj365 import OBJ365_LABEL_NAMES
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -188,11 +189,7 @@ def class_names(name: str) -> tuple[str, ...]:
     """Name of every logit of the checkpoint ``name`` (80 COCO or 366 Objects365 entries)."""
     entry = get(name)
     if entry.dataset == "obj365":
-        from dfine.obj365 import OBJ365_LABEL_NAMES
-
         return OBJ365_LABEL_NAMES
-    from dfine.coco import COCO_CLASSES
-
     return COCO_CLASSES
 
 
@@ -391,8 +388,6 @@ def _range_starts_at(resp: http.client.HTTPResponse, start: int) -> bool:
 
 def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
     """A byte progress bar on stderr (silent when ``progress`` is false)."""
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=total,
         initial=initial,

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from dfine.postprocess import postprocess
 from dfine.train import dist
 
 METRIC_NAMES = (
@@ -212,10 +214,6 @@ def predict_detections(
     progress: bool = True,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Run ``model`` over ``loader`` (this rank's share): image ids seen and COCO detections."""
-    from tqdm import tqdm
-
-    from dfine.postprocess import postprocess
-
     was_training = model.training
     model.eval()
     image_ids: list[int] = []

@@ -16,8 +16,16 @@ from typing import Any
 
 import torch
 
+from dfine.backends.module import BackendModel
+from dfine.checkpoint import load_model
+from dfine.coco import COCO_CATEGORY_IDS
+from dfine.config import get_config
+from dfine.data import CocoDetection, build_dataloader, build_val_transforms
+from dfine.model import DFINE
+from dfine.sources import default_backend
 from dfine.train import dist
 from dfine.train.data import build_loaders, category_mapping, resolve_split
+from dfine.train.evaluate import evaluate
 from dfine.train.recipes import Recipe, get_recipe
 from dfine.train.state import seed_everything, set_deterministic
 from dfine.train.trainer import Trainer, TrainOptions
@@ -47,6 +55,7 @@ class TrainRun:
     deterministic: bool = False
     resume: str | os.PathLike | None = None
     tune_from: str | os.PathLike | None = None
+    ablation: str = "none"
     eval_every: int | None = None
     no_val: bool = False
     max_steps_per_epoch: int | None = None
@@ -89,13 +98,14 @@ def resolve_recipe(run: TrainRun) -> Recipe:
     return scale_lr(recipe.replace(**changes), run.lr_scale)
 
 
-def build_model_for(recipe: Recipe, num_classes: int, class_names: Any = None) -> torch.nn.Module:
-    """A fresh D-FINE of the recipe's size with anchors for its input size."""
-    from dfine.config import get_config
-    from dfine.model import DFINE
-
+def build_model_for(
+    recipe: Recipe, num_classes: int, class_names: Any = None, ablation: str = "none"
+) -> torch.nn.Module:
+    """A fresh D-FINE of the recipe's size with anchors for its input size; ``ablation``
+    switches FDR / GO-LSD off (see :data:`dfine.config.ABLATIONS`)."""
     size = recipe.input_size
-    cfg = dataclasses.replace(get_config(recipe.model_size, num_classes), eval_size=(size, size))
+    cfg = get_config(recipe.model_size, num_classes, ablation)
+    cfg = dataclasses.replace(cfg, eval_size=(size, size))
     names = tuple(class_names) if class_names else None
     return DFINE(cfg, class_names=names).train()
 
@@ -136,7 +146,9 @@ def _train(run: TrainRun, device: torch.device) -> dict[str, Any]:
         recipe, train_split, val_split, run.seed, run.workers
     )
     num_classes = recipe.num_classes or train_ds.num_classes
-    model = build_model_for(recipe, num_classes, getattr(train_ds, "class_names", None))
+    model = build_model_for(
+        recipe, num_classes, getattr(train_ds, "class_names", None), run.ablation
+    )
     seed_everything(run.seed + dist.rank())  # per-rank streams (denoising noise, augmentation)
     options = TrainOptions(
         out_dir=run.out,
@@ -186,8 +198,6 @@ def _mapping_for(model: Any, annotations: Path) -> str:
     if model.num_classes == 366:
         return "identity"
     if model.num_classes == 80:
-        from dfine.coco import COCO_CATEGORY_IDS
-
         ids = {c["id"] for c in json.loads(annotations.read_text()).get("categories", [])}
         if ids == set(COCO_CATEGORY_IDS):
             return "coco80"
@@ -208,14 +218,8 @@ def validate(
 ) -> dict[str, float]:
     """COCO metrics of ``weights`` (a checkpoint, zoo name or exported ``.onnx``) on the val
     split of ``data``. ``runtime``: what runs the model — ``torch``, ``onnxruntime``,
-    ``openvino`` or ``tensorrt`` (default: from the file, see :func:`dfine.weights.
-    default_backend`); ``backend``: the COCO evaluation library."""
-    from dfine.backends.module import BackendModel
-    from dfine.checkpoint import load_model
-    from dfine.data import CocoDetection, build_dataloader, build_val_transforms
-    from dfine.train.evaluate import evaluate
-    from dfine.weights import default_backend
-
+    ``openvino`` or ``tensorrt`` (default: from the file, see
+    :func:`dfine.sources.default_backend`); ``backend``: the COCO evaluation library."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
