@@ -11,12 +11,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from dfine.io import ImageSource, load_image
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import supervision as sv
 
 __all__ = ["PALETTE", "Detections"]
 
@@ -180,6 +184,61 @@ class Detections:
             }
             for box, score, category in zip(xywh, self.scores, categories)
         ]
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per detection: ``x1, y1, x2, y2`` (pixels), ``score``, ``label``,
+        ``name``."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.boxes.astype(np.float64), columns=["x1", "y1", "x2", "y2"])
+        frame["score"] = self.scores.astype(np.float64)
+        frame["label"] = self.labels.astype(np.int64)
+        frame["name"] = self.names
+        return frame
+
+    def to_supervision(self) -> sv.Detections:
+        """The detections as ``supervision.Detections`` (``xyxy``, ``confidence``,
+        ``class_id`` and ``data["class_name"]``), for its annotators and trackers."""
+        try:
+            import supervision as sv
+        except ImportError as e:
+            raise ImportError(
+                "Detections.to_supervision() needs the 'supervision' package: pip install "
+                "supervision"
+            ) from e
+        return sv.Detections(
+            xyxy=self.boxes.astype(np.float32),
+            confidence=self.scores.astype(np.float32),
+            class_id=self.labels.astype(int),
+            data={"class_name": np.array(self.names, dtype=object)},
+        )
+
+    def save_crops(
+        self, folder: str | os.PathLike, image: ImageSource | None = None, suffix: str = ".jpg"
+    ) -> list[Path]:
+        """Write each detection's box, cut from the image (default: the kept original), as
+        ``folder/<index>_<name>.<suffix>``; returns the paths in detection order. Boxes are
+        rounded outward to whole pixels and clipped to the image; each file is written
+        atomically."""
+        from dfine.io import atomic_write
+
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(suffix.lower())
+        if fmt is None:
+            raise ValueError(f"crops are saved as .jpg, .png or .webp, not {suffix!r}")
+        array = self._plot_base(image)
+        height, width = array.shape[:2]
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, (box, name) in enumerate(zip(self.boxes, self.names)):
+            x1, y1 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+            x2, y2 = min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height)
+            crop = Image.fromarray(array[y1 : max(y2, y1 + 1), x1 : max(x2, x1 + 1)])
+            safe = "".join(c if c.isalnum() else "_" for c in name).strip("_") or "object"
+            path = folder / f"{i:03d}_{safe}{suffix}"
+            atomic_write(path, lambda tmp, c=crop: c.save(tmp, format=fmt))
+            paths.append(path)
+        return paths
 
     def summary(self) -> str:
         """One line, e.g. ``"640x480: 2 persons, 1 cup; 11.2ms preprocess, 180.4ms inference"``.
