@@ -108,3 +108,36 @@ def test_exact_mode_is_not_deployed():
     fast = dfine.Detector(model)
     assert not exact.model.deployed and fast.model.deployed
     assert not model.deployed  # the caller's model is never modified
+
+
+def test_letterbox_maps_boxes_back_exactly():
+    """A non-square image letterboxed into the input: the inverse map is exact, and the
+    demo model finds the same shapes at the same places as with the stretch resize."""
+    from dfine.preprocess import letterbox_tensor
+
+    root = Path(__file__).resolve().parents[1]
+    square = np.asarray(Image.open(root / "assets/examples/synth/000001.jpg").convert("RGB"))
+    wide = np.full((320, 560, 3), 114, np.uint8)  # the example pasted into a wide canvas
+    wide[:, 120:440] = square
+    x, lb = letterbox_tensor(wide, (320, 320))
+    assert x.shape == (1, 3, 320, 320) and (lb.pad_x, lb.pad_y) == (0, 68)  # 183 rows of image
+    corners = torch.tensor([[0.0, 0.0, 560.0, 320.0], [120.0, 10.0, 440.0, 300.0]])
+    in_input = corners * torch.tensor([lb.scale_x, lb.scale_y] * 2) + torch.tensor(
+        [lb.pad_x, lb.pad_y] * 2
+    )
+    torch.testing.assert_close(lb.to_original(in_input), corners)
+    torch.testing.assert_close(in_input[0], torch.tensor([0.0, 68.0, 320.0, 251.0]))  # full width
+
+    weights = root / "assets" / "dfine_n_synth.safetensors"
+    stretch = dfine.Detector(weights, threshold=0.5, size=(320, 576))(wide)
+    boxed = dfine.Detector(weights, threshold=0.5, size=(320, 576), letterbox=True)
+    ref = dfine.Detector(weights, threshold=0.5)(square)
+    found = boxed(wide)
+    assert boxed.letterbox and len(ref) == 6 and len(found) >= 6  # (a wider input: more)
+    shift = np.array([120, 0, 120, 0])
+    for box, label in zip(ref.boxes + shift, ref.labels):
+        dist = np.abs(found.boxes - box).max(1)
+        assert dist.min() < 8 and found.labels[dist.argmin()] == label  # same place, same class
+    assert len(stretch) > 0
+    with pytest.raises(ValueError, match="stretch resize"):
+        boxed.trace(wide)
