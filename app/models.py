@@ -90,6 +90,14 @@ class LoadedModel:
         return size if size in INPUT_SIZES else 640
 
     @property
+    def is_synthetic(self) -> bool:
+        """Whether this is a model of the synthetic shapes (the bundled demo model): it knows
+        nothing of photos."""
+        from dfine.data.synth import SYNTH_CLASSES
+
+        return self.class_names == tuple(c.name for c in SYNTH_CLASSES)
+
+    @property
     def num_layers(self) -> int:
         return self.model.config.decoder.num_layers
 

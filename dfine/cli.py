@@ -75,6 +75,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         size=args.size,
         device=args.device,
         deploy=not args.exact,
+        letterbox=args.letterbox,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--exact",
         action="store_true",
         help="skip conv+BN fusion: the reference's exact arithmetic (slower)",
+    )
+    p.add_argument(
+        "--letterbox",
+        action="store_true",
+        help="keep the aspect ratio (resize to fit, pad with grey) instead of stretching the "
+        "image to the input size as the reference does",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     add_video_arguments(p)

@@ -20,7 +20,7 @@ from dfine.io import ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import BatchDetections, topk_detections
-from dfine.preprocess import parse_size, to_input_tensor
+from dfine.preprocess import Letterbox, letterbox_tensor, parse_size, to_input_tensor
 from dfine.sources import default_backend
 from dfine.video import detect_video
 
@@ -44,6 +44,9 @@ class Detector:
             equal to float rounding). ``False`` keeps the reference's exact arithmetic.
         max_detections: at most this many detections per image (top by score, <= 300).
         class_names: override the model's class names.
+        letterbox: keep the aspect ratio: resize to fit the input size and pad with grey
+            (boxes are mapped back exactly). Default ``False``: stretch to the input size,
+            as the reference does (parity holds only then).
         **backend_options: passed to the backend (e.g. ``threads``, ``precision``).
     """
 
@@ -58,6 +61,7 @@ class Detector:
         deploy: bool = True,
         max_detections: int = 300,
         class_names: Sequence[str] | None = None,
+        letterbox: bool = False,
         **backend_options,
     ) -> None:
         backend = backend or default_backend(weights)
@@ -80,6 +84,7 @@ class Detector:
         if len(names) != num_classes:
             raise ValueError(f"{len(names)} class names given for {num_classes} classes")
         self.class_names = tuple(names)
+        self.letterbox = bool(letterbox)
 
     @property
     def model(self) -> DFINE:
@@ -94,7 +99,22 @@ class Detector:
     ) -> tuple[np.ndarray, torch.Tensor]:
         """Decode and orient the image, resize it to the input size: ``(rgb, [1, 3, h, w])``."""
         rgb = load_image(image, color_order=color_order)
+        if self.letterbox:
+            return rgb, letterbox_tensor(rgb, self.size)[0]
         return rgb, to_input_tensor(rgb, self.size)
+
+    def _inputs(
+        self, images: list[ImageSource], color_order: str
+    ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor, list[Letterbox] | None]:
+        """Decoded images, the input batch, the sizes the backend scales its boxes to
+        (original ``(w, h)``; the input size when letterboxing) and the letterbox maps."""
+        rgbs = [load_image(im, color_order=color_order) for im in images]
+        if not self.letterbox:
+            batch = torch.cat([to_input_tensor(r, self.size) for r in rgbs])
+            return rgbs, batch, torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs]), None
+        tensors, maps = zip(*(letterbox_tensor(r, self.size) for r in rgbs))
+        sizes = torch.tensor([[self.size[1], self.size[0]]] * len(rgbs))
+        return rgbs, torch.cat(tensors), sizes, list(maps)
 
     def _detections(
         self,
@@ -102,13 +122,17 @@ class Detector:
         rgbs: list[np.ndarray],
         threshold: float,
         keep_image: bool,
+        maps: list[Letterbox] | None = None,
     ) -> list[Detections]:
-        """Threshold, cap and clip the backend's detections of a batch (CPU tensors)."""
+        """Threshold, cap and clip the backend's detections of a batch (CPU tensors); with
+        letterbox ``maps`` the boxes come in input pixels and are mapped back first."""
         dets = []
         for n, rgb in enumerate(rgbs):
             keep = results.scores[n, : self.max_detections] > threshold
             h, w = rgb.shape[:2]
             boxes = results.boxes[n, : self.max_detections][keep].clone()
+            if maps is not None:
+                boxes = maps[n].to_original(boxes)
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)  # the reference leaves boxes unclipped
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             dets.append(
@@ -153,13 +177,11 @@ class Detector:
         if not images:
             return []
         t0 = time.perf_counter()
-        rgbs, tensors = zip(*(self.preprocess(im, color_order) for im in images))
-        batch = torch.cat(tensors)
-        sizes = torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs])
+        rgbs, batch, sizes, maps = self._inputs(images, color_order)
         t1 = time.perf_counter()
         results = self.backend.detect(batch, sizes)
         t2 = time.perf_counter()
-        dets = self._detections(results, list(rgbs), threshold, keep_image)
+        dets = self._detections(results, rgbs, threshold, keep_image, maps)
         t3 = time.perf_counter()
         n = len(dets)
         speed = {
@@ -211,6 +233,11 @@ class Detector:
         every layer for the returned detections.
         """
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        if self.letterbox:
+            raise ValueError(
+                "trace() needs the stretch resize (its layer-by-layer boxes are relative to "
+                "the whole image): use a Detector without letterbox=True"
+            )
         t0 = time.perf_counter()
         rgb, x = self.preprocess(image, color_order)
         t1 = time.perf_counter()

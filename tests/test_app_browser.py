@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -295,3 +296,75 @@ def test_controls_are_live(server, page, record_property):
     assert page.get_by_text("Error", exact=True).count() == 0  # no error badge on outputs
     _shot(page, "app_09_regmax_snapped.png", shots)
     record_property("live_screenshots", ", ".join(shots))
+
+
+# every text element of every plotly figure on the page: none clipped by its figure, none
+# overlapping another (titles, axis titles, subplot titles, notes)
+_TEXT_BOXES = """
+() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p => p.offsetParent)
+  .map(plot => {
+    const svg = plot.querySelector('svg.main-svg').getBoundingClientRect();
+    const items = Array.from(plot.querySelectorAll(
+      '.gtitle, .g-xtitle text, .g-ytitle text, .annotation-text, .g-x2title text'))
+      .map(t => ({text: t.textContent, r: t.getBoundingClientRect()}))
+      .filter(t => t.text.trim() && t.r.width > 0);
+    const problems = [];
+    for (const t of items) {
+      if (t.r.left < svg.left - 1 || t.r.right > svg.right + 1 || t.r.top < svg.top - 1
+          || t.r.bottom > svg.bottom + 1) problems.push('clipped: ' + t.text);
+    }
+    for (let i = 0; i < items.length; i++) for (let j = i + 1; j < items.length; j++) {
+      const a = items[i].r, b = items[j].r;
+      const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (w > 2 && h > 2) problems.push('overlap: ' + items[i].text + ' | ' + items[j].text);
+    }
+    return {id: plot.closest('[id]')?.id, problems};
+  })
+"""
+
+
+@pytest.mark.parametrize("width", [1400, 1024])
+def test_layout_at_two_widths(server, browser, width, record_property):
+    """Every tab after a detection, at 1400 and 1024 px: screenshots in test-artifacts/
+    (looked at by hand) and no clipped or overlapping figure text."""
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    shots: list[str] = []
+    try:
+        page.set_default_timeout(WAIT_MS)
+        page.goto(server[1], wait_until="domcontentloaded", timeout=WAIT_MS)
+        page.wait_for_selector("#detect-button", state="visible")
+        page.locator("#input-image input[type=file]").set_input_files(str(PHOTO))
+        page.wait_for_selector("#input-image img", state="visible")
+        page.click("#detect-button")
+        _wait_rows(page, "n > 2")
+        page.wait_for_selector("#annotated img", state="visible")
+        _shot(page, f"layout_{width}_1_detect.png", shots)
+        problems = {}
+        for i, (tab, plot) in enumerate(
+            [
+                ("Refinement", "#refinement-plot"),
+                ("Distributions", "#dist-plot"),
+                ("W(n)", "#weighting-plot"),
+                ("GO-LSD", "#golsd-note"),
+                ("Model", "#model-info"),
+            ],
+            start=2,
+        ):
+            page.get_by_role("tab", name=tab).click()
+            if plot.endswith("-plot"):
+                page.wait_for_function(
+                    f"() => document.querySelector('{plot} .js-plotly-plot')?.data?.length > 0",
+                    timeout=WAIT_MS,
+                )
+            else:
+                page.locator(plot).get_by_text(re.compile(r"\w")).first.wait_for()
+            page.wait_for_timeout(500)  # let plotly finish its layout
+            _shot(page, f"layout_{width}_{i}_{tab.lower().replace('(n)', 'n')}.png", shots)
+            for fig in page.evaluate(_TEXT_BOXES):
+                if fig["problems"]:
+                    problems[f"{tab}/{fig['id']}"] = fig["problems"]
+        record_property(f"layout_{width}", ", ".join(shots))
+        assert not problems, problems
+    finally:
+        page.close()

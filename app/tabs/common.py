@@ -29,6 +29,7 @@ class Controls:
     max_detections: gr.Slider
     annotated: gr.Image
     tabs: gr.Tabs
+    model_note: gr.Markdown | None = None
     result_events: list[Any] = field(default_factory=list)
     _pending: list[tuple[Callable[..., Any], list[Any]]] = field(default_factory=list)
 
