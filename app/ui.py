@@ -29,7 +29,7 @@ import gradio as gr
 
 from app import texts
 from app.models import ModelStore
-from app.paths import FIXTURE_BANNER, REPO
+from app.paths import ASSETS, FIXTURE_BANNER
 from app.state import AppState
 from app.tabs import detect, distributions, golsd, model, refinement, video, weighting
 
@@ -64,7 +64,7 @@ def launch_options() -> dict[str, Any]:
         "css": CSS,
         "js": JS,
         "max_file_size": "400mb",
-        "allowed_paths": [str(REPO / "assets")],
+        "allowed_paths": [str(ASSETS)],
     }
 
 

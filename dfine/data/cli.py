@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from dfine.argtypes import fraction, non_negative_int
+from dfine.data.synth import make_synthetic_dataset
 
 __all__ = ["register_cli"]
 
@@ -19,8 +20,6 @@ The same arguments always give byte-identical files."""
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from dfine.data.synth import make_synthetic_dataset
-
     width, height = args.size
     if width < 32 or height < 32:
         print(f"error: --size must be at least 32 32, got {width} {height}", file=sys.stderr)

@@ -1,16 +1,19 @@
-"""``dfine train`` and ``dfine val``. ``register_cli(subparsers)`` adds both to the main parser;
-``python -m dfine.train train|val ...`` runs them on their own (also under ``torchrun``)."""
+"""``dfine train`` and ``dfine val``: ``register_cli(subparsers)`` adds both to the one ``dfine``
+parser (:mod:`dfine.cli`, which also maps exceptions to exit codes); ``python -m dfine.train
+train|val ...`` is the same entry point (for ``torchrun``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
+import textwrap
 
 from dfine.argtypes import non_negative_int, positive_int
+from dfine.train import dist
+from dfine.train.recipes import recipe_names
+from dfine.train.run import TrainRun, train, validate
 
-__all__ = ["build_parser", "main", "register_cli"]
+__all__ = ["register_cli"]
 
 EPILOG_TRAIN = """recipes (the reference configs, and synth for a CPU demo):
 {recipes}
@@ -36,15 +39,10 @@ EPILOG_VAL = """examples:
 
 
 def _wrapped(names: list[str], width: int = 96) -> str:
-    import textwrap
-
     return textwrap.fill(", ".join(names), width=width, initial_indent="  ", subsequent_indent="  ")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dfine.train import dist
-    from dfine.train.run import TrainRun, train
-
     run = TrainRun(
         recipe=args.recipe,
         data=args.data,
@@ -75,13 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         tensorboard=not args.no_tensorboard,
     )
-    from dfine.train.trainer import NonFiniteLossError
-
-    try:
-        summary = train(run)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    summary = train(run)  # NonFiniteLossError: exit code 3 (dfine.cli.EXIT_CODES)
     if dist.is_main():
         best = summary["best"]
         if best["epoch"] >= 0:
@@ -96,9 +88,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_val(args: argparse.Namespace) -> int:
-    from dfine.train import dist
-    from dfine.train.run import validate
-
     metrics = validate(
         args.weights,
         args.data,
@@ -121,8 +110,6 @@ def cmd_val(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from dfine.train.recipes import recipe_names
-
     p = subparsers.add_parser(
         "train",
         help="train D-FINE with a named recipe on a COCO-format dataset",
@@ -266,28 +253,3 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``val`` to the ``dfine`` command's subparsers."""
     _add_train(subparsers)
     _add_val(subparsers)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dfine.train", description=__doc__)
-    register_cli(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from dfine.checkpoint import CheckpointError
-    from dfine.cli import error_text
-    from dfine.train.trainer import NonFiniteLossError
-
-    try:
-        return int(args.func(args) or 0)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {error_text(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from dfine.postprocess import postprocess
 from dfine.train import dist
 
 METRIC_NAMES = (
@@ -212,10 +214,6 @@ def predict_detections(
     progress: bool = True,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Run ``model`` over ``loader`` (this rank's share): image ids seen and COCO detections."""
-    from tqdm import tqdm
-
-    from dfine.postprocess import postprocess
-
     was_training = model.training
     model.eval()
     image_ids: list[int] = []
@@ -230,9 +228,11 @@ def predict_detections(
     )
     try:
         for images, targets in bar:
-            out = model(images.to(device))
             sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).to(device)
-            results = postprocess(out, sizes, num_top=num_top)
+            if hasattr(model, "detect"):  # an exported graph (dfine.backends.module)
+                results = model.detect(images, sizes)
+            else:
+                results = postprocess(model(images.to(device)), sizes, num_top=num_top)
             ids = [int(t["image_id"]) for t in targets]
             image_ids.extend(ids)
             dets.extend(to_coco_detections(results, ids, label_to_category))
