@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,8 +38,19 @@ from torchvision.ops import nms
 from dfine.detections import Detections
 from dfine.io import TMP_SUFFIX, ImageLoadError, atomic_write, load_image
 
-if TYPE_CHECKING:
-    from dfine.predict import Detector
+
+class Detector(Protocol):
+    """What the frame loop needs of :class:`dfine.predict.Detector` (named here, not imported:
+    ``dfine.predict`` imports this module)."""
+
+    threshold: float
+
+    def predict(
+        self, images: list[np.ndarray], *, threshold: float | None = None
+    ) -> list[Detections]:
+        """One :class:`Detections` per RGB frame."""
+        ...
+
 
 __all__ = [
     "FOLDER_FPS",

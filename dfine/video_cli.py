@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from dfine.argtypes import positive_int
 from dfine.video import OUTPUT_SUFFIX, FrameReader, VideoError, annotate_video
 
@@ -53,8 +55,6 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 def predict_videos(detector, videos: list[Path], out: Path, args, stems: dict[str, int]) -> int:
     """Annotate every video; print one line per video (or per failure). Returns the number
     of videos that failed. ``stems`` de-duplicates output names across all inputs."""
-    from tqdm import tqdm
-
     failures = 0
     for path in videos:
         try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dfine.argtypes import fraction, non_negative_int
+from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.data.synth import make_synthetic_dataset
+from dfine.data.synth_video import write_synth_video
 
 __all__ = ["register_cli"]
 
@@ -54,8 +55,6 @@ lines; the demo model assets/dfine_n_synth.safetensors detects them)."""
 
 
 def cmd_synth_video(args: argparse.Namespace) -> int:
-    from dfine.data.synth_video import write_synth_video
-
     video, truth = write_synth_video(
         args.out,
         args.frames,
@@ -131,8 +130,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def _register_synth_video(sub: argparse._SubParsersAction) -> None:
-    from dfine.argtypes import positive_int
-
     p = sub.add_parser(
         "synth-video",
         help="write a synthetic clip of moving shapes and its per-frame ground truth",
