@@ -8,8 +8,12 @@ import argparse
 import json
 import textwrap
 
-from dfine.argtypes import non_negative_int, positive_int
+from dfine import webapp
+from dfine.argtypes import fraction, non_negative_int, positive_int
+from dfine.backends import BACKENDS
+from dfine.sources import default_backend
 from dfine.train import dist
+from dfine.train.evaluate import COCO_LIBS
 from dfine.train.recipes import recipe_names
 from dfine.train.run import TrainRun, train, validate
 
@@ -34,6 +38,10 @@ train.log and tensorboard/ (only process 0 writes)."""
 
 EPILOG_VAL = """examples:
   dfine val --weights runs/synth/best.safetensors --data data/synth
+  dfine val --weights runs/synth/best.safetensors --data data/synth --report runs/report
+      # + per-stage AP, edge-σ calibration, PR curves, confusion, error gallery, index.html
+  dfine val --weights runs/synth/best.safetensors --data data/synth --per-layer  # table only
+  dfine val --weights dfine_n.onnx --data data/synth --backend onnxruntime
   dfine val --weights dfine_n_coco.pth --data /data/coco/annotations/instances_val2017.json \\
       --images /data/coco/val2017"""
 
@@ -88,6 +96,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_val(args: argparse.Namespace) -> int:
+    runtime = args.backend or default_backend(args.weights)
+    if args.report or args.per_layer or args.calibration:
+        if runtime != "torch":
+            raise ValueError(
+                f"--report, --per-layer and --calibration need the PyTorch model (a checkpoint, "
+                f"--backend torch); the {runtime} backend gives plain AP only (drop those options)"
+            )
+        # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
+        return webapp.load_module("analysis.evaluation.cli").run_report(args)
     metrics = validate(
         args.weights,
         args.data,
@@ -96,8 +113,9 @@ def cmd_val(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
-        backend=args.backend,
+        coco_lib=args.coco_lib,
         progress=not args.quiet,
+        backend=runtime,
     )
     if not dist.is_main():
         return 0
@@ -240,10 +258,42 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
         "--backend",
+        default=None,
+        choices=list(BACKENDS),
+        help="inference runtime (default: onnxruntime for an .onnx file, else torch); the "
+        "others take a checkpoint (exported to ONNX once, cached) or an .onnx file",
+    )
+    p.add_argument(
+        "--coco-lib",
         default="auto",
-        choices=["auto", "faster_coco_eval", "pycocotools"],
+        choices=list(COCO_LIBS),
         help="COCO evaluation library (default: faster-coco-eval when installed)",
     )
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write a dataset report to DIR: metrics.json, figures as PNG and SVG, an offline "
+        "index.html (per-stage AP, calibration, PR curves, confusion matrix, error gallery; "
+        "implies --per-layer and --calibration)",
+    )
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="score every stage (encoder proposals, pre-head, each decoder layer) as a "
+        "detector: AP with its own and with the final layer's scores, mean IoU",
+    )
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="σ of the edge distributions against the real edge errors, per layer",
+    )
+    p.add_argument(
+        "--threshold",
+        type=fraction,
+        default=0.5,
+        help="report: score threshold of the confusion matrix and error gallery (default 0.5)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="report: recompute, ignore the cache")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_val)
