@@ -34,8 +34,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 EPILOG_PREDICT = """examples:
   dfine predict assets/examples/synth/000001.jpg --out runs/predict    # the bundled demo model
   dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
-  dfine predict clip.mp4 photo.jpg --weights dfine_n_coco.pth --track --stride 2 --out runs/v
   dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
+  dfine predict clip.mp4 photo.jpg --weights dfine_n_coco.pth --track --stride 2 --out runs/v
   dfine predict street.jpg --weights dfine_n_synth.onnx          (ONNX Runtime, from the suffix)
   dfine predict street.jpg --weights model.onnx --backend openvino
 weights: a .pth/.safetensors checkpoint, a Hugging Face model folder, a model-zoo name

@@ -153,6 +153,7 @@ def test_webcam_event_drops_frames_and_shares_the_queue():
     ids = {fns[d["id"]].concurrency_id for d in (cam, video)}
     assert ids == {"dfine-video"}
     assert {"video", "track", "video_frame"} <= set(deps)
+    assert deps["track"]["api_visibility"] == "public"  # not taken by a private event
 
 
 # --------------------------------------------------------------------------- analysis

@@ -569,20 +569,8 @@ def build(state: AppState, controls: Controls) -> VideoTab:
         concurrency_id=QUEUE_ID,
         concurrency_limit=1,
     )
-    event.success(
-        tab.frame, inputs=[run_id, position], outputs=frame_outputs, api_visibility="private"
-    ).success(
-        quietly(tab.track, 3),
-        inputs=[run_id, track_pick],
-        outputs=track_outputs,
-        api_visibility="private",
-    )
-    position.change(
-        quietly(tab.frame, 3),
-        inputs=[run_id, position],
-        outputs=frame_outputs,
-        api_visibility="private",
-    )
+    # the public endpoints first, so that they keep their names (a private event named
+    # after the same function would otherwise take "track" and leave "track_1")
     position.release(
         tab.frame, inputs=[run_id, position], outputs=frame_outputs, api_name="video_frame"
     )
@@ -593,10 +581,31 @@ def build(state: AppState, controls: Controls) -> VideoTab:
         outputs=track_outputs,
         api_name="track",
     )
+    event.success(
+        tab.frame,
+        inputs=[run_id, position],
+        outputs=frame_outputs,
+        api_name="video_first_frame",
+        api_visibility="private",
+    ).success(
+        quietly(tab.track, 3),
+        inputs=[run_id, track_pick],
+        outputs=track_outputs,
+        api_name="video_first_track",
+        api_visibility="private",
+    )
+    position.change(
+        quietly(tab.frame, 3),
+        inputs=[run_id, position],
+        outputs=frame_outputs,
+        api_name="video_frame_preview",
+        api_visibility="private",
+    )
     open_btn.click(
         tab.open_frame,
         inputs=[run_id, position],
         outputs=[controls.image, controls.tabs],
+        api_name="video_open_frame",
         api_visibility="private",
     ).success(
         None,
