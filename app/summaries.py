@@ -14,10 +14,11 @@ import analysis
 from app.ground_truth import GroundTruth
 from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
+from dfine.config import ABLATION_NOTES
 from dfine.detections import Detections
 
 if TYPE_CHECKING:
-    from app.handlers import Selection
+    from app.state import Selection
 
 GOLSD_QUERY_CHOICES = 20
 """How many queries the GO-LSD picker offers (the largest contributors to the loss)."""
@@ -31,8 +32,13 @@ def detection_label(index: int, dets: Detections) -> str:
 def speed_text(sel: Selection) -> str:
     speed = sel.result.detections.speed
     parts = " · ".join(f"{k} {speed[k]:.1f} ms" for k in ("preprocess", "inference", "postprocess"))
-    when = "cached result, computed earlier: 0 ms now" if sel.cached else "computed now"
-    return f"**Speed** (this server's CPU): {parts} ({when})"
+    if sel.cached:
+        return (
+            f"**Speed** (this server's CPU) of the forward pass reused here: {parts} — this image "
+            "was run before with this model and size (by you or at start-up), so nothing was "
+            "recomputed"
+        )
+    return f"**Speed** (this server's CPU, computed now): {parts}"
 
 
 def detect_summary(sel: Selection) -> str:
@@ -161,7 +167,10 @@ def model_markdown(loaded: LoadedModel) -> str:
         ("Architecture", f"D-FINE-{cfg.size.upper()}, {decoder.num_layers} decoder layers"),
         ("Parameters", f"{loaded.num_parameters / 1e6:.2f} M ({loaded.num_parameters:,})"),
         ("Input size", f"{w}×{h} px (the model's own; any multiple of 32 works)"),
-        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge"),
+        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge")
+        if decoder.distributions
+        else ("FDR", "none: RT-DETR-style box deltas, no distributions"),
+        ("Ablation", f"`{decoder.ablation}` ({ABLATION_NOTES[decoder.ablation]})"),
         ("Checkpoint file", size),
         ("Classes", f"{loaded.num_classes}: {shown}"),
     ]

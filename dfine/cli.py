@@ -75,15 +75,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-ABLATION_TEXT = {
-    "none": "full D-FINE: FDR + GO-LSD",
-    "golsd": "trained without GO-LSD: FDR + FGL, no DDF",
-    "fdr": "trained without FDR: RT-DETR-style box deltas, no distributions",
-}
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
+    from dfine.config import ABLATION_NOTES
     from dfine.model import DFINE
 
     path = Path(args.checkpoint)
@@ -131,7 +125,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"parameters:    {params:,} ({params / 1e6:.2f} M)")
     print(f"classes:       {cfg.num_classes}: {shown}")
     print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
-    print(f"ablation:      {cfg.ablation} ({ABLATION_TEXT[cfg.ablation]})")
+    print(f"ablation:      {cfg.ablation} ({ABLATION_NOTES[cfg.ablation]})")
     if cfg.ablation != "fdr":
         print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
     for k, v in info["metadata"].items():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,37 @@ from dfine.nn.attention import MSDeformableAttention
 from dfine.nn.common import MLP, bias_init_with_prob, get_activation, inverse_sigmoid
 from dfine.nn.denoising import contrastive_denoising_group
 from dfine.nn.fdr import distance2bbox, integral, weighting_function
+
+
+class QuerySelection(NamedTuple):
+    """What encoder-side query selection hands to the decoder layers (B images, Q queries).
+
+    ``content [B, Q, C]`` and ``boxes_unact [B, Q, 4]`` (inverse-sigmoid cxcywh) are detached;
+    ``logits [B, Q, classes]`` and ``boxes_unact_grad [B, Q, 4]`` keep their gradient for the
+    encoder auxiliary loss; ``indices [B, Q]`` are the selected encoder positions.
+    """
+
+    content: torch.Tensor
+    boxes_unact: torch.Tensor
+    boxes_unact_grad: torch.Tensor
+    logits: torch.Tensor
+    indices: torch.Tensor
+
+
+class LayerOutputs(NamedTuple):
+    """What :meth:`DFINEDecoder.run_layers` returns: lists over the kept layers of ``boxes
+    [B, Q, 4]`` (cxcywh, normalized), ``logits [B, Q, C]`` (after LQE), ``logits_raw`` (before
+    LQE) and ``corners [B, Q, 4(R+1)]``; plus layer 0's ``pre_boxes [B, Q, 4]``, ``pre_logits
+    [B, Q, C]`` and ``ref_initial`` (the detached ``pre_boxes`` every layer refines). Without
+    FDR (ablation ``fdr``): ``corners`` empty, the last three None."""
+
+    boxes: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    logits_raw: list[torch.Tensor]
+    corners: list[torch.Tensor]
+    pre_boxes: torch.Tensor | None
+    pre_logits: torch.Tensor | None
+    ref_initial: torch.Tensor | None
 
 
 class Gate(nn.Module):
@@ -461,13 +492,9 @@ class DFINEDecoder(nn.Module):
 
     def select_queries(
         self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]]
-    ) -> dict[str, torch.Tensor]:
-        """Encoder-side query selection: top-Q positions by their best class logit.
-
-        Returns ``content [B, Q, C]`` (detached), ``boxes_unact [B, Q, 4]`` (detached),
-        ``indices [B, Q]``, and the differentiable ``logits [B, Q, classes]`` and
-        ``boxes_unact_grad [B, Q, 4]`` for the encoder auxiliary loss.
-        """
+    ) -> QuerySelection:
+        """Encoder-side query selection: top-Q positions by their best class logit (see
+        :class:`QuerySelection` for the fields and shapes)."""
         if memory.shape[1] < self.num_queries:
             raise ValueError(
                 f"the input is too small: its feature maps {spatial_shapes} have {memory.shape[1]} "
@@ -484,13 +511,13 @@ class DFINEDecoder(nn.Module):
         )
         top_logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         boxes_unact = self.enc_bbox_head(top_memory) + top_anchors
-        return {
-            "content": top_memory.detach(),
-            "boxes_unact": boxes_unact.detach(),
-            "boxes_unact_grad": boxes_unact,
-            "logits": top_logits,
-            "indices": idx,
-        }
+        return QuerySelection(
+            content=top_memory.detach(),
+            boxes_unact=boxes_unact.detach(),
+            boxes_unact_grad=boxes_unact,
+            logits=top_logits,
+            indices=idx,
+        )
 
     def run_layers(
         self,
@@ -500,14 +527,13 @@ class DFINEDecoder(nn.Module):
         spatial_shapes: list[tuple[int, int]],
         attn_mask: torch.Tensor | None = None,
         all_layers: bool = False,
-    ) -> dict[str, Any]:
-        """Run the decoder layers with FDR.
+    ) -> LayerOutputs:
+        """Run the decoder layers with FDR on ``target [B, Q, C]`` content queries with initial
+        boxes ``ref_unact [B, Q, 4]`` (inverse sigmoid).
 
         ``all_layers`` computes class logits (and keeps boxes/corners) for every layer, as in
-        training or tracing; otherwise only the last layer's heads run.
-        Returns lists over the kept layers: ``boxes`` [B, Q, 4], ``logits`` [B, Q, C],
-        ``logits_raw``, ``corners`` [B, Q, 4(R+1)]; plus ``pre_boxes`` and ``pre_logits``.
-        Without FDR (ablation ``fdr``) see :meth:`run_layers_direct`.
+        training or tracing; otherwise only the last layer's heads run (see
+        :class:`LayerOutputs`). Without FDR (ablation ``fdr``) see :meth:`run_layers_direct`.
         """
         if not self.distributions:
             return self.run_layers_direct(
@@ -544,10 +570,9 @@ class DFINEDecoder(nn.Module):
             corners_prev = corners
             ref_detach = box.detach()
             output_detach = output.detach()
-        kept["pre_boxes"] = pre_boxes
-        kept["pre_logits"] = pre_logits
-        kept["ref_initial"] = ref_initial
-        return kept
+        return LayerOutputs(
+            **kept, pre_boxes=pre_boxes, pre_logits=pre_logits, ref_initial=ref_initial
+        )
 
     def run_layers_direct(
         self,
@@ -557,15 +582,15 @@ class DFINEDecoder(nn.Module):
         spatial_shapes: list[tuple[int, int]],
         attn_mask: torch.Tensor | None = None,
         all_layers: bool = False,
-    ) -> dict[str, Any]:
+    ) -> LayerOutputs:
         """The decoder layers with RT-DETR's box refinement (ablation ``fdr``).
 
         ``box_l = sigmoid(dec_bbox_head[l](h_l) + logit(box_{l-1}))``, 4 deltas per layer; the
         next layer's reference is ``box_l`` detached. In training, layers after the first
         compute their kept box from the previous layer's box *with* its gradient (RT-DETR's
         and DINO's "look forward twice"); the values are identical to eval mode.
-        Returns lists ``boxes``, ``logits`` (= ``logits_raw``, no LQE) and an empty
-        ``corners``; ``pre_boxes``, ``pre_logits`` and ``ref_initial`` are None.
+        Returns :class:`LayerOutputs` with ``logits`` = ``logits_raw`` (no LQE), an empty
+        ``corners`` and ``pre_boxes``, ``pre_logits``, ``ref_initial`` None.
         """
         values = self._value_maps(memory, spatial_shapes)
         layers = self.decoder.layers
@@ -573,7 +598,7 @@ class DFINEDecoder(nn.Module):
         output = target
         ref_detach = F.sigmoid(ref_unact)
         ref_grad: torch.Tensor | None = None
-        kept: dict[str, Any] = {"boxes": [], "logits": [], "logits_raw": [], "corners": []}
+        kept: dict[str, list] = {"boxes": [], "logits": [], "logits_raw": [], "corners": []}
         for i, layer in enumerate(layers):
             query_pos = self.query_pos_head(ref_detach).clamp(min=-10, max=10)
             output = layer(
@@ -591,8 +616,7 @@ class DFINEDecoder(nn.Module):
                 kept["boxes"].append(kept_box)
             ref_grad = box
             ref_detach = box.detach()
-        kept["pre_boxes"] = kept["pre_logits"] = kept["ref_initial"] = None
-        return kept
+        return LayerOutputs(**kept, pre_boxes=None, pre_logits=None, ref_initial=None)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -601,30 +625,28 @@ class DFINEDecoder(nn.Module):
         memory, shapes = self._flatten_memory(feats)
         if not self.training:
             sel = self.select_queries(memory, shapes)
-            out = self.run_layers(sel["content"], sel["boxes_unact"], memory, shapes)
-            return {"pred_logits": out["logits"][-1], "pred_boxes": out["boxes"][-1]}
+            out = self.run_layers(sel.content, sel.boxes_unact, memory, shapes)
+            return {"pred_logits": out.logits[-1], "pred_boxes": out.boxes[-1]}
         return self._forward_train(memory, shapes, targets)
 
     def trace(self, feats: list[torch.Tensor], input_size: tuple[int, int]) -> DecoderTrace:
         """Eval-mode forward that keeps every layer's outputs (see :class:`DecoderTrace`)."""
         memory, shapes = self._flatten_memory(feats)
         sel = self.select_queries(memory, shapes)
-        out = self.run_layers(sel["content"], sel["boxes_unact"], memory, shapes, all_layers=True)
-        b, q = sel["indices"].shape
+        out = self.run_layers(sel.content, sel.boxes_unact, memory, shapes, all_layers=True)
+        b, q = sel.indices.shape
         fdr = self.distributions
         return DecoderTrace(
-            enc_topk_indices=sel["indices"],
-            enc_topk_logits=sel["logits"],
-            init_boxes=F.sigmoid(sel["boxes_unact"]),
-            pre_boxes=out["pre_boxes"],
-            pre_logits=out["pre_logits"],
-            boxes=torch.stack(out["boxes"]),
-            logits=torch.stack(out["logits"]),
-            logits_raw=torch.stack(out["logits_raw"]),
+            enc_topk_indices=sel.indices,
+            enc_topk_logits=sel.logits,
+            init_boxes=F.sigmoid(sel.boxes_unact),
+            pre_boxes=out.pre_boxes,
+            pre_logits=out.pre_logits,
+            boxes=torch.stack(out.boxes),
+            logits=torch.stack(out.logits),
+            logits_raw=torch.stack(out.logits_raw),
             corners=(
-                torch.stack(out["corners"]).reshape(len(out["corners"]), b, q, 4, -1)
-                if fdr
-                else None
+                torch.stack(out.corners).reshape(len(out.corners), b, q, 4, -1) if fdr else None
             ),
             project=self.project() if fdr else None,
             reg_scale=float(self.reg_scale) if fdr else None,
@@ -654,20 +676,20 @@ class DFINEDecoder(nn.Module):
                 box_noise_scale=self.cfg.box_noise_scale,
             )
         sel = self.select_queries(memory, shapes)
-        content, ref_unact = sel["content"], sel["boxes_unact"]
+        content, ref_unact = sel.content, sel.boxes_unact
         if dn_boxes is not None:
             ref_unact = torch.concat([dn_boxes, ref_unact], dim=1)
             content = torch.concat([dn_content, content], dim=1)
         out = self.run_layers(content, ref_unact, memory, shapes, attn_mask, all_layers=True)
-        n_layers = len(out["boxes"])
+        n_layers = len(out.boxes)
         stacked: dict[str, torch.Tensor] = {
-            "logits": torch.stack(out["logits"]),
-            "boxes": torch.stack(out["boxes"]),
+            "logits": torch.stack(out.logits),
+            "boxes": torch.stack(out.boxes),
         }
         if self.distributions:
-            stacked["corners"] = torch.stack(out["corners"])
-            stacked["refs"] = out["ref_initial"].unsqueeze(0).expand(n_layers, -1, -1, -1)
-            pre = {"pre_logits": out["pre_logits"], "pre_boxes": out["pre_boxes"]}
+            stacked["corners"] = torch.stack(out.corners)
+            stacked["refs"] = out.ref_initial.unsqueeze(0).expand(n_layers, -1, -1, -1)
+            pre = {"pre_logits": out.pre_logits, "pre_boxes": out.pre_boxes}
         else:
             pre = {}
 
@@ -685,7 +707,7 @@ class DFINEDecoder(nn.Module):
             "pred_boxes": boxes[-1],
             "aux_outputs": _aux_list(stacked),
             "enc_aux_outputs": [
-                {"pred_logits": sel["logits"], "pred_boxes": F.sigmoid(sel["boxes_unact_grad"])}
+                {"pred_logits": sel.logits, "pred_boxes": F.sigmoid(sel.boxes_unact_grad)}
             ],
             "enc_meta": {"class_agnostic": False},
         }
