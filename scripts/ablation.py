@@ -202,8 +202,8 @@ def _mean_spread(values: list[float]) -> str:
     """``mean ± half-range`` (with two seeds the half-range is the distance to either run)."""
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}"
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f}"
 
 
 def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], dict]) -> str:
@@ -240,7 +240,8 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
     lines += [
         "",
         "Per-layer mean IoU of the final layer's matched query to each ground-truth box",
-        "(`analysis.layer_stats`; the fdr variant has no pre-head), mean over seeds:",
+        f"(`analysis.layer_stats` on the first {args.eval_limit or args.val_images} val images; "
+        "the fdr variant has no pre-head), mean ± half the range over seeds:",
         "",
     ]
     names = {n for r in records.values() for n in r["layers"]["stages"]}
