@@ -123,13 +123,16 @@ def weighting_curve(reg_max: int = 32, up: float = 0.5, reg_scale: float = 4.0) 
 
 def model_weighting(source: DecoderTrace | torch.nn.Module) -> WeightingCurve:
     """A model's own W(n) (no range checks), from a decoder trace's ``project`` or from the
-    model itself (a :class:`dfine.DFINE` or its decoder)."""
+    model itself (a :class:`dfine.DFINE` or its decoder). A model without distributions
+    (``--ablate fdr``) raises :class:`NoDistributionsError`."""
     if isinstance(source, DecoderTrace):
         if source.project is None:
             raise NoDistributionsError.about("the model's W(n)")
         w, up, reg_scale = source.project, source.up, source.reg_scale
     else:
         decoder = getattr(source, "decoder", source)
+        if not getattr(decoder, "distributions", True):
+            raise NoDistributionsError.about("the model's W(n)")
         with torch.no_grad():
             w = decoder.project()
         up, reg_scale = decoder.up, decoder.reg_scale

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+from dfine.backends import create_backend
+from dfine.export import export_onnx
+from dfine.model import build_model
 
 # FLOPs at 640x640 (2 x multiply-accumulates), as quoted for the reference models.
 REFERENCE_GFLOPS = {"n": 7.2, "s": 25.2, "m": 56.7, "l": 91.0, "x": 202.5}
@@ -75,9 +80,6 @@ class Row:
 
 def _runner(backend: str, model, size: tuple[int, int], threads: int, workdir: Path):
     """A callable that runs ``model`` on a batch through ``backend``."""
-    from dfine.backends import create_backend
-    from dfine.export import export_onnx
-
     if backend in ("torch", "torch-eager"):
         net = model if backend == "torch-eager" else copy.deepcopy(model).deploy()
 
@@ -105,10 +107,6 @@ def run_benchmark(
     progress: bool = True,
 ) -> tuple[list[Row], float]:
     """Time every combination; returns the rows and the measured sgemm GFLOP/s."""
-    from tqdm import tqdm
-
-    import dfine
-
     torch.set_num_threads(threads)
     peak = matmul_gflops()
     rows: list[Row] = []
@@ -117,7 +115,7 @@ def run_benchmark(
     with tempfile.TemporaryDirectory() as tmp:
         for size, backend in bar:
             bar.set_postfix_str(f"{size.upper()} {backend}")
-            model = dfine.build_model(size).eval()
+            model = build_model(size).eval()
             run = _runner(backend, model, (input_size, input_size), threads, Path(tmp))
             floor = REFERENCE_GFLOPS[size] * (input_size / 640) ** 2 / peak * 1000
             for batch in batches:

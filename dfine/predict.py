@@ -1,6 +1,6 @@
 """``Detector``: any image in, ``Detections`` out.
 
-det = dfine.Detector("dfine_n_coco.pth", threshold=0.5)
+det = dfine.Detector("dfine_n_coco.pth", threshold=0.5)   # or an exported "model.onnx"
 dets = det("street.jpg")          # Detections in original pixel coordinates
 dets.plot().save("street_pred.jpg")
 """
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dfine.backends import BACKENDS, create_backend
 from dfine.detections import Detections
@@ -21,30 +20,9 @@ from dfine.io import ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import BatchDetections, topk_detections
-
-
-def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
-    """``None`` → default; ``640`` → (640, 640); ``(h, w)`` → (h, w). Must be multiples of 32."""
-    if size is None:
-        return tuple(default)
-    hw = (
-        (int(size), int(size))
-        if isinstance(size, (int, np.integer))
-        else tuple(int(s) for s in size)
-    )
-    if len(hw) != 2 or any(s < 64 or s % 32 for s in hw):
-        raise ValueError(f"input size must be one or two multiples of 32 (>= 64), got {size!r}")
-    return hw
-
-
-def to_input_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``[H, W, 3]`` uint8 RGB → ``[1, 3, h, w]`` float in [0, 1], resized with PIL's bilinear
-    filter (as the reference's inference pipeline: ``T.Resize`` on a PIL image, ``ToTensor``)."""
-    h, w = size
-    if rgb.shape[:2] != (h, w):
-        rgb = np.array(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)  # no copy
-    return x.float().div_(255.0)
+from dfine.preprocess import parse_size, to_input_tensor
+from dfine.sources import default_backend
+from dfine.video import detect_video
 
 
 class Detector:
@@ -54,7 +32,8 @@ class Detector:
         weights: a checkpoint path (reference ``.pth`` or project ``.safetensors``), a zoo name,
             a ``DFINE`` model, or (non-torch backends) an exported ``.onnx`` file.
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
-            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`.
+            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`. Default: from the
+            weights — ``onnxruntime`` for an ``.onnx`` file, else ``torch``.
         threshold: minimum score of a returned detection, in [0, 1].
         size: network input size, ``int`` or ``(height, width)``, multiples of 32; default the
             model's own (640 for the reference checkpoints). Fixed at export for ONNX files.
@@ -72,7 +51,7 @@ class Detector:
         self,
         weights: str | os.PathLike | DFINE,
         *,
-        backend: str = "torch",
+        backend: str | None = None,
         threshold: float = 0.5,
         size: int | Sequence[int] | None = None,
         device: str | torch.device | None = None,
@@ -81,6 +60,7 @@ class Detector:
         class_names: Sequence[str] | None = None,
         **backend_options,
     ) -> None:
+        backend = backend or default_backend(weights)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         self.threshold = _check_threshold(threshold)
@@ -190,6 +170,36 @@ class Detector:
         for d in dets:
             d.speed = dict(speed)
         return dets
+
+    def video(
+        self,
+        source: str | os.PathLike,
+        *,
+        track: bool = True,
+        stride: int = 1,
+        max_frames: int | None = None,
+        threshold: float | None = None,
+        batch: int = 1,
+    ) -> Iterator[Detections]:
+        """Detect (and track) objects in a video file or a folder of frames.
+
+        ``for dets in det.video("clip.mp4"): ...`` yields one :class:`Detections` per kept
+        frame (every ``stride``-th, at most ``max_frames``), in original pixels, with
+        ``frame_index``, ``time_s`` (the frame's timestamp), the frame as ``image`` and, with
+        ``track=True``, a ByteTrack ``track_id`` per detection. Decoding runs in a worker
+        thread; ``batch`` frames share one forward pass (worth it for ONNX Runtime/OpenVINO
+        with a dynamic-batch export). Unreadable videos raise :class:`dfine.video.VideoError`.
+        """
+        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        return detect_video(
+            self,
+            source,
+            track=track,
+            stride=stride,
+            max_frames=max_frames,
+            threshold=threshold,
+            batch=batch,
+        )
 
     def trace(
         self, image: ImageSource, *, color_order: str = "RGB", threshold: float | None = None

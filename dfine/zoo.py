@@ -32,12 +32,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
+from tqdm.auto import tqdm
+
+from dfine.coco import COCO_CLASSES
 from dfine.io import file_sha256
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
+from dfine.obj365 import OBJ365_LABEL_NAMES
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -188,11 +189,7 @@ def class_names(name: str) -> tuple[str, ...]:
     """Name of every logit of the checkpoint ``name`` (80 COCO or 366 Objects365 entries)."""
     entry = get(name)
     if entry.dataset == "obj365":
-        from dfine.obj365 import OBJ365_LABEL_NAMES
-
         return OBJ365_LABEL_NAMES
-    from dfine.coco import COCO_CLASSES
-
     return COCO_CLASSES
 
 
@@ -222,6 +219,7 @@ class _Target:
     url: str
     path: Path
     sha256: str | None
+    approx_mb: float | None = None  # float32 weights of the zoo entry's parameter count
 
 
 def _base_url(base_url: str | None) -> str:
@@ -232,6 +230,7 @@ def _resolve(
     name_or_url: str, dest: str | os.PathLike[str] | None, base_url: str | None
 ) -> _Target:
     """What to fetch from where, and the final path to write."""
+    approx_mb = None
     if re.match(r"^(https?|file)://", name_or_url):
         url, sha, label = name_or_url, None, name_or_url
         if url.startswith(DEFAULT_BASE_URL + "/"):
@@ -243,12 +242,13 @@ def _resolve(
         entry = get(name_or_url)
         url, sha, label = f"{_base_url(base_url)}/{entry.filename}", entry.sha256, entry.name
         filename = entry.filename
+        approx_mb = entry.params_m * 4.1  # 4 bytes per float32 weight, plus the pickle
     if dest is None:
         path = cache_dir() / filename
     else:
         path = Path(dest).expanduser()
         path = path / filename if path.is_dir() else path
-    return _Target(label, url, path, sha)
+    return _Target(label, url, path, sha, approx_mb)
 
 
 def download(
@@ -293,9 +293,10 @@ def download(
 
 
 def _fail(target: _Target, reason: str, part: Path | None = None) -> ZooDownloadError:
+    size = f" (about {target.approx_mb:.0f} MB)" if target.approx_mb else ""
     msg = (
-        f"Could not download {target.label} from {target.url} ({reason}). Download it "
-        f"yourself and save it as {target.path}, or pass the file path to load_model()."
+        f"Could not download {target.label} from {target.url} ({reason}). Download that "
+        f"file{size} yourself and save it as {target.path}: it is found there from then on."
     )
     if part is not None and part.exists():
         msg += f" The partial download {part} is kept; calling again resumes it."
@@ -387,8 +388,6 @@ def _range_starts_at(resp: http.client.HTTPResponse, start: int) -> bool:
 
 def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
     """A byte progress bar on stderr (silent when ``progress`` is false)."""
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=total,
         initial=initial,

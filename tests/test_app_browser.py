@@ -218,3 +218,78 @@ def test_demo_model_detects_and_refines(page, record_property):
     page.wait_for_selector("#uncertainty-overlay img", state="visible")
     _shot(page, "app_06_demo_distributions.png", shots)
     record_property("demo_screenshots", ", ".join(shots))
+
+
+def _rows(page) -> int:
+    """Rows of the Detect table (without the header)."""
+    count = page.locator("#detections-table [role=grid]").get_attribute("aria-rowcount")
+    return int(count) - 1
+
+
+def _wait_rows(page, predicate_js: str) -> None:
+    page.wait_for_function(
+        "() => { const n = Number(document.querySelector('#detections-table [role=grid]')"
+        f"?.getAttribute('aria-rowcount')) - 1; return {predicate_js}; }}",
+        timeout=WAIT_MS,
+    )
+
+
+def _type(page, selector: str, value: str, commit: str = "Enter") -> None:
+    """Type ``value`` into a slider's number box and commit it with Enter or by leaving."""
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(value)
+    if commit == "Enter":
+        box.press("Enter")
+    else:
+        box.blur()  # leave the box
+
+
+def test_controls_are_live(server, page, record_property):
+    """Threshold typed + Enter / typed + blur re-filters the Detect result without a new
+    forward pass; a stage typed + Enter redraws the Refinement figure; an odd reg_max is
+    snapped to an even one with no error shown."""
+    shots: list[str] = []
+    state = server[0].dfine_state
+    page.locator("#input-image input[type=file]").set_input_files(str(SYNTH))
+    page.wait_for_selector("#input-image img", state="visible")
+    page.click("#detect-button")
+    _wait_rows(page, "n === 6")
+    misses = state.cache.misses
+
+    _type(page, "#threshold", "0.05")  # Enter
+    _wait_rows(page, "n > 6")
+    low = _rows(page)
+    assert (
+        f"**{low} detections**" in page.locator("#detect-summary").inner_html()
+        or str(low) in page.locator("#detect-summary").inner_text()
+    )
+    _type(page, "#threshold", "0.9", commit="blur")
+    _wait_rows(page, f"n < {low}")
+    assert _rows(page) <= 6
+    assert state.cache.misses == misses  # re-filtered, never recomputed
+    _shot(page, "app_07_live_threshold.png", shots)
+    _type(page, "#threshold", "0.5")
+    _wait_rows(page, "n === 6")
+
+    page.get_by_role("tab", name="Refinement").click()
+    title = page.locator("#refinement-plot .gtitle")
+    title.filter(has_text="showing stage: layer 3").first.wait_for()
+    _type(page, "#stage", "2")
+    title.filter(has_text="showing stage: layer 1").first.wait_for()
+    _type(page, "#stage", "0", commit="blur")
+    title.filter(has_text="showing stage: encoder (b0)").first.wait_for()
+    _shot(page, "app_08_stage_typed.png", shots)
+
+    page.get_by_role("tab", name="W(n)").click()
+    summary = page.locator("#weighting-summary")
+    summary.get_by_text("reg_max = 32").first.wait_for()
+    _type(page, "#reg-max", "7")
+    page.wait_for_function(
+        "() => document.querySelector('#reg-max input[type=number]').value === '8'",
+        timeout=WAIT_MS,
+    )
+    summary.get_by_text("reg_max = 8,").first.wait_for()
+    assert page.locator(".toast-body").count() == 0  # no error toast
+    assert page.get_by_text("Error", exact=True).count() == 0  # no error badge on outputs
+    _shot(page, "app_09_regmax_snapped.png", shots)
+    record_property("live_screenshots", ", ".join(shots))

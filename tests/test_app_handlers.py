@@ -16,6 +16,7 @@ gr = pytest.importorskip("gradio", reason="the app needs gradio")
 import analysis  # noqa: E402
 import dfine  # noqa: E402
 from app import models as app_models  # noqa: E402
+from app import tables  # noqa: E402
 from app.checks import first_int  # noqa: E402
 from app.errors import UserError, user_errors  # noqa: E402
 from app.files import OutputDir  # noqa: E402
@@ -185,6 +186,7 @@ def test_trace_overlay_figure_and_table(state):
     box = np.clip([final.x1, final.y1, final.x2, final.y2], 0, 320)
     np.testing.assert_allclose(box, dets.boxes[0], atol=0.06)
     assert final["IoU to final"] == pytest.approx(1.0)
+    assert list(rows.columns) == tables.REFINEMENT_COLUMNS  # the headers shown before a result
 
 
 def test_trace_stage_zero_and_defaults(state):
@@ -219,6 +221,7 @@ def test_distributions_figure_overlay_and_stats(state):
     np.testing.assert_allclose(bars[-1].y, dist.probs[-1, 3])
     assert f"query {q}" in fig.layout.title.text
     assert len(stats) == 4 * dist.num_layers
+    assert list(stats.columns) == tables.EDGE_STATS_COLUMNS
     np.testing.assert_allclose(
         stats["expected offset (px, + outward)"], dist.expected_px.reshape(-1), atol=0.006
     )
@@ -290,7 +293,7 @@ def test_golsd_pseudo_targets_say_so(state):
     assert dist_fig.data[0].type == "bar" and len(dist_fig.data) == 3  # teacher + 2 students
     assert loss_fig.data[0].name.startswith("matched queries")
     assert len(kl_fig.data) == 4  # stacked by edge
-    assert {"query", "matched", "teacher confidence"} <= set(table.columns)
+    assert list(table.columns[: len(tables.GOLSD_COLUMNS)]) == tables.GOLSD_COLUMNS
     assert targets_image.size == (512, 512)
 
 
@@ -458,3 +461,23 @@ def test_synthetic_examples_are_reproducible_and_annotated(tmp_path):
     assert (
         truth.names[0] == "red circle" and (truth.boxes_xyxy[:, 2:] > truth.boxes_xyxy[:, :2]).all()
     )
+
+
+def test_handled_errors_are_one_line_in_toast_and_log(state, tmp_path, caplog):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not a picture\nsecond line")
+    with caplog.at_level("WARNING", logger="dfine.app"), _raises("not an image") as err:
+        detect.detect(state, str(fake), 0.5, SIZE, "default", MAX)
+    assert err.value.print_exception is False  # gradio prints no traceback for it
+    _readable(err)
+    records = [r for r in caplog.records if r.name == "dfine.app"]
+    assert len(records) == 1 and records[0].exc_info is None
+    assert "\n" not in records[0].getMessage() and "notes.jpg" in records[0].getMessage()
+
+
+def test_an_onnx_upload_is_refused_with_the_way_out(state, tmp_path):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"onnx")
+    with _raises("exported ONNX graph: the app needs the PyTorch weights") as err:
+        model.model_info(state, "default", str(onnx))
+    assert "dfine predict IMAGE --weights model.onnx" in _readable(err)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfine.train.cli import main
+from dfine.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

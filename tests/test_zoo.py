@@ -309,7 +309,8 @@ def test_offline_fails_fast_with_instructions(_isolated_cache: Path) -> None:
     assert time.monotonic() - t0 < 5
     msg = str(info.value)
     assert f"{url}/dfine_l_coco.pth" in msg and "dfine_l_coco" in msg
-    assert str(_isolated_cache / "dfine_l_coco.pth") in msg and "load_model()" in msg
+    assert str(_isolated_cache / "dfine_l_coco.pth") in msg and "save it as" in msg
+    assert "about 127 MB" in msg  # its size
     assert "refused" in msg.lower()
     assert not any(_isolated_cache.glob("*.pth")) and not any(_isolated_cache.glob("*.part"))
 

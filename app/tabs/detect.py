@@ -131,6 +131,7 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
                 )
                 summary = gr.Markdown(label="Summary", elem_id="detect-summary")
                 table = gr.Dataframe(
+                    tables.empty(tables.DETECTION_COLUMNS),
                     label="Detections table (pixels of the original image)",
                     interactive=False,
                     elem_id="detections-table",

@@ -152,7 +152,9 @@ def build(state: AppState, controls: Controls) -> None:
                 height=480,
                 elem_id="uncertainty-overlay",
             )
-            stats = gr.Dataframe(label="Edge statistics", interactive=False)
+            stats = gr.Dataframe(
+                tables.empty(tables.EDGE_STATS_COLUMNS), label="Edge statistics", interactive=False
+            )
         fmt, export, file = figure_export_row()
         compare.distributions_row(state, controls, pick)
     inputs = [*controls.shared(), pick, sigma, overlay_all]

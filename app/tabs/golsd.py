@@ -167,7 +167,9 @@ def build(state: AppState, controls: Controls) -> None:
         with gr.Row():
             kl = gr.Plot(label="KL per student layer")
             loss = gr.Plot(label="DDF loss split")
-        table = gr.Dataframe(label="DDF weights", interactive=False)
+        table = gr.Dataframe(
+            tables.empty(tables.GOLSD_COLUMNS), label="DDF weights", interactive=False
+        )
     inputs = [*controls.shared(), targets, query, edge]
     outputs = [note, image, query, dist, kl, loss, table]
     fill = {

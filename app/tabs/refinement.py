@@ -113,7 +113,9 @@ def build(state: AppState, controls: Controls) -> None:
             )
             plot = gr.Plot(label="Refinement chart", elem_id="refinement-plot")
         with gr.Accordion("Per-stage table (pixels; + = outward)", open=False):
-            table = gr.Dataframe(label="Refinement table", interactive=False)
+            table = gr.Dataframe(
+                tables.empty(tables.REFINEMENT_COLUMNS), label="Refinement table", interactive=False
+            )
         compare.refinement_row(state, controls)
     inputs = [*controls.shared(), picks, stage]
     outputs = [overlay, plot, table]

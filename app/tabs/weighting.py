@@ -77,12 +77,14 @@ def _curve(reg_max: int, up: float, reg_scale: float) -> analysis.WeightingCurve
 def build(state: AppState, controls: Controls) -> None:
     default = state.store.get(None)
     decoder = default.model.decoder
+    start = (default.model.config.decoder.reg_max, float(decoder.up), float(decoder.reg_scale))
+    fig0, table0, summary0 = weighting(state, *start, None)  # shown before any click
     with gr.Tab("W(n)", id="weighting") as tab:
         gr.Markdown(texts.WEIGHTING, elem_classes="dfine-note")
         with gr.Row():
             reg_max = gr.Slider(
                 *REG_MAX_RANGE,
-                value=default.model.config.decoder.reg_max,
+                value=start[0],
                 step=2,
                 label="reg_max (bins − 1, even)",
                 elem_id="reg-max",
@@ -92,10 +94,10 @@ def build(state: AppState, controls: Controls) -> None:
                 0.5, 32.0, value=float(decoder.reg_scale), step=0.5, label="reg_scale (curvature)"
             )
             button = gr.Button("Plot W(n)", variant="primary")
-        plot = gr.Plot(label="W(n) chart", elem_id="weighting-plot")
-        summary = gr.Markdown(label="W(n) summary", elem_id="weighting-summary")
+        plot = gr.Plot(fig0, label="W(n) chart", elem_id="weighting-plot")
+        summary = gr.Markdown(summary0, label="W(n) summary", elem_id="weighting-summary")
         with gr.Accordion("W(n) table", open=False):
-            table = gr.Dataframe(label="W(n) table", interactive=False)
+            table = gr.Dataframe(table0, label="W(n) table", interactive=False)
         fmt, export, file = figure_export_row()
     inputs = [reg_max, up, reg_scale, controls.model]
     outputs = [plot, table, summary]

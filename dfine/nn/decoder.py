@@ -61,7 +61,7 @@ class LayerOutputs(NamedTuple):
     logits: list[torch.Tensor]
     logits_raw: list[torch.Tensor]
     corners: list[torch.Tensor]
-    pre_boxes: torch.Tensor | None
+    pre_boxes: torch.Tensor | None  # None without FDR (ablation ``fdr``)
     pre_logits: torch.Tensor | None
     ref_initial: torch.Tensor | None
 

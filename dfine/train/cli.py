@@ -1,16 +1,23 @@
-"""``dfine train`` and ``dfine val``. ``register_cli(subparsers)`` adds both to the main parser;
-``python -m dfine.train train|val ...`` runs them on their own (also under ``torchrun``)."""
+"""``dfine train`` and ``dfine val``: ``register_cli(subparsers)`` adds both to the one ``dfine``
+parser (:mod:`dfine.cli`, which also maps exceptions to exit codes); ``python -m dfine.train
+train|val ...`` is the same entry point (for ``torchrun``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
+import textwrap
 
-from dfine.argtypes import non_negative_int, positive_int
+from dfine import webapp
+from dfine.argtypes import fraction, non_negative_int, positive_int
+from dfine.backends import BACKENDS
+from dfine.sources import default_backend
+from dfine.train import dist
+from dfine.train.evaluate import COCO_LIBS
+from dfine.train.recipes import recipe_names
+from dfine.train.run import TrainRun, train, validate
 
-__all__ = ["build_parser", "main", "register_cli"]
+__all__ = ["register_cli"]
 
 EPILOG_TRAIN = """recipes (the reference configs, and synth for a CPU demo):
 {recipes}
@@ -32,20 +39,19 @@ train.log and tensorboard/ (only process 0 writes)."""
 
 EPILOG_VAL = """examples:
   dfine val --weights runs/synth/best.safetensors --data data/synth
+  dfine val --weights runs/synth/best.safetensors --data data/synth --report runs/report
+      # + per-stage AP, edge-σ calibration, PR curves, confusion, error gallery, index.html
+  dfine val --weights runs/synth/best.safetensors --data data/synth --per-layer  # table only
+  dfine val --weights dfine_n.onnx --data data/synth --backend onnxruntime
   dfine val --weights dfine_n_coco.pth --data /data/coco/annotations/instances_val2017.json \\
       --images /data/coco/val2017"""
 
 
 def _wrapped(names: list[str], width: int = 96) -> str:
-    import textwrap
-
     return textwrap.fill(", ".join(names), width=width, initial_indent="  ", subsequent_indent="  ")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dfine.train import dist
-    from dfine.train.run import TrainRun, train
-
     run = TrainRun(
         recipe=args.recipe,
         data=args.data,
@@ -76,13 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         tensorboard=not args.no_tensorboard,
     )
-    from dfine.train.trainer import NonFiniteLossError
-
-    try:
-        summary = train(run)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    summary = train(run)  # NonFiniteLossError: exit code 3 (dfine.cli.EXIT_CODES)
     if dist.is_main():
         best = summary["best"]
         if best["epoch"] >= 0:
@@ -97,9 +97,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_val(args: argparse.Namespace) -> int:
-    from dfine.train import dist
-    from dfine.train.run import validate
-
+    runtime = args.backend or default_backend(args.weights)
+    if args.report or args.per_layer or args.calibration:
+        if runtime != "torch":
+            raise ValueError(
+                f"--report, --per-layer and --calibration need the PyTorch model (a checkpoint, "
+                f"--backend torch); the {runtime} backend gives plain AP only (drop those options)"
+            )
+        # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
+        return webapp.load_module("analysis.evaluation.cli").run_report(args)
     metrics = validate(
         args.weights,
         args.data,
@@ -108,8 +114,9 @@ def cmd_val(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
-        backend=args.backend,
+        coco_lib=args.coco_lib,
         progress=not args.quiet,
+        backend=runtime,
     )
     if not dist.is_main():
         return 0
@@ -122,8 +129,6 @@ def cmd_val(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from dfine.train.recipes import recipe_names
-
     p = subparsers.add_parser(
         "train",
         help="train D-FINE with a named recipe on a COCO-format dataset",
@@ -254,10 +259,42 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
         "--backend",
+        default=None,
+        choices=list(BACKENDS),
+        help="inference runtime (default: onnxruntime for an .onnx file, else torch); the "
+        "others take a checkpoint (exported to ONNX once, cached) or an .onnx file",
+    )
+    p.add_argument(
+        "--coco-lib",
         default="auto",
-        choices=["auto", "faster_coco_eval", "pycocotools"],
+        choices=list(COCO_LIBS),
         help="COCO evaluation library (default: faster-coco-eval when installed)",
     )
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write a dataset report to DIR: metrics.json, figures as PNG and SVG, an offline "
+        "index.html (per-stage AP, calibration, PR curves, confusion matrix, error gallery; "
+        "implies --per-layer and --calibration)",
+    )
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="score every stage (encoder proposals, pre-head, each decoder layer) as a "
+        "detector: AP with its own and with the final layer's scores, mean IoU",
+    )
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="σ of the edge distributions against the real edge errors, per layer",
+    )
+    p.add_argument(
+        "--threshold",
+        type=fraction,
+        default=0.5,
+        help="report: score threshold of the confusion matrix and error gallery (default 0.5)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="report: recompute, ignore the cache")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_val)
@@ -267,28 +304,3 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``val`` to the ``dfine`` command's subparsers."""
     _add_train(subparsers)
     _add_val(subparsers)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dfine.train", description=__doc__)
-    register_cli(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from dfine.checkpoint import CheckpointError
-    from dfine.cli import error_text
-    from dfine.train.trainer import NonFiniteLossError
-
-    try:
-        return int(args.func(args) or 0)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {error_text(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -38,10 +38,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from dfine.checkpoint import save_model
 from dfine.io import atomic_write
+from dfine.loss import build_criterion
 from dfine.train import dist
 from dfine.train.ema import ModelEMA
+from dfine.train.evaluate import evaluate
 from dfine.train.optim import build_optimizer, format_param_groups, unwrap
 from dfine.train.recipes import Recipe
 from dfine.train.schedule import build_schedule
@@ -219,8 +223,6 @@ class Trainer:
         """Print (rank 0) and append to ``train.log``."""
         if not dist.is_main():
             return
-        from tqdm import tqdm
-
         tqdm.write(message)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "train.log", "a") as f:
@@ -372,8 +374,6 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch; returns the epoch means of the logged values."""
-        from tqdm import tqdm
-
         self.model.train()
         self.criterion.train()
         n = self.steps_per_epoch
@@ -427,8 +427,6 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         """COCO metrics of :attr:`eval_model` on the validation loader (every rank)."""
-        from dfine.train.evaluate import evaluate
-
         if self.val_loader is None:
             raise ValueError("no validation loader was given")
         return evaluate(
@@ -575,8 +573,6 @@ class Trainer:
         return report
 
     def _export(self, path: Path, epoch: int, metrics: dict[str, float] | None) -> None:
-        from dfine.checkpoint import save_model
-
         if not dist.is_main():
             return
         meta = {
@@ -667,8 +663,6 @@ class Trainer:
 
 # ---------------------------------------------------------------------- module helpers
 def _default_criterion(model: nn.Module) -> nn.Module:
-    from dfine.loss import build_criterion
-
     return build_criterion(model)
 
 
