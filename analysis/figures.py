@@ -306,6 +306,19 @@ def _distribution_cell(
     )
 
 
+def message_figure(text: str, title: str = "") -> go.Figure:
+    """An empty figure that says ``text``: a tab's answer when there is nothing to plot (e.g.
+    the distributions of a model trained without them)."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14}
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(template=TEMPLATE, height=240, title=title)
+    return fig
+
+
 # ----------------------------------------------------------------------------- comparison
 MODEL_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 NO_DISTRIBUTIONS_NOTE = "no distributions (--ablate fdr): its box edge per layer only"

@@ -14,6 +14,7 @@ import analysis
 from app.ground_truth import GroundTruth
 from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
+from dfine.config import ABLATION_NOTES
 from dfine.detections import Detections
 
 if TYPE_CHECKING:
@@ -208,7 +209,10 @@ def model_markdown(loaded: LoadedModel) -> str:
         ("Architecture", f"D-FINE-{cfg.size.upper()}, {decoder.num_layers} decoder layers"),
         ("Parameters", f"{loaded.num_parameters / 1e6:.2f} M ({loaded.num_parameters:,})"),
         ("Input size", f"{w}×{h} px (the model's own; any multiple of 32 works)"),
-        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge"),
+        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge")
+        if decoder.distributions
+        else ("FDR", "none: RT-DETR-style box deltas, no distributions"),
+        ("Ablation", f"`{decoder.ablation}` ({ABLATION_NOTES[decoder.ablation]})"),
         ("Checkpoint file", size),
         ("Classes", f"{loaded.num_classes}: {shown}"),
     ]

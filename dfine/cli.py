@@ -17,6 +17,7 @@ from tqdm import tqdm
 from dfine import webapp, zoo
 from dfine.benchmark import markdown, run_benchmark
 from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
+from dfine.config import ABLATION_NOTES
 from dfine.data.cli import register_cli as register_data
 from dfine.export import export_onnx, read_metadata
 from dfine.io import ImageLoadError
@@ -108,13 +109,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-ABLATION_TEXT = {
-    "none": "full D-FINE: FDR + GO-LSD",
-    "golsd": "trained without GO-LSD: FDR + FGL, no DDF",
-    "fdr": "trained without FDR: RT-DETR-style box deltas, no distributions",
-}
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     if args.zoo:
         for name in zoo.names():
@@ -148,7 +142,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"classes:       {info['num_classes']}: {shown}")
     print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
     if info.get("ablation"):
-        print(f"ablation:      {info['ablation']} ({ABLATION_TEXT[info['ablation']]})")
+        print(f"ablation:      {info['ablation']} ({ABLATION_NOTES[info['ablation']]})")
     if info.get("reg_max") is not None and info.get("reg_scale") is not None:
         print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
     for k, v in info["metadata"].items():

@@ -240,8 +240,8 @@ def test_ablation_script_commands_differ_only_in_the_switch_and_report_spread(tm
     records = {("none", 0): record(0.30, full), ("none", 1): record(0.40, full),
                ("fdr", 0): record(0.20, full[1:]), ("fdr", 1): record(0.24, full[1:])}  # fmt: skip
     text = script.report(args, tmp_path / "data", records)
-    assert "| 0.350 ± 0.050 | 0.550 ± 0.050 |" in text  # full model: AP and AP50 over 2 seeds
-    assert "0.220 ± 0.020" in text
-    assert "| fdr | — | 0.500 ± 0.000 | 0.600 ± 0.000 |" in text  # no pre-head stage
+    assert "| 0.3500 ± 0.0500 | 0.5500 ± 0.0500 |" in text  # full model: AP and AP50 over 2 seeds
+    assert "0.2200 ± 0.0200" in text
+    assert "| fdr | — | 0.5000 ± 0.0000 | 0.6000 ± 0.0000 |" in text  # no pre-head stage
     assert "10.0 min (350 steps, 1.71 s/step)" in text
     assert "--ablate fdr" in text and "```bash" in text

@@ -31,6 +31,7 @@ examples:
   dfine data synth --out data/synth && dfine train --recipe synth --data data/synth --out runs/synth
   dfine train --recipe synth --data data/synth --out runs/synth --resume      # continue last.pth
   dfine train --recipe obj2custom_s --data data/mine --tune-from dfine_s_obj365 --epochs 40
+  dfine train --recipe synth --data data/synth --out runs/fdr --ablate fdr   # RT-DETR-style baseline
   torchrun --nproc_per_node 8 -m dfine.train train --recipe coco_l --data /data/coco
 
 writes to --out (process 0 only; checkpoints and weights atomically, so an interrupted run
