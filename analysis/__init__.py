@@ -19,9 +19,9 @@ Data (numpy / torch / PIL only):
 - :func:`layer_stats`: over an annotated dataset, each decoder layer's mean IoU with the ground
   truth and mean edge entropy (refinement measured, not only shown).
 
-Figures: ``analysis.figures`` (plotly, interactive) and ``analysis.static`` (matplotlib, the
-same figures for PNG/SVG export, ``save_figure``). They are imported on first use, so the data
-functions work without plotly or matplotlib installed.
+Figures: ``analysis.figures`` (plotly, defined once) and ``analysis.export`` (``save_figure``:
+the same figure objects as PNG/SVG through kaleido). They are imported on first use, so the
+data functions work without plotly installed.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ __all__ = [
     "compare_refinement",
     "criterion_outputs",
     "edge_distributions",
+    "export",
     "figures",
     "golsd",
     "layer_stats",
@@ -71,13 +72,12 @@ __all__ = [
     "refinement",
     "refinement_overlay",
     "refinement_stages",
-    "static",
     "uncertainty_overlay",
     "weighting_curve",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("figures", "static"):
+    if name in ("export", "figures"):
         return importlib.import_module(f"analysis.{name}")
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")

@@ -1,5 +1,5 @@
-"""Colours, labels and axis titles shared by the plotly and matplotlib figures, so the two
-renderings of a figure say the same thing."""
+"""Colours, labels and axis titles shared by the analysis figures, so every figure names the
+same things the same way."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Interactive plotly figures of the analysis objects. Every axis title names its unit;
 nothing is smoothed; GO-LSD figures say whether the targets are pseudo ground truth.
 
-``analysis.static`` renders the same figures with matplotlib (same names and arguments).
+``analysis.export.save_figure`` writes any of them as PNG or SVG (plotly's own export).
 """
 
 from __future__ import annotations

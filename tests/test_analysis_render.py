@@ -1,5 +1,5 @@
 """analysis/ renderings on a small synthetic trace with known distributions: the overlays,
-the plotly figures and their matplotlib versions."""
+the plotly figures and their static (PNG/SVG) export."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import analysis as A
+from analysis import export as EX
 from analysis import figures as F
-from analysis import static as ST
 from dfine.detections import Detections
 from dfine.loss import build_criterion
 from dfine.nn.decoder import DecoderTrace
@@ -243,39 +243,28 @@ def test_golsd_figures(report):
         F.golsd_kl_figure(report, NUM_QUERIES)
 
 
-# ----------------------------------------------------------------------------- matplotlib
-def test_static_figures_have_units_and_save(trace, report, tmp_path):
+# ----------------------------------------------------------------------------- static export
+def test_static_export_is_the_plotly_figure(trace, report, tmp_path):
+    """PNG and SVG come from the plotly figure objects themselves (one kaleido session, ~3 s):
+    the SVG carries the figure's own title and axis titles."""
     ref = A.refinement(trace, [0, 1], SIZE)
-    d = A.edge_distributions(trace, 0, SIZE)
-    q = int(report.ranked_queries()[0])
     figs = {
-        "refinement": ST.refinement_figure(ref, 1),
-        "distributions": ST.distribution_figure(d),
-        "weighting": ST.weighting_figure(A.weighting_curve(), A.model_weighting(trace)),
-        "golsd_dist": ST.golsd_distribution_figure(report, q, 0),
-        "golsd_kl": ST.golsd_kl_figure(report, q),
-        "golsd_loss": ST.golsd_loss_figure(report),
-        "golsd_weights": ST.golsd_weights_figure(report, top=4),
+        "refinement": F.refinement_figure(ref, 1),
+        "golsd_weights": F.golsd_weights_figure(report, top=4),
     }
-    r_iou, r_move = figs["refinement"].axes
-    assert "IoU" in r_iou.get_ylabel() and "px" in r_move.get_ylabel()
-    assert len(r_iou.get_lines()) == 2 and len(r_move.patches) == 4 * 4
-    axes = figs["distributions"].axes
-    assert len(axes) == NUM_LAYERS * 4
-    assert all("(px, + = outward)" in ax.get_xlabel() for ax in axes[-4:])
-    assert len(axes[0].patches) == 33
-    w_ax, s_ax = figs["weighting"].axes
-    assert len(w_ax.get_lines()) == 3 and "× box width or height" in w_ax.get_ylabel()
-    assert s_ax.get_yscale() == "log"
-    (g_ax,) = figs["golsd_dist"].axes
-    assert "px" in g_ax.get_xlabel() and "pseudo ground truth" in g_ax.get_title()
-    assert len(g_ax.get_lines()) == NUM_LAYERS - 1
-    assert "nats" in figs["golsd_kl"].axes[0].get_ylabel()
-    assert "pseudo ground truth" in figs["golsd_weights"].axes[0].get_title()
-    for name in ("refinement", "distributions", "golsd_weights"):
-        png = ST.save_figure(figs[name], tmp_path / f"{name}.png")
-        svg = ST.save_figure(figs[name], tmp_path / "svg" / f"{name}.svg")
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert b"<svg" in svg.read_bytes()[:2000]
-    with pytest.raises(ValueError, match="png"):
-        ST.save_figure(figs["golsd_kl"], tmp_path / "x.pdf")
+    items = [
+        (fig, tmp_path / ext / f"{n}.{ext}") for n, fig in figs.items() for ext in ("png", "svg")
+    ]
+    paths = EX.save_figures(items)
+    assert [p.name for p in paths] == [
+        "refinement.png", "refinement.svg", "golsd_weights.png", "golsd_weights.svg"
+    ]  # fmt: skip
+    png = Image.open(paths[0])
+    assert png.format == "PNG" and png.size == (EX.WIDTH * EX.SCALE, 760 * EX.SCALE)
+    svg = paths[1].read_text()
+    assert svg.lstrip().startswith("<svg") and "Layer-by-layer box refinement" in svg
+    assert "IoU" in svg and "(px" in svg
+    assert "DDF weights" in paths[3].read_text()
+    with pytest.raises(ValueError, match="png or svg"):
+        EX.save_figure(figs["refinement"], tmp_path / "x.pdf")
+    assert not (tmp_path / "x.pdf").exists()

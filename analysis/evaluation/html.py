@@ -11,34 +11,20 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import plotly.io as pio
 import plotly.offline
 
 from analysis.evaluation.errors import GALLERY_KINDS
 from analysis.evaluation.figures import all_figures
 from analysis.evaluation.report import DatasetReport
 from analysis.evaluation.thumbnails import caption, thumbnail
+from analysis.export import FORMATS, save_figures
 from dfine.io import atomic_write
 
 
 def write_static(figures: dict, folder: Path) -> list[Path]:
     """PNG and SVG of every figure (one kaleido session for all)."""
-
-    folder.mkdir(parents=True, exist_ok=True)
-    figs, paths = [], []
-    for name, fig in figures.items():
-        for ext in ("png", "svg"):
-            figs.append(fig)
-            paths.append(folder / f"{name}.{ext}")
-    try:
-        pio.write_images(figs, paths)
-    except Exception as err:  # kaleido reports a missing browser in several ways
-        raise RuntimeError(
-            f"static figure export failed ({type(err).__name__}: {err}); it needs kaleido "
-            "(pip install kaleido) and Chromium or Chrome (apt-get install chromium, or set "
-            "BROWSER_PATH)"
-        ) from err
-    return paths
+    items = [(fig, folder / f"{name}.{ext}") for name, fig in figures.items() for ext in FORMATS]
+    return save_figures(items, scale=1)
 
 
 def _fmt(v) -> str:

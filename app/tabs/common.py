@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from analysis import static
+from analysis import export
 from app.errors import UserError
 from app.state import AppState, Selection
 
@@ -126,14 +126,14 @@ def figure_export_row() -> tuple[gr.Radio, gr.Button, gr.File]:
     return fmt, export, file
 
 
-FIGURE_FORMATS = ("png", "svg")
+FIGURE_FORMATS = export.FORMATS
 
 
 def save_figure(state: AppState, fig: Any, stem: str, fmt: str) -> str:
-    """A static (matplotlib) figure saved as ``<stem>.<fmt>`` in the outputs folder."""
+    """A plotly figure saved as ``<stem>.<fmt>`` (PNG or SVG) in the outputs folder."""
     fmt = str(fmt or "png").lower().lstrip(".")
     if fmt not in FIGURE_FORMATS:
         raise UserError(f"Figures can be saved as {' or '.join(FIGURE_FORMATS)}, not {fmt!r}.")
     path = state.outputs.path(f"{stem}.{fmt}")
-    static.save_figure(fig, path)
+    export.save_figure(fig, path)
     return str(path)

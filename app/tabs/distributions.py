@@ -74,11 +74,11 @@ def export_figure(
     x_range: str = "mass",
     axis: str = "px",
 ) -> str:
-    """The distributions figure as a PNG or SVG file (matplotlib), in the view shown."""
+    """The distributions figure shown, as a PNG or SVG file (the same plotly figure)."""
     sel = state.select(image, threshold, size, model, max_detections)
     index, dist = edge_distributions(sel, detection)
     x_range, axis = _check_view(x_range, axis)
-    fig = analysis.static.distribution_figure(
+    fig = figures.distribution_figure(
         dist, title=distribution_title(sel, index), x_range=x_range, axis=axis
     )
     return save_figure(state, fig, f"edge_distributions_detection{index}", fmt)

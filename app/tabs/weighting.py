@@ -42,10 +42,10 @@ def weighting(
 def export_figure(
     state: AppState, reg_max: int, up: float, reg_scale: float, model: str | None, fmt: str
 ) -> str:
-    """The W(n) figure as a PNG or SVG file (matplotlib)."""
+    """The W(n) figure shown, as a PNG or SVG file (the same plotly figure)."""
     curve = _curve(reg_max, up, reg_scale)
     own = analysis.model_weighting(state.store.get(model).model)
-    fig = analysis.static.weighting_figure(curve, model=own)
+    fig = figures.weighting_figure(curve, model=own)
     return save_figure(state, fig, f"weighting_regmax{curve.reg_max}", fmt)
 
 
