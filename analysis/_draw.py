@@ -1,15 +1,25 @@
-"""Small PIL drawing helpers for the image overlays (translucent layers, legends, dashes)."""
+"""Small PIL drawing helpers for the image overlays (translucent layers, legends, dashes);
+fonts, sizes and tags are ``dfine.draw``'s, the same as ``Detections.plot``."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+from dfine import draw as drawing
+from dfine.draw import Font, font, tag
+
+__all__ = [
+    "Font",
+    "composite",
+    "dashed_rectangle",
+    "font",
+    "legend",
+    "sigma",
+    "sizes_for",
+    "tag",
+    "to_rgb_image",
+]
 
 
 def to_rgb_image(image: Image.Image | np.ndarray, expected_size: tuple[int, int]) -> Image.Image:
@@ -32,32 +42,6 @@ def to_rgb_image(image: Image.Image | np.ndarray, expected_size: tuple[int, int]
     return pil.copy()
 
 
-def _font_files() -> list[str]:
-    """DejaVu Sans (has Greek letters) from the system, or the copy matplotlib bundles."""
-    files = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"]
-    spec = importlib.util.find_spec("matplotlib")
-    if spec is not None and spec.origin:
-        files.append(
-            str(Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf")
-        )
-    return files
-
-
-@functools.lru_cache(maxsize=32)
-def font(size: int) -> Font:
-    """A font of ``size`` pixels that can write "σ"; Pillow's default font otherwise (then
-    :func:`sigma` spells the letter out)."""
-    for path in _font_files():
-        try:
-            return ImageFont.truetype(path, size)
-        except OSError:
-            continue
-    try:
-        return ImageFont.load_default(size=size)
-    except (ImportError, OSError):  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
 def sigma(fnt: Font) -> str:
     """ "σ" when ``fnt`` is DejaVu (it has the glyph), else "sigma"."""
     name = getattr(fnt, "path", None)
@@ -66,32 +50,7 @@ def sigma(fnt: Font) -> str:
 
 def sizes_for(image: Image.Image) -> tuple[int, int]:
     """(line width, font size) in pixels scaled with the image, as ``Detections.plot``."""
-    half_perimeter = (image.width + image.height) / 2
-    return max(round(half_perimeter * 0.003), 2), max(round(half_perimeter * 0.025), 11)
-
-
-def text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
-    return (0, 0, 0) if luminance > 150 else (255, 255, 255)
-
-
-def tag(
-    draw: ImageDraw.ImageDraw,
-    xy: tuple[float, float],
-    text: str,
-    rgb: tuple[int, int, int],
-    fnt: Font,
-    canvas: tuple[int, int],
-) -> None:
-    """A filled label with ``text`` whose bottom-left is at ``xy`` (moved inside the canvas)."""
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
-    pad = 3
-    tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-    x = min(max(xy[0], 0), max(canvas[0] - tw, 0))
-    y = xy[1] - th if xy[1] - th >= 0 else xy[1]
-    y = min(y, max(canvas[1] - th, 0))
-    draw.rectangle((x, y, x + tw, y + th), fill=(*rgb, 230))
-    draw.text((x + pad - left, y + pad - top), text, fill=(*text_color(rgb), 255), font=fnt)
+    return drawing.sizes_for(*image.size)
 
 
 def legend(image: Image.Image, lines: list[str], fnt: Font) -> None:

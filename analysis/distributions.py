@@ -253,7 +253,7 @@ def uncertainty_overlay(
         _edge_bands(draw, pos, std, rgb, size, max(lw // 2, 1))
         name = class_name(detections.class_names, int(detections.labels[i]))
         text = f"{name}  mean {sig} {st['std_px'][lay, i].mean():.1f} px"
-        _draw.tag(draw, (min(pos[0], pos[2]), min(pos[1], pos[3]) - std[1]), text, rgb, fnt, size)
+        _draw.tag(draw, (min(pos[0], pos[2]), min(pos[1], pos[3]) - std[1]), text, rgb, fnt)
     out = _draw.composite(base, overlay)
     sigma = f"±1{sig}" if scale == 1.0 else f"±{scale:g}{sig}"
     lines = [

@@ -225,7 +225,7 @@ def refinement_overlay(
         text = (
             f"{class_name(class_names, int(ref.labels[i]))} IoU→final {ref.iou_to_final[s, i]:.2f}"
         )
-        _draw.tag(draw, (box[0], box[1]), text, rgb, fnt, base.size)
+        _draw.tag(draw, (box[0], box[1]), text, rgb, fnt)
     out = _draw.composite(base, layer)
     lines = [f"solid: {ref.stages[s]}"]
     if ghost_previous and s > 0:

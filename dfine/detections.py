@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageColor, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from dfine import draw as drawing
 from dfine.io import ImageSource, atomic_write, load_image
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = tuple(
 
 _SPEED_ORDER = ("preprocess", "inference", "postprocess")
 
-Color = str | tuple[int, int, int]
+Color = drawing.Color
 Index = int | slice | np.ndarray | Sequence[int] | Sequence[bool]
 
 
@@ -310,20 +311,20 @@ class Detections:
         """
         canvas = Image.fromarray(self._plot_base(image))
         draw = ImageDraw.Draw(canvas)
-        half_perimeter = (canvas.width + canvas.height) / 2
-        lw = line_width or max(round(half_perimeter * 0.003), 2)
-        font = _font(font_size or max(round(half_perimeter * 0.035), 12))
+        lw, fs = drawing.sizes_for(*canvas.size)
+        lw = line_width or lw
+        font = drawing.font(font_size or fs)
         palette = list(colors) if colors else list(PALETTE)
         placed: list[tuple[float, float, float, float]] = []
         tracks = self.track_id if self.track_id is not None else [-1] * len(self)
         items = list(zip(self.boxes.tolist(), self.scores, self.labels, self.names, tracks))
         for box, _, label, _, _ in items:  # every outline first, then the labels over them
-            _draw_outline(draw, box, _rgb(palette[int(label) % len(palette)]), lw, canvas.size)
+            drawing.outline(draw, box, drawing.rgb(palette[int(label) % len(palette)]), lw)
         for box, score, label, name, track in items:  # highest scores first: best spots
-            color = _rgb(palette[int(label) % len(palette)])
+            color = drawing.rgb(palette[int(label) % len(palette)])
             tag = f"#{track} {name}" if track >= 0 else name
             texts = [f"{tag} {score:.2f}", tag] if show_scores else [tag]
-            _draw_label(draw, box, color, lw, texts, font, canvas.size, placed)
+            drawing.label(draw, box, color, lw, texts, font, placed)
         return canvas
 
     def _plot_base(self, image: ImageSource | None) -> np.ndarray:
@@ -373,69 +374,3 @@ def _check_image(image: Any, size: tuple[int, int]) -> np.ndarray:
             f"width x height), got {image.dtype} {list(image.shape)}"
         )
     return image
-
-
-def _rgb(color: Color) -> tuple[int, int, int]:
-    if isinstance(color, str):
-        return ImageColor.getrgb(color)[:3]
-    r, g, b = (int(v) for v in color[:3])
-    return r, g, b
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (ImportError, OSError):  # Pillow without FreeType: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _clip_box(box: list[float], size: tuple[int, int]) -> tuple[float, ...] | None:
-    width, height = size
-    x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
-    x2, y2 = min(box[2], width - 1.0), min(box[3], height - 1.0)
-    return None if x2 < x1 or y2 < y1 else (x1, y1, x2, y2)  # None: outside the image
-
-
-def _draw_outline(draw: ImageDraw.ImageDraw, box, color, lw: int, size) -> None:
-    clipped = _clip_box(box, size)
-    if clipped is not None:
-        draw.rectangle(clipped, outline=color, width=lw)
-
-
-def _draw_label(
-    draw: ImageDraw.ImageDraw,
-    box: list[float],
-    color: tuple[int, int, int],
-    lw: int,
-    texts: list[str],
-    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-    size: tuple[int, int],
-    placed: list[tuple[float, float, float, float]],
-) -> None:
-    """Put the first of ``texts`` (then shorter ones) on a filled tag where it overlaps no
-    tag already ``placed``: above the box, inside at its top, below it or inside at its
-    bottom. A box whose every spot is taken keeps its outline only (the table lists it)."""
-    clipped = _clip_box(box, size)
-    if clipped is None:
-        return
-    x1, y1, _, y2 = clipped
-    width, height = size
-    pad = max(lw // 2, 1)
-    for text in texts:
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-        tx = min(x1, max(width - tw, 0.0))
-        for ty in (y1 - th, y1, y2, y2 - th):
-            rect = (tx, ty, tx + tw, ty + th)
-            if ty < 0 or ty + th > height or any(_overlap(rect, r) for r in placed):
-                continue
-            placed.append(rect)
-            draw.rectangle(rect, fill=color)
-            luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-            text_color = (0, 0, 0) if luminance > 150 else (255, 255, 255)
-            draw.text((tx + pad - left, ty + pad - top), text, fill=text_color, font=font)
-            return
-
-
-def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
