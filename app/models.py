@@ -28,7 +28,7 @@ from app.paths import (
 from dfine import zoo
 from dfine.checkpoint import CheckpointError
 from dfine.data.synth import SYNTH_CLASSES
-from dfine.io import file_sha256
+from dfine.files import file_sha256
 from dfine.loss.criterion import DFINECriterion
 from dfine.sources import is_onnx, resolve
 

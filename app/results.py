@@ -19,7 +19,7 @@ import torch
 
 from app.errors import UserError
 from dfine.detections import Detections
-from dfine.io import file_sha256
+from dfine.files import file_sha256
 from dfine.nn.decoder import DecoderTrace
 
 CacheKey = tuple[str, str, int]

@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import save_file
 
 from dfine.coco import COCO_CLASSES
+from dfine.files import atomic_write
 from dfine.hf import is_hf_checkpoint, read_hf_checkpoint
-from dfine.io import atomic_write
 from dfine.model import DFINE
 from dfine.obj365 import OBJ365_LABEL_NAMES
 from dfine.sources import is_onnx, resolve

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dfine import draw as drawing
-from dfine.io import ImageSource, atomic_write, load_image
+from dfine.files import atomic_write
+from dfine.io import ImageSource, load_image
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from dfine.checkpoint import load_model
-from dfine.io import atomic_write, load_image
+from dfine.files import atomic_write
+from dfine.io import load_image
 from dfine.model import DFINE
 from dfine.parity import ParityReport, compare_detections, compare_outputs
 from dfine.postprocess import BatchDetections, topk_detections

@@ -36,7 +36,8 @@ import torch
 from torchvision.ops import nms
 
 from dfine.detections import Detections
-from dfine.io import TMP_SUFFIX, ImageLoadError, atomic_write, load_image
+from dfine.files import TMP_SUFFIX, atomic_write
+from dfine.io import ImageLoadError, load_image
 
 
 class Detector(Protocol):

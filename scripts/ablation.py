@@ -171,7 +171,7 @@ def evaluate_run(out: Path, data: Path, limit: int | None) -> None:
     from analysis.layer_stats import layer_stats
     from dfine.checkpoint import load_model
     from dfine.data import CocoDetection, build_val_transforms
-    from dfine.io import atomic_write
+    from dfine.files import atomic_write
     from dfine.train.run import validate
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -495,7 +495,7 @@ def test_image_load_error_is_a_value_error():
 def test_file_sha256_matches_hashlib_across_blocks(tmp_path):
     import hashlib
 
-    from dfine.io import file_sha256
+    from dfine.files import file_sha256
 
     data = bytes(range(256)) * 5000  # 1.28 MB: more than one 1 MiB block
     path = tmp_path / "blob.bin"

@@ -18,7 +18,7 @@ from analysis.evaluation.figures import all_figures
 from analysis.evaluation.report import DatasetReport
 from analysis.evaluation.thumbnails import caption, thumbnail
 from analysis.export import FORMATS, save_figures
-from dfine.io import atomic_write
+from dfine.files import atomic_write
 
 
 def write_static(figures: dict, folder: Path) -> list[Path]:

@@ -38,7 +38,7 @@ from analysis.evaluation.errors import (
 )
 from analysis.evaluation.stages import StageResult, metrics_of, stage_coco, stage_results
 from dfine.checkpoint import load_model
-from dfine.io import atomic_write, file_sha256
+from dfine.files import atomic_write, file_sha256
 from dfine.train.data import resolve_split
 from dfine.train.evaluate import METRIC_NAMES
 from dfine.train.run import val_dataset

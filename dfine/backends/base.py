@@ -11,7 +11,7 @@ import torch
 from dfine import zoo
 from dfine.checkpoint import load_model
 from dfine.export import export_onnx, read_metadata
-from dfine.io import file_sha256
+from dfine.files import file_sha256
 from dfine.postprocess import BatchDetections
 
 Device = torch.device | str | None

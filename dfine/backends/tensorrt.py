@@ -26,7 +26,7 @@ from dfine.backends.base import (
 )
 from dfine.backends.torch_backend import TorchBackend
 from dfine.export import sample_images
-from dfine.io import atomic_write
+from dfine.files import atomic_write
 from dfine.parity import compare_detections
 
 FP16_SCORE_TOL = 0.02  # max |score difference| of paired detections

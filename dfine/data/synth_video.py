@@ -30,7 +30,7 @@ import numpy as np
 
 from dfine.data.synth import _ROTATING, PHOTO_DIR, SYNTH_CLASSES, SynthObject, _background, _paint
 from dfine.data.synth import shape_mask as _shape_mask
-from dfine.io import atomic_write
+from dfine.files import atomic_write
 from dfine.video import VideoWriter
 
 __all__ = ["MovingShape", "render_clip", "write_synth_video"]

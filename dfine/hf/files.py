@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from dfine.config import (
     ModelConfig,
 )
+from dfine.files import atomic_write
 from dfine.hf.config import (
     config_differences,
     hf_class_names,
@@ -25,7 +26,6 @@ from dfine.hf.config import (
     model_config_to_hf_config,
 )
 from dfine.hf.state_dict import hf_to_reference_state_dict, reference_to_hf_state_dict
-from dfine.io import atomic_write
 from dfine.weights import METADATA_KEY, CheckpointError, infer_config, load_torch_file
 
 CONFIG_NAME = "config.json"
@@ -214,7 +214,7 @@ def save_hf_checkpoint(model: torch.nn.Module, directory: str | os.PathLike) -> 
     """Write ``model`` (a :class:`dfine.DFINE`) as a transformers checkpoint directory
     (``config.json`` + ``model.safetensors``), loadable by ``DFineForObjectDetection``.
 
-    Each file is written atomically (:func:`dfine.io.atomic_write`), the weights first, so an
+    Each file is written atomically (:func:`dfine.files.atomic_write`), the weights first, so an
     interrupted save leaves the previous files or complete new ones, never a partial file."""
     if getattr(model, "deployed", False):
         raise ValueError("a deployed (fused) model has no reference layout; save before deploy()")

@@ -1,6 +1,6 @@
 """The files a training run writes into its output folder, and writing them.
 
-Only process 0 writes; every file is written atomically (:func:`dfine.io.atomic_write`: a
+Only process 0 writes; every file is written atomically (:func:`dfine.files.atomic_write`: a
 reader sees the previous complete file or the new one) with the same file mode.
 """
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dfine.io import atomic_write
+from dfine.files import atomic_write
 from dfine.train import dist
 
 LOG_NAME = "train.log"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfine.io import TMP_SUFFIX, atomic_write
+from dfine.files import TMP_SUFFIX, atomic_write
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -30,7 +30,7 @@ _TEMPORARY = re.compile(r".+" + re.escape(TMP_SUFFIX) + r"\.[0-9]+")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the ``<name>.tmp.<pid>`` files :func:`dfine.io.atomic_write` leaves when its
+    """Delete the ``<name>.tmp.<pid>`` files :func:`dfine.files.atomic_write` leaves when its
     process is killed mid-write; returns them. Any other file (``notes.tmp.txt``) is kept."""
     folder = Path(folder)
     if not folder.is_dir():
