@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from PIL import Image
 
 from dfine.data import CocoDetection
 from dfine.data.cli import register_cli
-from dfine.data.synth import SYNTH_CLASSES, make_synthetic_dataset, render_image, shape_mask
+from dfine.data.synth import SynthOptions, make_synthetic_dataset
+from dfine.data.synth_scene import render_image
+from dfine.data.synth_shapes import SYNTH_CLASSES, shape_mask
 
 KW = {"num_train": 8, "num_val": 3, "image_size": (96, 72), "seed": 7}
 
@@ -140,6 +143,19 @@ def test_argument_errors(tmp_path):
         make_synthetic_dataset(tmp_path, 1, 0, image_format="gif")
     with pytest.raises(FileNotFoundError, match="photo_fraction=0"):
         make_synthetic_dataset(tmp_path, 1, 0, photo_dir=tmp_path / "none")
+    assert not any(tmp_path.iterdir())  # nothing written before the checks
+
+
+def test_options_are_frozen_and_checked():
+    options = SynthOptions(image_size=(64, 48), num_objects=(2, 3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.jpeg_quality = 50  # type: ignore[misc]
+    with pytest.raises(ValueError, match="num_objects"):
+        SynthOptions(num_objects=(3, 2))
+    with pytest.raises(ValueError, match="photo_fraction"):
+        SynthOptions(photo_fraction=1.5)
+    with pytest.raises(ValueError, match="32x32"):
+        SynthOptions(image_size=(31, 64))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from dfine.data.synth import _ROTATING, PHOTO_DIR, SYNTH_CLASSES, SynthObject, _background, _paint
-from dfine.data.synth import shape_mask as _shape_mask
+from dfine.data.synth_scene import PHOTO_DIR, SynthObject, background, paint
+from dfine.data.synth_shapes import ROTATING, SYNTH_CLASSES, shape_mask
 from dfine.files import atomic_write
 from dfine.video import VideoWriter
 
@@ -71,8 +71,8 @@ def plan_shapes(
         shape = SYNTH_CLASSES[label].shape
         size = float(rng.uniform(*size_range))
         size = min(size, band - 6, width / 3)
-        angle = float(rng.uniform(0, 2 * math.pi)) if shape in _ROTATING else 0.0
-        mask = _shape_mask(shape, size, angle)
+        angle = float(rng.uniform(0, 2 * math.pi)) if shape in ROTATING else 0.0
+        mask = shape_mask(shape, size, angle)
         h, w = mask.shape
         top_lo, top_hi = k * band + 2, (k + 1) * band - h - 2
         y0, y1 = rng.uniform(top_lo, max(top_hi, top_lo), size=2)
@@ -106,16 +106,16 @@ def render_clip(
         raise ValueError(f"num_frames must be positive, got {num_frames}")
     rng = np.random.default_rng([seed, 7])
     shapes = plan_shapes(rng, width, height, num_objects, size_range)
-    background = _background(rng, width, height, 0.0, PHOTO_DIR)
+    bg = background(rng, width, height, 0.0, PHOTO_DIR)
     frames, truth = [], []
     for i in range(num_frames):
         t = i / max(num_frames - 1, 1)
-        img = background.copy()
+        img = bg.copy()
         objects = []
         for k, shape in enumerate(shapes):
             left, top = shape.corner(t)
             obj = SynthObject(shape.label, top, left, shape.mask, shape.mask)
-            _paint(img, obj, np.random.default_rng([seed, 11, k]))  # same colour every frame
+            paint(img, obj, np.random.default_rng([seed, 11, k]))  # same colour every frame
             x, y, w, h = obj.bbox()
             objects.append({"id": k, "label": shape.label, "box": [x, y, x + w, y + h]})
         if i in set(blur):
