@@ -63,6 +63,8 @@ class TrainRun:
     channels_last: bool | None = None
     progress: bool = True
     tensorboard: bool = True
+    save_every: int | None = None
+    stop_on_nan: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,6 +162,8 @@ def _train(run: TrainRun, device: torch.device) -> dict[str, Any]:
         max_steps_per_epoch=run.max_steps_per_epoch,
         sync_bn=run.sync_bn,
         channels_last=run.channels_last,
+        save_every=run.save_every,
+        stop_on_nan=run.stop_on_nan,
         metadata={"dataset": str(train_split.annotations)},
     )
     trainer = Trainer(model, recipe, train_loader, val_loader, options=options)
