@@ -22,6 +22,7 @@ from analysis.compare import EdgeComparison, RefinementComparison
 from analysis.distributions import EdgeDistributions, cell_bounds
 from analysis.golsd import GOLSDReport
 from analysis.refinement import Refinement
+from analysis.tracks import TrackSeries
 from analysis.weighting import UNIFORM_NOTE, WeightingCurve
 
 TEMPLATE = "plotly_white"
@@ -303,6 +304,19 @@ def _distribution_cell(
         row=li + 1,
         col=e + 1,
     )
+
+
+def message_figure(text: str, title: str = "") -> go.Figure:
+    """An empty figure that says ``text``: a tab's answer when there is nothing to plot (e.g.
+    the distributions of a model trained without them)."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14}
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(template=TEMPLATE, height=240, title=title)
+    return fig
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -659,3 +673,66 @@ __all__ = [
     "refinement_figure",
     "weighting_figure",
 ]
+
+
+# ----------------------------------------------------------------------------- video tracks
+def track_figure(series: TrackSeries) -> go.Figure:
+    """One track over time: the σ of each edge distribution (px), the score, and the box's
+    width and height (px); frames where the uncertainty jumps are marked in every panel."""
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=(
+            "σ of each edge's distribution (last decoder layer)",
+            "Score",
+            "Box size",
+        ),
+    )
+    t = series.time_s
+    hover = [f"frame {i}" for i in series.frame_index]
+    colors = S.layer_colors(4)
+    for e, edge in enumerate(EDGES):
+        fig.add_trace(
+            go.Scatter(x=t, y=series.sigma_px[:, e], mode="lines+markers", name=f"σ {edge}",
+                       line={"color": colors[e]}, marker={"size": 4}, text=hover),
+            row=1, col=1,
+        )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=t, y=series.scores, mode="lines+markers", name="score",
+                   line={"color": "#333"}, marker={"size": 4}, text=hover),
+        row=2, col=1,
+    )  # fmt: skip
+    for values, name, dash in (
+        (series.widths, "width", "solid"),
+        (series.heights, "height", "dot"),
+    ):
+        fig.add_trace(
+            go.Scatter(x=t, y=values, mode="lines", name=name, line={"color": "#0067A5", "dash": dash},
+                       text=hover),
+            row=3, col=1,
+        )  # fmt: skip
+    for j in series.jumps:
+        fig.add_vline(x=float(t[j]), line={"color": "#BE0032", "width": 1, "dash": "dash"})
+    if len(series.jumps):
+        fig.add_trace(
+            go.Scatter(x=t[series.jumps], y=series.sigma_px[series.jumps].max(axis=1),
+                       mode="markers", name="uncertainty jump",
+                       marker={"color": "#BE0032", "size": 9, "symbol": "x"},
+                       text=[hover[j] for j in series.jumps]),
+            row=1, col=1,
+        )  # fmt: skip
+    fig.update_yaxes(title_text="σ (px)", row=1, col=1)
+    fig.update_yaxes(title_text="score", range=[0, 1.02], row=2, col=1)
+    fig.update_yaxes(title_text="px", row=3, col=1)
+    fig.update_xaxes(title_text="time (s)", row=3, col=1)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=620,
+        title=f"Track #{series.track_id} · {series.name} · {len(series)} frames · "
+        f"{len(series.jumps)} uncertainty jump(s)",
+        legend={"orientation": "h", "y": -0.12},
+        margin={"t": 80},
+    )
+    return fig

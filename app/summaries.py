@@ -14,6 +14,8 @@ import analysis
 from app.ground_truth import GroundTruth
 from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
+from dfine import zoo
+from dfine.config import ABLATION_NOTES
 from dfine.detections import Detections
 
 if TYPE_CHECKING:
@@ -60,8 +62,6 @@ def model_note(loaded: LoadedModel) -> str:
 
 def coco_hint() -> str:
     """How to get a COCO model, online or offline (its download size and where to put it)."""
-    from dfine import zoo
-
     e = zoo.get(COCO_SUGGESTION)
     path = zoo.cache_dir() / e.filename
     return (
@@ -208,7 +208,10 @@ def model_markdown(loaded: LoadedModel) -> str:
         ("Architecture", f"D-FINE-{cfg.size.upper()}, {decoder.num_layers} decoder layers"),
         ("Parameters", f"{loaded.num_parameters / 1e6:.2f} M ({loaded.num_parameters:,})"),
         ("Input size", f"{w}×{h} px (the model's own; any multiple of 32 works)"),
-        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge"),
+        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge")
+        if decoder.distributions
+        else ("FDR", "none: RT-DETR-style box deltas, no distributions"),
+        ("Ablation", f"`{decoder.ablation}` ({ABLATION_NOTES[decoder.ablation]})"),
         ("Checkpoint file", size),
         ("Classes", f"{loaded.num_classes}: {shown}"),
     ]

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from dfine import webapp, zoo
 from dfine.benchmark import markdown, run_benchmark
 from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
+from dfine.config import ABLATION_NOTES
 from dfine.data.cli import register_cli as register_data
 from dfine.export import export_onnx, read_metadata
 from dfine.io import ImageLoadError
@@ -26,6 +27,8 @@ from dfine.resources import demo_weights
 from dfine.sources import is_onnx, resolve
 from dfine.train.cli import register_cli as register_train
 from dfine.train.trainer import NonFiniteLossError
+from dfine.video import VIDEO_SUFFIXES, is_video
+from dfine.video_cli import add_video_arguments, predict_videos
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -33,13 +36,16 @@ EPILOG_PREDICT = """examples:
   dfine predict assets/examples/synth/000001.jpg --out runs/predict    # the bundled demo model
   dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
   dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
+  dfine predict clip.mp4 photo.jpg --weights dfine_n_coco.pth --track --stride 2 --out runs/v
   dfine predict street.jpg --weights dfine_n_synth.onnx          (ONNX Runtime, from the suffix)
   dfine predict street.jpg --weights model.onnx --backend openvino
 weights: a .pth/.safetensors checkpoint, a Hugging Face model folder, a model-zoo name
 (downloaded once into $DFINE_HOME, default ~/.cache/dfine) or an exported .onnx file
 (default: the bundled demo model, D-FINE-N on 8 synthetic shape classes).
 outputs, for each image: OUT/<name>.jpg (boxes drawn) and OUT/<name>.json (boxes in
-original pixels, xyxy, with scores, class ids and names, and the speed breakdown)."""
+original pixels, xyxy, with scores, class ids and names, and the speed breakdown);
+for each video: OUT/<name>.webm (boxes and track ids drawn) and OUT/<name>.json
+({"video": {...}, "frames": [{"index", "time_s", "detections": [... "track_id"]}]})."""
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 
@@ -49,7 +55,8 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+            suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes))
         else:
             paths.append(p)
     return paths
@@ -57,7 +64,9 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     images = _expand_images(args.images)
-    if not images:
+    videos = [p for p in images if is_video(p)]
+    images = [p for p in images if not is_video(p)]
+    if not images and not videos:
         print("error: no images found in " + " ".join(args.images), file=sys.stderr)
         return 2
     detector = Detector(
@@ -71,8 +80,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
     names_seen: dict[str, int] = {}
+    failures = predict_videos(detector, videos, out, args, names_seen)
     bar = tqdm(images, desc="predict", unit="img", disable=args.quiet or len(images) < 2)
     for path in bar:
         try:
@@ -93,17 +102,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
         if not args.quiet:
             tqdm.write(f"{path}: {dets.summary()}")
-    done = len(images) - failures
+    done = len(images) + len(videos) - failures
     if not args.quiet:
-        print(f"wrote {done} annotated image(s) and JSON file(s) to {out}")
+        kind = "image(s) and video(s)" if videos else "image(s)"
+        print(f"wrote {done} annotated {kind} and JSON file(s) to {out}")
     return 1 if failures else 0
-
-
-ABLATION_TEXT = {
-    "none": "full D-FINE: FDR + GO-LSD",
-    "golsd": "trained without GO-LSD: FDR + FGL, no DDF",
-    "fdr": "trained without FDR: RT-DETR-style box deltas, no distributions",
-}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -139,7 +142,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"classes:       {info['num_classes']}: {shown}")
     print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
     if info.get("ablation"):
-        print(f"ablation:      {info['ablation']} ({ABLATION_TEXT[info['ablation']]})")
+        print(f"ablation:      {info['ablation']} ({ABLATION_NOTES[info['ablation']]})")
     if info.get("reg_max") is not None and info.get("reg_scale") is not None:
         print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
     for k, v in info["metadata"].items():
@@ -296,12 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="detect objects in images; write annotated images and JSON",
-        description="Detect objects in images and write an annotated image and a JSON file per image.",
+        help="detect objects in images and videos; write annotated images/videos and JSON",
+        description="Detect objects in images and videos (tracked with ByteTrack) and write an "
+        "annotated image or video and a JSON file per input.",
         epilog=EPILOG_PREDICT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("images", nargs="+", help="image or video files, or folders of them")
     p.add_argument(
         "--weights",
         "-w",
@@ -347,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "image to the input size as the reference does",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    add_video_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -499,8 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a training run says where to resume from
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         for kinds, code in EXIT_CODES:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from dfine.io import ImageSource, load_image
+from dfine.io import ImageSource, atomic_write, load_image
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,6 +54,10 @@ class Detections:
         speed: milliseconds per stage: ``'preprocess'``, ``'inference'``, ``'postprocess'``.
         image: the original image, ``[H, W, 3]`` uint8 RGB, used by ``plot()`` when it is not
             given an image; ``None`` when not kept.
+        track_id: ``[N]`` int64 track id of every detection of a tracked video frame (``-1``
+            for a detection no track holds); ``None`` for still images and untracked video.
+        frame_index: index of the video frame in its source (0-based); ``None`` for images.
+        time_s: presentation time of the video frame in seconds; ``None`` for images.
     """
 
     boxes: np.ndarray
@@ -63,6 +67,9 @@ class Detections:
     image_size: tuple[int, int]
     speed: dict[str, float] = field(default_factory=dict)
     image: np.ndarray | None = None
+    track_id: np.ndarray | None = None
+    frame_index: int | None = None
+    time_s: float | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32)
@@ -80,6 +87,12 @@ class Detections:
         self.speed = {str(k): float(v) for k, v in self.speed.items()}
         if self.image is not None:
             self.image = _check_image(self.image, self.image_size)
+        if self.track_id is not None:
+            self.track_id = _as_labels(self.track_id, n)
+        if self.frame_index is not None:
+            self.frame_index = int(self.frame_index)
+        if self.time_s is not None:
+            self.time_s = float(self.time_s)
 
     # ------------------------------------------------------------------ container protocol
 
@@ -106,6 +119,9 @@ class Detections:
             image_size=self.image_size,
             speed=dict(self.speed),
             image=self.image,
+            track_id=None if self.track_id is None else self.track_id[index],
+            frame_index=self.frame_index,
+            time_s=self.time_s,
         )
 
     def __repr__(self) -> str:
@@ -128,21 +144,29 @@ class Detections:
     # ------------------------------------------------------------------ export
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: image size, speed (ms) and one entry per detection."""
+        """JSON-ready dict: image size, speed (ms) and one entry per detection; for a video
+        frame also ``frame_index`` and ``time_s``, and ``track_id`` per detection when
+        tracked."""
         width, height = self.image_size
-        return {
-            "image_size": {"width": width, "height": height},
-            "speed": {k: round(v, 2) for k, v in self.speed.items()},
-            "detections": [
-                {
-                    "box": [round(float(v), 2) for v in box],
-                    "score": round(float(score), 4),
-                    "label": int(label),
-                    "name": name,
-                }
-                for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
-            ],
-        }
+        record: dict[str, Any] = {"image_size": {"width": width, "height": height}}
+        if self.frame_index is not None:
+            record["frame_index"] = self.frame_index
+        if self.time_s is not None:
+            record["time_s"] = round(self.time_s, 4)
+        record["speed"] = {k: round(v, 2) for k, v in self.speed.items()}
+        record["detections"] = [
+            {
+                "box": [round(float(v), 2) for v in box],
+                "score": round(float(score), 4),
+                "label": int(label),
+                "name": name,
+            }
+            for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
+        ]
+        if self.track_id is not None:
+            for entry, tid in zip(record["detections"], self.track_id):
+                entry["track_id"] = int(tid)
+        return record
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
         """``to_dict()`` as a JSON string; also written to ``path`` when given."""
@@ -220,8 +244,6 @@ class Detections:
         ``folder/<index>_<name>.<suffix>``; returns the paths in detection order. Boxes are
         rounded outward to whole pixels and clipped to the image; each file is written
         atomically."""
-        from dfine.io import atomic_write
-
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(suffix.lower())
         if fmt is None:
             raise ValueError(f"crops are saved as .jpg, .png or .webp, not {suffix!r}")
@@ -271,7 +293,8 @@ class Detections:
         show_scores: bool = True,
         colors: Sequence[Color] | None = None,
     ) -> Image.Image:
-        """Draw the boxes and ``"name 0.87"`` labels on a copy of the image.
+        """Draw the boxes and ``"name 0.87"`` labels (``"#3 name 0.87"`` with a track id) on a
+        copy of the image.
 
         Args:
             image: the original image (anything ``dfine.io.load_image`` takes; arrays are
@@ -292,12 +315,14 @@ class Detections:
         font = _font(font_size or max(round(half_perimeter * 0.035), 12))
         palette = list(colors) if colors else list(PALETTE)
         placed: list[tuple[float, float, float, float]] = []
-        items = list(zip(self.boxes.tolist(), self.scores, self.labels, self.names))
-        for box, _, label, _ in items:  # every outline first, then the labels over them
+        tracks = self.track_id if self.track_id is not None else [-1] * len(self)
+        items = list(zip(self.boxes.tolist(), self.scores, self.labels, self.names, tracks))
+        for box, _, label, _, _ in items:  # every outline first, then the labels over them
             _draw_outline(draw, box, _rgb(palette[int(label) % len(palette)]), lw, canvas.size)
-        for box, score, label, name in items:  # highest scores first: they get the best spots
+        for box, score, label, name, track in items:  # highest scores first: best spots
             color = _rgb(palette[int(label) % len(palette)])
-            texts = [f"{name} {score:.2f}", name] if show_scores else [name]
+            tag = f"#{track} {name}" if track >= 0 else name
+            texts = [f"{tag} {score:.2f}", tag] if show_scores else [tag]
             _draw_label(draw, box, color, lw, texts, font, canvas.size, placed)
         return canvas
 

@@ -56,6 +56,25 @@ def load_serve() -> ModuleType:
     return serve
 
 
+def load_module(name: str) -> ModuleType:
+    """A module of the app's ``analysis`` or ``app`` packages by name (``dfine val --report``
+    loads ``analysis.evaluation.cli`` so), from the same place as :func:`load_serve`."""
+    root = app_root()
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name.split(".")[0] in ("app", "analysis"):
+            raise AppUnavailableError(
+                f"{name} is not part of this installation: install the dfine wheel or run "
+                "from the source checkout"
+            ) from e
+        raise AppUnavailableError(
+            f"{name} needs the '{e.name}' package: pip install 'dfine[app]'"
+        ) from e
+
+
 def serve(model: str | None = None, host: str | None = None, port: int | None = None) -> None:
     """Serve the app until interrupted (``host``/``port``: default 127.0.0.1:7860)."""
     load_serve().serve(model, host, port)

@@ -46,8 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="training seeds")
     p.add_argument("--input-size", type=int, default=256, help="train/eval size (N needs 256+)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--steps-per-epoch", type=int, default=70)
+    p.add_argument(
+        "--stop-epoch",
+        type=int,
+        help="epoch where augmentation stops and the EMA restarts (default: the last; "
+        "= --epochs: never)",
+    )
+    p.add_argument(
+        "--flat-epochs", type=int, help="epochs at the base lr before the cosine (default half)"
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr-scale", type=float, default=0.5)
     p.add_argument("--parallel", type=int, default=2, help="runs at the same time")
@@ -58,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--results", type=Path, default=Path("benchmarks/results/ablation_cpu.md"), help="report"
     )
     p.add_argument("--report-only", action="store_true", help="only write the report")
+    p.add_argument(
+        "--stage-ap",
+        action="store_true",
+        help="add per-stage AP (analysis.evaluation) to finished runs that lack it, then report",
+    )
     return p
 
 
@@ -66,13 +80,21 @@ def train_command(args: argparse.Namespace, variant: str, seed: int, data: Path)
     return [
         "dfine", "train", "--recipe", "synth", "--data", str(data),
         "--out", str(run_dir(args, variant, seed)),
-        "--epochs", str(args.epochs), "--stop-epoch", str(args.epochs - 1),
+        "--epochs", str(args.epochs), "--stop-epoch", str(stop_epoch(args)),
         "--max-steps-per-epoch", str(args.steps_per_epoch),
         "--batch-size", str(args.batch_size), "--lr-scale", str(args.lr_scale),
-        "--scheduler", "flatcosine", "--flat-epochs", str(max(args.epochs // 2, 1)),
+        "--scheduler", "flatcosine", "--flat-epochs", str(flat_epochs(args)),
         "--input-size", str(args.input_size), "--workers", "0", "--seed", str(seed),
         "--no-val", "--no-tensorboard", "--quiet", "--ablate", variant,
     ]  # fmt: skip
+
+
+def stop_epoch(args: argparse.Namespace) -> int:
+    return args.epochs - 1 if args.stop_epoch is None else args.stop_epoch
+
+
+def flat_epochs(args: argparse.Namespace) -> int:
+    return max(args.epochs // 2, 1) if args.flat_epochs is None else args.flat_epochs
 
 
 def data_command(args: argparse.Namespace, data: Path) -> list[str]:
@@ -181,12 +203,51 @@ def evaluate_run(out: Path, data: Path, limit: int | None) -> None:
     atomic_write(out / "eval.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
 
 
+def stage_ap_run(out: Path, data: Path) -> None:
+    """Per-stage COCO AP (encoder, pre-head, every layer; own scores) of ``out``'s final model
+    with :func:`analysis.evaluation.evaluate_dataset`, added to ``out/eval.json``."""
+    import torch
+
+    from analysis.evaluation import EvalSettings, evaluate_dataset
+    from dfine.io import atomic_write
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    settings = EvalSettings(calibration=False)
+    report = evaluate_dataset(out / "final.safetensors", data, settings=settings, cache=False)
+    record = json.loads((out / "eval.json").read_text())
+    record["stage_ap"] = [{"stage": s.name, "AP": s.AP, "AP50": s.AP50} for s in report.stages]
+    atomic_write(out / "eval.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+
+
+def _add_stage_ap(args: argparse.Namespace, data: Path, jobs: list[tuple[str, int]]) -> None:
+    def one(job: tuple[str, int]) -> None:
+        out = run_dir(args, *job)
+        path = out / "eval.json"
+        if not path.exists() or "stage_ap" in json.loads(path.read_text()):
+            return
+        command = [sys.executable, str(Path(__file__).resolve()), "--stage-ap-run", str(out)]
+        with open(out / "stdout.log", "a") as log:
+            code = subprocess.call(
+                ["nice", "-n", str(args.nice), *command, "--data", str(data)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env(args),
+                cwd=ROOT,
+            )
+        if code != 0:
+            raise RuntimeError(f"per-stage AP of {out} failed (exit {code}); see its stdout.log")
+        print(f"per-stage AP: {job[0]} seed {job[1]} done", flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        list(pool.map(one, jobs))
+
+
 def _mean_spread(values: list[float]) -> str:
     """``mean ± half-range`` (with two seeds the half-range is the distance to either run)."""
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}"
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f}"
 
 
 def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], dict]) -> str:
@@ -223,7 +284,8 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
     lines += [
         "",
         "Per-layer mean IoU of the final layer's matched query to each ground-truth box",
-        "(`analysis.layer_stats`; the fdr variant has no pre-head), mean over seeds:",
+        f"(`analysis.layer_stats` on the first {args.eval_limit or args.val_images} val images; "
+        "the fdr variant has no pre-head), mean ± half the range over seeds:",
         "",
     ]
     names = {n for r in records.values() for n in r["layers"]["stages"]}
@@ -240,6 +302,7 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
             ]
             cells.append(_mean_spread(vals) if vals else "—")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += _stage_ap_lines(args, variants, records)
     example = (args.variants[0], args.seeds[0])
     lines += [
         "",
@@ -249,6 +312,11 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
         shlex.join(data_command(args, data)),
         shlex.join(train_command(args, *example, data)) + "   # per variant and seed",
         f"python scripts/ablation.py {shlex.join(_script_args(args))}   # all runs + this file",
+        *(
+            [f"python scripts/ablation.py {shlex.join(_script_args(args))} --stage-ap"]
+            if _stage_ap_lines(args, variants, records)
+            else []
+        ),
         "```",
         "",
         f"Each run: {args.epochs} epochs × {args.steps_per_epoch} steps of batch "
@@ -260,10 +328,40 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
     return "\n".join(lines) + "\n"
 
 
+def _stage_ap_lines(args, variants: list[str], records: dict) -> list[str]:
+    """The per-stage AP table, when every run has it (``--stage-ap``)."""
+    if not records or not all("stage_ap" in r for r in records.values()):
+        return []
+    names: list[str] = []
+    for r in records.values():
+        names += [s["stage"] for s in r["stage_ap"] if s["stage"] not in names]
+    layers = sorted((n for n in names if n.startswith("layer")), key=lambda n: int(n.split()[-1]))
+    order = [n for n in ("encoder", "pre-head") if n in names] + layers
+    lines = [
+        "",
+        "Per-stage AP (`analysis.evaluation`: every stage's boxes scored with its own class",
+        "scores, all val images), mean ± half the range over seeds:",
+        "",
+        "| variant | " + " | ".join(order) + " |",
+        "|---|" + "---|" * len(order),
+    ]
+    for v in variants:
+        runs = [records[(v, s)]["stage_ap"] for s in args.seeds if (v, s) in records]
+        cells = []
+        for name in order:
+            vals = [x["AP"] for r in runs for x in r if x["stage"] == name]
+            cells.append(_mean_spread(vals) if vals else "—")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _script_args(args: argparse.Namespace) -> list[str]:
     out = ["--out", str(args.out)]
     for name in ("train_images", "val_images", "epochs", "steps_per_epoch", "batch_size"):
         out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    out += ["--stop-epoch", str(stop_epoch(args)), "--flat-epochs", str(flat_epochs(args))]
+    if args.eval_limit:
+        out += ["--eval-limit", str(args.eval_limit)]
     out += ["--seeds", *map(str, args.seeds), "--parallel", str(args.parallel)]
     return [*out, "--threads", str(args.threads), "--results", str(args.results)]
 
@@ -278,9 +376,16 @@ def main(argv: list[str] | None = None) -> int:
         a = sub.parse_args(argv)
         evaluate_run(a.evaluate_run, a.data, a.eval_limit)
         return 0
+    if argv and argv[0] == "--stage-ap-run":  # internal: one run's per-stage AP
+        sub = argparse.ArgumentParser()
+        sub.add_argument("--stage-ap-run", type=Path, required=True)
+        sub.add_argument("--data", type=Path, required=True)
+        a = sub.parse_args(argv)
+        stage_ap_run(a.stage_ap_run, a.data)
+        return 0
     args = build_parser().parse_args(argv)
-    if args.epochs < 2 or args.input_size % 32:
-        print("error: --epochs must be >= 2 and --input-size a multiple of 32", file=sys.stderr)
+    if args.epochs < 1 or args.input_size % 32:
+        print("error: --epochs must be >= 1 and --input-size a multiple of 32", file=sys.stderr)
         return 2
     data = args.data or args.out / "data"
     if not args.report_only and not (data / "annotations" / "instances_val.json").exists():
@@ -288,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.check_call(_cli(data_command(args, data)), env=_env(args), cwd=ROOT)
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     records: dict[tuple[str, int], dict] = {}
-    if args.report_only:
+    if args.stage_ap:
+        _add_stage_ap(args, data, jobs)
+    if args.report_only or args.stage_ap:
         for v, s in jobs:
             path = run_dir(args, v, s) / "eval.json"
             if path.exists():

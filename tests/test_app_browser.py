@@ -33,6 +33,8 @@ from app.tabs import distributions  # noqa: E402
 from dfine.io import load_image  # noqa: E402
 from tests.app_util import serve  # noqa: E402
 
+pytestmark = [pytest.mark.server, pytest.mark.browser]
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 PHOTO = SYNTH_DIR / "000003.jpg"  # seven shapes

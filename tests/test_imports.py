@@ -24,6 +24,7 @@ PACKAGES = ("dfine", "analysis", "app")
 
 # optional or heavy third-party packages a function may import lazily
 LAZY_OK = {
+    "av",
     "cv2",
     "gradio",
     "gradio_client",
@@ -40,6 +41,7 @@ LAZY_OK = {
     "supervision",
     "tensorboard",
     "tensorrt",
+    "trackers",
     "torch.utils.tensorboard",
     "transformers",
     "yaml",

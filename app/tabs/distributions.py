@@ -20,6 +20,7 @@ from app.checks import SIGMA_RANGE, check_sigma, first_int
 from app.errors import UserError, user_errors
 from app.state import AppState, Selection
 from app.summaries import detection_label, distribution_title
+from app.tabs import compare
 from app.tabs.common import Controls, bind, figure_export_row, on_open, quietly, save_figure
 
 
@@ -41,6 +42,8 @@ def distributions(
     """The four edges × layers figure (x: pixels or bin index; range: the probability mass
     or the full W(n) range), the ±kσ overlay, the stats."""
     sel = state.select(image, threshold, size, model, max_detections, progress)
+    if (why := compare.no_distributions(sel, "The Distributions tab")) is not None:
+        return figures.message_figure(why), sel.result.image, pd.DataFrame({"note": [why]})
     index, dist = edge_distributions(sel, detection)
     scale = check_sigma(sigma_scale)
     x_range, axis = _check_view(x_range, axis)
@@ -182,6 +185,7 @@ def build(state: AppState, controls: Controls) -> None:
                 tables.empty(tables.EDGE_STATS_COLUMNS), label="Edge statistics", interactive=False
             )
         fmt, export, file = figure_export_row()
+        compare.distributions_row(state, controls, pick)
     inputs = [*controls.shared(), pick, sigma, overlay_all, x_range, axis]
     outputs = [plot, overlay, stats]
     fn = bind(state, distributions)

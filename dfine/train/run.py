@@ -24,7 +24,7 @@ from dfine.data import CocoDetection, build_dataloader, build_val_transforms
 from dfine.model import DFINE
 from dfine.sources import default_backend
 from dfine.train import dist
-from dfine.train.data import build_loaders, category_mapping, resolve_split
+from dfine.train.data import Split, build_loaders, category_mapping, resolve_split
 from dfine.train.evaluate import evaluate
 from dfine.train.recipes import Recipe, get_recipe
 from dfine.train.state import seed_everything, set_deterministic
@@ -204,6 +204,17 @@ def _mapping_for(model: Any, annotations: Path) -> str:
     return "contiguous"
 
 
+def val_dataset(model: Any, split: Split, size: int) -> CocoDetection:
+    """The dataset :func:`validate` scores ``model`` on (validation transforms at ``size``)."""
+    return CocoDetection(
+        split.images,
+        split.annotations,
+        transforms=build_val_transforms(size),
+        category_mapping=_mapping_for(model, split.annotations),
+        num_classes=model.num_classes,
+    )
+
+
 def validate(
     weights: str | os.PathLike,
     data: str | os.PathLike,
@@ -212,38 +223,33 @@ def validate(
     batch_size: int = 8,
     workers: int = 2,
     device: str | None = None,
-    backend: str = "auto",
+    coco_lib: str = "auto",
     progress: bool = True,
-    runtime: str | None = None,
+    backend: str | None = None,
 ) -> dict[str, float]:
     """COCO metrics of ``weights`` (a checkpoint, zoo name or exported ``.onnx``) on the val
-    split of ``data``. ``runtime``: what runs the model — ``torch``, ``onnxruntime``,
+    split of ``data``. ``backend``: the inference runtime — ``torch``, ``onnxruntime``,
     ``openvino`` or ``tensorrt`` (default: from the file, see
-    :func:`dfine.sources.default_backend`); ``backend``: the COCO evaluation library."""
+    :func:`dfine.sources.default_backend`); ``coco_lib``: the COCO evaluation library
+    (``dfine.train.evaluate.COCO_LIBS``)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
-        runtime = runtime or default_backend(weights)
-        if runtime == "torch":
+        backend = backend or default_backend(weights)
+        if backend == "torch":
             model = load_model(weights, device=device_)
         else:
-            model = BackendModel.load(weights, runtime, device=device_)
+            model = BackendModel.load(weights, backend, device=device_)
         split = resolve_split(data, "val", images)
         size = size or model.config.eval_size[0]
-        if runtime != "torch" and (size, size) != tuple(model.config.eval_size):
+        if backend != "torch" and (size, size) != tuple(model.config.eval_size):
             raise ValueError(
                 f"{weights} was exported for input {model.config.eval_size[0]}x"
                 f"{model.config.eval_size[1]}; leave --size out or export again at {size}"
             )
-        dataset = CocoDetection(
-            split.images,
-            split.annotations,
-            transforms=build_val_transforms(size),
-            category_mapping=_mapping_for(model, split.annotations),
-            num_classes=model.num_classes,
-        )
+        dataset = val_dataset(model, split, size)
         loader = build_dataloader(dataset, batch_size, shuffle=False, num_workers=workers)
-        return evaluate(model, loader, device=device_, backend=backend, progress=progress)
+        return evaluate(model, loader, device=device_, coco_lib=coco_lib, progress=progress)
     finally:
         if owned:
             dist.cleanup()
