@@ -1,5 +1,5 @@
 """README.md runs as written: every ```bash and ```python block, in order, offline, from a
-copy of the repository root's view (a temporary folder with ``assets`` linked in, so outputs
+view of the repository root (a temporary folder linking the checkout's files, so outputs
 never land in the checkout).
 
 An HTML comment just before a block changes how it is run (a reader sees it in the page
@@ -31,6 +31,7 @@ BLOCK = re.compile(
     r"(?:<!--\s*readme-test:\s*(?P<mode>\w+)[^>]*-->\s*\n)?```(?P<lang>bash|python)\n(?P<code>.*?)```",
     re.S,
 )
+OUTPUTS = {"runs", "data", "test-artifacts", "crops", "exports"}
 TEST_COMMAND = "pip install -r requirements-dev.txt && pip install -e . && python -m pytest -q"
 
 
@@ -42,8 +43,9 @@ def blocks() -> list[tuple[str, str, str]]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     work = tmp_path_factory.mktemp("readme")
-    (work / "assets").symlink_to(ROOT / "assets")
-    (work / "app.py").symlink_to(ROOT / "app.py")
+    for entry in ROOT.iterdir():  # the checkout's files, linked; outputs stay in `work`
+        if entry.name not in OUTPUTS and not entry.name.startswith(".") and entry.suffix != ".onnx":
+            (work / entry.name).symlink_to(entry)
     bin_dir = tmp_path_factory.mktemp("bin")
     shim = bin_dir / "dfine"  # this checkout's CLI, whatever `dfine` an install put on PATH
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m dfine.cli "$@"\n')
@@ -103,7 +105,8 @@ def test_the_offline_message_shown_is_the_real_one(workspace):
     )
     assert res.returncode == 2
     shown = README.read_text()
-    first = res.stderr.split(" from ")[0]  # "error: dfine_l_coco.pth is not a file here; …"
+    error = next(line for line in res.stderr.splitlines() if line.startswith("error: "))
+    first = error.split(" from ")[0]  # "error: dfine_l_coco.pth is not a file here; …"
     assert first in shown, first
     assert "Download that file (about 127 MB) yourself and save it as" in res.stderr
     assert "Download that file (about 127 MB) yourself and save it as" in shown
