@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dfine.precision import PARTS as PRECISION_PARTS
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 EPILOG_PREDICT = """examples:
@@ -40,10 +42,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     detector = Detector(
         args.weights,
+        backend=_backend_for(args.weights, args.backend),
         threshold=args.threshold,
         size=args.size,
         device=args.device,
         deploy=not args.exact,
+        precision=args.precision,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +77,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {done} annotated image(s) and JSON file(s) to {out}")
     return 1 if failures else 0
+
+
+def _backend_for(weights: str, backend: str) -> str:
+    """``auto``: openvino for an IR (.xml), onnxruntime for .onnx, else torch."""
+    if backend != "auto":
+        return backend
+    return {".xml": "openvino", ".onnx": "onnxruntime"}.get(Path(weights).suffix, "torch")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -128,31 +139,61 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from dfine.export import export_onnx
+    from dfine.precision import normalize_precision
 
-    if args.format != "onnx":
-        print(f"error: unknown format {args.format}", file=sys.stderr)
-        return 2
+    precision = normalize_precision("fp16" if args.half else args.precision)
     batch = "dynamic" if args.batch == "dynamic" else int(args.batch)
     size = (
         args.size if isinstance(args.size, tuple) or args.size is None else (args.size, args.size)
     )
-    out = Path(args.out) if args.out else Path(args.weights).with_suffix(".onnx")
-    result = export_onnx(
+    suffix = ".xml" if args.format == "openvino" else ".onnx"
+    tag = "" if precision == "f32" else f"_{precision}"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.weights).with_name(Path(args.weights).stem + tag + suffix)
+    )
+    if args.format == "onnx" and precision in ("f32", "fp16"):
+        result = export_onnx(
+            args.weights,
+            out,
+            size=size,
+            batch=batch,
+            postprocess=args.postprocess,
+            half=precision == "fp16",
+            opset=args.opset,
+            check_parity=not args.no_check,
+        )
+        print(result.report())
+        if result.parity is not None and not result.parity.ok():
+            print(
+                "error: ONNX Runtime output differs from PyTorch beyond the tolerance",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    from dfine.quantize import export_reduced
+
+    if batch != "dynamic" or not args.postprocess:
+        raise ValueError(
+            "--format openvino and --precision int8 export a dynamic-batch graph with "
+            "postprocessing; drop --batch / --no-postprocess"
+        )
+    result = export_reduced(
         args.weights,
         out,
+        format=args.format,
+        precision=precision,
         size=size,
-        batch=batch,
-        postprocess=args.postprocess,
-        half=args.half,
-        opset=args.opset,
-        check_parity=not args.no_check,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+        val=args.val,
+        val_size=args.val_size,
+        max_ap_drop=args.max_ap_drop,
+        reduced_parts=args.reduce,
+        progress=not args.quiet,
     )
     print(result.report())
-    if result.parity is not None and not result.parity.ok():
-        print(
-            "error: ONNX Runtime output differs from PyTorch beyond the tolerance", file=sys.stderr
-        )
-        return 1
     return 0
 
 
@@ -207,6 +248,22 @@ def _threshold_arg(text: str) -> float:
     return value
 
 
+def _add_precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime", "openvino", "tensorrt"],
+        help="inference backend (default auto: openvino for .xml, onnxruntime for .onnx, "
+        "else torch)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["f32", "bf16", "int8", "fp16"],
+        help="f32, bf16 (openvino), int8 (an INT8 export), fp16 (tensorrt); default f32 or "
+        "the exported file's own",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfine",
@@ -250,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip conv+BN fusion: the reference's exact arithmetic (slower)",
     )
+    _add_precision_args(p)
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     p.set_defaults(func=cmd_predict)
 
@@ -264,16 +322,70 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX (checked, with a parity report)",
+        help="export a checkpoint to ONNX or OpenVINO, f32 or reduced precision (guarded)",
         description="Export to ONNX (opset >= 17, conv+BN folded), check it with onnx.checker "
         "and compare ONNX Runtime with PyTorch on the example images.",
-        epilog="example:\n  dfine export dfine_n_coco.pth --format onnx --batch dynamic --out dfine_n.onnx",
+        epilog="examples:\n  dfine export dfine_n_coco.pth --format onnx --batch dynamic --out dfine_n.onnx\n"
+        "  dfine export dfine_n_coco.pth --format openvino --precision bf16 --val data/coco\n"
+        "  dfine export dfine_n_coco.pth --format openvino --precision int8 --calibration "
+        "photos/ --val data/coco --max-ap-drop 0.5\n"
+        "reduced precision: backbone + encoder in bf16/INT8, the decoder (distribution heads, "
+        "softmax*W(n) integral, box decoding, LQE, top-k) in f32; the precision, method and the "
+        "guard's measurement are stored in the file's metadata (dfine inspect-able via "
+        "dfine.export.read_metadata)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("weights", help="checkpoint file or model-zoo name")
     p.add_argument(
-        "--format", default="onnx", choices=["onnx"], help="export format (default onnx)"
+        "--format",
+        default="onnx",
+        choices=["onnx", "openvino"],
+        help="onnx (default) or openvino (IR .xml + .bin)",
     )
+    p.add_argument(
+        "--precision",
+        default="f32",
+        choices=["f32", "bf16", "int8", "fp16"],
+        help="f32 (default); bf16 (openvino); int8 (openvino or onnx, needs --calibration); "
+        "fp16 (onnx, for GPUs; same as --half). bf16/int8 reduce the backbone and encoder and "
+        "keep the FDR decoder in f32, and are checked by the accuracy guard",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="int8: calibration images (a folder, searched recursively, or a COCO dataset)",
+    )
+    p.add_argument(
+        "--calibration-size",
+        type=int,
+        default=300,
+        metavar="N",
+        help="int8: number of calibration images (default 300)",
+    )
+    p.add_argument(
+        "--val",
+        metavar="DATA",
+        help="validation set for the accuracy guard (COCO folder or json, YOLO image folder "
+        "with data.yaml): AP/AP50/AP75 f32 vs reduced; without it the guard measures box "
+        "and score drift on sample images",
+    )
+    p.add_argument("--val-size", type=int, metavar="N", help="use the first N val images")
+    p.add_argument(
+        "--max-ap-drop",
+        type=float,
+        default=0.5,
+        metavar="POINTS",
+        help="refuse the export when AP drops by more than this (AP points, default 0.5)",
+    )
+    p.add_argument(
+        "--reduce",
+        nargs="+",
+        metavar="PART",
+        choices=list(PRECISION_PARTS),
+        help="advanced: the graph parts to reduce (default backbone encoder; "
+        f"choices: {', '.join(PRECISION_PARTS)})",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument(
         "--batch",
         type=_batch_arg,
@@ -293,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="include top-k postprocessing in the graph (outputs labels, boxes, scores; default on)",
     )
     p.add_argument(
-        "--half", action="store_true", help="export in fp16 (for GPUs; no CPU parity check)"
+        "--half",
+        action="store_true",
+        help="same as --precision fp16 (for GPUs; no CPU parity check)",
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity report")

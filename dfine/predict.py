@@ -63,7 +63,11 @@ class Detector:
             equal to float rounding). ``False`` keeps the reference's exact arithmetic.
         max_detections: at most this many detections per image (top by score, <= 300).
         class_names: override the model's class names.
-        **backend_options: passed to the backend (e.g. ``threads``, ``precision``).
+        precision: ``"f32"``, ``"bf16"`` or ``"int8"`` (OpenVINO: backbone + encoder reduced,
+            the FDR decoder in f32; INT8 needs an IR from ``dfine export --precision int8``),
+            ``"fp16"`` (TensorRT, ONNX Runtime CUDA with an fp16 export). ``None``: f32, or the
+            precision an exported file records.
+        **backend_options: passed to the backend (e.g. ``threads``).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class Detector:
         deploy: bool = True,
         max_detections: int = 300,
         class_names: Sequence[str] | None = None,
+        precision: str | None = None,
         **backend_options,
     ) -> None:
         if backend not in BACKENDS:
@@ -89,6 +94,10 @@ class Detector:
         hw = None if size is None else parse_size(size, (640, 640))
         if backend == "torch":
             backend_options.update(deploy=deploy, num_top=self.max_detections)
+        if precision is not None:
+            precision = _precision_for(backend, precision)
+            if backend != "torch":  # the torch backend is f32 only
+                backend_options["precision"] = precision
         self.backend = create_backend(backend, weights, size=hw, device=device, **backend_options)
         self.size = self.backend.input_size
         num_classes = self.backend.num_classes
@@ -215,6 +224,23 @@ class Detector:
             "postprocess": (time.perf_counter() - t2) * 1000,
         }
         return det, trace, results[3][0, : self.max_detections][keep]
+
+
+def _precision_for(backend: str, precision: str) -> str:
+    """``precision`` checked and spelled as ``backend`` expects it."""
+    from dfine.precision import normalize_precision
+
+    precision = normalize_precision(precision)
+    if backend == "torch" and precision != "f32":
+        raise ValueError(
+            f"the torch backend runs f32; for {precision} use backend='openvino'"
+            + (" or 'tensorrt'" if precision == "fp16" else "")
+        )
+    if backend == "tensorrt":
+        if precision not in ("f32", "fp16"):
+            raise ValueError(f"the tensorrt backend runs f32 or fp16, not {precision}")
+        return "fp32" if precision == "f32" else precision
+    return precision
 
 
 def _check_threshold(threshold: float) -> float:

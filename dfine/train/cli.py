@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from dfine.argtypes import non_negative_int, positive_int
 
@@ -98,6 +99,19 @@ def cmd_val(args: argparse.Namespace) -> int:
     from dfine.train import dist
     from dfine.train.run import validate
 
+    if args.precision or Path(args.weights).suffix in (".xml", ".onnx"):
+        from dfine.guard import evaluate_file
+
+        backend = "openvino" if Path(args.weights).suffix != ".onnx" else "onnxruntime"
+        metrics = evaluate_file(
+            args.weights,
+            args.data,
+            backend=backend,
+            precision=args.precision,
+            progress=not args.quiet,
+        )
+        _print_metrics(metrics, args.json)
+        return 0
     metrics = validate(
         args.weights,
         args.data,
@@ -111,12 +125,16 @@ def cmd_val(args: argparse.Namespace) -> int:
     )
     if not dist.is_main():
         return 0
-    if args.json:
+    _print_metrics(metrics, args.json)
+    return 0
+
+
+def _print_metrics(metrics: dict[str, float], as_json: bool) -> None:
+    if as_json:
         print(json.dumps(metrics, indent=2))
     else:
         for name, value in metrics.items():
             print(f"{name:>6}: {value:.4f}")
-    return 0
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -235,7 +253,12 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG_VAL,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--weights", "-w", required=True, help="checkpoint file or model-zoo name")
+    p.add_argument(
+        "--weights",
+        "-w",
+        required=True,
+        help="checkpoint file, model-zoo name, or an exported .xml / .onnx file",
+    )
     p.add_argument("--data", "-d", required=True, help="dataset folder or COCO val json")
     p.add_argument("--images", help="image folder of a --data json")
     p.add_argument("--size", type=positive_int, help="input size (default: the checkpoint's)")
@@ -247,6 +270,12 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         choices=["auto", "faster_coco_eval", "pycocotools"],
         help="COCO evaluation library (default: faster-coco-eval when installed)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["f32", "bf16", "int8"],
+        help="evaluate through OpenVINO at this precision (bf16: backbone + encoder reduced, "
+        "decoder f32); an exported .xml / .onnx file is evaluated at its own by default",
     )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
