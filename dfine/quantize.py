@@ -114,7 +114,8 @@ def _sizes(x):
 
 
 class _quiet:
-    """NNCF logs at INFO and draws its own progress bars; keep them only with ``progress``."""
+    """NNCF logs every node it leaves out at INFO; keep its warnings only (and, without
+    ``progress``, its errors only)."""
 
     def __init__(self, progress: bool) -> None:
         self.progress = progress
@@ -125,8 +126,9 @@ class _quiet:
         import nncf
 
         self.level = nncf.common.logging.nncf_logger.level
-        if not self.progress:
-            nncf.common.logging.nncf_logger.setLevel(logging.ERROR)
+        nncf.common.logging.nncf_logger.setLevel(
+            logging.WARNING if self.progress else logging.ERROR
+        )
 
     def __exit__(self, *exc):
         import nncf
