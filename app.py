@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     # answer the first click on each bundled example from the cache (about 1 s, off the
     # request path; an error there is printed and leaves those clicks to compute as usual)
     examples = [*photo_examples(), *synth_examples()]
-    threading.Thread(target=demo.dfine_handlers.warm, args=(examples,), daemon=True).start()
+    threading.Thread(target=demo.dfine_state.warm, args=(examples,), daemon=True).start()
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

@@ -13,6 +13,9 @@ Data (numpy / torch / PIL only):
 - :func:`golsd` → :class:`GOLSDReport`: GO-LSD matches, softened teacher / student
   distributions, KL, DDF weights and per-layer loss, computed by the criterion's functions;
   :func:`criterion_outputs`, :func:`pseudo_targets`.
+- :func:`compare_refinement` / :func:`compare_edge` → :class:`RefinementComparison` /
+  :class:`EdgeComparison`: several models on one image (e.g. the ``--ablate`` variants):
+  per-layer IoU with the same objects, and the same edge's distributions per layer.
 - :func:`layer_stats`: over an annotated dataset, each decoder layer's mean IoU with the ground
   truth and mean edge entropy (refinement measured, not only shown).
 
@@ -27,6 +30,12 @@ import importlib
 from typing import Any
 
 from analysis._common import EDGES
+from analysis.compare import (
+    EdgeComparison,
+    RefinementComparison,
+    compare_edge,
+    compare_refinement,
+)
 from analysis.distributions import EdgeDistributions, edge_distributions, uncertainty_overlay
 from analysis.golsd import GOLSDReport, criterion_outputs, golsd, pseudo_targets
 from analysis.layer_stats import layer_stats
@@ -42,11 +51,15 @@ from analysis.weighting import (
 __all__ = [
     "EDGES",
     "UNIFORM_NOTE",
+    "EdgeComparison",
     "EdgeDistributions",
     "GOLSDReport",
     "Refinement",
+    "RefinementComparison",
     "WeightingCurve",
     "check_parameters",
+    "compare_edge",
+    "compare_refinement",
     "criterion_outputs",
     "edge_distributions",
     "figures",

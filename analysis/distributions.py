@@ -91,7 +91,9 @@ def edge_stats(
 ) -> dict[str, np.ndarray]:
     """Vectorised statistics of image 0's ``queries`` (N of them), float64:
     ``probs [L, N, 4, R+1]``, ``offsets_px [N, 4, R+1]``, ``expected_px``, ``entropy``,
-    ``std_px``, ``positions_px [L, N, 4]``, ``reference_px [N, 4]``."""
+    ``std_px``, ``positions_px [L, N, 4]``, ``reference_px [N, 4]``. A model trained with
+    ``--ablate fdr`` has no distributions: :class:`~dfine.nn.decoder.NoDistributionsError`."""
+    trace.require_distributions("edge distributions")
     corners = trace.corners[:, 0, queries].detach().double()
     probs = np64(corners.softmax(-1))
     project = np64(trace.project)

@@ -18,6 +18,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from analysis import _style as S
 from analysis._common import EDGES, class_name
+from analysis.compare import EdgeComparison, RefinementComparison
 from analysis.distributions import EdgeDistributions
 from analysis.golsd import GOLSDReport
 from analysis.refinement import Refinement
@@ -187,6 +188,137 @@ def _distribution_cell(fig, dist: EdgeDistributions, li: int, e: int, color: str
         row=li + 1,
         col=e + 1,
     )
+
+
+# ----------------------------------------------------------------------------- comparison
+MODEL_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+NO_DISTRIBUTIONS_NOTE = "no distributions (--ablate fdr): its box edge per layer only"
+
+
+def refinement_comparison_figure(cmp: RefinementComparison) -> go.Figure:
+    """Per-stage IoU with the same objects, one colour per model: the mean over the objects
+    (thick line) and every object (thin, faint). Models without a pre-head start at layer 1."""
+    fig = go.Figure()
+    for m, model in enumerate(cmp.models):
+        color = MODEL_COLORS[m % len(MODEL_COLORS)]
+        for i in range(model.iou.shape[1]):
+            fig.add_trace(
+                go.Scatter(
+                    x=model.stages,
+                    y=model.iou[:, i],
+                    mode="lines",
+                    line={"color": color, "width": 1},
+                    opacity=0.3,
+                    legendgroup=model.model,
+                    showlegend=False,
+                    hovertemplate=f"object {i} (query {int(model.queries[i])}): "
+                    + "%{x}: IoU %{y:.3f}<extra>"
+                    + model.model
+                    + "</extra>",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=model.stages,
+                y=model.mean_iou,
+                mode="lines+markers",
+                line={"color": color, "width": 3},
+                name=f"{model.model}: mean of {model.iou.shape[1]}",
+                legendgroup=model.model,
+                hovertemplate="%{x}: mean IoU %{y:.3f}<extra>" + model.model + "</extra>",
+            )
+        )
+    fig.update_xaxes(title_text="stage", categoryorder="array", categoryarray=cmp.stages)
+    fig.update_yaxes(title_text=f"IoU with the {cmp.reference} (0–1)", range=[0, 1.05])
+    if not len(cmp.labels):
+        _note(fig, "no objects to compare", y=1.0)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=420,
+        title=f"Per-layer IoU with the same {len(cmp.labels)} object(s) ({cmp.reference})",
+    )
+    return fig
+
+
+def edge_comparison_figure(cmp: EdgeComparison) -> go.Figure:
+    """One row per decoder layer: each model's bin probabilities for the edge, placed at the
+    image coordinate each bin stands for (one colour per model), and a dotted line at each
+    model's edge position; the dashed black line is the object's edge."""
+    n = cmp.num_layers
+    fig = make_subplots(
+        rows=n,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=min(0.08, 0.4 / n),
+        subplot_titles=[f"layer {i + 1}" for i in range(n)],
+    )
+    e = EDGES.index(cmp.edge)
+    target = float(cmp.object_xyxy[e])
+    notes = []
+    for m, model in enumerate(cmp.models):
+        color = MODEL_COLORS[m % len(MODEL_COLORS)]
+        if not model.has_distributions:
+            notes.append(f"{model.model}: {NO_DISTRIBUTIONS_NOTE}")
+        for li in range(len(model.layers)):
+            first = li == 0
+            if model.has_distributions:
+                x, p = model.bin_positions_px, model.probs[li]
+                fig.add_trace(
+                    go.Bar(
+                        x=x,
+                        y=p,
+                        width=S.bar_widths(np.sort(x)),
+                        marker_color=color,
+                        opacity=0.55,
+                        name=model.model,
+                        legendgroup=model.model,
+                        showlegend=first,
+                        customdata=np.arange(len(x)),
+                        hovertemplate="bin %{customdata}: %{x:.1f} px, p=%{y:.4f}<extra>"
+                        + model.model
+                        + "</extra>",
+                    ),
+                    row=li + 1,
+                    col=1,
+                )
+            fig.add_vline(
+                x=float(model.position_px[li]),
+                line={"color": color, "dash": "dot", "width": 2},
+                row=li + 1,
+                col=1,
+            )
+            if not model.has_distributions and first:  # a legend entry for a line-only model
+                fig.add_trace(
+                    go.Scatter(
+                        x=[None],
+                        y=[None],
+                        mode="lines",
+                        line={"color": color, "dash": "dot"},
+                        name=f"{model.model} (box edge only)",
+                    ),
+                    row=1,
+                    col=1,
+                )
+        for li in range(n):
+            fig.add_vline(x=target, line={"color": "#222", "dash": "dash"}, row=li + 1, col=1)
+    queries = ", ".join(f"{m.model}: query {m.query}" for m in cmp.models)
+    fig.update_xaxes(title_text=f"{cmp.edge} edge position (px of the original image)", row=n)
+    for li in range(n):
+        fig.update_yaxes(title_text=S.PROB_AXIS, row=li + 1, col=1)
+    _note(
+        fig,
+        "dotted: each model's edge at that layer; dashed black: the object's edge"
+        + ("; " + "; ".join(notes) if notes else ""),
+        y=-0.06,
+    )
+    fig.update_layout(
+        template=TEMPLATE,
+        barmode="overlay",
+        bargap=0,
+        height=220 * n + 160,
+        title=f"The {cmp.edge} edge of the same object ({cmp.reference}) per layer · {queries}",
+    )
+    return fig
 
 
 # ----------------------------------------------------------------------------- W(n)

@@ -242,6 +242,7 @@ def golsd(
     original image (default: the network input); ``pseudo`` defaults to the targets' own
     ``"pseudo"`` flag (set by :func:`pseudo_targets`)."""
     check_single_image(trace)
+    trace.require_distributions("GO-LSD (distilling the last layer's distributions)")
     targets = _check_targets(targets, trace.logits.shape[-1])
     if trace.num_layers < 2:
         raise ValueError("GO-LSD needs at least two decoder layers (a teacher and a student)")

@@ -6,6 +6,9 @@ For every ground-truth box of every image, the query that the final layer's Hung
 pre-head and at every layer is compared with the ground truth (IoU), and the entropy of its four
 edge distributions is averaged. Refinement shows as IoU rising and entropy falling from the
 first layer to the last. ``scripts/layer_stats.py`` is the command-line front end.
+
+A model trained with ``--ablate fdr`` has neither a pre-head nor distributions: its stages are
+the decoder layers only and every entropy is ``None``.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ def layer_stats(model: torch.nn.Module, dataset: Sequence[Any], limit: int | Non
     with validation transforms do. Returns ``stages`` (``pre-head``, ``layer 1`` .. ``layer L``),
     ``mean_iou_to_gt`` (one per stage), ``mean_edge_entropy_nats`` (``None`` for the pre-head,
     which has no distributions), ``max_entropy_nats`` (a uniform distribution), ``objects`` and
-    ``images``.
+    ``images``. Without distributions (``--ablate fdr``): no pre-head stage, entropies and
+    ``max_entropy_nats`` ``None``.
     """
     matcher = HungarianMatcher()
-    max_entropy = float(np.log(model.config.decoder.reg_max + 1))
+    has_dists = model.config.decoder.distributions
+    max_entropy = float(np.log(model.config.decoder.reg_max + 1)) if has_dists else None
     ious, entropies = [], []
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in range(n):
@@ -46,33 +51,41 @@ def layer_stats(model: torch.nn.Module, dataset: Sequence[Any], limit: int | Non
         final = {"pred_logits": trace.logits[-1], "pred_boxes": trace.boxes[-1]}
         ((queries, gts),) = matcher(final, [target])
         gt_xyxy = box_cxcywh_to_xyxy(target["boxes"][gts])
-        stages = [trace.pre_boxes[0]] + [trace.boxes[layer, 0] for layer in range(trace.num_layers)]
+        stages = [trace.boxes[layer, 0] for layer in range(trace.num_layers)]
+        if has_dists:
+            stages.insert(0, trace.pre_boxes[0])
         ious.append(
             [box_iou(box_cxcywh_to_xyxy(s[queries]), gt_xyxy).diag().numpy() for s in stages]
         )
-        width, height = image.shape[-1], image.shape[-2]
-        stats = edge_stats(trace, queries.numpy(), (width, height))
-        entropies.append(stats["entropy"].mean(-1))  # [L, M]: mean over the four edges
+        if has_dists:
+            width, height = image.shape[-1], image.shape[-2]
+            stats = edge_stats(trace, queries.numpy(), (width, height))
+            entropies.append(stats["entropy"].mean(-1))  # [L, M]: mean over the four edges
     if not ious:
         raise ValueError(f"no ground-truth boxes in the first {n} images: nothing to measure")
     iou = np.concatenate(ious, axis=1)  # [stages, objects]
-    ent = np.concatenate(entropies, axis=1)  # [L, objects]
-    names = ["pre-head", *layer_names(ent.shape[0])]
+    layers = layer_names(len(trace.boxes))
+    if has_dists:
+        ent = np.concatenate(entropies, axis=1)  # [L, objects]
+        names, entropy = ["pre-head", *layers], [None] + [float(v) for v in ent.mean(1)]
+    else:
+        names, entropy = layers, [None] * len(layers)
     return {
         "objects": int(iou.shape[1]),
         "images": n,
         "stages": names,
         "mean_iou_to_gt": [float(v) for v in iou.mean(1)],
-        "mean_edge_entropy_nats": [None] + [float(v) for v in ent.mean(1)],
+        "mean_edge_entropy_nats": entropy,
         "max_entropy_nats": max_entropy,
     }
 
 
 def markdown(stats: dict) -> str:
     """The statistics as a Markdown table."""
+    uniform = stats["max_entropy_nats"]
+    note = "no distributions" if uniform is None else f"uniform distribution: {uniform:.3f} nats"
     lines = [
-        f"{stats['objects']} ground-truth objects in {stats['images']} images "
-        f"(uniform distribution: {stats['max_entropy_nats']:.3f} nats)",
+        f"{stats['objects']} ground-truth objects in {stats['images']} images ({note})",
         "",
         "| stage | mean IoU with ground truth | mean per-edge entropy (nats) |",
         "|---|---|---|",

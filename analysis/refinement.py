@@ -2,7 +2,9 @@
 
 Stages of a D-FINE box: the encoder's initial box b0 (``"encoder (b0)"``), the first layer's
 traditional head (``"pre-head"``, the fixed reference from which every layer's FDR offsets are
-measured), then the FDR box of every decoder layer (``"layer 1"`` … ``"layer L"``).
+measured), then the FDR box of every decoder layer (``"layer 1"`` … ``"layer L"``). A model
+trained with ``--ablate fdr`` has no pre-head: its stages are the encoder box and the layers,
+and its edge offsets are measured from the encoder box b0.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ STAGE_PRE = "pre-head"
 class Refinement:
     """The box of every stage for N detections of one image (batch index 0 of the trace).
 
-    S = L + 2 stages (encoder b0, pre-head, layers 1..L), N detections, L decoder layers.
+    S = L + 2 stages (encoder b0, pre-head, layers 1..L; L + 1 without the pre-head of an
+    ``--ablate fdr`` model), N detections, L decoder layers.
     All coordinates are pixels of the original image; edge order left, top, right, bottom;
     "outward" (away from the box centre) is positive for every edge.
 
@@ -52,7 +55,8 @@ class Refinement:
         boxes_xyxy: ``[S, N, 4]`` float64 box of every stage, ``x1, y1, x2, y2`` in pixels
             (unclipped: the network may place edges outside the image).
         edge_offsets_px: ``[L, N, 4]`` each layer's signed edge displacement from the pre-head
-            box, pixels, outward positive (``Σ_n p(n) W(n) × box size / reg_scale``).
+            box, pixels, outward positive (``Σ_n p(n) W(n) × box size / reg_scale``); from the
+            encoder box b0 for a model without FDR (``--ablate fdr``).
         iou_to_final: ``[S, N]`` IoU of every stage's box with the last layer's box.
         edge_moves_px: ``[S-1, N, 4]`` signed movement of each edge from the previous stage to
             this one (row ``s`` is stage ``s`` → ``s + 1``), pixels, outward positive.
@@ -117,7 +121,7 @@ class Refinement:
         for e, edge in enumerate(EDGES):
             move = self.edge_moves_px[s - 1, i, e] if s > 0 else None
             row[f"move_{edge}_px"] = None if move is None else round(float(move), 2)
-        layer = s - 2
+        layer = s - (len(self.stages) - self.num_layers)
         for e, edge in enumerate(EDGES):
             off = self.edge_offsets_px[layer, i, e] if layer >= 0 else None
             row[f"offset_{edge}_px"] = None if off is None else round(float(off), 2)
@@ -135,14 +139,15 @@ def refinement(
     of each detection (default: each query's best class at the last layer)."""
     size = check_image_size(image_size)
     q = check_queries(queries, trace.boxes.shape[2])
-    stages = [STAGE_ENCODER, STAGE_PRE, *layer_names(trace.num_layers)]
-    norm = torch.cat(
-        [trace.init_boxes[0, q][None], trace.pre_boxes[0, q][None], trace.boxes[:, 0, q]]
-    )
-    xyxy = cxcywh_to_xyxy_px(np64(norm), size)
-    logits = torch.cat(
-        [trace.enc_topk_logits[0, q][None], trace.pre_logits[0, q][None], trace.logits[:, 0, q]]
-    )
+    pre = trace.pre_boxes is not None
+    stages = stage_names(trace)
+    boxes = [trace.init_boxes[0, q][None], trace.boxes[:, 0, q]]
+    logits = [trace.enc_topk_logits[0, q][None], trace.logits[:, 0, q]]
+    if pre:
+        boxes.insert(1, trace.pre_boxes[0, q][None])
+        logits.insert(1, trace.pre_logits[0, q][None])
+    xyxy = cxcywh_to_xyxy_px(np64(torch.cat(boxes)), size)
+    logits = torch.cat(logits)
     labels_np = _labels(labels, trace, q)
     probs = np64(logits.float().sigmoid())
     scores = np.take_along_axis(probs, labels_np[None, :, None], axis=-1)[..., 0]
@@ -152,11 +157,21 @@ def refinement(
         labels=labels_np,
         image_size=size,
         boxes_xyxy=xyxy,
-        edge_offsets_px=layer_edge_offsets_px(trace, q, size),
+        edge_offsets_px=(
+            layer_edge_offsets_px(trace, q, size)
+            if pre
+            else (xyxy[1:] - xyxy[0][None]) * OUTWARD_SIGN  # from b0: no pre-head, no FDR
+        ),
         iou_to_final=pairwise_iou(xyxy, xyxy[-1][None]),
         edge_moves_px=(xyxy[1:] - xyxy[:-1]) * OUTWARD_SIGN,
         scores=scores,
     )
+
+
+def stage_names(trace: DecoderTrace) -> list[str]:
+    """The stages of ``trace``'s boxes: encoder b0, the pre-head (models with FDR), layers."""
+    pre = [STAGE_PRE] if trace.pre_boxes is not None else []
+    return [STAGE_ENCODER, *pre, *layer_names(trace.num_layers)]
 
 
 def layer_edge_offsets_px(
@@ -164,6 +179,7 @@ def layer_edge_offsets_px(
 ) -> np.ndarray:
     """``[L, N, 4]`` FDR edge offsets ``Σ_n p(n) W(n)`` of image 0's ``queries`` in pixels
     (× reference box size / reg_scale), outward positive, float64."""
+    trace.require_distributions("FDR edge offsets")
     corners = trace.corners[:, 0, queries].detach().double()
     d = np64(corners.softmax(-1) @ trace.project.detach().double())
     unit = edge_unit_px(np64(trace.pre_boxes[0, queries]), trace.reg_scale, image_size)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dfine.nn.decoder import DecoderTrace
+from dfine.nn.decoder import DecoderTrace, NoDistributionsError
 from dfine.nn.fdr import weighting_function
 
 REG_MAX_RANGE = (4, 128)
@@ -121,10 +121,23 @@ def weighting_curve(reg_max: int = 32, up: float = 0.5, reg_scale: float = 4.0) 
     return _curve(w, reg_max, up, reg_scale, "parameters")
 
 
-def model_weighting(trace: DecoderTrace) -> WeightingCurve:
-    """The loaded model's own W(n): the trace's ``project`` (no range checks)."""
-    w = trace.project.detach().cpu()
-    return _curve(w, trace.reg_max, float(trace.up), float(trace.reg_scale), "model")
+def model_weighting(source: DecoderTrace | torch.nn.Module) -> WeightingCurve:
+    """A model's own W(n) (no range checks), from a decoder trace's ``project`` or from the
+    model itself (a :class:`dfine.DFINE` or its decoder). A model without distributions
+    (``--ablate fdr``) raises :class:`NoDistributionsError`."""
+    if isinstance(source, DecoderTrace):
+        if source.project is None:
+            raise NoDistributionsError.about("the model's W(n)")
+        w, up, reg_scale = source.project, source.up, source.reg_scale
+    else:
+        decoder = getattr(source, "decoder", source)
+        if not getattr(decoder, "distributions", True):
+            raise NoDistributionsError.about("the model's W(n)")
+        with torch.no_grad():
+            w = decoder.project()
+        up, reg_scale = decoder.up, decoder.reg_scale
+    w = w.detach().cpu()
+    return _curve(w, w.shape[0] - 1, float(up), float(reg_scale), "model")
 
 
 def _curve(

@@ -110,13 +110,15 @@ class ResultCache:
                 return hit, True
             try:
                 result = compute()
-            finally:
+            except BaseException:
                 with self._lock:
                     self._pending.pop(key, None)
-            with self._lock:
+                raise
+            with self._lock:  # stored before the key stops being pending: no second compute
                 self.misses += 1
                 self._items[key] = result
                 self._shrink()
+                self._pending.pop(key, None)
             return result, False
 
     def _shrink(self) -> None:

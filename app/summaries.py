@@ -17,7 +17,7 @@ from app.paths import FIXTURE_BANNER
 from dfine.detections import Detections
 
 if TYPE_CHECKING:
-    from app.handlers import Selection
+    from app.state import Selection
 
 GOLSD_QUERY_CHOICES = 20
 """How many queries the GO-LSD picker offers (the largest contributors to the loss)."""
@@ -31,8 +31,13 @@ def detection_label(index: int, dets: Detections) -> str:
 def speed_text(sel: Selection) -> str:
     speed = sel.result.detections.speed
     parts = " · ".join(f"{k} {speed[k]:.1f} ms" for k in ("preprocess", "inference", "postprocess"))
-    when = "cached result, computed earlier: 0 ms now" if sel.cached else "computed now"
-    return f"**Speed** (this server's CPU): {parts} ({when})"
+    if sel.cached:
+        return (
+            f"**Speed** (this server's CPU) of the forward pass reused here: {parts} — this image "
+            "was run before with this model and size (by you or at start-up), so nothing was "
+            "recomputed"
+        )
+    return f"**Speed** (this server's CPU, computed now): {parts}"
 
 
 def detect_summary(sel: Selection) -> str:

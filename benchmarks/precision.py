@@ -27,7 +27,8 @@ import dfine
 from dfine.backends.openvino import OpenVINOBackend
 from dfine.export import export_onnx
 from dfine.guard import image_files, load_inputs, load_val
-from dfine.quantize import export_reduced
+from dfine.postprocess import BatchDetections
+from dfine.quantize import export_reduced, quantize_unguarded
 from dfine.train.evaluate import coco_metrics
 
 
@@ -66,7 +67,9 @@ class _DefaultPrecision:
         labels, boxes, scores = self.request.infer(
             {"images": images.numpy(), "orig_target_sizes": sizes.numpy()}
         ).to_tuple()
-        return torch.from_numpy(labels), torch.from_numpy(boxes), torch.from_numpy(scores)
+        return BatchDetections(
+            torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels)
+        )
 
 
 def part1(args, work: Path) -> list[str]:
@@ -96,10 +99,10 @@ def part1(args, work: Path) -> list[str]:
         ((x, sizes),) = load_inputs([path], size)
         for name, backend in variants.items():
             t = time.perf_counter()
-            labels, boxes, scores = backend.detect(x, sizes)
+            found = backend.detect(x, sizes)
             times[name].append((time.perf_counter() - t) * 1000)
-            b = boxes[0]
-            for box, label, score in zip(b.tolist(), labels[0].tolist(), scores[0].tolist()):
+            b, labels, scores = found.boxes[0], found.labels[0], found.scores[0]
+            for box, label, score in zip(b.tolist(), labels.tolist(), scores.tolist()):
                 dets[name].append(
                     {
                         "image_id": image_id,
@@ -138,7 +141,8 @@ def part2(args, work: Path) -> list[str]:
         export_onnx(model, onnx, size=(640, 640), check_parity=False)
     int8 = work / "n640_int8.xml"
     if not int8.exists():
-        _int8_unguarded(onnx, int8, args.val)
+        samples = [x for x, _ in load_inputs(image_files(args.val, 32), (640, 640))]
+        quantize_unguarded(onnx, int8, samples)
     variants = _variants(onnx, int8, args.threads)
     inputs = load_inputs(image_files(args.val, args.iters), (640, 640))
     times = {k: [] for k in variants}
@@ -163,36 +167,6 @@ def part2(args, work: Path) -> list[str]:
         med = statistics.median(times[name])
         lines.append(f"| {name} | {med:.1f} | {f32 / med:.2f}x | {default / med:.2f}x |")
     return lines
-
-
-def _int8_unguarded(onnx: Path, out: Path, calibration) -> None:
-    """INT8 of a random-weight model: latency only (the guard needs a trained model)."""
-    import openvino as ov
-
-    from dfine.precision import HEAD_PARTS, PARTS, graph_parts, names_in
-    from dfine.quantize import (
-        _calibration_inputs,
-        _onnx_props,
-        _quantize_openvino,
-        _save_ir,
-        _set_metadata,
-    )
-
-    base = ov.Core().read_model(str(onnx))
-    calib = _calibration_inputs(calibration, 32, (640, 640), True)
-    model = _quantize_openvino(
-        base, names_in(graph_parts(base), set(PARTS) - set(HEAD_PARTS)), calib, True
-    )
-    info = {
-        **_onnx_props(onnx),
-        "precision": "int8",
-        "mixed": "split",
-        "head_precision": "bf16",
-        "reduced_parts": list(HEAD_PARTS),
-        "method": "unguarded (benchmark)",
-    }
-    _set_metadata(model, info)
-    _save_ir(model, out)
 
 
 def part3(args, work: Path) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from dfine.config import ModelConfig, get_config
+from dfine.config import ABLATIONS, ModelConfig, get_config
 from dfine.io import atomic_write
 from dfine.model import DFINE
 
@@ -99,6 +99,12 @@ def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
         isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
     ):
         raise CheckpointError(f"{path}: its metadata's class_names must be a list of strings")
+    ablation = meta.get("ablation", "none")
+    if ablation not in ABLATIONS:
+        raise CheckpointError(
+            f"{path}: its metadata's ablation must be one of {', '.join(ABLATIONS)}, "
+            f"got {ablation!r}"
+        )
     return meta
 
 
@@ -157,8 +163,10 @@ def _restore_aliases(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def infer_config(sd: Mapping[str, torch.Tensor]) -> ModelConfig:
     """The model configuration a reference-layout state dict was made for.
 
-    Size from backbone/encoder shapes, plus num_classes, number of decoder layers and whether
-    denoising embeddings exist.
+    Size from backbone/encoder shapes, plus num_classes, number of decoder layers, whether
+    denoising embeddings exist and whether the box head predicts distributions (else the
+    ``ablation="fdr"`` RT-DETR-style head of 4 deltas; ``golsd`` has the full model's
+    shapes and is known only from metadata).
     """
     try:
         stem = sd["backbone.stem.stem1.conv.weight"].shape[0]
@@ -185,10 +193,13 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> ModelConfig:
         )
     num_layers = len({k.split(".")[2] for k in sd if k.startswith("decoder.dec_bbox_head.")})
     has_dn = "decoder.denoising_class_embed.weight" in sd
+    head = [k for k in sd if k.startswith("decoder.dec_bbox_head.0.") and k.endswith(".weight")]
+    box_out = sd[max(head)].shape[0] if head else None
     dec = dataclasses.replace(
         cfg.decoder,
         num_layers=num_layers or cfg.decoder.num_layers,
         num_denoising=cfg.decoder.num_denoising if has_dn else 0,
+        ablation="fdr" if box_out == 4 else "none",
     )
     return dataclasses.replace(cfg, decoder=dec)
 
@@ -276,6 +287,14 @@ def load_model(
         raise CheckpointError(f"{path} has {cfg.num_classes} classes, not {num_classes}")
     if meta.get("input_size"):
         cfg = dataclasses.replace(cfg, eval_size=tuple(meta["input_size"]))
+    ablation = meta.get("ablation", cfg.ablation)
+    if (ablation == "fdr") != (cfg.ablation == "fdr"):
+        has = "4 box deltas per layer" if cfg.ablation == "fdr" else "per-edge distributions"
+        raise CheckpointError(
+            f"{path}: its metadata says ablation {ablation!r} but its box head has {has}; "
+            "the file is inconsistent, save it again"
+        )
+    cfg = cfg.with_ablation(ablation)
     names = meta.get("class_names")
     if names is not None and len(names) != cfg.num_classes:
         raise CheckpointError(
@@ -308,6 +327,7 @@ def save_model(
             "num_classes": model.num_classes,
             "class_names": list(model.class_names) if model.class_names else None,
             "input_size": list(model.config.eval_size),
+            "ablation": model.config.decoder.ablation,
             **(metadata or {}),
         }
         tensors = {

@@ -86,6 +86,13 @@ def _backend_for(weights: str, backend: str) -> str:
     return {".xml": "openvino", ".onnx": "onnxruntime"}.get(Path(weights).suffix, "torch")
 
 
+ABLATION_TEXT = {
+    "none": "full D-FINE: FDR + GO-LSD",
+    "golsd": "trained without GO-LSD: FDR + FGL, no DDF",
+    "fdr": "trained without FDR: RT-DETR-style box deltas, no distributions",
+}
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
     from dfine.model import DFINE
@@ -100,6 +107,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         path = zoo.download(args.checkpoint)
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
+    cfg = cfg.with_ablation(meta.get("ablation", cfg.ablation))
     model = DFINE(cfg)
     params = sum(p.numel() for p in model.parameters())
     names = meta.get("class_names") or default_class_names(cfg.num_classes)
@@ -115,8 +123,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "parameters": params,
         "input_size": list(meta.get("input_size") or cfg.eval_size),
         "reg_max": cfg.decoder.reg_max,
-        "reg_scale": float(sd["decoder.reg_scale"].reshape(-1)[0]),
-        "metadata": {k: v for k, v in meta.items() if k not in ("class_names",)},
+        "reg_scale": float(sd["decoder.reg_scale"].reshape(-1)[0])
+        if cfg.ablation != "fdr"
+        else None,
+        "ablation": cfg.ablation,
+        "metadata": {k: v for k, v in meta.items() if k not in ("class_names", "ablation")},
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -131,7 +142,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"parameters:    {params:,} ({params / 1e6:.2f} M)")
     print(f"classes:       {cfg.num_classes}: {shown}")
     print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
-    print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
+    print(f"ablation:      {cfg.ablation} ({ABLATION_TEXT[cfg.ablation]})")
+    if cfg.ablation != "fdr":
+        print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
     for k, v in info["metadata"].items():
         print(f"{k + ':':<15}{v}")
     return 0
@@ -208,6 +221,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         threads=args.threads,
         warmup=args.warmup,
         iters=args.iters,
+        precisions=args.precision,
+        throughput=args.throughput,
     )
     text = markdown(rows, peak, args.input, args.threads, args.iters)
     print(text)
@@ -434,6 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=int, default=640, help="square input size (default 640)")
     p.add_argument(
         "--threads", type=int, default=2, help="CPU threads for every backend (default 2)"
+    )
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["f32"],
+        choices=["f32", "bf16", "int8"],
+        help="openvino precisions to time (default f32; bf16/int8: backbone + encoder reduced, "
+        "decoder f32; int8 calibrated on random images: timing only)",
+    )
+    p.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also time openvino in throughput mode (THROUGHPUT hint, parallel requests)",
     )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)

@@ -116,9 +116,25 @@ class EncoderConfig:
     act: str = "silu"
 
 
+ABLATIONS: tuple[str, ...] = ("none", "golsd", "fdr")
+"""Training switches of the paper's ablation (``DecoderConfig.ablation``):
+
+- ``"none"``: the full D-FINE (FDR + GO-LSD), the reference model;
+- ``"golsd"``: GO-LSD removed: FDR with its FGL loss, but no DDF self-distillation and no
+  union of matches over layers (each output set is trained on its own Hungarian matching);
+- ``"fdr"``: FDR removed (and GO-LSD with it, which distills FDR's distributions): the box
+  head predicts 4 deltas per layer, refined RT-DETR-style in inverse-sigmoid space, trained
+  with L1 + GIoU on every layer; no distributions, no FGL/DDF, no LQE (it reads distribution
+  statistics) and no pre-head (layer 0's own head gives its box) — an RT-DETR-style decoder.
+"""
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
-    """D-FINE transformer decoder with Fine-grained Distribution Refinement."""
+    """D-FINE transformer decoder with Fine-grained Distribution Refinement.
+
+    ``ablation`` switches FDR / GO-LSD off for the paper's ablation (see :data:`ABLATIONS`).
+    """
 
     num_classes: int = 80
     hidden_dim: int = 256
@@ -140,6 +156,18 @@ class DecoderConfig:
     reg_max: int = 32
     reg_scale: int = 4
     up: float = 0.5
+    ablation: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.ablation not in ABLATIONS:
+            raise ValueError(
+                f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}"
+            )
+
+    @property
+    def distributions(self) -> bool:
+        """Whether boxes come from per-edge distributions (FDR); False for ``ablation="fdr"``."""
+        return self.ablation != "fdr"
 
     @property
     def last_layer(self) -> int:
@@ -160,6 +188,16 @@ class ModelConfig:
     @property
     def num_classes(self) -> int:
         return self.decoder.num_classes
+
+    @property
+    def ablation(self) -> str:
+        return self.decoder.ablation
+
+    def with_ablation(self, ablation: str) -> ModelConfig:
+        """The same model with the ablation switch ``ablation`` (see :data:`ABLATIONS`)."""
+        return dataclasses.replace(
+            self, decoder=dataclasses.replace(self.decoder, ablation=ablation)
+        )
 
     def with_num_classes(self, num_classes: int) -> ModelConfig:
         if num_classes < 1:
@@ -228,9 +266,11 @@ SIZES: tuple[str, ...] = ("n", "s", "m", "l", "x")
 PRESETS: dict[str, ModelConfig] = {s: _preset(s) for s in SIZES}
 
 
-def get_config(size: str, num_classes: int = 80) -> ModelConfig:
-    """The preset for ``size`` (one of ``n s m l x``) with ``num_classes`` classes."""
+def get_config(size: str, num_classes: int = 80, ablation: str = "none") -> ModelConfig:
+    """The preset for ``size`` (one of ``n s m l x``) with ``num_classes`` classes and the
+    ablation switch ``ablation`` (``none``, the full model; see :data:`ABLATIONS`)."""
     key = size.lower().removeprefix("dfine_").removeprefix("dfine-")
     if key not in PRESETS:
         raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
-    return PRESETS[key].with_num_classes(num_classes)
+    cfg = PRESETS[key].with_num_classes(num_classes)
+    return cfg if ablation == "none" else cfg.with_ablation(ablation)

@@ -27,7 +27,7 @@ from dfine.checkpoint import load_model
 from dfine.io import atomic_write
 from dfine.model import DFINE
 from dfine.parity import ParityReport, compare_detections, compare_outputs
-from dfine.postprocess import topk_detections
+from dfine.postprocess import BatchDetections, topk_detections
 
 DEFAULT_OPSET = 17
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
@@ -46,10 +46,10 @@ class ExportWrapper(nn.Module):
         out = self.model(images)
         if not self.postprocess:
             return out["pred_logits"], out["pred_boxes"]
-        labels, boxes, scores, _ = topk_detections(
+        top = topk_detections(
             out["pred_logits"], out["pred_boxes"], orig_target_sizes, self.num_top
         )
-        return labels, boxes, scores
+        return top.labels, top.boxes, top.scores
 
 
 @dataclass
@@ -148,6 +148,7 @@ def export_onnx(
         "postprocess": str(postprocess).lower(),
         "batch": str(batch),
         "precision": "fp16" if half else "fp32",
+        "num_top": str(min(num_top, net.config.decoder.num_queries * net.num_classes)),
     }
 
     def write(tmp: Path) -> None:
@@ -192,7 +193,9 @@ def _parity(wrapper, path, size, batch, postprocess) -> tuple[ParityReport, int]
     with torch.no_grad():
         ref = list(wrapper(x, sizes) if postprocess else wrapper(x))
     if postprocess:
-        return compare_detections(tuple(got), tuple(ref), sizes), count
+        a = BatchDetections(boxes=got[1], scores=got[2], labels=got[0])
+        b = BatchDetections(boxes=ref[1], scores=ref[2], labels=ref[0])
+        return compare_detections(a, b, sizes), count
     return compare_outputs(got[0], got[1], ref[0], ref[1]), count
 
 
@@ -225,6 +228,8 @@ def _parse_metadata(props: dict[str, str], where: str) -> dict:
         "postprocess": props.get("postprocess") == "true",
         "batch": props.get("batch"),
         "precision": normalize_precision(props.get("precision", "f32")),
+        # files exported before num_top was recorded kept the default 300 (or fewer pairs)
+        "num_top": int(props.get("num_top", 300)),
     }
     for key in ("method", "format", "mixed", "head_precision"):
         if key in props:

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfine.postprocess import BatchDetections
+
 DEFAULT_MAX_AP_DROP = 0.5  # AP points (0..100 scale)
 DRIFT_MIN_SCORE = 0.3
 DRIFT_BOX_TOL = 0.02  # 95th percentile of max |Δ coordinate| / image side
@@ -31,7 +33,7 @@ DRIFT_SCORE_TOL = 0.1  # 95th percentile of |Δ score|
 DRIFT_MAX_LOST = 0.05  # share of confident f32 detections without a partner (IoU < 0.5)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
-Detect = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Detect = Callable[[torch.Tensor, torch.Tensor], BatchDetections]
 
 
 class PrecisionGuardError(ValueError):
@@ -145,10 +147,10 @@ def evaluate(
         leave=False,
     ):
         ((x, sizes),) = load_inputs([path], size)
-        labels, boxes, scores = detect(x, sizes)
-        b = boxes[0].float()
+        found = detect(x, sizes)
+        b = found.boxes[0].float()
         xywh = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
-        for box, label, score in zip(xywh, labels[0].tolist(), scores[0].tolist()):
+        for box, label, score in zip(xywh, found.labels[0].tolist(), found.scores[0].tolist()):
             dets.append(
                 {
                     "image_id": image_id,
@@ -237,7 +239,8 @@ def drift(
     ``(lost, total)``, lost = no same-label partner with IoU >= 0.5."""
     from torchvision.ops import box_iou
 
-    (rl, rb, rs), (gl, gb, gs) = (tuple(t[0] for t in reference), tuple(t[0] for t in reduced))
+    rl, rb, rs = reference.labels[0], reference.boxes[0], reference.scores[0]
+    gl, gb, gs = reduced.labels[0], reduced.boxes[0], reduced.scores[0]
     keep = rs >= min_score
     rl, rb, rs = rl[keep], rb[keep].float(), rs[keep]
     if not len(rl):

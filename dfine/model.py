@@ -36,6 +36,11 @@ class DFINE(nn.Module):
     def num_classes(self) -> int:
         return self.config.num_classes
 
+    @property
+    def ablation(self) -> str:
+        """The paper-ablation switch this model was built with (``none``, ``golsd``, ``fdr``)."""
+        return self.config.decoder.ablation
+
     @staticmethod
     def check_input(images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
@@ -100,7 +105,10 @@ class DFINE(nn.Module):
         return super().train(mode)
 
 
-def build_model(size: str = "n", num_classes: int = 80, class_names=None) -> DFINE:
-    """A randomly initialised D-FINE of ``size`` (``n s m l x``), in train mode."""
-    model = DFINE(get_config(size, num_classes), class_names=class_names)
+def build_model(
+    size: str = "n", num_classes: int = 80, class_names=None, ablation: str = "none"
+) -> DFINE:
+    """A randomly initialised D-FINE of ``size`` (``n s m l x``), in train mode; ``ablation``
+    switches FDR/GO-LSD off (see :data:`dfine.config.ABLATIONS`)."""
+    model = DFINE(get_config(size, num_classes, ablation), class_names=class_names)
     return model.train()

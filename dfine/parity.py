@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from dfine.postprocess import BatchDetections
+
 
 @dataclass
 class ParityReport:
@@ -129,26 +131,27 @@ def compare_outputs(
 
 
 def compare_detections(
-    a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    a: BatchDetections,
+    b: BatchDetections,
     image_sizes: torch.Tensor,
     gate: float = 1e-3,
 ) -> ParityReport:
-    """Compare postprocessed detections ``(labels [B, K], boxes [B, K, 4] xyxy pixels,
-    scores [B, K])``, paired by assignment on normalized box distance plus score difference,
+    """Compare postprocessed detections (``labels [B, K]``, ``boxes [B, K, 4]`` xyxy pixels,
+    ``scores [B, K]``), paired by assignment on normalized box distance plus score difference,
     never across labels (a detection whose only partner has another label is unpaired). In the
     report "logits" stands for scores, and boxes are normalized by the image size
     (``image_sizes [B, 2]`` as (w, h))."""
     scale = image_sizes.float().repeat(1, 2).unsqueeze(1)
-    a_boxes, b_boxes = a[1].float() / scale, b[1].float() / scale
-    a_scores, b_scores = a[2].float()[..., None], b[2].float()[..., None]
+    a_boxes, b_boxes = a.boxes.float() / scale, b.boxes.float() / scale
+    a_scores, b_scores = a.scores.float()[..., None], b.scores.float()[..., None]
+    a_labels, b_labels = a.labels, b.labels
     index_score = (a_scores - b_scores).abs().max().item()
     index_box = (a_boxes - b_boxes).abs().max().item()
-    same = bool(torch.equal(a[0], b[0])) and index_score == 0.0 and index_box == 0.0
+    same = bool(torch.equal(a_labels, b_labels)) and index_score == 0.0 and index_box == 0.0
     max_score = max_box = 0.0
     unpaired = []
-    for n in range(a[0].shape[0]):
-        label_cost = (a[0][n][:, None] != b[0][n][None, :]).double() * 10.0
+    for n in range(a_labels.shape[0]):
+        label_cost = (a_labels[n][:, None] != b_labels[n][None, :]).double() * 10.0
         rows, cols, lonely = _pair_by_assignment(
             a_scores[n], a_boxes[n], b_scores[n], b_boxes[n], gate, label_cost
         )

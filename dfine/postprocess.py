@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torchvision.ops import box_convert
@@ -9,14 +11,40 @@ from torchvision.ops import box_convert
 from dfine.coco import remap_labels_to_coco
 
 
+@dataclass(frozen=True)
+class BatchDetections:
+    """Top-K detections of a batch, what every inference backend returns (B images, K kept).
+
+    ``boxes [B, K, 4]`` float xyxy in original pixels, ``scores [B, K]`` descending per image,
+    ``labels [B, K]`` int64 class indices, and (torch backend only) ``queries [B, K]``: the
+    decoder query each detection came from.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    queries: torch.Tensor | None = None
+
+    def cpu(self) -> BatchDetections:
+        """The same detections as CPU tensors."""
+        return BatchDetections(
+            self.boxes.cpu(),
+            self.scores.cpu(),
+            self.labels.cpu(),
+            None if self.queries is None else self.queries.cpu(),
+        )
+
+    def __len__(self) -> int:
+        """The batch size B."""
+        return self.scores.shape[0]
+
+
 def topk_detections(
     logits: torch.Tensor, boxes: torch.Tensor, orig_sizes: torch.Tensor, num_top: int = 300
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched core of :func:`postprocess` (export-friendly: no per-image Python loop).
-
-    Returns ``labels [B, K]``, ``boxes [B, K, 4]`` (xyxy pixels), ``scores [B, K]``,
-    ``queries [B, K]``.
-    """
+) -> BatchDetections:
+    """Batched core of :func:`postprocess` (export-friendly: no per-image Python loop):
+    ``logits [B, Q, C]``, ``boxes [B, Q, 4]`` (cxcywh normalized), ``orig_sizes [B, 2]`` as
+    (w, h) → the top ``min(num_top, Q * C)`` (query, class) pairs of each image."""
     num_classes = logits.shape[-1]
     num_top = min(num_top, logits.shape[1] * num_classes)
     xyxy = box_convert(boxes, in_fmt="cxcywh", out_fmt="xyxy")
@@ -25,7 +53,7 @@ def topk_detections(
     labels = index % num_classes
     queries = index // num_classes
     picked = xyxy.gather(1, queries.unsqueeze(-1).expand(-1, -1, 4))
-    return labels, picked, scores, queries
+    return BatchDetections(boxes=picked, scores=scores, labels=labels, queries=queries)
 
 
 def postprocess(
@@ -46,9 +74,8 @@ def postprocess(
         One dict per image: ``labels [K]`` int64, ``boxes [K, 4]`` xyxy pixels,
         ``scores [K]`` descending, and ``queries [K]``, the decoder query of each detection.
     """
-    labels, boxes, scores, queries = topk_detections(
-        outputs["pred_logits"], outputs["pred_boxes"], orig_sizes, num_top
-    )
+    top = topk_detections(outputs["pred_logits"], outputs["pred_boxes"], orig_sizes, num_top)
+    labels, boxes, scores, queries = top.labels, top.boxes, top.scores, top.queries
     if remap_coco_category:
         labels = remap_labels_to_coco(labels)
     return [

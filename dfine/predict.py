@@ -20,7 +20,7 @@ from dfine.detections import Detections
 from dfine.io import ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
-from dfine.postprocess import topk_detections
+from dfine.postprocess import BatchDetections, topk_detections
 
 
 def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -58,7 +58,9 @@ class Detector:
         threshold: minimum score of a returned detection, in [0, 1].
         size: network input size, ``int`` or ``(height, width)``, multiples of 32; default the
             model's own (640 for the reference checkpoints). Fixed at export for ONNX files.
-        device: torch device (``cpu``, ``cuda:0``).
+        device: ``torch.device``, ``"cpu"``, ``"cuda:0"`` (each backend translates it, e.g.
+            OpenVINO's ``"CPU"``); ``None``: the backend's default (``cuda:0`` for TensorRT,
+            the CPU for the others).
         deploy: torch backend: fuse conv+BN and re-parameterised blocks for speed (outputs
             equal to float rounding). ``False`` keeps the reference's exact arithmetic.
         max_detections: at most this many detections per image (top by score, <= 300).
@@ -77,7 +79,7 @@ class Detector:
         backend: str = "torch",
         threshold: float = 0.5,
         size: int | Sequence[int] | None = None,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         deploy: bool = True,
         max_detections: int = 300,
         class_names: Sequence[str] | None = None,
@@ -90,7 +92,6 @@ class Detector:
         if not 1 <= max_detections <= 300:
             raise ValueError(f"max_detections must be in [1, 300], got {max_detections}")
         self.max_detections = int(max_detections)
-        self.device = torch.device(device)
         hw = None if size is None else parse_size(size, (640, 640))
         if backend == "torch":
             backend_options.update(deploy=deploy, num_top=self.max_detections)
@@ -99,6 +100,7 @@ class Detector:
             if backend != "torch":  # the torch backend is f32 only
                 backend_options["precision"] = precision
         self.backend = create_backend(backend, weights, size=hw, device=device, **backend_options)
+        self.device = self.backend.device
         self.size = self.backend.input_size
         num_classes = self.backend.num_classes
         names = class_names or self.backend.class_names
@@ -125,24 +127,24 @@ class Detector:
 
     def _detections(
         self,
-        results: tuple[torch.Tensor, ...],
+        results: BatchDetections,
         rgbs: list[np.ndarray],
         threshold: float,
         keep_image: bool,
     ) -> list[Detections]:
-        """Threshold, cap and clip ``(labels, boxes, scores[, queries])`` of a batch."""
+        """Threshold, cap and clip the backend's detections of a batch (CPU tensors)."""
         dets = []
         for n, rgb in enumerate(rgbs):
-            keep = results[2][n, : self.max_detections] > threshold
+            keep = results.scores[n, : self.max_detections] > threshold
             h, w = rgb.shape[:2]
-            boxes = results[1][n, : self.max_detections][keep].clone()
+            boxes = results.boxes[n, : self.max_detections][keep].clone()
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)  # the reference leaves boxes unclipped
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             dets.append(
                 Detections(
                     boxes=boxes.numpy(),
-                    scores=results[2][n, : self.max_detections][keep].numpy(),
-                    labels=results[0][n, : self.max_detections][keep].numpy(),
+                    scores=results.scores[n, : self.max_detections][keep].numpy(),
+                    labels=results.labels[n, : self.max_detections][keep].numpy(),
                     class_names=self.class_names,
                     image_size=(w, h),
                     image=rgb if keep_image else None,
@@ -214,16 +216,16 @@ class Detector:
         trace = self.model.trace(x.to(self.device))
         t2 = time.perf_counter()
         sizes = torch.tensor([[rgb.shape[1], rgb.shape[0]]], device=trace.boxes.device)
-        results = topk_detections(trace.logits[-1], trace.boxes[-1], sizes, self.max_detections)
-        results = tuple(t.cpu() for t in results)
+        top = topk_detections(trace.logits[-1], trace.boxes[-1], sizes, self.max_detections)
+        results = top.cpu()
         det = self._detections(results, [rgb], threshold, keep_image=True)[0]
-        keep = results[2][0, : self.max_detections] > threshold
+        keep = results.scores[0, : self.max_detections] > threshold
         det.speed = {
             "preprocess": (t1 - t0) * 1000,
             "inference": (t2 - t1) * 1000,
             "postprocess": (time.perf_counter() - t2) * 1000,
         }
-        return det, trace, results[3][0, : self.max_detections][keep]
+        return det, trace, results.queries[0, : self.max_detections][keep]
 
 
 def _precision_for(backend: str, precision: str) -> str:

@@ -358,3 +358,34 @@ def _move_ir(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(dst.with_suffix(".bin"), lambda t: shutil.copyfile(src.with_suffix(".bin"), t))
     atomic_write(dst, lambda t: shutil.copyfile(src, t))
+
+
+def quantize_unguarded(
+    onnx_path: str | os.PathLike,
+    out: str | os.PathLike,
+    samples: Sequence,
+    reduced_parts: Sequence[str] = HEAD_PARTS,
+) -> Path:
+    """INT8 IR of ``reduced_parts`` calibrated on ``samples`` (``[1, 3, H, W]`` tensors),
+    *without* the accuracy guard: for timing (random weights have no accuracy to guard).
+    Use :func:`export_reduced` for anything that is used for its detections."""
+    import openvino as ov
+
+    from dfine.precision import graph_parts, names_in
+
+    onnx_path, out = Path(onnx_path), Path(out)
+    base = ov.Core().read_model(str(onnx_path))
+    ignored = names_in(graph_parts(base), set(PARTS) - set(reduced_parts))
+    model = _quantize_openvino(base, ignored, list(samples), progress=False)
+    info = {
+        **_onnx_props(onnx_path),
+        "precision": "int8",
+        "format": "openvino",
+        "reduced_parts": list(reduced_parts),
+        "mixed": "split" if set(reduced_parts) <= set(HEAD_PARTS) else "none",
+        "head_precision": "bf16",
+        "method": f"NNCF INT8 on {len(samples)} samples, unguarded (timing only)",
+    }
+    _set_metadata(model, info)
+    _save_ir(model, out)
+    return out

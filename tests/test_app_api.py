@@ -1,4 +1,4 @@
-"""The app as a server: launched from app.py on 127.0.0.1, every endpoint called with
+"""The app as a server (the bundled demo model): launched from app.py on 127.0.0.1, every endpoint called with
 gradio_client, outputs checked for content. Every wait is bounded."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ pytest.importorskip("gradio", reason="the app needs gradio")
 client_lib = pytest.importorskip("gradio_client", reason="the API test needs gradio_client")
 
 import analysis  # noqa: E402
-from app.paths import FIXTURE_WEIGHTS, SYNTH_ANNOTATIONS  # noqa: E402
+from app.paths import BUNDLED_WEIGHTS, FIXTURE_WEIGHTS, SYNTH_ANNOTATIONS  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
 from dfine.io import load_image  # noqa: E402
 from tests.app_util import call as call_app  # noqa: E402
@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "assets" / "examples" / "chelsea.jpg"
 SYNTH = ROOT / "assets" / "examples" / "synth" / "000002.jpg"
 TIMEOUT = 120  # seconds, for any single call
-THRESHOLD = 0.0494
-SHARED = (THRESHOLD, 640, "default", 300)
+THRESHOLD = 0.1  # the demo model (synthetic shapes) is unsure about a photo: a few pass 0.1
+SHARED = (THRESHOLD, 320, "default", 300)
 
 
 @pytest.fixture(scope="module")
 def server():
-    demo = load_app_py().create_demo(str(FIXTURE_WEIGHTS))
+    demo = load_app_py().create_demo(str(BUNDLED_WEIGHTS))
     assert demo.max_threads >= 2
     with serve(demo) as url:
         yield demo, url
@@ -81,11 +81,14 @@ def test_every_endpoint_is_named(client):
 
 def test_detect(client):
     handle = client_lib.handle_file(PHOTO)
-    annotated, table, json_path, summary = call(client, handle, *SHARED, api_name="/detect")
+    # at 0.2 two boxes: most of the image is far from them
+    annotated, table, json_path, summary = call(
+        client, handle, 0.2, *SHARED[1:], api_name="/detect"
+    )
     assert table["headers"] == DETECTION_COLUMNS
     rows = table["data"]
     assert 0 < len(rows) < 300
-    assert all(row[2] > THRESHOLD - 1e-4 for row in rows)
+    assert all(row[2] > 0.2 for row in rows)
     data = json.loads(Path(json_path).read_text())
     assert [d["box"] for d in data["detections"]] == [row[3:] for row in rows]
     assert data["image_size"] == {"width": 451, "height": 300}
@@ -98,8 +101,12 @@ def test_detect(client):
         drawn[y1:y2, max(x1 - 1, 0) : x1 + 2] - original[y1:y2, max(x1 - 1, 0) : x1 + 2]
     )
     assert outline.mean() > 20
-    # far from every box the image is unchanged (up to compression)
-    assert np.abs(drawn[:100, :150] - original[:100, :150]).mean() < 4
+    # far from every box (and its label) the image is unchanged (up to compression)
+    far = np.ones(original.shape[:2], bool)
+    for bx1, by1, bx2, by2 in (row[3:] for row in rows):
+        far[max(int(by1) - 30, 0) : int(by2) + 4, max(int(bx1) - 150, 0) : int(bx2) + 150] = False
+    assert far.sum() > 20_000
+    assert np.abs(drawn[far] - original[far]).mean() < 4
 
 
 def test_trace(client):
@@ -146,7 +153,7 @@ def test_golsd_with_annotations_and_with_pseudo_targets(client):
     coco = json.loads(SYNTH_ANNOTATIONS.read_text())
     count = sum(a["image_id"] == 2 for a in coco["annotations"])
     synth = client_lib.handle_file(SYNTH)
-    out = call(client, synth, 0.02, 640, "default", 25, "auto", "", "top", api_name="/golsd")
+    out = call(client, synth, 0.5, 320, "default", 25, "auto", "", "top", api_name="/golsd")
     note, targets, query, dist, kl, _, table = out
     assert note.startswith("### ground truth: annotations") and f"({count} boxes)" in note
     assert query.startswith("query ")
@@ -162,7 +169,7 @@ def test_golsd_with_annotations_and_with_pseudo_targets(client):
 def test_model_default_and_upload(client, tmp_path):
     info, key = call(client, "default", None, api_name="/model")
     assert isinstance(key, str)
-    assert key == "default" and "3.78 M" in info and "D-FINE-N" in info
+    assert key == "default" and "3.74 M" in info and "D-FINE-N" in info
     mine = tmp_path / "api_upload.pth"
     shutil.copy(FIXTURE_WEIGHTS, mine)
     info, key = call(client, "default", client_lib.handle_file(mine), api_name="/model")
@@ -180,9 +187,9 @@ def test_errors_are_readable(client, tmp_path):
     assert "note.jpg" in str(err.value) and "Traceback" not in str(err.value)
     handle = client_lib.handle_file(PHOTO)
     with pytest.raises(client_lib.exceptions.AppError, match="maximum"):
-        call(client, handle, 1.5, 640, "default", 25, api_name="/detect")
+        call(client, handle, 1.5, 320, "default", 25, api_name="/detect")
     with pytest.raises(client_lib.exceptions.AppError, match="No detections above"):
-        call(client, handle, 0.9, 640, "default", 25, "", 1.0, True, api_name="/distributions")
+        call(client, handle, 0.9, 320, "default", 25, "", 1.0, True, api_name="/distributions")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(client_lib.exceptions.AppError, match=r"garbage\.pth"):

@@ -41,7 +41,7 @@ def test_dynamic_batch_runs_any_batch(dynamic_onnx, torch_backend):
         x, sizes = sample_images((640, 640), 2)
         x, sizes = x.repeat(2, 1, 1, 1)[:b], sizes.repeat(2, 1)[:b]
         got = ort.detect(x, sizes)
-        assert got[0].shape == (b, 300) and got[1].shape == (b, 300, 4)
+        assert got.labels.shape == (b, 300) and got.boxes.shape == (b, 300, 4)
         report = compare_detections(got, torch_backend.detect(x, sizes), sizes)
         assert report.ok(logit_tol=1e-4, box_tol=1e-4, max_swaps=3), report.summary()
 

@@ -20,6 +20,7 @@ from dfine.guard import (
     drift,
     guard_drift,
 )
+from dfine.postprocess import BatchDetections
 from dfine.precision import PARTS, graph_parts, part_of, split_model
 from dfine.predict import Detector
 
@@ -106,12 +107,12 @@ def test_drift_is_query_order_aware():
     torch.manual_seed(0)
     boxes = torch.rand(1, 5, 2) * 100
     boxes = torch.cat([boxes, boxes + 20], -1)
-    ref = (torch.arange(5)[None], boxes, torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.1]]))
+    ref = BatchDetections(boxes, torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.1]]), torch.arange(5)[None])
     perm = torch.tensor([3, 1, 4, 0, 2])
-    shuffled = (ref[0][:, perm], ref[1][:, perm], ref[2][:, perm])
+    shuffled = BatchDetections(ref.boxes[:, perm], ref.scores[:, perm], ref.labels[:, perm])
     box, score, lost, total = drift(ref, shuffled, torch.tensor([200, 100]))
     assert total == 4 and lost == 0 and max(box) == 0 and max(score) == 0
-    moved = (ref[0], ref[1] + 2.0, ref[2] - 0.05)
+    moved = BatchDetections(ref.boxes + 2.0, ref.scores - 0.05, ref.labels)
     box, score, lost, total = drift(ref, moved, torch.tensor([200, 100]))
     assert np.allclose(box, 0.01) and np.allclose(score, 0.05, atol=1e-6)
 
@@ -119,15 +120,13 @@ def test_drift_is_query_order_aware():
 def test_drift_guard_bounds():
     torch.manual_seed(0)
     b = torch.rand(1, 4, 2) * 100
-    dets = (
-        torch.zeros(1, 4, dtype=torch.long),
-        torch.cat([b, b + 60], -1),
-        torch.full((1, 4), 0.9),
+    dets = BatchDetections(
+        torch.cat([b, b + 60], -1), torch.full((1, 4), 0.9), torch.zeros(1, 4, dtype=torch.long)
     )
     inputs = [(torch.zeros(1, 3, 32, 32), torch.tensor([[200, 200]]))]
     ok = guard_drift(lambda x, s: dets, lambda x, s: dets, inputs)
     assert ok.ok and ok.reduced["box_p95"] == 0
-    far = (dets[0], dets[1] + 6, dets[2])  # IoU 0.68: paired, drift 0.03
+    far = BatchDetections(dets.boxes + 6, dets.scores, dets.labels)  # IoU 0.68: paired, drift 0.03
     bad = guard_drift(lambda x, s: dets, lambda x, s: far, inputs)
     assert not bad.ok
     with pytest.raises(

@@ -285,26 +285,29 @@ client_lib = pytest.importorskip("gradio_client", reason="the API test needs gra
 
 from app.files import OutputDir  # noqa: E402
 from app.ground_truth import AnnotatedExamples  # noqa: E402
-from app.handlers import Handlers  # noqa: E402
 from app.models import ModelStore  # noqa: E402
 from app.results import ResultCache  # noqa: E402
+from app.state import AppState  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
+from app.tabs import detect  # noqa: E402
 from tests.app_util import call as call_app  # noqa: E402
 from tests.app_util import load_app_py, serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def handlers(tmp_path_factory) -> Handlers:
+def handlers(tmp_path_factory) -> AppState:
     tmp = tmp_path_factory.mktemp("robust_app")
     store = ModelStore(FIXTURE, upload_dir=tmp / "uploads")
-    return Handlers(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp / "out"))
+    return AppState(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp / "out"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_detect_handler(handlers, image_dir, case):
     path = image_dir / case.name
     try:
-        annotated, table, json_path, summary = handlers.detect(str(path), 0.0, SIZE, "default", 300)
+        annotated, table, json_path, summary = detect.detect(
+            handlers, str(path), 0.0, SIZE, "default", 300
+        )
     except gr.Error as e:
         assert case.error is not None, f"{case.name} should load: {e.message}"
         assert e.title == "Cannot read the image"
@@ -324,8 +327,8 @@ def test_handler_still_answers_after_every_bad_image(handlers, image_dir):
     for case in BAD:
         if case.size is None:  # always refused
             with pytest.raises(gr.Error):
-                handlers.detect(str(image_dir / case.name), 0.0, SIZE, "default", 300)
-    _, table, _, _ = handlers.detect(str(PHOTO), 0.0, SIZE, "default", 300)
+                detect.detect(handlers, str(image_dir / case.name), 0.0, SIZE, "default", 300)
+    _, table, _, _ = detect.detect(handlers, str(PHOTO), 0.0, SIZE, "default", 300)
     assert len(table) == 300
     _assert_inside(table[DETECTION_COLUMNS[3:]].to_numpy(), 451, 300)
 
@@ -519,7 +522,7 @@ def test_server_refuses_hostile_checkpoint_uploads(client, checkpoints, marker, 
 
 def test_refused_uploads_leave_no_model_behind(server, client, checkpoints):
     demo, _ = server
-    store = demo.dfine_handlers.store
+    store = demo.dfine_state.store
     for name in CHECKPOINT_CASES[:3]:
         with pytest.raises(client_lib.exceptions.AppError):
             call(client, "default", client_lib.handle_file(checkpoints[name][0]), api_name="/model")

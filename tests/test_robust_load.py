@@ -275,7 +275,7 @@ def small_queue_app():
 
     demo = build_demo(str(FIXTURE))
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX)
-    handlers = demo.dfine_handlers
+    handlers = demo.dfine_state
     gate, entered = threading.Event(), threading.Event()
     real_get = handlers.cache.get
 

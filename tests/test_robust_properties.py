@@ -226,9 +226,9 @@ def detector():
 def test_detector_clipping_keeps_any_box_inside_the_image(detector, raw, threshold):
     """``Detector._detections`` (the step after ``postprocess``) on boxes that overshoot."""
     logits, boxes, sizes, num_top = raw
-    labels, picked, scores, queries = topk_detections(logits, boxes, sizes, num_top)
+    top = topk_detections(logits, boxes, sizes, num_top)
     images = [np.broadcast_to(np.zeros(1, np.uint8), (h, w, 3)) for w, h in sizes.tolist()]
-    dets = detector._detections((labels, picked, scores, queries), images, threshold, False)
+    dets = detector._detections(top, images, threshold, False)
     for det, (w, h) in zip(dets, sizes.tolist()):
         assert det.image_size == (w, h)
         b = det.boxes.astype(np.float64)

@@ -9,24 +9,31 @@ import numpy as np
 import torch
 
 from dfine.io import file_sha256
+from dfine.postprocess import BatchDetections
 
-Detections3 = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Device = torch.device | str | None
 
 
 class Backend:
     """Runs a D-FINE graph: ``detect(images [B, 3, H, W] float32 in [0, 1], orig_sizes [B, 2]
-    int64 (w, h))`` → ``labels [B, K]``, ``boxes [B, K, 4]`` (xyxy, original pixels),
-    ``scores [B, K]`` (descending), as CPU torch tensors.
+    int64 (w, h))`` → :class:`~dfine.postprocess.BatchDetections` (``boxes [B, K, 4]`` xyxy in
+    original pixels, ``scores [B, K]`` descending, ``labels [B, K]``) as CPU torch tensors.
 
-    Attributes: ``name``, ``input_size`` (h, w), ``num_classes``, ``class_names`` (or None).
+    Every backend takes ``device: torch.device | str | None`` (None: the backend's default) and
+    translates it to its runtime's own device name.
+
+    Attributes: ``name``, ``input_size`` (h, w), ``num_classes``, ``class_names`` (or None),
+    ``num_top`` (K, the detections kept per image), ``device`` (a ``torch.device``).
     """
 
     name = "base"
     input_size: tuple[int, int]
     num_classes: int
     class_names: tuple[str, ...] | None = None
+    num_top: int = 300
+    device: torch.device = torch.device("cpu")
 
-    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> BatchDetections:
         raise NotImplementedError
 
     def _init_from_onnx(
@@ -42,11 +49,26 @@ class Backend:
         self.input_size = tuple(meta["input_size"])
         self.num_classes = meta["num_classes"]
         self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
+        self.num_top = meta["num_top"]
         return meta
 
     def __repr__(self) -> str:
         h, w = self.input_size
         return f"{type(self).__name__}(input {h}x{w}, {self.num_classes} classes)"
+
+
+def torch_device(device: Device, default: str = "cpu") -> torch.device:
+    """``device`` as a ``torch.device`` (``None`` → ``default``); a bad name is one clear line."""
+    if device is None:
+        device = default
+    if isinstance(device, torch.device):
+        return device
+    try:
+        return torch.device(str(device).strip().lower())
+    except RuntimeError as e:
+        raise ValueError(
+            f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N' (a torch device)"
+        ) from e
 
 
 def missing_package(package: str, pip_name: str, purpose: str) -> ImportError:

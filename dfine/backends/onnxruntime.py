@@ -7,7 +7,14 @@ import os
 import numpy as np
 import torch
 
-from dfine.backends.base import Backend, Detections3, as_numpy, missing_package
+from dfine.backends.base import (
+    Backend,
+    BatchDetections,
+    Device,
+    as_numpy,
+    missing_package,
+    torch_device,
+)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -18,7 +25,7 @@ class OnnxRuntimeBackend(Backend):
         weights: str | os.PathLike,
         *,
         size: tuple[int, int] | None = None,
-        device: str = "cpu",
+        device: Device = None,
         threads: int | None = None,
         precision: str | None = None,
     ) -> None:
@@ -26,6 +33,9 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError as e:
             raise missing_package("onnxruntime", "onnxruntime", "ONNX Runtime") from e
+        self.device = torch_device(device)
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"the ONNX Runtime backend runs on cpu or cuda, not {self.device}")
         meta = self._init_from_onnx(weights, size)
         self.precision = _check_precision(self.path, meta["precision"], precision)
         options = ort.SessionOptions()
@@ -33,22 +43,27 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda"):
+        if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeError(
-                    "device cuda asked for, but this onnxruntime has no CUDA provider: "
+                    f"device {self.device} asked for, but this onnxruntime has no CUDA provider: "
                     "pip install onnxruntime-gpu (and have a CUDA GPU)"
                 )
-            providers.insert(0, "CUDAExecutionProvider")
+            cuda = ("CUDAExecutionProvider", {"device_id": self.device.index or 0})
+            providers.insert(0, cuda)
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
 
     def run_raw(self, images: np.ndarray, orig_sizes: np.ndarray) -> list[np.ndarray]:
         feed = {"images": as_numpy(images), "orig_target_sizes": as_numpy(orig_sizes, np.int64)}
         return self.session.run(None, feed)
 
-    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> BatchDetections:
         labels, boxes, scores = self.run_raw(images, orig_sizes)
-        return torch.from_numpy(labels), torch.from_numpy(boxes), torch.from_numpy(scores)
+        return BatchDetections(
+            boxes=torch.from_numpy(boxes),
+            scores=torch.from_numpy(scores),
+            labels=torch.from_numpy(labels),
+        )
 
 
 def _check_precision(path, stored: str, asked: str | None) -> str:

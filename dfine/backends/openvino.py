@@ -24,12 +24,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfine.backends.base import Backend, Detections3, as_numpy, missing_package
+from dfine.backends.base import Backend, BatchDetections, Device, as_numpy, missing_package
 from dfine.precision import FDR_PARTS, HEAD_PARTS, check_precision, normalize_precision
 
 PRECISIONS = ("f32", "bf16", "int8")
 HINTS = ("latency", "throughput")
 MIXED = ("split", "mark", "none")
+OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
+
+
+def openvino_device(device: Device) -> str:
+    """OpenVINO's device name for ``device``: ``None`` / ``"cpu"`` / ``torch.device("cpu")`` →
+    ``"CPU"``; OpenVINO names (``"GPU"``, ``"GPU.1"``, ``"NPU"``, ``"AUTO"``, any case) pass
+    through. CUDA devices are refused: OpenVINO runs on Intel hardware only."""
+    if device is None:
+        return "CPU"
+    if isinstance(device, torch.device):
+        device = device.type if device.index is None else f"{device.type}:{device.index}"
+    name = str(device).strip().upper()
+    if name.split(".")[0] in OPENVINO_DEVICES:
+        return name
+    if name.startswith("CUDA"):
+        raise ValueError(
+            f"the OpenVINO backend runs on Intel CPU/GPU/NPU, not on CUDA device {device!r}: "
+            "use device='cpu' (or 'GPU' for an Intel GPU), or the onnxruntime/tensorrt backend"
+        )
+    raise ValueError(
+        f"unknown OpenVINO device {device!r}: use one of {', '.join(OPENVINO_DEVICES)} (or 'cpu')"
+    )
 
 
 class OpenVINOBackend(Backend):
@@ -40,7 +62,7 @@ class OpenVINOBackend(Backend):
         weights: str | os.PathLike,
         *,
         size: tuple[int, int] | None = None,
-        device: str = "CPU",
+        device: Device = None,
         threads: int | None = None,
         precision: str | None = None,
         mixed: str | None = None,
@@ -55,7 +77,7 @@ class OpenVINOBackend(Backend):
             raise ValueError(f"hint must be one of {', '.join(HINTS)}, got {hint!r}")
         if mixed is not None and mixed not in MIXED:
             raise ValueError(f"mixed must be one of {', '.join(MIXED)}, got {mixed!r}")
-        device = "CPU" if str(device).lower() in ("cpu", "none") else str(device).upper()
+        self.ov_device = device = openvino_device(device)
         core = ov.Core()
         if Path(weights).suffix == ".xml":
             meta = self._init_from_ir(Path(weights), size)
@@ -125,20 +147,20 @@ class OpenVINOBackend(Backend):
             requests = self._local.requests = [s.create_infer_request() for s in self.stages]
         return requests
 
-    def _run(self, images: np.ndarray, sizes: np.ndarray) -> Detections3:
+    def _run(self, images: np.ndarray, sizes: np.ndarray) -> BatchDetections:
         requests = self._requests()
         feed = {"images": images, "orig_target_sizes": sizes}
         if len(requests) == 2:
             feats = requests[0].infer({"images": images}).to_tuple()
             feed.update(zip(self._features, feats))
         labels, boxes, scores = requests[-1].infer(feed).to_tuple()
-        return (
-            torch.from_numpy(np.array(labels, dtype=np.int64)),
-            torch.from_numpy(np.array(boxes)),
-            torch.from_numpy(np.array(scores)),
+        return BatchDetections(
+            boxes=torch.from_numpy(np.array(boxes)),
+            scores=torch.from_numpy(np.array(scores)),
+            labels=torch.from_numpy(np.array(labels, dtype=np.int64)),
         )
 
-    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> BatchDetections:
         return self._run(as_numpy(images), as_numpy(orig_sizes, np.int64))
 
     @property
@@ -148,7 +170,7 @@ class OpenVINOBackend(Backend):
 
     def detect_many(
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], requests: int | None = None
-    ) -> list[Detections3]:
+    ) -> list[BatchDetections]:
         """Detections of every ``(images, orig_sizes)`` batch, ``requests`` of them in flight
         at once (default: the compiled model's optimal number; OpenVINO releases the GIL while
         it infers); results in input order."""

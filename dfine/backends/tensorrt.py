@@ -17,10 +17,12 @@ import torch
 
 from dfine.backends.base import (
     Backend,
-    Detections3,
+    BatchDetections,
+    Device,
     backend_cache_dir,
     file_digest,
     missing_package,
+    torch_device,
 )
 from dfine.io import atomic_write
 
@@ -28,8 +30,53 @@ FP16_SCORE_TOL = 0.02  # max |score difference| of paired detections
 FP16_BOX_TOL = 0.01  # max box coordinate difference, as a fraction of the image side
 
 
+OUTPUTS = ("labels", "boxes", "scores")
+
+
 class PrecisionGuardError(RuntimeError):
     """An FP16 engine drifted too far from the FP32 PyTorch model."""
+
+
+def cuda_device(device: Device) -> torch.device:
+    """The CUDA device TensorRT runs on: ``None`` → ``cuda:0``; a non-CUDA device is refused."""
+    dev = torch_device(device, default="cuda:0")
+    if dev.type != "cuda":
+        raise ValueError(
+            f"the TensorRT backend runs on a CUDA GPU, not on {dev}: use device='cuda' "
+            "(or 'cuda:N'), or the onnxruntime/openvino backend on the CPU"
+        )
+    return dev if dev.index is not None else torch.device("cuda", 0)
+
+
+def _torch_dtype(trt_dtype) -> torch.dtype:
+    """``tensorrt.DataType.X`` → the torch dtype of the same layout."""
+    name = str(trt_dtype).rsplit(".", 1)[-1].upper()
+    table = {
+        "FLOAT": torch.float32,
+        "HALF": torch.float16,
+        "BF16": torch.bfloat16,
+        "INT64": torch.int64,
+        "INT32": torch.int32,
+        "INT8": torch.int8,
+        "BOOL": torch.bool,
+    }
+    if name not in table:
+        raise RuntimeError(f"TensorRT output dtype {trt_dtype} is not supported")
+    return table[name]
+
+
+def output_buffers(engine, context, device: torch.device) -> dict[str, torch.Tensor]:
+    """Empty tensors for the engine's outputs, shaped as the execution context reports them for
+    the input shapes already set (``context.get_tensor_shape``) and typed as the engine says
+    (``engine.get_tensor_dtype``): nothing assumes K = 300."""
+    buffers = {}
+    for name in OUTPUTS:
+        shape = tuple(context.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            raise RuntimeError(f"TensorRT output {name!r} has an unresolved shape {shape}")
+        dtype = _torch_dtype(engine.get_tensor_dtype(name))
+        buffers[name] = torch.empty(shape, dtype=dtype, device=device)
+    return buffers
 
 
 def _import_tensorrt():
@@ -91,13 +138,13 @@ class TensorRTBackend(Backend):
         size: tuple[int, int] | None = None,
         precision: str = "fp32",
         max_batch: int = 8,
-        device: str = "cuda:0",
+        device: Device = None,
         guard: bool = True,
     ) -> None:
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        self.device = cuda_device(device)
         trt = _import_tensorrt()
-        self.device = torch.device(device)
         self._init_from_onnx(weights, size)
         self.max_batch = max_batch
         self.precision = precision
@@ -153,7 +200,7 @@ class TensorRTBackend(Backend):
             f"{self.guard_report}. Use precision='fp32'."
         )
 
-    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> BatchDetections:
         b = images.shape[0]
         if b > self.max_batch:
             raise ValueError(f"batch {b} exceeds the engine's max batch {self.max_batch}")
@@ -161,16 +208,15 @@ class TensorRTBackend(Backend):
         s = orig_sizes.to(self.device, torch.int64).contiguous()
         self.context.set_input_shape("images", tuple(x.shape))
         self.context.set_input_shape("orig_target_sizes", tuple(s.shape))
-        k = min(300, self.num_classes * 300)
-        outputs = {
-            "labels": torch.empty(b, k, dtype=torch.int64, device=self.device),
-            "boxes": torch.empty(b, k, 4, dtype=torch.float32, device=self.device),
-            "scores": torch.empty(b, k, dtype=torch.float32, device=self.device),
-        }
+        outputs = output_buffers(self.engine, self.context, self.device)
         for name, tensor in [("images", x), ("orig_target_sizes", s), *outputs.items()]:
             self.context.set_tensor_address(name, tensor.data_ptr())
         stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
-        return outputs["labels"].cpu(), outputs["boxes"].cpu(), outputs["scores"].cpu()
+        return BatchDetections(
+            boxes=outputs["boxes"].float().cpu(),
+            scores=outputs["scores"].float().cpu(),
+            labels=outputs["labels"].long().cpu(),
+        )

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from dfine.backends.base import Backend, Detections3
+from dfine.backends.base import Backend, BatchDetections, Device, torch_device
 from dfine.checkpoint import load_model
 from dfine.model import DFINE
 from dfine.postprocess import topk_detections
@@ -21,11 +21,11 @@ class TorchBackend(Backend):
         weights: str | os.PathLike | DFINE,
         *,
         size: tuple[int, int] | None = None,
-        device: str | torch.device = "cpu",
+        device: Device = None,
         deploy: bool = True,
         num_top: int = 300,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         owned = not isinstance(weights, DFINE)
         model = load_model(weights, device=self.device) if owned else weights
         if deploy and not model.deployed:
@@ -37,11 +37,11 @@ class TorchBackend(Backend):
         self.num_top = num_top
 
     @torch.inference_mode()
-    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> Detections3:
+    def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> BatchDetections:
         out = self.model(images.to(self.device))
-        labels, boxes, scores, _ = topk_detections(
+        top = topk_detections(
             out["pred_logits"], out["pred_boxes"], orig_sizes.to(self.device), self.num_top
         )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return labels.cpu(), boxes.cpu(), scores.cpu()
+        return top.cpu()

@@ -15,6 +15,12 @@ the denoising groups):
 Box and localization losses use the **union of matches over all layers** (GO-LSD), so every
 query that some layer matched to an object is trained to localise it.
 
+Ablation switches (the paper's ablation, see :data:`dfine.config.ABLATIONS`): a criterion
+with ``golsd=False`` drops GO-LSD — no ``loss_ddf`` and each output set trained on its own
+matching instead of the union; a model without distributions (``ablation="fdr"``) has no
+``pred_corners``, so only VFL, L1 and GIoU remain (RT-DETR's loss). :func:`build_criterion`
+sets the switch from the model's config.
+
 The functions below are the single implementation; ``analysis/`` calls them too.
 """
 
@@ -226,7 +232,9 @@ class DFINECriterion(nn.Module):
 
     ``forward(outputs, targets)`` → dict of weighted scalar terms (see the module docstring);
     the training loss is their sum. ``last_nonfinite`` lists terms that were NaN before being
-    zeroed (the reference zeroes NaN terms; the trainer reports them).
+    zeroed (the reference zeroes NaN terms; the trainer reports them). ``golsd=False`` turns
+    GO-LSD off: no DDF self-distillation, and box/FGL losses of every output set on that set's
+    own Hungarian matching (normalised by the target count) instead of the union of matches.
     """
 
     def __init__(
@@ -239,8 +247,10 @@ class DFINECriterion(nn.Module):
         gamma: float = 2.0,
         reg_max: int = 32,
         temperature: float = 5.0,
+        golsd: bool = True,
     ) -> None:
         super().__init__()
+        self.golsd = golsd
         self.matcher = matcher
         self.num_classes = num_classes
         self.weight_dict = dict(DEFAULT_WEIGHTS if weight_dict is None else weight_dict)
@@ -290,7 +300,11 @@ class DFINECriterion(nn.Module):
     def _local(self, out, idx, src, tgt, num_box, cache, is_dn) -> dict[str, torch.Tensor]:
         terms = {}
         key = "fgl_dn" if is_dn else "fgl"
-        if key not in cache:  # the reference layer (pre-boxes) is shared by all layers
+        # the reference layer (pre-boxes) is shared by all layers, and so are the matches of
+        # the union (GO-LSD) and of denoising; per-layer matches need their own targets
+        if not (self.golsd or is_dn):
+            cache.pop(key, None)
+        if key not in cache:
             with torch.no_grad():
                 cache[key] = bbox2distance(
                     out["ref_points"][idx].detach(),
@@ -304,7 +318,7 @@ class DFINECriterion(nn.Module):
         edge_weight = ious.unsqueeze(-1).repeat(1, 1, 4).reshape(-1).detach()
         corners = out["pred_corners"][idx].reshape(-1, self.reg_max + 1)
         terms["loss_fgl"] = fgl_loss(corners, bins, w_right, w_left, edge_weight, num_box)
-        if "teacher_corners" in out:
+        if self.golsd and "teacher_corners" in out:
             balance = cache.get("ddf_balance") if is_dn else None
             terms["loss_ddf"], *_, balance = ddf_terms(
                 out, idx, ious, self.reg_max, self.temperature, balance
@@ -331,7 +345,7 @@ class DFINECriterion(nn.Module):
             "aux": aux,
             "pre": pre,
             "enc": enc,
-            "union": union_matches(final, others),
+            "union": union_matches(final, others),  # used by the loss only with GO-LSD
         }
 
     def forward(self, outputs: dict, targets: list[dict], **_: Any) -> dict[str, torch.Tensor]:
@@ -340,23 +354,36 @@ class DFINECriterion(nn.Module):
         device = outputs["pred_logits"].device
         m = self.match_all(outputs, targets)
         num_boxes = _global_mean_count(sum(len(t["labels"]) for t in targets), device)
-        num_go = _global_mean_count(sum(len(r) for r, _ in m["union"]), device)
-        shared = {"up": outputs["up"], "reg_scale": outputs["reg_scale"]}
+        if self.golsd:
+            num_go = _global_mean_count(sum(len(r) for r, _ in m["union"]), device)
+        else:
+            num_go = num_boxes
+        shared = {k: outputs[k] for k in ("up", "reg_scale") if k in outputs}
         cache: dict = {}
+
+        def box_matches(own: Indices) -> Indices:
+            return m["union"] if self.golsd else own
+
         losses = self._weighted(
-            self._terms(outputs, targets, m["final"], m["union"], num_boxes, num_go, cache), ""
+            self._terms(
+                outputs, targets, m["final"], box_matches(m["final"]), num_boxes, num_go, cache
+            ),
+            "",
         )
         for i, aux in enumerate(outputs["aux_outputs"]):
             aux = {**aux, **shared}
-            terms = self._terms(aux, targets, m["aux"][i], m["union"], num_boxes, num_go, cache)
+            own = m["aux"][i]
+            terms = self._terms(aux, targets, own, box_matches(own), num_boxes, num_go, cache)
             losses.update(self._weighted(terms, f"_aux_{i}"))
         if m["pre"] is not None:
+            own = m["pre"]
             terms = self._terms(
-                outputs["pre_outputs"], targets, m["pre"], m["union"], num_boxes, num_go, cache
+                outputs["pre_outputs"], targets, own, box_matches(own), num_boxes, num_go, cache
             )
             losses.update(self._weighted(terms, "_pre"))
         for i, enc in enumerate(outputs.get("enc_aux_outputs", [])):
-            terms = self._terms(enc, targets, m["enc"][i], m["union"], num_boxes, num_go, cache)
+            own = m["enc"][i]
+            terms = self._terms(enc, targets, own, box_matches(own), num_boxes, num_go, cache)
             losses.update(self._weighted(terms, f"_enc_{i}"))
         if "dn_outputs" in outputs:
             losses.update(self._denoising_terms(outputs, targets, num_boxes, shared, cache))
@@ -420,11 +447,16 @@ def build_criterion(
     model: nn.Module | None = None, num_classes: int | None = None, **overrides
 ) -> DFINECriterion:
     """The reference criterion configuration (weights vfl 1, bbox 5, giou 2, fgl 0.15, ddf 1.5;
-    alpha 0.75, gamma 2; matcher class 2, bbox 5, giou 2, alpha 0.25, gamma 2)."""
+    alpha 0.75, gamma 2; matcher class 2, bbox 5, giou 2, alpha 0.25, gamma 2).
+
+    GO-LSD is on unless the model's config has ``ablation`` ``golsd`` or ``fdr`` (an explicit
+    ``golsd=`` override wins)."""
     if num_classes is None:
         if model is None:
             raise ValueError("build_criterion needs a model or num_classes")
         num_classes = model.num_classes
     reg_max = model.config.decoder.reg_max if model is not None else 32
+    if model is not None and "golsd" not in overrides:
+        overrides["golsd"] = model.config.decoder.ablation == "none"
     matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2.0)
     return DFINECriterion(matcher, num_classes, reg_max=reg_max, **overrides)

@@ -11,6 +11,10 @@ Data flow (one image batch, Q queries, L layers, R = reg_max):
              logits_l  = dec_score_head[l](h_l) + LQE_l(corners_l)
 
 The module names and parameter layout are those of the reference ``DFINETransformer``.
+
+With ``DecoderConfig.ablation == "fdr"`` (the paper's ablation without FDR) the box head is
+RT-DETR's instead: ``box_l = sigmoid(dec_bbox_head[l](h_l) + logit(box_{l-1}))`` with 4 deltas
+per layer, no pre-head, no distributions and no LQE.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +33,36 @@ from dfine.nn.attention import MSDeformableAttention
 from dfine.nn.common import MLP, bias_init_with_prob, get_activation, inverse_sigmoid
 from dfine.nn.denoising import contrastive_denoising_group
 from dfine.nn.fdr import distance2bbox, integral, weighting_function
+
+
+class QuerySelection(NamedTuple):
+    """What encoder-side query selection hands to the decoder layers (B images, Q queries).
+
+    ``content [B, Q, C]`` and ``boxes_unact [B, Q, 4]`` (inverse-sigmoid cxcywh) are detached;
+    ``logits [B, Q, classes]`` and ``boxes_unact_grad [B, Q, 4]`` keep their gradient for the
+    encoder auxiliary loss; ``indices [B, Q]`` are the selected encoder positions.
+    """
+
+    content: torch.Tensor
+    boxes_unact: torch.Tensor
+    boxes_unact_grad: torch.Tensor
+    logits: torch.Tensor
+    indices: torch.Tensor
+
+
+class LayerOutputs(NamedTuple):
+    """What :meth:`DFINEDecoder.run_layers` returns: lists over the kept layers of ``boxes
+    [B, Q, 4]`` (cxcywh, normalized), ``logits [B, Q, C]`` (after LQE), ``logits_raw`` (before
+    LQE) and ``corners [B, Q, 4(R+1)]``; plus layer 0's ``pre_boxes [B, Q, 4]``, ``pre_logits
+    [B, Q, C]`` and ``ref_initial`` (the detached ``pre_boxes`` every layer refines)."""
+
+    boxes: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    logits_raw: list[torch.Tensor]
+    corners: list[torch.Tensor]
+    pre_boxes: torch.Tensor | None  # None without FDR (ablation ``fdr``)
+    pre_logits: torch.Tensor | None
+    ref_initial: torch.Tensor | None
 
 
 class Gate(nn.Module):
@@ -134,17 +168,20 @@ class TransformerDecoder(nn.Module):
         layer_factory,
         num_layers: int,
         reg_max: int,
-        up: nn.Parameter,
-        reg_scale: nn.Parameter,
+        up: nn.Parameter | None,
+        reg_scale: nn.Parameter | None,
+        lqe: bool = True,
     ) -> None:
         super().__init__()
         self.up = up
         self.reg_scale = reg_scale
         self.reg_max = reg_max
         # like the reference, every layer (and every LQE) starts as a copy of one instance
-        layer, lqe = layer_factory(), LQE(4, 64, 2, reg_max)
+        layer = layer_factory()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
-        self.lqe_layers = nn.ModuleList(copy.deepcopy(lqe) for _ in range(num_layers))
+        if lqe:  # LQE reads distribution statistics: absent without FDR (ablation "fdr")
+            one = LQE(4, 64, 2, reg_max)
+            self.lqe_layers = nn.ModuleList(copy.deepcopy(one) for _ in range(num_layers))
 
 
 @dataclass
@@ -152,6 +189,10 @@ class DecoderTrace:
     """Everything the decoder computed for a batch, for every layer (eval mode).
 
     Shapes: B images, Q queries, L decoder layers, C classes, R = reg_max.
+
+    A model trained with ``ablation="fdr"`` has no distributions, pre-head or LQE: its
+    ``pre_boxes``, ``pre_logits``, ``corners``, ``project``, ``reg_scale`` and ``up`` are None
+    and ``logits`` equals ``logits_raw`` (check :attr:`has_distributions`).
 
     Attributes:
         enc_topk_indices: ``[B, Q]`` int64, selected positions in the flattened multi-level
@@ -171,34 +212,49 @@ class DecoderTrace:
         up: the model's ``up``.
         spatial_shapes: (H, W) of every memory level.
         input_size: (H, W) of the network input.
+        ablation: the model's ablation switch (``none``, ``golsd`` or ``fdr``).
     """
 
     enc_topk_indices: torch.Tensor
     enc_topk_logits: torch.Tensor
     init_boxes: torch.Tensor
-    pre_boxes: torch.Tensor
-    pre_logits: torch.Tensor
+    pre_boxes: torch.Tensor | None
+    pre_logits: torch.Tensor | None
     boxes: torch.Tensor
     logits: torch.Tensor
     logits_raw: torch.Tensor
-    corners: torch.Tensor
-    project: torch.Tensor
-    reg_scale: float
-    up: float
+    corners: torch.Tensor | None
+    project: torch.Tensor | None
+    reg_scale: float | None
+    up: float | None
     spatial_shapes: list[tuple[int, int]]
     input_size: tuple[int, int]
+    ablation: str = "none"
 
     @property
     def num_layers(self) -> int:
         return self.boxes.shape[0]
 
     @property
+    def has_distributions(self) -> bool:
+        """False for a model trained with ``ablation="fdr"`` (RT-DETR-style box deltas)."""
+        return self.corners is not None
+
+    def require_distributions(self, what: str = "this view") -> None:
+        """Raise :class:`NoDistributionsError` (one line, what to do) unless the model has
+        per-edge distributions."""
+        if not self.has_distributions:
+            raise NoDistributionsError.about(what)
+
+    @property
     def reg_max(self) -> int:
+        self.require_distributions("reg_max")
         return self.project.shape[0] - 1
 
     @property
     def probs(self) -> torch.Tensor:
         """``[L, B, Q, 4, R+1]`` per-edge bin probabilities (softmax of ``corners``)."""
+        self.require_distributions("edge probabilities")
         return self.corners.softmax(-1)
 
     @property
@@ -216,6 +272,19 @@ class DecoderTrace:
                 v = v.narrow(batch_dim, image, 1)
             out[f.name] = v
         return DecoderTrace(**out)
+
+
+class NoDistributionsError(ValueError):
+    """Asked for per-edge distributions of a model trained with ``ablation="fdr"``."""
+
+    @classmethod
+    def about(cls, what: str) -> NoDistributionsError:
+        """The one-line explanation: ``what`` needs distributions, this model has none."""
+        return cls(
+            f"{what} needs per-edge distributions, but this model was trained with "
+            "--ablate fdr (RT-DETR-style box deltas, no FDR): it has none; load a full "
+            "D-FINE or an --ablate golsd model"
+        )
 
 
 class DFINEDecoder(nn.Module):
@@ -247,9 +316,14 @@ class DFINEDecoder(nn.Module):
         self.num_denoising = cfg.num_denoising
         hidden = cfg.hidden_dim
 
+        self.ablation = cfg.ablation
+        self.distributions = cfg.distributions
         self._build_input_proj(cfg.feat_channels, hidden, cfg.num_levels)
-        self.up = nn.Parameter(torch.tensor([cfg.up]), requires_grad=False)
-        self.reg_scale = nn.Parameter(torch.tensor([cfg.reg_scale]), requires_grad=False)
+        if self.distributions:
+            self.up = nn.Parameter(torch.tensor([cfg.up]), requires_grad=False)
+            self.reg_scale = nn.Parameter(torch.tensor([cfg.reg_scale]), requires_grad=False)
+        else:  # RT-DETR-style box deltas: no W(n)
+            self.up = self.reg_scale = None
 
         def layer_factory() -> TransformerDecoderLayer:
             return TransformerDecoderLayer(
@@ -263,7 +337,12 @@ class DFINEDecoder(nn.Module):
             )
 
         self.decoder = TransformerDecoder(
-            layer_factory, cfg.num_layers, cfg.reg_max, self.up, self.reg_scale
+            layer_factory,
+            cfg.num_layers,
+            cfg.reg_max,
+            self.up,
+            self.reg_scale,
+            lqe=self.distributions,
         )
         if cfg.num_denoising > 0:
             self.denoising_class_embed = nn.Embedding(
@@ -279,9 +358,11 @@ class DFINEDecoder(nn.Module):
         self.dec_score_head = nn.ModuleList(
             nn.Linear(hidden, cfg.num_classes) for _ in range(cfg.num_layers)
         )
-        self.pre_bbox_head = MLP(hidden, hidden, 4, 3)
+        box_out = 4 * (cfg.reg_max + 1) if self.distributions else 4
+        if self.distributions:
+            self.pre_bbox_head = MLP(hidden, hidden, 4, 3)
         self.dec_bbox_head = nn.ModuleList(
-            MLP(hidden, hidden, 4 * (cfg.reg_max + 1), 3) for _ in range(cfg.num_layers)
+            MLP(hidden, hidden, box_out, 3) for _ in range(cfg.num_layers)
         )
 
         # The reference stores anchors for its eval size as buffers; they are kept for the
@@ -317,7 +398,8 @@ class DFINEDecoder(nn.Module):
     def _reset_parameters(self, feat_channels: tuple[int, ...]) -> None:
         bias = bias_init_with_prob(0.01)
         nn.init.constant_(self.enc_score_head.bias, bias)
-        for head in (self.enc_bbox_head, self.pre_bbox_head, *self.dec_bbox_head):
+        pre = (self.pre_bbox_head,) if self.distributions else ()
+        for head in (self.enc_bbox_head, *pre, *self.dec_bbox_head):
             nn.init.constant_(head.layers[-1].weight, 0)
             nn.init.constant_(head.layers[-1].bias, 0)
         for cls in self.dec_score_head:
@@ -366,6 +448,8 @@ class DFINEDecoder(nn.Module):
     def project(self) -> torch.Tensor:
         """W(n) ``[reg_max + 1]``; cached in eval mode (recomputed while training). The cache
         is cleared when weights are loaded or the module moves."""
+        if not self.distributions:
+            raise NoDistributionsError.about("W(n)")
         if self.training:
             return weighting_function(self.reg_max, self.up, self.reg_scale)
         w = self._project_cache.get("w")
@@ -407,13 +491,9 @@ class DFINEDecoder(nn.Module):
 
     def select_queries(
         self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]]
-    ) -> dict[str, torch.Tensor]:
-        """Encoder-side query selection: top-Q positions by their best class logit.
-
-        Returns ``content [B, Q, C]`` (detached), ``boxes_unact [B, Q, 4]`` (detached),
-        ``indices [B, Q]``, and the differentiable ``logits [B, Q, classes]`` and
-        ``boxes_unact_grad [B, Q, 4]`` for the encoder auxiliary loss.
-        """
+    ) -> QuerySelection:
+        """Encoder-side query selection: top-Q positions by their best class logit (see
+        :class:`QuerySelection` for the fields and shapes)."""
         if memory.shape[1] < self.num_queries:
             raise ValueError(
                 f"the input is too small: its feature maps {spatial_shapes} have {memory.shape[1]} "
@@ -430,13 +510,13 @@ class DFINEDecoder(nn.Module):
         )
         top_logits = logits.gather(1, idx.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
         boxes_unact = self.enc_bbox_head(top_memory) + top_anchors
-        return {
-            "content": top_memory.detach(),
-            "boxes_unact": boxes_unact.detach(),
-            "boxes_unact_grad": boxes_unact,
-            "logits": top_logits,
-            "indices": idx,
-        }
+        return QuerySelection(
+            content=top_memory.detach(),
+            boxes_unact=boxes_unact.detach(),
+            boxes_unact_grad=boxes_unact,
+            logits=top_logits,
+            indices=idx,
+        )
 
     def run_layers(
         self,
@@ -446,14 +526,18 @@ class DFINEDecoder(nn.Module):
         spatial_shapes: list[tuple[int, int]],
         attn_mask: torch.Tensor | None = None,
         all_layers: bool = False,
-    ) -> dict[str, Any]:
-        """Run the decoder layers with FDR.
+    ) -> LayerOutputs:
+        """Run the decoder layers with FDR on ``target [B, Q, C]`` content queries with initial
+        boxes ``ref_unact [B, Q, 4]`` (inverse sigmoid).
 
         ``all_layers`` computes class logits (and keeps boxes/corners) for every layer, as in
-        training or tracing; otherwise only the last layer's heads run.
-        Returns lists over the kept layers: ``boxes`` [B, Q, 4], ``logits`` [B, Q, C],
-        ``logits_raw``, ``corners`` [B, Q, 4(R+1)]; plus ``pre_boxes`` and ``pre_logits``.
+        training or tracing; otherwise only the last layer's heads run (see
+        :class:`LayerOutputs`). Without FDR (ablation ``fdr``) see :meth:`run_layers_direct`.
         """
+        if not self.distributions:
+            return self.run_layers_direct(
+                target, ref_unact, memory, spatial_shapes, attn_mask, all_layers
+            )
         values = self._value_maps(memory, spatial_shapes)
         project = self.project()
         reg_scale = self.reg_scale
@@ -485,10 +569,53 @@ class DFINEDecoder(nn.Module):
             corners_prev = corners
             ref_detach = box.detach()
             output_detach = output.detach()
-        kept["pre_boxes"] = pre_boxes
-        kept["pre_logits"] = pre_logits
-        kept["ref_initial"] = ref_initial
-        return kept
+        return LayerOutputs(
+            **kept, pre_boxes=pre_boxes, pre_logits=pre_logits, ref_initial=ref_initial
+        )
+
+    def run_layers_direct(
+        self,
+        target: torch.Tensor,
+        ref_unact: torch.Tensor,
+        memory: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        attn_mask: torch.Tensor | None = None,
+        all_layers: bool = False,
+    ) -> LayerOutputs:
+        """The decoder layers with RT-DETR's box refinement (ablation ``fdr``).
+
+        ``box_l = sigmoid(dec_bbox_head[l](h_l) + logit(box_{l-1}))``, 4 deltas per layer; the
+        next layer's reference is ``box_l`` detached. In training, layers after the first
+        compute their kept box from the previous layer's box *with* its gradient (RT-DETR's
+        and DINO's "look forward twice"); the values are identical to eval mode.
+        Returns lists ``boxes``, ``logits`` (= ``logits_raw``, no LQE) and an empty
+        ``corners``; ``pre_boxes``, ``pre_logits`` and ``ref_initial`` are None.
+        """
+        values = self._value_maps(memory, spatial_shapes)
+        layers = self.decoder.layers
+        last = len(layers) - 1
+        output = target
+        ref_detach = F.sigmoid(ref_unact)
+        ref_grad: torch.Tensor | None = None
+        kept: dict[str, list] = {"boxes": [], "logits": [], "logits_raw": [], "corners": []}
+        for i, layer in enumerate(layers):
+            query_pos = self.query_pos_head(ref_detach).clamp(min=-10, max=10)
+            output = layer(
+                output, ref_detach.unsqueeze(2), values, spatial_shapes, attn_mask, query_pos
+            )
+            delta = self.dec_bbox_head[i](output)
+            box = F.sigmoid(delta + inverse_sigmoid(ref_detach))
+            if all_layers or i == last:
+                kept_box = box
+                if self.training and ref_grad is not None:
+                    kept_box = F.sigmoid(delta + inverse_sigmoid(ref_grad))
+                raw = self.dec_score_head[i](output)
+                kept["logits_raw"].append(raw)
+                kept["logits"].append(raw)
+                kept["boxes"].append(kept_box)
+            ref_grad = box
+            ref_detach = box.detach()
+        return LayerOutputs(**kept, pre_boxes=None, pre_logits=None, ref_initial=None)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -497,31 +624,35 @@ class DFINEDecoder(nn.Module):
         memory, shapes = self._flatten_memory(feats)
         if not self.training:
             sel = self.select_queries(memory, shapes)
-            out = self.run_layers(sel["content"], sel["boxes_unact"], memory, shapes)
-            return {"pred_logits": out["logits"][-1], "pred_boxes": out["boxes"][-1]}
+            out = self.run_layers(sel.content, sel.boxes_unact, memory, shapes)
+            return {"pred_logits": out.logits[-1], "pred_boxes": out.boxes[-1]}
         return self._forward_train(memory, shapes, targets)
 
     def trace(self, feats: list[torch.Tensor], input_size: tuple[int, int]) -> DecoderTrace:
         """Eval-mode forward that keeps every layer's outputs (see :class:`DecoderTrace`)."""
         memory, shapes = self._flatten_memory(feats)
         sel = self.select_queries(memory, shapes)
-        out = self.run_layers(sel["content"], sel["boxes_unact"], memory, shapes, all_layers=True)
-        b, q = sel["indices"].shape
+        out = self.run_layers(sel.content, sel.boxes_unact, memory, shapes, all_layers=True)
+        b, q = sel.indices.shape
+        fdr = self.distributions
         return DecoderTrace(
-            enc_topk_indices=sel["indices"],
-            enc_topk_logits=sel["logits"],
-            init_boxes=F.sigmoid(sel["boxes_unact"]),
-            pre_boxes=out["pre_boxes"],
-            pre_logits=out["pre_logits"],
-            boxes=torch.stack(out["boxes"]),
-            logits=torch.stack(out["logits"]),
-            logits_raw=torch.stack(out["logits_raw"]),
-            corners=torch.stack(out["corners"]).reshape(len(out["corners"]), b, q, 4, -1),
-            project=self.project(),
-            reg_scale=float(self.reg_scale),
-            up=float(self.up),
+            enc_topk_indices=sel.indices,
+            enc_topk_logits=sel.logits,
+            init_boxes=F.sigmoid(sel.boxes_unact),
+            pre_boxes=out.pre_boxes,
+            pre_logits=out.pre_logits,
+            boxes=torch.stack(out.boxes),
+            logits=torch.stack(out.logits),
+            logits_raw=torch.stack(out.logits_raw),
+            corners=(
+                torch.stack(out.corners).reshape(len(out.corners), b, q, 4, -1) if fdr else None
+            ),
+            project=self.project() if fdr else None,
+            reg_scale=float(self.reg_scale) if fdr else None,
+            up=float(self.up) if fdr else None,
             spatial_shapes=shapes,
             input_size=input_size,
+            ablation=self.ablation,
         )
 
     def _forward_train(
@@ -544,73 +675,74 @@ class DFINEDecoder(nn.Module):
                 box_noise_scale=self.cfg.box_noise_scale,
             )
         sel = self.select_queries(memory, shapes)
-        content, ref_unact = sel["content"], sel["boxes_unact"]
+        content, ref_unact = sel.content, sel.boxes_unact
         if dn_boxes is not None:
             ref_unact = torch.concat([dn_boxes, ref_unact], dim=1)
             content = torch.concat([dn_content, content], dim=1)
         out = self.run_layers(content, ref_unact, memory, shapes, attn_mask, all_layers=True)
-        logits, boxes = torch.stack(out["logits"]), torch.stack(out["boxes"])
-        corners = torch.stack(out["corners"])
-        refs = out["ref_initial"].unsqueeze(0).expand(len(out["boxes"]), -1, -1, -1)
-        pre_logits, pre_boxes = out["pre_logits"], out["pre_boxes"]
+        n_layers = len(out.boxes)
+        stacked: dict[str, torch.Tensor] = {
+            "logits": torch.stack(out.logits),
+            "boxes": torch.stack(out.boxes),
+        }
+        if self.distributions:
+            stacked["corners"] = torch.stack(out.corners)
+            stacked["refs"] = out.ref_initial.unsqueeze(0).expand(n_layers, -1, -1, -1)
+            pre = {"pre_logits": out.pre_logits, "pre_boxes": out.pre_boxes}
+        else:
+            pre = {}
 
         dn = None
         if dn_meta is not None and dn_boxes is not None:
-            split = dn_meta["dn_num_split"]
-            dn = {
-                "logits": logits[:, :, : split[0]],
-                "boxes": boxes[:, :, : split[0]],
-                "corners": corners[:, :, : split[0]],
-                "refs": refs[:, :, : split[0]],
-                "pre_logits": pre_logits[:, : split[0]],
-                "pre_boxes": pre_boxes[:, : split[0]],
-            }
-            logits, boxes = logits[:, :, split[0] :], boxes[:, :, split[0] :]
-            corners, refs = corners[:, :, split[0] :], refs[:, :, split[0] :]
-            pre_logits, pre_boxes = pre_logits[:, split[0] :], pre_boxes[:, split[0] :]
+            split = dn_meta["dn_num_split"][0]
+            dn = {k: v[:, :, :split] for k, v in stacked.items()}
+            dn.update({k: v[:, :split] for k, v in pre.items()})
+            stacked = {k: v[:, :, split:] for k, v in stacked.items()}
+            pre = {k: v[:, split:] for k, v in pre.items()}
 
+        logits, boxes = stacked["logits"], stacked["boxes"]
         result: dict[str, Any] = {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
-            "pred_corners": corners[-1],
-            "ref_points": refs[-1],
-            "up": self.up,
-            "reg_scale": self.reg_scale,
-            "aux_outputs": _aux_list(
-                logits[:-1], boxes[:-1], corners[:-1], refs[:-1], corners[-1], logits[-1]
-            ),
+            "aux_outputs": _aux_list(stacked),
             "enc_aux_outputs": [
-                {"pred_logits": sel["logits"], "pred_boxes": F.sigmoid(sel["boxes_unact_grad"])}
+                {"pred_logits": sel.logits, "pred_boxes": F.sigmoid(sel.boxes_unact_grad)}
             ],
-            "pre_outputs": {"pred_logits": pre_logits, "pred_boxes": pre_boxes},
             "enc_meta": {"class_agnostic": False},
         }
-        if dn is not None:
-            result["dn_outputs"] = _aux_list(
-                dn["logits"],
-                dn["boxes"],
-                dn["corners"],
-                dn["refs"],
-                dn["corners"][-1],
-                dn["logits"][-1],
+        if self.distributions:
+            result.update(
+                pred_corners=stacked["corners"][-1],
+                ref_points=stacked["refs"][-1],
+                up=self.up,
+                reg_scale=self.reg_scale,
+                pre_outputs={"pred_logits": pre["pre_logits"], "pred_boxes": pre["pre_boxes"]},
             )
-            result["dn_pre_outputs"] = {
-                "pred_logits": dn["pre_logits"],
-                "pred_boxes": dn["pre_boxes"],
-            }
+        if dn is not None:
+            result["dn_outputs"] = _aux_list(dn, last=True)
+            if self.distributions:
+                result["dn_pre_outputs"] = {
+                    "pred_logits": dn["pre_logits"],
+                    "pred_boxes": dn["pre_boxes"],
+                }
             result["dn_meta"] = dn_meta
         return result
 
 
-def _aux_list(logits, boxes, corners, refs, teacher_corners, teacher_logits) -> list[dict]:
-    return [
-        {
-            "pred_logits": a,
-            "pred_boxes": b,
-            "pred_corners": c,
-            "ref_points": d,
-            "teacher_corners": teacher_corners,
-            "teacher_logits": teacher_logits,
-        }
-        for a, b, c, d in zip(logits, boxes, corners, refs)
-    ]
+def _aux_list(stacked: dict[str, torch.Tensor], last: bool = False) -> list[dict]:
+    """Per-layer output dicts of all but the last layer (``last``: of every layer). With
+    distributions each also holds its corners, reference boxes and the last layer's (the
+    GO-LSD teacher's) corners and logits."""
+    logits, boxes = stacked["logits"], stacked["boxes"]
+    n = len(logits) if last else len(logits) - 1
+    result = [{"pred_logits": logits[i], "pred_boxes": boxes[i]} for i in range(n)]
+    if "corners" in stacked:
+        corners, refs = stacked["corners"], stacked["refs"]
+        for i, r in enumerate(result):
+            r.update(
+                pred_corners=corners[i],
+                ref_points=refs[i],
+                teacher_corners=corners[-1],
+                teacher_logits=logits[-1],
+            )
+    return result

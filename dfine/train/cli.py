@@ -67,6 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         deterministic=args.deterministic,
         resume=args.resume,
         tune_from=args.tune_from,
+        ablation=args.ablate,
         eval_every=args.eval_every,
         no_val=args.no_val,
         max_steps_per_epoch=args.max_steps_per_epoch,
@@ -216,6 +217,14 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "--tune-from",
         metavar="WEIGHTS",
         help="start from pretrained weights (file or zoo name), any class count",
+    )
+    p.add_argument(
+        "--ablate",
+        choices=["none", "fdr", "golsd"],
+        default="none",
+        help="the paper's ablation: fdr = no distributions (RT-DETR-style box deltas, L1+GIoU, "
+        "no FGL/DDF/LQE); golsd = FDR with FGL but no DDF self-distillation (default none: "
+        "the full D-FINE); recorded in the checkpoint metadata",
     )
     p.add_argument(
         "--eval-every",

@@ -47,6 +47,7 @@ class TrainRun:
     deterministic: bool = False
     resume: str | os.PathLike | None = None
     tune_from: str | os.PathLike | None = None
+    ablation: str = "none"
     eval_every: int | None = None
     no_val: bool = False
     max_steps_per_epoch: int | None = None
@@ -89,13 +90,17 @@ def resolve_recipe(run: TrainRun) -> Recipe:
     return scale_lr(recipe.replace(**changes), run.lr_scale)
 
 
-def build_model_for(recipe: Recipe, num_classes: int, class_names: Any = None) -> torch.nn.Module:
-    """A fresh D-FINE of the recipe's size with anchors for its input size."""
+def build_model_for(
+    recipe: Recipe, num_classes: int, class_names: Any = None, ablation: str = "none"
+) -> torch.nn.Module:
+    """A fresh D-FINE of the recipe's size with anchors for its input size; ``ablation``
+    switches FDR / GO-LSD off (see :data:`dfine.config.ABLATIONS`)."""
     from dfine.config import get_config
     from dfine.model import DFINE
 
     size = recipe.input_size
-    cfg = dataclasses.replace(get_config(recipe.model_size, num_classes), eval_size=(size, size))
+    cfg = get_config(recipe.model_size, num_classes, ablation)
+    cfg = dataclasses.replace(cfg, eval_size=(size, size))
     names = tuple(class_names) if class_names else None
     return DFINE(cfg, class_names=names).train()
 
@@ -136,7 +141,9 @@ def _train(run: TrainRun, device: torch.device) -> dict[str, Any]:
         recipe, train_split, val_split, run.seed, run.workers
     )
     num_classes = recipe.num_classes or train_ds.num_classes
-    model = build_model_for(recipe, num_classes, getattr(train_ds, "class_names", None))
+    model = build_model_for(
+        recipe, num_classes, getattr(train_ds, "class_names", None), run.ablation
+    )
     seed_everything(run.seed + dist.rank())  # per-rank streams (denoising noise, augmentation)
     options = TrainOptions(
         out_dir=run.out,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+_TEMPORARY = re.compile(r".+" + re.escape(TMP_SUFFIX) + r"\.[0-9]+")
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete ``*.tmp.<pid>`` files left by a process killed while saving; returns them."""
+    """Delete the ``<name>.tmp.<pid>`` files :func:`dfine.io.atomic_write` leaves when its
+    process is killed mid-write; returns them. Any other file (``notes.tmp.txt``) is kept."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [p for p in folder.iterdir() if TMP_SUFFIX + "." in p.name and p.is_file()]
+    stale = [p for p in folder.iterdir() if _TEMPORARY.fullmatch(p.name) and p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

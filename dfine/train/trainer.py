@@ -556,7 +556,7 @@ class Trainer:
 
     def _check_compatible(self, state: dict[str, Any], path: str | Path) -> None:
         mine, theirs = _model_info(unwrap(self.model)), state.get("model_config") or {}
-        for key in ("size", "num_classes"):
+        for key in ("size", "num_classes", "ablation"):
             if key in theirs and theirs[key] != mine[key]:
                 raise ValueError(
                     f"{path} holds a model with {key}={theirs[key]}, this run has {mine[key]}"
@@ -689,6 +689,7 @@ def _model_info(model: nn.Module) -> dict[str, Any]:
         "num_classes": getattr(cfg, "num_classes", None),
         "class_names": list(names) if names else None,
         "input_size": list(getattr(cfg, "eval_size", ()) or ()),
+        "ablation": getattr(cfg, "ablation", "none"),
     }
 
 

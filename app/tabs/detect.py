@@ -1,0 +1,159 @@
+"""The Detect tab: image, model, input size, threshold and detection limit (the inputs every
+image tab shares), and the detections. Endpoint ``/detect``; moving the threshold or the
+limit re-filters the current result at once, without a new forward pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from app import tables, texts
+from app.components import raw_image
+from app.errors import user_errors
+from app.examples import photo_examples, synth_examples
+from app.models import LoadedModel
+from app.paths import DEFAULT_MAX_DETECTIONS, INPUT_SIZES
+from app.state import AppState, Selection
+from app.summaries import detect_summary
+from app.tabs.common import Controls, bind, skip
+
+DetectOutputs = tuple[Image.Image, pd.DataFrame, str, str]
+
+
+@user_errors
+def detect(
+    state: AppState,
+    image: str | None,
+    threshold: float,
+    size: int | str,
+    model: str | None,
+    max_detections: int,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
+) -> DetectOutputs:
+    """Annotated image, detections table (pixels), JSON file, summary with speed."""
+    sel = state.select(image, threshold, size, model, max_detections, progress)
+    return _outputs(state, sel, image)
+
+
+@user_errors
+def refilter(
+    state: AppState,
+    image: str | None,
+    threshold: float,
+    size: int | str,
+    model: str | None,
+    max_detections: int,
+) -> DetectOutputs | tuple[Any, ...]:
+    """What :func:`detect` shows for new threshold / limit values, from the cached forward
+    pass only; nothing changes while there is no result for these inputs yet."""
+    sel = state.cached(image, threshold, size, model, max_detections)
+    return skip(4) if sel is None else _outputs(state, sel, image)
+
+
+def _outputs(state: AppState, sel: Selection, image: str | None) -> DetectOutputs:
+    dets = sel.detections
+    annotated = dets.plot() if len(dets) else Image.fromarray(sel.result.image)
+    json_path = state.outputs.path(f"detections_{Path(str(image)).stem}.json")
+    dets.to_json(json_path)
+    return annotated, tables.detections(dets), str(json_path), detect_summary(sel)
+
+
+def model_defaults(state: AppState, model: str | None) -> tuple[float, int]:
+    """The threshold and input size that suit a model (the fixture's scores are about 0.05;
+    a model is best at the size it was trained at)."""
+    entry = state.store.entry(model)
+    size = state.store.get(entry.key).default_size if state.store.is_loaded(entry.key) else None
+    return entry.default_threshold, size if size is not None else gr.skip()
+
+
+def build(state: AppState, tabs: gr.Tabs) -> Controls:
+    """The Detect tab; returns the controls the other tabs share."""
+    default: LoadedModel = state.store.get(None)
+    with gr.Tab("Detect", id="detect"):
+        gr.Markdown(texts.DETECT, elem_classes="dfine-note")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = raw_image(
+                    sources=["upload", "webcam", "clipboard"],
+                    label="Image (upload, webcam or paste)",
+                    height=360,
+                    elem_id="input-image",
+                )
+                model = gr.Dropdown(
+                    choices=state.store.choices(),
+                    value=default.entry.key,
+                    label="Model",
+                    info="Zoo models are downloaded on first use; upload your own in the Model tab.",
+                    allow_custom_value=True,
+                    elem_id="model",
+                )
+                with gr.Row():
+                    size = gr.Dropdown(
+                        choices=list(INPUT_SIZES),
+                        value=default.default_size,
+                        label="Input size (px, square)",
+                        info="The image is resized to this before the network.",
+                        elem_id="input-size",
+                    )
+                    threshold = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=default.entry.default_threshold,
+                        step=0.005,
+                        label="Score threshold (0–1)",
+                        info="Detections scoring above this are shown."
+                        + (" For the fixture use ≈0.02." if default.entry.is_fixture else ""),
+                        elem_id="threshold",
+                    )
+                max_dets = gr.Slider(
+                    1,
+                    300,
+                    value=DEFAULT_MAX_DETECTIONS,
+                    step=1,
+                    label="At most this many detections (highest scores first)",
+                    elem_id="max-detections",
+                )
+                button = gr.Button("Detect", variant="primary", elem_id="detect-button")
+                gr.Examples(photo_examples(), inputs=[image], label="Photos", cache_examples=False)
+                gr.Examples(
+                    synth_examples(),
+                    inputs=[image],
+                    label="Synthetic shapes (with ground truth; see the GO-LSD tab)",
+                    cache_examples=False,
+                )
+            with gr.Column(scale=1):
+                annotated = gr.Image(
+                    label="Detections", interactive=False, height=420, elem_id="annotated"
+                )
+                summary = gr.Markdown(label="Summary", elem_id="detect-summary")
+                table = gr.Dataframe(
+                    label="Detections table (pixels of the original image)",
+                    interactive=False,
+                    elem_id="detections-table",
+                )
+                json_file = gr.File(label="Detections JSON", height=90, elem_id="detections-json")
+    controls = Controls(image, threshold, size, model, max_dets, annotated, tabs)
+    outputs = [annotated, table, json_file, summary]
+    pressed = button.click(
+        bind(state, detect), inputs=controls.shared(), outputs=outputs, api_name="detect"
+    )
+    moved = gr.on(
+        [threshold.release, max_dets.release],
+        bind(state, refilter),
+        inputs=controls.shared(),
+        outputs=outputs,
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    controls.result_events += [pressed, moved]
+    model.input(
+        bind(state, model_defaults),
+        inputs=model,
+        outputs=[threshold, size],
+        api_visibility="private",
+    )
+    return controls

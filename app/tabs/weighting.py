@@ -1,0 +1,113 @@
+"""The W(n) tab: the weighting function for any (reg_max, up, reg_scale), evenly spaced bins
+for comparison, and the selected model's own W(n). Endpoints ``/weighting`` and
+``/weighting_figure``."""
+
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+import analysis
+from analysis import figures
+from app import tables, texts
+from app.checks import number
+from app.errors import UserError, user_errors
+from app.state import AppState
+from app.summaries import weighting_summary
+from app.tabs.common import Controls, bind, figure_export_row, on_open, save_figure
+
+REG_MAX_RANGE = (4, 128)
+
+
+@user_errors
+def weighting(
+    state: AppState, reg_max: int, up: float, reg_scale: float, model: str | None
+) -> tuple[go.Figure, pd.DataFrame, str]:
+    """W(n) for the parameters, the evenly spaced bins, and the model's own W(n)."""
+    curve = _curve(reg_max, up, reg_scale)
+    loaded = state.store.get(model)
+    own = analysis.model_weighting(loaded.model)
+    fig = figures.weighting_figure(curve, model=own)
+    return fig, tables.weighting(curve), weighting_summary(curve, own, loaded)
+
+
+@user_errors
+def export_figure(
+    state: AppState, reg_max: int, up: float, reg_scale: float, model: str | None, fmt: str
+) -> str:
+    """The W(n) figure as a PNG or SVG file (matplotlib)."""
+    curve = _curve(reg_max, up, reg_scale)
+    own = analysis.model_weighting(state.store.get(model).model)
+    fig = analysis.static.weighting_figure(curve, model=own)
+    return save_figure(state, fig, f"weighting_regmax{curve.reg_max}", fmt)
+
+
+def even_reg_max(reg_max: float | None) -> int:
+    """The slider's value made valid: the nearest even whole number in range, odd ones
+    rounded up (the number box of a slider accepts any typed value)."""
+    try:
+        value = float(reg_max)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = 32.0
+    lo, hi = REG_MAX_RANGE
+    if value != value:  # NaN
+        value = 32.0
+    return int(min(max(2 * math.floor(value / 2 + 0.5), lo), hi))  # odd: round up
+
+
+def _curve(reg_max: int, up: float, reg_scale: float) -> analysis.WeightingCurve:
+    reg_max_f = number(reg_max, "reg_max")
+    if reg_max_f != int(reg_max_f):
+        raise UserError(f"reg_max must be an even whole number, got {reg_max_f:g}.")
+    try:
+        return analysis.weighting_curve(
+            int(reg_max_f), number(up, "up"), number(reg_scale, "reg_scale")
+        )
+    except ValueError as e:
+        raise UserError(f"{e}.") from e
+
+
+def build(state: AppState, controls: Controls) -> None:
+    default = state.store.get(None)
+    decoder = default.model.decoder
+    with gr.Tab("W(n)", id="weighting") as tab:
+        gr.Markdown(texts.WEIGHTING, elem_classes="dfine-note")
+        with gr.Row():
+            reg_max = gr.Slider(
+                *REG_MAX_RANGE,
+                value=default.model.config.decoder.reg_max,
+                step=2,
+                label="reg_max (bins − 1, even)",
+                elem_id="reg-max",
+            )
+            up = gr.Slider(0.05, 5.0, value=float(decoder.up), step=0.05, label="up (range factor)")
+            reg_scale = gr.Slider(
+                0.5, 32.0, value=float(decoder.reg_scale), step=0.5, label="reg_scale (curvature)"
+            )
+            button = gr.Button("Plot W(n)", variant="primary")
+        plot = gr.Plot(label="W(n) chart", elem_id="weighting-plot")
+        summary = gr.Markdown(label="W(n) summary", elem_id="weighting-summary")
+        with gr.Accordion("W(n) table", open=False):
+            table = gr.Dataframe(label="W(n) table", interactive=False)
+        fmt, export, file = figure_export_row()
+    inputs = [reg_max, up, reg_scale, controls.model]
+    outputs = [plot, table, summary]
+    fn = bind(state, weighting)
+    gr.on(
+        [button.click, up.release, reg_scale.release],
+        fn,
+        inputs=inputs,
+        outputs=outputs,
+        api_name="weighting",
+    )
+    # a typed odd value is snapped to the nearest even one first, then plotted
+    reg_max.release(even_reg_max, inputs=reg_max, outputs=reg_max, api_visibility="private").then(
+        fn, inputs=inputs, outputs=outputs, api_visibility="private"
+    )
+    tab.select(on_open(fn, 3), inputs=inputs, outputs=outputs, api_visibility="private")
+    export.click(
+        bind(state, export_figure), inputs=[*inputs, fmt], outputs=file, api_name="weighting_figure"
+    )
