@@ -232,3 +232,21 @@ def test_cli_refuses_bad_precision_requests(onnx_file, tmp_path, capsys):
     code = main(["export", str(onnx_file), "--format", "onnx", "--precision", "bf16"])
     assert code == 2
     assert "bf16 is a runtime choice" in capsys.readouterr().err
+
+
+def test_benchmark_runs_precisions_and_throughput(tmp_path):
+    import dfine
+    from dfine.benchmark import _runner
+    from dfine.cli import build_parser
+
+    model = dfine.build_model("n").eval()
+    x, sizes = torch.rand(2, 3, 256, 256), torch.tensor([[256, 256]] * 2)
+    latency = _runner("openvino", model, (256, 256), 2, tmp_path, "bf16")
+    assert latency(x, sizes).boxes.shape == (2, 300, 4)
+    many = _runner("openvino", model, (256, 256), 2, tmp_path, "bf16", throughput=True)
+    out = many([(x, sizes)] * 3)
+    assert len(out) == 3 and all(o.scores.shape == (2, 300) for o in out)
+    with pytest.raises(ValueError, match="openvino only"):
+        _runner("onnxruntime", model, (256, 256), 2, tmp_path, "bf16")
+    args = build_parser().parse_args(["benchmark", "--precision", "f32", "int8", "--throughput"])
+    assert args.precision == ["f32", "int8"] and args.throughput
