@@ -306,3 +306,65 @@ def evaluate_file(
     engine = create_backend(backend, weights, **options)
     val = load_val(data, limit)
     return evaluate(engine.detect, val, engine.input_size, progress, f"eval {backend}")
+
+
+@dataclass(frozen=True)
+class PrecisionCost:
+    """What a precision costs on this machine: median model latency and drift vs f32."""
+
+    precision: str
+    median_ms: float
+    speedup: float
+    drift: GuardResult | None
+
+    def row(self) -> str:
+        if self.drift is None:
+            return f"| {self.precision} | {self.median_ms:.1f} | 1.00x | exact (reference) |"
+        r = self.drift.reduced
+        verdict = "within" if self.drift.ok else "BEYOND"
+        return (
+            f"| {self.precision} | {self.median_ms:.1f} | {self.speedup:.2f}x | box p95 "
+            f"{r['box_p95']:.4f}, score p95 {r['score_p95']:.3f}, lost {100 * r['lost']:.0f}% "
+            f"({verdict} the guard's bounds) |"
+        )
+
+
+def precision_costs(
+    weights,
+    precisions: Sequence[str] = ("f32", "bf16"),
+    images: Sequence[Path] | None = None,
+    size: tuple[int, int] | None = None,
+    repeats: int = 3,
+    threads: int | None = None,
+) -> list[PrecisionCost]:
+    """Measure, for a checkpoint or DFINE model through OpenVINO, each precision's median
+    latency (``repeats`` passes over ``images``, default the bundled examples) and its drift
+    against f32 (:func:`guard_drift`). bf16: backbone + encoder bf16, decoder f32."""
+    import time
+
+    from dfine.backends.base import onnx_for
+    from dfine.backends.openvino import OpenVINOBackend
+    from dfine.export import EXAMPLES
+
+    onnx = onnx_for(weights, size)
+    backends = {p: OpenVINOBackend(onnx, precision=p, threads=threads) for p in precisions}
+    inputs = load_inputs(images or image_files(EXAMPLES, 8), backends[precisions[0]].input_size)
+    times: dict[str, list[float]] = {p: [] for p in precisions}
+    for _ in range(repeats):
+        for x, sizes in inputs:
+            for p, b in backends.items():  # interleaved
+                t = time.perf_counter()
+                b.detect(x, sizes)
+                times[p].append((time.perf_counter() - t) * 1000)
+    base = float(np.median(times["f32"])) if "f32" in times else None
+    out = []
+    for p, b in backends.items():
+        med = float(np.median(times[p]))
+        drift_result = None
+        if p != "f32" and "f32" in backends:
+            try:
+                drift_result = guard_drift(backends["f32"].detect, b.detect, inputs)
+            except ValueError:  # no confident detection on these images
+                drift_result = None
+        out.append(PrecisionCost(p, med, base / med if base else float("nan"), drift_result))
+    return out

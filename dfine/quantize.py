@@ -81,8 +81,16 @@ def _calibration_inputs(source, count: int, size: tuple[int, int], progress: boo
     ]
 
 
+def _import_nncf():
+    try:
+        import nncf
+    except ImportError as e:
+        raise ImportError("INT8 export needs the 'nncf' package: pip install nncf") from e
+    return nncf
+
+
 def _quantize_openvino(base, names: set[str], calib, progress: bool):
-    import nncf
+    nncf = _import_nncf()
 
     with _quiet(progress):
         return nncf.quantize(
@@ -95,7 +103,7 @@ def _quantize_openvino(base, names: set[str], calib, progress: bool):
 
 
 def _quantize_onnx(proto, names: set[str], calib, progress: bool):
-    import nncf
+    nncf = _import_nncf()
 
     with _quiet(progress):
         return nncf.quantize(

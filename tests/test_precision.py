@@ -250,3 +250,17 @@ def test_benchmark_runs_precisions_and_throughput(tmp_path):
         _runner("onnxruntime", model, (256, 256), 2, tmp_path, "bf16")
     args = build_parser().parse_args(["benchmark", "--precision", "f32", "int8", "--throughput"])
     assert args.precision == ["f32", "int8"] and args.throughput
+
+
+def test_app_model_tab_measures_precision_cost(tmp_path):
+    pytest.importorskip("gradio")
+    from app.models import ModelStore
+    from app.state import AppState
+    from app.tabs.model import precision_cost
+
+    state = AppState(ModelStore(DEMO))
+    key = state.store.get(None).entry.key
+    text = precision_cost(state, key, progress=None)
+    lines = text.splitlines()
+    assert lines[2].startswith("| f32 |") and "exact (reference)" in lines[2]
+    assert lines[3].startswith("| bf16 |") and "box p95" in lines[3] and "x |" in lines[3]
