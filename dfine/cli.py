@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="f32",
         choices=["f32", "bf16", "int8", "fp16"],
-        help="f32 (default); bf16 (openvino); int8 (openvino or onnx, needs --calibration); "
+        help="f32 (default); bf16 (openvino); int8 (openvino, needs --calibration); "
         "fp16 (onnx, for GPUs; same as --half). bf16/int8 reduce the backbone and encoder and "
         "keep the FDR decoder in f32, and are checked by the accuracy guard",
     )

@@ -1,18 +1,20 @@
-"""Reduced-precision export (OpenVINO IR: f32, bf16-mixed, INT8; ONNX: INT8 QDQ), guarded.
+"""Reduced-precision export (OpenVINO IR: f32, bf16-mixed, INT8), guarded.
 
     result = export_reduced("dfine_n.safetensors", "dfine_n_int8.xml", precision="int8",
                             calibration="data/synth", val="data/synth")
     print(result.report())
 
-bf16: the backbone, encoder and decoder attention run in bf16, the FDR parts
-(:data:`dfine.precision.FDR_PARTS`) carry OpenVINO's keep-in-f32 attribute. INT8: NNCF
-post-training quantization (calibrated on a folder of images or a COCO/YOLO dataset) with
-the FDR parts in NNCF's ignored scope. Every reduced export measures itself against f32
-(:mod:`dfine.guard`): AP/AP50/AP75 on ``val`` when given, else box/score drift on sample
-images; with ``val``, parts are added to the f32 set one group at a time until the AP drop is
-within ``max_ap_drop`` (the accuracy-aware loop). A refused export writes nothing. The IR's
-rt_info (``dfine`` section, :func:`dfine.export.read_metadata`) records the precision, the
-method, the parts kept in f32, the calibration and the guard's measurement.
+bf16: the backbone and encoder run in bf16 and the decoder — distribution heads, residual
+refinement, softmax·W(n) integral, box decoding, LQE, top-k — in f32: the backend cuts the
+graph at the encoder's outputs and compiles the two halves with different precision hints
+(:func:`dfine.precision.split_model`). INT8: NNCF post-training quantization of the backbone
+and encoder (calibrated on a folder of images or a COCO/YOLO dataset), every other part in
+NNCF's ignored scope. Every reduced export measures itself against f32 (:mod:`dfine.guard`):
+AP/AP50/AP75 on ``val`` when given, else box/score drift on sample images; with ``val``, the
+accuracy-aware loop narrows the reduced parts to the backbone alone when the guard refuses
+backbone + encoder. A refused export writes nothing. The metadata (ONNX props, or the IR's
+``dfine`` rt_info section; :func:`dfine.export.read_metadata`) records the precision, the
+method, the reduced parts, the calibration and the guard's measurement (and every attempt).
 """
 
 from __future__ import annotations
@@ -102,19 +104,6 @@ def _quantize_openvino(base, names: set[str], calib, progress: bool):
         )
 
 
-def _quantize_onnx(proto, names: set[str], calib, progress: bool):
-    nncf = _import_nncf()
-
-    with _quiet(progress):
-        return nncf.quantize(
-            proto,
-            nncf.Dataset(calib, lambda x: {"images": x.numpy(), "orig_target_sizes": _sizes(x)}),
-            subset_size=len(calib),
-            model_type=nncf.ModelType.TRANSFORMER,
-            ignored_scope=nncf.IgnoredScope(names=sorted(names), validate=False),
-        )
-
-
 def _sizes(x):
     import numpy as np
 
@@ -175,7 +164,8 @@ def export_reduced(
     """Export ``weights`` (checkpoint, zoo name or dfine ONNX file) at ``precision``.
 
     ``format="openvino"``: an IR ``.xml`` (+ ``.bin``) at ``f32``, ``bf16`` or ``int8``.
-    ``format="onnx"``: ``int8`` (NNCF QDQ graph for ONNX Runtime / OpenVINO).
+    ``format="onnx"``: refused with a pointer to the ONNX paths (f32 / fp16 via
+    :func:`dfine.export.export_onnx`) and to OpenVINO for bf16 / INT8.
     ``reduced_parts``: the parts (:data:`dfine.precision.PARTS`) run reduced; default the
     backbone and encoder (the decoder stays f32), narrowed to the backbone by the
     accuracy-aware loop when ``val`` is given and the guard refuses (``accuracy_aware``).
@@ -186,11 +176,12 @@ def export_reduced(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     precision = normalize_precision(precision)
-    allowed = ("f32", "bf16", "int8") if format == "openvino" else ("int8",)
+    allowed = ("f32", "bf16", "int8") if format == "openvino" else ()
     if precision not in allowed:
         hint = (
             "ONNX files are f32 (dfine export --format onnx) or fp16 (--half); bf16 is a "
-            "runtime choice: --format openvino --precision bf16"
+            "runtime choice and INT8 needs OpenVINO (NNCF's ONNX backend fails on this graph): "
+            f"--format openvino --precision {precision}"
             if format == "onnx"
             else "fp16 needs a GPU runtime (TensorRT: Detector(..., backend='tensorrt', "
             "precision='fp16'))"
@@ -279,23 +270,10 @@ def export_reduced(
                     "images (the other parts in the ignored scope, in f32)"
                 )
                 info["calibration"] = {"source": str(calibration), "images": len(calib)}
-                if format == "openvino":
-                    model = _quantize_openvino(base, ignored, calib, progress)
-                    candidate = tmp / "candidate.xml"
-                else:
-                    import onnx
-
-                    proto = onnx.load(str(onnx_path))
-                    names = {n.name for n in proto.graph.node if _onnx_part(n.name) not in reduce}
-                    model = _quantize_onnx(proto, names, calib, progress)
-                    candidate = tmp / "candidate.onnx"
+                model = _quantize_openvino(base, ignored, calib, progress)
+                candidate = tmp / "candidate.xml"
             _write_candidate(model, candidate, info)
-            if format == "onnx":
-                from dfine.backends.onnxruntime import OnnxRuntimeBackend
-
-                reduced = OnnxRuntimeBackend(candidate, precision="int8")
-            else:
-                reduced = OpenVINOBackend(candidate)
+            reduced = OpenVINOBackend(candidate)
             if valset is not None:
                 guard = guard_val(
                     reference.detect, reduced.detect, valset, hw, max_ap_drop, progress, ref_metrics
@@ -311,12 +289,7 @@ def export_reduced(
         guard.check(f"the {precision} export of {weights}")  # raises before `path` is written
         info.update(guard=guard.to_dict(), attempts=attempts)
         _write_candidate(model, candidate, info)
-        if format == "onnx":
-            from dfine.io import atomic_write
-
-            atomic_write(path, lambda t: shutil.copyfile(candidate, t))
-        else:
-            _move_ir(candidate, path)
+        _move_ir(candidate, path)
     return ReducedExport(
         path,
         format,
@@ -329,21 +302,7 @@ def export_reduced(
     )
 
 
-def _onnx_part(name: str) -> str:
-    from dfine.precision import part_of
-
-    return part_of(name) or "postprocess"
-
-
 def _write_candidate(model, path: Path, info: dict) -> None:
-    if path.suffix == ".onnx":
-        import onnx
-
-        onnx.helper.set_model_props(
-            model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
-        )
-        onnx.save(model, str(path))
-        return
     import openvino as ov
 
     _set_metadata(model, info)

@@ -80,7 +80,8 @@ def _check_precision(path, stored: str, asked: str | None) -> str:
         )
     if asked != stored:
         how = {
-            "int8": "dfine export W --format onnx --precision int8 --calibration DIR",
+            "int8": "an INT8 QDQ graph of your own (dfine's INT8 export is OpenVINO's: "
+            "dfine export W --format openvino --precision int8 --calibration DIR)",
             "fp16": "dfine export W --half",
             "f32": "dfine export W",
         }[asked]
