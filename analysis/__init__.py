@@ -40,6 +40,7 @@ from analysis.distributions import EdgeDistributions, edge_distributions, uncert
 from analysis.golsd import GOLSDReport, criterion_outputs, golsd, pseudo_targets
 from analysis.layer_stats import layer_stats
 from analysis.refinement import Refinement, refinement, refinement_overlay
+from analysis.refinement import stage_names as refinement_stages
 from analysis.weighting import (
     UNIFORM_NOTE,
     WeightingCurve,
@@ -69,6 +70,7 @@ __all__ = [
     "pseudo_targets",
     "refinement",
     "refinement_overlay",
+    "refinement_stages",
     "static",
     "uncertainty_overlay",
     "weighting_curve",

@@ -23,8 +23,8 @@ IOU_AXIS = "IoU with the final box (0–1)"
 MOVE_AXIS = "edge movement (px, + = outward)"
 PROB_AXIS = "probability (unitless)"
 BAR_NOTE = (
-    "pixels of the original image; bars: p(n) at each bin's offset W(n)·box size/reg_scale "
-    "(equal widths, cosmetic); ◆ expected offset, whiskers ±1σ"
+    "pixels of the original image; each bar spans the offsets its bin stands for "
+    "(W(n)·box size/reg_scale), grey outline: the previous layer; ◆ expected offset, ±1σ"
 )
 W_AXIS = "W(n)/reg_scale (× box width or height)"
 SPACING_AXIS = "ΔW/reg_scale (× box width or height)"
@@ -45,7 +45,7 @@ def softened_axis(temperature: float) -> str:
 
 
 def loss_axis() -> str:
-    return "DDF loss (unitless, before the criterion's loss_ddf weight)"
+    return "DDF loss (before loss_ddf weight)"
 
 
 def layer_colors(num_layers: int) -> list[str]:

@@ -85,6 +85,70 @@ class EdgeDistributions:
         """Entropy of the uniform distribution over the bins, nats."""
         return math.log(self.probs.shape[-1])
 
+    def bin_positions(self, edge: int, axis: str = "px") -> np.ndarray:
+        """``[R+1]`` where each bin of ``edge`` sits: its offset in pixels (``axis="px"``)
+        or its index n (``axis="bin"``)."""
+        if axis == "px":
+            return self.offsets_px[edge]
+        if axis == "bin":
+            return np.arange(self.probs.shape[-1], dtype=np.float64)
+        raise ValueError(f"axis must be 'px' or 'bin', got {axis!r}")
+
+    def bin_bounds(self, edge: int, axis: str = "px") -> np.ndarray:
+        """``[R+2]`` the boundaries of the span each bin stands for (half-way to its
+        neighbours; the outer bins as wide as their inner half): bin n covers
+        ``bounds[n] .. bounds[n+1]``."""
+        return cell_bounds(self.bin_positions(edge, axis))
+
+    def mass_window(self, edge: int, mass: float = 0.999) -> tuple[int, int]:
+        """``(lo, hi)``: the narrowest run of bins ``lo..hi`` (inclusive) that holds at least
+        ``mass`` of the probability of ``edge`` at every layer (equal tails cut off)."""
+        if not 0.0 < mass <= 1.0:
+            raise ValueError(f"mass must be in (0, 1], got {mass}")
+        tail = (1.0 - mass) / 2
+        cdf = np.cumsum(self.probs[:, edge], axis=-1)  # [L, R+1]
+        last = cdf.shape[-1] - 1
+        lo = min(int(np.argmax(c > tail)) if tail > 0 else 0 for c in cdf)
+        hi = max(int(np.argmax(c >= 1.0 - tail)) if tail > 0 else last for c in cdf)
+        return lo, min(hi, last)
+
+    def x_window(
+        self, edge: int, axis: str = "px", x_range: str = "mass", mass: float = 0.999
+    ) -> tuple[float, float]:
+        """The x range a figure of ``edge`` shows: ``x_range="full"``, every bin's span;
+        ``"mass"``, the bins of :meth:`mass_window` (and, in pixels, every layer's
+        expectation ± σ) plus a 15 % margin, within the full range."""
+        bounds = self.bin_bounds(edge, axis)
+        if x_range == "full":
+            return float(bounds[0]), float(bounds[-1])
+        if x_range != "mass":
+            raise ValueError(f"x_range must be 'mass' or 'full', got {x_range!r}")
+        lo, hi = self.mass_window(edge, mass)
+        left, right = float(bounds[lo]), float(bounds[hi + 1])
+        if axis == "px":
+            ex, sd = self.expected_px[:, edge], self.std_px[:, edge]
+            left, right = min(left, float((ex - sd).min())), max(right, float((ex + sd).max()))
+        margin = max(0.15 * (right - left), 1e-3)
+        return max(left - margin, float(bounds[0])), min(right + margin, float(bounds[-1]))
+
+    def expected_bin(self, layer: int, edge: int) -> float:
+        """The expectation as a fractional bin index (linear between the two bins whose
+        offsets enclose it)."""
+        k0, k1 = (int(v) for v in self.neighbour_bins[layer, edge])
+        o0, o1 = (float(v) for v in self.neighbour_offsets_px[layer, edge])
+        t = 0.0 if o1 == o0 else (float(self.expected_px[layer, edge]) - o0) / (o1 - o0)
+        return k0 + t * (k1 - k0)
+
+
+def cell_bounds(x: np.ndarray) -> np.ndarray:
+    """``[N+1]`` boundaries of the cells around sorted positions ``x [N]``: midpoints between
+    neighbours, the outer cells mirrored (a single position gets a cell of width 1)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size < 2:
+        return np.array([x[0] - 0.5, x[0] + 0.5]) if x.size else np.zeros(1)
+    mid = (x[1:] + x[:-1]) / 2
+    return np.concatenate([[2 * x[0] - mid[0]], mid, [2 * x[-1] - mid[-1]]])
+
 
 def edge_stats(
     trace: DecoderTrace, queries: np.ndarray, image_size: ImageSize

@@ -19,12 +19,78 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 from analysis import _style as S
 from analysis._common import EDGES, class_name
 from analysis.compare import EdgeComparison, RefinementComparison
-from analysis.distributions import EdgeDistributions
+from analysis.distributions import EdgeDistributions, cell_bounds
 from analysis.golsd import GOLSDReport
 from analysis.refinement import Refinement
+from analysis.tracks import TrackSeries
 from analysis.weighting import UNIFORM_NOTE, WeightingCurve
 
 TEMPLATE = "plotly_white"
+
+
+def wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (plotly ``<br>``), at
+    spaces; existing ``<br>`` kept."""
+    out = []
+    for part in str(text).split("<br>"):
+        line = ""
+        for word in part.split(" "):
+            if line and len(line) + 1 + len(word) > width:
+                out.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        out.append(line)
+    return "<br>".join(out)
+
+
+def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
+    """Titles and notes that fit a figure about 480 px wide (the app's narrowest panel):
+    subplot titles left-aligned on their subplot and wrapped, long notes and the title
+    wrapped, room above for them, and axis titles kept clear of the tick labels."""
+    note_lines = 0
+    for ann in fig.layout.annotations:
+        if ann.xref == "paper" and ann.yref == "paper" and ann.showarrow is False:
+            if ann.xanchor == "center" and ann.yanchor == "bottom":  # a subplot title
+                ann.update(x=_domain_left(fig, ann.x), xanchor="left")
+                ann.text = wrap(ann.text, width_chars)
+            else:  # a note
+                ann.text = wrap(ann.text, int(width_chars * 1.6))
+                if ann.y is not None and ann.y < 0:
+                    note_lines = max(note_lines, 1 + ann.text.count("<br>"))
+    title = fig.layout.title.text
+    if title:
+        fig.update_layout(title={"text": wrap(title, width_chars), "x": 0.01, "xanchor": "left"})
+    lines = 1 + (title or "").count("<br>")
+    fig.update_layout(margin={"t": 56 + 22 * lines})
+    if note_lines:
+        fig.update_layout(margin={"b": 70 + 16 * note_lines})
+    fig.update_yaxes(title_standoff=6, automargin=True)
+    fig.update_xaxes(automargin=True)
+    return fig
+
+
+def _domain_left(fig: go.Figure, x: float) -> float:
+    """The left edge of the x domain whose centre is ``x`` (a subplot title's position)."""
+    for name in fig.layout:
+        if name.startswith("xaxis"):
+            lo, hi = fig.layout[name].domain
+            if abs((lo + hi) / 2 - x) < 1e-6:
+                return lo
+    return x
+
+
+def mass_range(x: np.ndarray, probs: np.ndarray, mass: float = 0.999) -> list[float]:
+    """An x range over bins at sorted positions ``x [N]`` that holds ``mass`` of each
+    distribution of ``probs [K, N]`` (equal tails cut), plus a 15 % margin."""
+    bounds = cell_bounds(x)
+    tail = (1.0 - mass) / 2
+    cdf = np.cumsum(probs, axis=-1)
+    lo = min(int(np.argmax(c > tail)) for c in cdf)
+    hi = max(int(np.argmax(c >= 1.0 - tail)) for c in cdf)
+    left, right = float(bounds[lo]), float(bounds[min(hi, len(x) - 1) + 1])
+    margin = max(0.15 * (right - left), 1e-3)
+    return [max(left - margin, float(bounds[0])), min(right + margin, float(bounds[-1]))]
 
 
 def _note(fig: go.Figure, text: str, y: float = -0.12) -> None:
@@ -50,7 +116,7 @@ def refinement_figure(
     fig = make_subplots(
         rows=2,
         cols=1,
-        vertical_spacing=0.2,
+        vertical_spacing=0.26,
         subplot_titles=(
             "IoU of every stage's box with the final box",
             _moves_title(ref, detection, class_names),
@@ -98,11 +164,11 @@ def refinement_figure(
     fig.update_layout(
         template=TEMPLATE,
         barmode="group",
-        height=720,
+        height=760,
         title="Layer-by-layer box refinement",
         legend={"groupclick": "toggleitem"},
     )
-    return fig
+    return fit_text(fig, 45)
 
 
 def _check_detection(ref: Refinement, detection: int) -> int:
@@ -120,14 +186,31 @@ def _moves_title(ref: Refinement, detection: int, class_names: Sequence[str] | N
 
 
 # ----------------------------------------------------------------------------- distributions
-def distribution_figure(dist: EdgeDistributions, title: str | None = None) -> go.Figure:
-    """Grid of layers (rows) × edges (columns): bars are the bin probabilities placed at the
-    pixel displacement each bin stands for; the diamond marks the expected displacement with
-    ±1σ whiskers. Columns share their x axis (the bins' pixel offsets do not change by layer)."""
+DISTRIBUTION_MASS = 0.999
+"""The x range of :func:`distribution_figure` holds at least this share of every layer's
+probability (then a margin), unless ``x_range="full"``."""
+
+
+def distribution_figure(
+    dist: EdgeDistributions,
+    title: str | None = None,
+    *,
+    x_range: str = "mass",
+    axis: str = "px",
+    mass: float = DISTRIBUTION_MASS,
+) -> go.Figure:
+    """Grid of layers (rows) × edges (columns). Each bar is a bin's probability, drawn over
+    the span of displacements the bin stands for (``axis="px"``: pixels, W(n)·box
+    size/reg_scale, so bars are as wide as the bins really are; ``axis="bin"``: the bin index
+    n); the grey outline is the previous layer's distribution; the diamond marks the expected
+    displacement with ±1σ whiskers. ``x_range="mass"`` zooms every column to the bins that
+    hold ``mass`` of the probability at every layer, plus a margin (a confident edge is then
+    readable); ``"full"`` shows the whole W(n) range."""
+    if x_range not in ("mass", "full"):
+        raise ValueError(f"x_range must be 'mass' or 'full', got {x_range!r}")
     num_layers = dist.num_layers
     titles = [
-        f"{layer} · {edge}: E={dist.expected_px[li, e]:+.1f} px, σ={dist.std_px[li, e]:.1f} px, "
-        f"H={dist.entropy[li, e]:.2f} nats"
+        f"{layer} · {edge}: E={dist.expected_px[li, e]:+.1f} px, σ={dist.std_px[li, e]:.1f} px"
         for li, layer in enumerate(dist.layers)
         for e, edge in enumerate(EDGES)
     ]
@@ -136,58 +219,104 @@ def distribution_figure(dist: EdgeDistributions, title: str | None = None) -> go
         cols=4,
         shared_xaxes="columns",
         subplot_titles=titles,
-        vertical_spacing=min(0.08, 0.5 / num_layers),
-        horizontal_spacing=0.05,
+        vertical_spacing=min(0.1, 0.6 / num_layers),
+        horizontal_spacing=0.06,
     )
     colors = S.layer_colors(num_layers)
     for li, layer in enumerate(dist.layers):
         for e, edge in enumerate(EDGES):
-            _distribution_cell(fig, dist, li, e, colors[li], layer, edge)
+            _distribution_cell(fig, dist, li, e, colors[li], layer, edge, axis)
     for e, edge in enumerate(EDGES):
-        fig.update_xaxes(title_text=S.edge_axis(edge), row=num_layers, col=e + 1)
+        x_title = S.edge_axis(edge) if axis == "px" else f"{edge} edge: bin index n"
+        fig.update_xaxes(title_text=x_title, row=num_layers, col=e + 1)
+        fig.update_xaxes(range=list(dist.x_window(e, axis, x_range, mass)), col=e + 1)
     for li, layer in enumerate(dist.layers):
-        fig.update_yaxes(title_text=f"{layer}: {S.PROB_AXIS}", row=li + 1, col=1)
+        fig.update_yaxes(title_text=f"{layer}: p", title_standoff=4, row=li + 1, col=1)
     fig.update_annotations(font_size=10)
-    _note(fig, S.BAR_NOTE, y=-0.08)
+    shown = (
+        f"x range: the bins holding ≥ {mass:.1%} of every layer's probability, plus a margin"
+        if x_range == "mass"
+        else "x range: the full W(n) range"
+    )
+    _note(fig, f"{S.BAR_NOTE}; {shown}", y=-0.1)
     fig.update_layout(
         template=TEMPLATE,
-        height=230 * num_layers + 140,
+        height=230 * num_layers + 160,
         showlegend=False,
         bargap=0,
+        barmode="overlay",
+        margin={"t": 90, "l": 70, "r": 20},
         title=title or f"Edge distributions of query {dist.query}, every layer",
     )
-    return fig
+    return fit_text(fig, 100)
 
 
-def _distribution_cell(fig, dist: EdgeDistributions, li: int, e: int, color: str, layer, edge):
-    x, p = dist.offsets_px[e], dist.probs[li, e]
+def _distribution_cell(
+    fig, dist: EdgeDistributions, li: int, e: int, color: str, layer, edge, axis: str = "px"
+):
+    x, p = dist.bin_positions(e, axis), dist.probs[li, e]
+    bounds = dist.bin_bounds(e, axis)
+    width = np.diff(bounds)
+    unit = "px" if axis == "px" else ""
     fig.add_trace(
-        go.Bar(
+        go.Bar(  # each bar over its bin's own span: left edge x + offset, width
             x=x,
             y=p,
-            width=S.bar_widths(x),
+            offset=bounds[:-1] - x if axis == "px" else -0.45,
+            width=width if axis == "px" else 0.9,
             marker_color=color,
             name=f"{layer} {edge}",
-            customdata=np.arange(len(x)),
-            hovertemplate="bin %{customdata}: %{x:+.2f} px, p=%{y:.4f}<extra></extra>",
+            customdata=np.stack([np.arange(len(x)), dist.offsets_px[e]], axis=-1),
+            hovertemplate="bin %{customdata[0]}: offset %{customdata[1]:+.2f} px, "
+            "p=%{y:.4f}<extra></extra>",
         ),
         row=li + 1,
         col=e + 1,
     )
+    if li > 0:  # the previous layer, as an outline
+        prev = dist.probs[li - 1, e]
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([[bounds[0]], bounds]),
+                y=np.concatenate([[0.0], prev, [0.0]]),
+                mode="lines",
+                line={"shape": "hv", "color": "#555", "width": 1.2},
+                name=f"{dist.layers[li - 1]} (previous layer)",
+                hoverinfo="skip",
+            ),
+            row=li + 1,
+            col=e + 1,
+        )
+    expected = dist.expected_px[li, e] if axis == "px" else dist.expected_bin(li, e)
     fig.add_trace(
         go.Scatter(
-            x=[dist.expected_px[li, e]],
+            x=[expected],
             y=[float(p.max()) * 1.08],
             mode="markers",
             marker={"symbol": "diamond", "size": 9, "color": "#d62728"},
-            error_x={"type": "constant", "value": float(dist.std_px[li, e]), "color": "#d62728"},
+            error_x={"type": "constant", "value": float(dist.std_px[li, e]), "color": "#d62728"}
+            if axis == "px"
+            else None,
             name="expected ±1σ",
-            hovertemplate="expected %{x:+.2f} px ± "
-            + f"{dist.std_px[li, e]:.2f} px<extra></extra>",
+            hovertemplate="expected %{x:+.2f} " + unit + f" (σ {dist.std_px[li, e]:.2f} px)"
+            "<extra></extra>",
         ),
         row=li + 1,
         col=e + 1,
     )
+
+
+def message_figure(text: str, title: str = "") -> go.Figure:
+    """An empty figure that says ``text``: a tab's answer when there is nothing to plot (e.g.
+    the distributions of a model trained without them)."""
+    fig = go.Figure()
+    fig.add_annotation(
+        text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14}
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(template=TEMPLATE, height=240, title=title)
+    return fig
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -369,7 +498,7 @@ def weighting_figure(curve: WeightingCurve, model: WeightingCurve | None = None)
     fig.update_yaxes(title_text=S.SPACING_AXIS, type="log", row=2, col=1)
     _note(fig, UNIFORM_NOTE + "; spacing axis is logarithmic", y=-0.1)
     fig.update_layout(template=TEMPLATE, height=680, title="Weighting function W(n)")
-    return fig
+    return fit_text(fig, 80)
 
 
 def _weighting_title(c: WeightingCurve) -> str:
@@ -439,16 +568,19 @@ def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) 
                 hovertemplate="%{x:+.2f} px: p=%{y:.4f}<extra>" + layer + "</extra>",
             )
         )
-    fig.update_xaxes(title_text=S.edge_axis(EDGES[e], report.pixel_space))
+    probs = np.concatenate([report.teacher_probs[q, e][None], report.student_probs[:, q, e]])
+    fig.update_xaxes(
+        title_text=S.edge_axis(EDGES[e], report.pixel_space), range=mass_range(x, probs)
+    )
     fig.update_yaxes(title_text=S.softened_axis(report.temperature))
     fig.update_layout(
         template=TEMPLATE,
-        height=460,
+        height=500,
         bargap=0,
         title=f"GO-LSD, query {q}, {EDGES[e]} edge: teacher vs students · {report.match_text(q)}"
         f"<br><sub>{report.note}</sub>",
     )
-    return fig
+    return fit_text(fig, 55)
 
 
 def golsd_kl_figure(report: GOLSDReport, query: int) -> go.Figure:
@@ -473,11 +605,11 @@ def golsd_kl_figure(report: GOLSDReport, query: int) -> go.Figure:
     fig.update_layout(
         template=TEMPLATE,
         barmode="stack",
-        height=420,
+        height=480,
         title=f"KL per student layer, query {q} · {report.match_text(q)} · DDF weight {weights}"
         f"<br><sub>{report.note}</sub>",
     )
-    return fig
+    return fit_text(fig, 55)
 
 
 def golsd_loss_figure(report: GOLSDReport) -> go.Figure:
@@ -502,12 +634,12 @@ def golsd_loss_figure(report: GOLSDReport) -> go.Figure:
     fig.update_layout(
         template=TEMPLATE,
         barmode="stack",
-        height=420,
+        height=480,
         title=f"DDF loss per layer: {', '.join(f'{v:.5f}' for v in report.loss_ddf)} "
         f"({int(report.matched.sum())} matched queries, T = {report.temperature:g})"
         f"<br><sub>{report.note}</sub>",
     )
-    return fig
+    return fit_text(fig, 55)
 
 
 def golsd_weights_figure(
@@ -529,7 +661,7 @@ def golsd_weights_figure(
         title=f"DDF weights and KL (nats, T = {report.temperature:g}) of the top {len(rows)} "
         f"queries by loss share<br><sub>{report.note}</sub>",
     )
-    return fig
+    return fit_text(fig, 80)
 
 
 __all__ = [
@@ -541,3 +673,66 @@ __all__ = [
     "refinement_figure",
     "weighting_figure",
 ]
+
+
+# ----------------------------------------------------------------------------- video tracks
+def track_figure(series: TrackSeries) -> go.Figure:
+    """One track over time: the σ of each edge distribution (px), the score, and the box's
+    width and height (px); frames where the uncertainty jumps are marked in every panel."""
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=(
+            "σ of each edge's distribution (last decoder layer)",
+            "Score",
+            "Box size",
+        ),
+    )
+    t = series.time_s
+    hover = [f"frame {i}" for i in series.frame_index]
+    colors = S.layer_colors(4)
+    for e, edge in enumerate(EDGES):
+        fig.add_trace(
+            go.Scatter(x=t, y=series.sigma_px[:, e], mode="lines+markers", name=f"σ {edge}",
+                       line={"color": colors[e]}, marker={"size": 4}, text=hover),
+            row=1, col=1,
+        )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=t, y=series.scores, mode="lines+markers", name="score",
+                   line={"color": "#333"}, marker={"size": 4}, text=hover),
+        row=2, col=1,
+    )  # fmt: skip
+    for values, name, dash in (
+        (series.widths, "width", "solid"),
+        (series.heights, "height", "dot"),
+    ):
+        fig.add_trace(
+            go.Scatter(x=t, y=values, mode="lines", name=name, line={"color": "#0067A5", "dash": dash},
+                       text=hover),
+            row=3, col=1,
+        )  # fmt: skip
+    for j in series.jumps:
+        fig.add_vline(x=float(t[j]), line={"color": "#BE0032", "width": 1, "dash": "dash"})
+    if len(series.jumps):
+        fig.add_trace(
+            go.Scatter(x=t[series.jumps], y=series.sigma_px[series.jumps].max(axis=1),
+                       mode="markers", name="uncertainty jump",
+                       marker={"color": "#BE0032", "size": 9, "symbol": "x"},
+                       text=[hover[j] for j in series.jumps]),
+            row=1, col=1,
+        )  # fmt: skip
+    fig.update_yaxes(title_text="σ (px)", row=1, col=1)
+    fig.update_yaxes(title_text="score", range=[0, 1.02], row=2, col=1)
+    fig.update_yaxes(title_text="px", row=3, col=1)
+    fig.update_xaxes(title_text="time (s)", row=3, col=1)
+    fig.update_layout(
+        template=TEMPLATE,
+        height=620,
+        title=f"Track #{series.track_id} · {series.name} · {len(series)} frames · "
+        f"{len(series.jumps)} uncertainty jump(s)",
+        legend={"orientation": "h", "y": -0.12},
+        margin={"t": 80},
+    )
+    return fig

@@ -96,15 +96,24 @@ def _moves_axes(ax, ref: Refinement, detection: int, class_names) -> None:
 
 
 # ----------------------------------------------------------------------------- distributions
-def distribution_figure(dist: EdgeDistributions, title: str | None = None) -> Figure:
+def distribution_figure(
+    dist: EdgeDistributions,
+    title: str | None = None,
+    *,
+    x_range: str = "mass",
+    axis: str = "px",
+    mass: float = 0.999,
+) -> Figure:
     """Matplotlib version of :func:`analysis.figures.distribution_figure`."""
+
     num_layers = dist.num_layers
     fig = _figure(15, 2.4 * num_layers + 1.2)
     axes = np.asarray(fig.subplots(num_layers, 4, sharex="col", squeeze=False))
     colors = S.layer_colors(num_layers)
     for li, layer in enumerate(dist.layers):
         for e, edge in enumerate(EDGES):
-            _distribution_axes(axes[li, e], dist, li, e, colors[li])
+            _distribution_axes(axes[li, e], dist, li, e, colors[li], axis)
+            axes[li, e].set_xlim(*dist.x_window(e, axis, x_range, mass))
             axes[li, e].set_title(
                 f"{layer} · {edge}: E={dist.expected_px[li, e]:+.1f} px, "
                 f"σ={dist.std_px[li, e]:.1f} px, H={dist.entropy[li, e]:.2f} nats",
@@ -118,13 +127,17 @@ def distribution_figure(dist: EdgeDistributions, title: str | None = None) -> Fi
     return fig
 
 
-def _distribution_axes(ax, dist: EdgeDistributions, li: int, e: int, color: str) -> None:
-    x, p = dist.offsets_px[e], dist.probs[li, e]
-    ax.bar(x, p, width=S.bar_widths(x), color=color)
+def _distribution_axes(
+    ax, dist: EdgeDistributions, li: int, e: int, color: str, axis: str = "px"
+) -> None:
+    p, bounds = dist.probs[li, e], dist.bin_bounds(e, axis)
+    ax.bar(bounds[:-1], p, width=np.diff(bounds), align="edge", color=color)
+    if li > 0:  # the previous layer, as an outline
+        ax.stairs(dist.probs[li - 1, e], bounds, color="#555", linewidth=1.0)
     ax.errorbar(
-        [dist.expected_px[li, e]],
+        [dist.expected_px[li, e] if axis == "px" else dist.expected_bin(li, e)],
         [float(p.max()) * 1.08],
-        xerr=[dist.std_px[li, e]],
+        xerr=[dist.std_px[li, e]] if axis == "px" else None,
         fmt="D",
         color="#d62728",
         markersize=5,

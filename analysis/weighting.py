@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dfine.nn.decoder import DecoderTrace, NoDistributionsError
-from dfine.nn.fdr import weighting_function
+from dfine.nn.fdr import check_reg_max, weighting_function
 
 REG_MAX_RANGE = (4, 128)
 UP_RANGE = (0.0, 5.0)  # (exclusive, inclusive]
@@ -97,12 +97,10 @@ class WeightingCurve:
 def check_parameters(reg_max: int, up: float, reg_scale: float) -> tuple[int, float, float]:
     """Validated ``(reg_max, up, reg_scale)``: reg_max an even integer in 4..128, up in
     (0, 5], reg_scale in (0, 32]; ``ValueError`` naming the parameter otherwise."""
-    if isinstance(reg_max, bool) or float(reg_max) != int(reg_max):
-        raise ValueError(f"reg_max must be an integer, got {reg_max}")
-    reg_max = int(reg_max)
+    reg_max = check_reg_max(reg_max)
     lo, hi = REG_MAX_RANGE
-    if not (lo <= reg_max <= hi) or reg_max % 2:
-        raise ValueError(f"reg_max must be an even integer in {lo}..{hi}, got {reg_max}")
+    if not lo <= reg_max <= hi:
+        raise ValueError(f"reg_max must be an even whole number in {lo}..{hi}, got {reg_max}")
     up, reg_scale = float(up), float(reg_scale)
     if not (math.isfinite(up) and UP_RANGE[0] < up <= UP_RANGE[1]):
         raise ValueError(f"up must be in ({UP_RANGE[0]:g}, {UP_RANGE[1]:g}], got {up}")

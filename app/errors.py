@@ -1,4 +1,6 @@
-"""Every failure reaches the user as one readable ``gr.Error`` — never a stack trace."""
+"""Every failure reaches the user as one readable ``gr.Error`` — never a stack trace. A
+handled error is one line in the toast and one line in the server log; an unexpected one is
+logged with its traceback."""
 
 from __future__ import annotations
 
@@ -31,26 +33,43 @@ def tidy(message: str) -> str:
     return _TEMP_PATH.sub(r"\1", message)
 
 
+def one_line(message: str) -> str:
+    """``message`` with its line breaks and runs of spaces made single spaces."""
+    return " ".join(str(message).split())
+
+
+def _handled(message: str, title: str) -> gr.Error:
+    """A toast for a handled error: one line, logged as one line, no traceback."""
+    text = one_line(tidy(message))
+    log.warning("%s: %s", title, text)
+    return gr.Error(text, title=title, print_exception=False)
+
+
 def to_gr_error(exc: BaseException) -> gr.Error:
-    """The ``gr.Error`` a user sees for ``exc``."""
+    """The ``gr.Error`` a user sees for ``exc`` (handled errors are logged as one line;
+    unexpected ones with their traceback)."""
     if isinstance(exc, gr.Error):
         return exc
     if isinstance(exc, ImageLoadError):
-        return gr.Error(tidy(str(exc)), title="Cannot read the image")
+        return _handled(str(exc), "Cannot read the image")
     if isinstance(exc, CheckpointError):
-        return gr.Error(tidy(str(exc)), title="Cannot use this checkpoint")
+        return _handled(str(exc), "Cannot use this checkpoint")
     if isinstance(exc, ZooDownloadError):
-        hint = " Or upload the checkpoint file in the Model tab."
-        return gr.Error(tidy(str(exc)) + hint, title="Model download failed")
+        return _handled(
+            f"{exc} Or upload the checkpoint file in the Model tab.", "Model download failed"
+        )
     if isinstance(exc, (UserError, ValueError, FileNotFoundError)):
-        return gr.Error(tidy(str(exc)), title="Cannot do that")
+        return _handled(str(exc), "Cannot do that")
     if isinstance(exc, MemoryError):
-        return gr.Error("The server ran out of memory; try a smaller image or input size.")
+        return _handled(
+            "The server ran out of memory; try a smaller image or input size.", "Out of memory"
+        )
     log.exception("unexpected error in the app")
     return gr.Error(
-        f"Unexpected error ({type(exc).__name__}: {tidy(str(exc))}). Please try again; if it "
-        "persists, report it with the image and settings used.",
+        f"Unexpected error ({type(exc).__name__}: {one_line(tidy(str(exc)))}). Please try "
+        "again; if it persists, report it with the image and settings used.",
         title="Something went wrong",
+        print_exception=False,  # logged above, with its traceback
     )
 
 

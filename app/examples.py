@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from app.paths import EXAMPLES_DIR, SYNTH_ANNOTATIONS, SYNTH_DIR
+from dfine.data.synth import make_synthetic_dataset
 
 SYNTH_ARGS = {"num_train": 0, "num_val": 4, "image_size": (320, 320), "seed": 123}
 
@@ -29,8 +30,6 @@ def synth_examples() -> list[str]:
 
 def make_synth_examples(dest: Path = SYNTH_DIR) -> list[Path]:
     """Regenerate the synthetic examples (deterministic: same arguments, same bytes)."""
-    from dfine.data.synth import make_synthetic_dataset  # training-side code: only here
-
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_synthetic_dataset(tmp, **SYNTH_ARGS)

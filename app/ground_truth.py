@@ -73,3 +73,7 @@ class AnnotatedExamples:
     def find(self, digest: str) -> GroundTruth | None:
         """The ground truth of the image with this sha256, if it is one of the examples."""
         return self._by_digest.get(digest)
+
+    def add(self, digest: str, truth: GroundTruth) -> None:
+        """Know the ground truth of one more image (e.g. one opened from an evaluation)."""
+        self._by_digest[digest] = truth

@@ -29,10 +29,16 @@ from dfine import zoo
 from dfine.checkpoint import CheckpointError
 from dfine.io import file_sha256
 from dfine.loss.criterion import DFINECriterion
+from dfine.sources import is_onnx, resolve
 
 DEFAULT_KEY = "default"
 UPLOAD_PREFIX = "upload-"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+ONNX_REFUSED = (
+    "{name} is an exported ONNX graph: the app needs the PyTorch weights it was exported "
+    "from (.pth or .safetensors), because its analysis tabs read every decoder layer; run the "
+    ".onnx with `dfine predict IMAGE --weights {name}` or dfine.Detector instead"
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,14 @@ class LoadedModel:
         (square multiples of 32 in 320..800), else 640."""
         size = self.input_size[0]
         return size if size in INPUT_SIZES else 640
+
+    @property
+    def is_synthetic(self) -> bool:
+        """Whether this is a model of the synthetic shapes (the bundled demo model): it knows
+        nothing of photos."""
+        from dfine.data.synth import SYNTH_CLASSES
+
+        return self.class_names == tuple(c.name for c in SYNTH_CLASSES)
 
     @property
     def num_layers(self) -> int:
@@ -154,11 +168,10 @@ class ModelStore:
         max_loaded: int = 2,
         max_uploads: int = 8,
     ) -> None:
-        path = Path(default) if default is not None else default_weights()
-        if not path.is_file() and zoo.is_zoo_name(str(default)):
-            path = zoo.download(str(default))  # once, into DFINE_HOME; later runs find it
-        if not path.is_file():
-            raise FileNotFoundError(f"default model not found: {path}")
+        if default is not None and is_onnx(default):
+            raise CheckpointError(ONNX_REFUSED.format(name=Path(default).name))
+        # a zoo name is downloaded once, into DFINE_HOME; later runs find it there
+        path = resolve(default) if default is not None else default_weights()
         self._entries: dict[str, ModelEntry] = {DEFAULT_KEY: _default_entry(path)}
         self._entries.update((e.key, e) for e in _zoo_entries())
         self._uploads: list[str] = []
@@ -236,6 +249,8 @@ class ModelStore:
         src = Path(path)
         name = original_name or src.name
         suffix = Path(name).suffix.lower()
+        if suffix == ".onnx":
+            raise UserError(ONNX_REFUSED.format(name=name))
         if suffix not in CHECKPOINT_SUFFIXES:
             raise UserError(
                 f"{name}: a checkpoint must be a .pth or .safetensors file, got '{suffix or name}'"

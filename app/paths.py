@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dfine.resources import DEMO_WEIGHTS_NAME, asset_path
+
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = REPO / "assets"
-BUNDLED_WEIGHTS = ASSETS / "dfine_n_synth.safetensors"
+"""The source checkout (only the test fixture below is looked up in it)."""
+ASSETS = asset_path()
+"""The bundled files (``dfine/assets`` package data; the repository's ``assets/``)."""
+BUNDLED_WEIGHTS = ASSETS / DEMO_WEIGHTS_NAME
 """The demo model trained on the synthetic shapes dataset; used as soon as the file exists."""
 FIXTURE_WEIGHTS = REPO / "tests" / "fixtures" / "dfine_n_perturbed_random_official.pth"
 """Fallback while the demo weights are not bundled: a randomly initialised parity fixture."""

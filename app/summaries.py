@@ -14,6 +14,7 @@ import analysis
 from app.ground_truth import GroundTruth
 from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
+from dfine.config import ABLATION_NOTES
 from dfine.detections import Detections
 
 if TYPE_CHECKING:
@@ -40,7 +41,40 @@ def speed_text(sel: Selection) -> str:
     return f"**Speed** (this server's CPU, computed now): {parts}"
 
 
-def detect_summary(sel: Selection) -> str:
+COCO_SUGGESTION = "dfine_n_coco"
+"""The zoo model the app suggests for photos (the smallest COCO model)."""
+
+
+def model_note(loaded: LoadedModel) -> str:
+    """What the selected model knows, shown under the Detect tab's model picker."""
+    names = loaded.class_names
+    shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+    h, w = loaded.input_size
+    text = f"**Knows {len(names)} classes**: {shown} · **trained at** {w}×{h} px."
+    if loaded.is_synthetic:
+        text += (
+            " A demo model of synthetic shapes: try the synthetic examples; for photos load "
+            f"a COCO model ({COCO_SUGGESTION} in the list above)."
+        )
+    return text
+
+
+def coco_hint() -> str:
+    """How to get a COCO model, online or offline (its download size and where to put it)."""
+    from dfine import zoo
+
+    e = zoo.get(COCO_SUGGESTION)
+    path = zoo.cache_dir() / e.filename
+    return (
+        f"This demo model knows only 8 synthetic shapes, so a photo gives little or nothing. "
+        f"For everyday objects pick **{e.name}** (80 COCO classes, AP {e.ap:g}) in the Model "
+        f"list: about {e.params_m * 4.1:.0f} MB, downloaded on first use. Offline, download "
+        f"{e.url} elsewhere and save it as `{path}`."
+    )
+
+
+def detect_summary(sel: Selection, example: bool = False) -> str:
+    """The Detect tab's summary; ``example``: the image is one of the synthetic examples."""
     n, total = len(sel.detections), len(sel.result.detections)
     w, h = sel.result.image_size
     count = f"**{n} detection{'s' if n != 1 else ''}** with score above {sel.threshold:g}"
@@ -53,8 +87,17 @@ def detect_summary(sel: Selection) -> str:
         f"model: {sel.model.entry.label}",
         speed_text(sel),
     ]
+    trained = sel.model.input_size
+    if (sel.result.size, sel.result.size) != tuple(trained):
+        lines.append(
+            f"⚠️ Network input {sel.result.size}×{sel.result.size} px, but this model was trained "
+            f"at {trained[1]}×{trained[0]} px: it usually finds less at another size. Choose "
+            f"{trained[0]} for its best results."
+        )
     if n == 0:
         lines.append("Nothing scored above the threshold: lower it to see weaker detections.")
+    if sel.model.is_synthetic and not example:
+        lines.append(coco_hint())
     if sel.model.entry.is_fixture:
         lines.append(f"⚠️ {FIXTURE_BANNER}.")
     return "\n\n".join(lines)
@@ -166,7 +209,10 @@ def model_markdown(loaded: LoadedModel) -> str:
         ("Architecture", f"D-FINE-{cfg.size.upper()}, {decoder.num_layers} decoder layers"),
         ("Parameters", f"{loaded.num_parameters / 1e6:.2f} M ({loaded.num_parameters:,})"),
         ("Input size", f"{w}×{h} px (the model's own; any multiple of 32 works)"),
-        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge"),
+        ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge")
+        if decoder.distributions
+        else ("FDR", "none: RT-DETR-style box deltas, no distributions"),
+        ("Ablation", f"`{decoder.ablation}` ({ABLATION_NOTES[decoder.ablation]})"),
         ("Checkpoint file", size),
         ("Classes", f"{loaded.num_classes}: {shown}"),
     ]

@@ -60,3 +60,27 @@ def golsd(report: analysis.GOLSDReport, class_names: Sequence[str]) -> pd.DataFr
     """The queries contributing most to the DDF loss (``GOLSDReport.to_table``)."""
     frame = pd.DataFrame(report.to_table(20, class_names))
     return frame.drop(columns=["targets"], errors="ignore")
+
+
+EDGE_STATS_COLUMNS = [
+    "layer",
+    "edge",
+    "expected offset (px, + outward)",
+    "σ (px)",
+    "entropy (nats)",
+    "entropy / max",
+    "edge position (px)",
+    "bins around the expectation",
+]
+REFINEMENT_COLUMNS = [
+    *("#", "query", "class", "stage", "x1", "y1", "x2", "y2", "score", "IoU to final"),
+    *(f"move_{edge}_px" for edge in analysis.EDGES),
+    *(f"offset_{edge}_px" for edge in analysis.EDGES),
+]
+GOLSD_COLUMNS = ["query", "matched", "target", "target class", "matched in", "teacher confidence"]
+
+
+def empty(columns: Sequence[str]) -> pd.DataFrame:
+    """A table with these headers and no rows: what a table shows before its first result
+    (gradio would otherwise show the headers 1, 2, 3)."""
+    return pd.DataFrame(columns=list(columns))

@@ -17,8 +17,8 @@ The pattern (a new tab follows it):
   ``api_visibility="private"``.
 - Add one line below in :func:`build_demo`.
 
-Endpoints: ``/detect``, ``/trace``, ``/distributions``, ``/weighting``, ``/golsd``, ``/model``
-(and ``/distributions_figure``, ``/weighting_figure``).
+Endpoints: ``/detect``, ``/trace``, ``/distributions``, ``/weighting``, ``/golsd``, ``/model``,
+``/evaluate`` (and ``/distributions_figure``, ``/weighting_figure``).
 """
 
 from __future__ import annotations
@@ -29,9 +29,18 @@ import gradio as gr
 
 from app import texts
 from app.models import ModelStore
-from app.paths import FIXTURE_BANNER, REPO
+from app.paths import ASSETS, FIXTURE_BANNER
 from app.state import AppState
-from app.tabs import detect, distributions, golsd, model, refinement, weighting
+from app.tabs import (
+    detect,
+    distributions,
+    evaluate,
+    golsd,
+    model,
+    refinement,
+    video,
+    weighting,
+)
 
 CSS = """
 .dfine-banner { background: #fff4d6; border: 1px solid #f0c36d; border-radius: 8px;
@@ -64,7 +73,7 @@ def launch_options() -> dict[str, Any]:
         "css": CSS,
         "js": JS,
         "max_file_size": "400mb",
-        "allowed_paths": [str(REPO / "assets")],
+        "allowed_paths": [str(ASSETS)],
     }
 
 
@@ -85,11 +94,13 @@ def build_demo(model_path: str | None = None) -> gr.Blocks:
             )
         with gr.Tabs() as tabs:
             controls = detect.build(state, tabs)
+            video.build(state, controls)
             refinement.build(state, controls)
             distributions.build(state, controls)
             weighting.build(state, controls)
             golsd.build(state, controls)
             model.build(state, controls)
+            evaluate.build(state, controls)
         controls.wire(state)
     demo.dfine_state = state  # for tests and embedding
     return demo

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
+from dfine.backends import create_backend
+from dfine.export import export_onnx
+from dfine.model import build_model
+from dfine.precision import normalize_precision
+from dfine.quantize import quantize_unguarded
 
 # FLOPs at 640x640 (2 x multiply-accumulates), as quoted for the reference models.
 REFERENCE_GFLOPS = {"n": 7.2, "s": 25.2, "m": 56.7, "l": 91.0, "x": 202.5}
@@ -86,9 +93,6 @@ def _runner(
     (openvino: bf16 / int8 with the decoder in f32; INT8 calibrated on random images, which
     is fine for timing random weights). ``throughput``: openvino with the THROUGHPUT hint; the
     callable then takes a list of batches and runs them on parallel infer requests."""
-    from dfine.backends import create_backend
-    from dfine.export import export_onnx
-
     if precision != "f32" and backend != "openvino":
         raise ValueError(f"precision {precision} is benchmarked on openvino only, not {backend}")
     if throughput and backend != "openvino":
@@ -109,8 +113,6 @@ def _runner(
     if backend == "openvino":
         options["hint"] = "throughput" if throughput else "latency"
         if precision == "int8":
-            from dfine.quantize import quantize_unguarded
-
             ir = onnx.with_name(onnx.stem + "-int8.xml")
             if not ir.exists():
                 torch.manual_seed(0)
@@ -138,15 +140,9 @@ def run_benchmark(
     ``precisions`` other than f32 add openvino rows (``openvino-bf16``, ``openvino-int8``).
     ``throughput``: openvino rows also in throughput mode (THROUGHPUT hint, ``iters`` batches
     in flight on parallel infer requests; the median is the wall time per batch)."""
-    from tqdm import tqdm
-
-    import dfine
-
     torch.set_num_threads(threads)
     peak = matmul_gflops()
     rows: list[Row] = []
-    from dfine.precision import normalize_precision
-
     precisions = [normalize_precision(p) for p in precisions]
     combos = [(s, b, "f32", False) for s in sizes for b in backends]
     if "openvino" in backends:
@@ -161,7 +157,7 @@ def run_benchmark(
             label = backend + ("" if precision == "f32" else f"-{precision}")
             label += " (throughput)" if many else ""
             bar.set_postfix_str(f"{size.upper()} {label}")
-            model = models.setdefault(size, dfine.build_model(size).eval())
+            model = models.setdefault(size, build_model(size).eval())
             run = _runner(backend, model, hw, threads, Path(tmp), precision, many)
             floor = REFERENCE_GFLOPS[size] * (input_size / 640) ** 2 / peak * 1000
             for batch in batches:

@@ -5,7 +5,8 @@ Formats read:
   dict), always through ``torch.load(weights_only=True)``: a file holding pickled code is refused;
 - this project's ``.safetensors`` (weights + JSON metadata: size, classes, input size, recipe).
 
-The model size and class count are inferred from tensor shapes, and weights load strictly.
+The model size and class count are inferred from tensor shapes (:mod:`dfine.weights`), and
+weights load strictly.
 """
 
 from __future__ import annotations
@@ -14,25 +15,42 @@ import dataclasses
 import datetime as _dt
 import json
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
-from dfine.config import ABLATIONS, ModelConfig, get_config
+from dfine.coco import COCO_CLASSES
+from dfine.hf import is_hf_checkpoint, read_hf_checkpoint
 from dfine.io import atomic_write
 from dfine.model import DFINE
+from dfine.obj365 import OBJ365_LABEL_NAMES
+from dfine.sources import is_onnx, resolve
+from dfine.weights import (
+    ALIASES,
+    MAX_INPUT_SIZE,
+    METADATA_KEY,
+    CheckpointError,
+    check_metadata,
+    infer_config,
+    read_safetensors,
+    read_torch,
+)
 
-METADATA_KEY = "dfine"
-# keys that alias the same tensor in the reference layout
-ALIASES = {"decoder.decoder.up": "decoder.up", "decoder.decoder.reg_scale": "decoder.reg_scale"}
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable D-FINE checkpoint; the message says why and what to do."""
+__all__ = [
+    "ALIASES",
+    "MAX_INPUT_SIZE",
+    "METADATA_KEY",
+    "CheckpointError",
+    "default_class_names",
+    "infer_config",
+    "load_model",
+    "load_state_dict_strict",
+    "read_checkpoint",
+    "save_model",
+]
 
 
 # ---------------------------------------------------------------------------- reading files
@@ -42,168 +60,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     # --- Hugging Face (transformers) layout: a directory with config.json, or its weights ---
-    from dfine.hf import is_hf_checkpoint, read_hf_checkpoint
-
     if is_hf_checkpoint(path):
         sd, meta = read_hf_checkpoint(path)
-        return sd, _check_metadata(meta, path)
+        return sd, check_metadata(meta, path)
     # ---
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes); download or save it again")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    return _read_torch(path)
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw_meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from e
-    meta: dict[str, Any] = {}
-    if METADATA_KEY in raw_meta:
-        try:
-            meta = json.loads(raw_meta[METADATA_KEY])
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: its metadata is not valid JSON ({e})") from e
-    return _restore_aliases(sd), _check_metadata(meta, path)
-
-
-MAX_INPUT_SIZE = 2048
-"""Largest input side a checkpoint's metadata may declare (memory grows with its square)."""
-
-
-def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
-    """``meta`` if it is a JSON object whose ``input_size`` and ``class_names`` (when set)
-    are usable; a file from a stranger could declare a size that exhausts memory."""
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: its metadata is a {type(meta).__name__}, not an object")
-    size = meta.get("input_size")
-    if size and not (  # empty or missing: the model's own size (see load_model)
-        isinstance(size, (list, tuple))
-        and len(size) == 2
-        and all(type(s) is int and 64 <= s <= MAX_INPUT_SIZE and s % 32 == 0 for s in size)
-    ):
-        raise CheckpointError(
-            f"{path}: its metadata's input_size must be [height, width], multiples of 32 "
-            f"from 64 to {MAX_INPUT_SIZE}, got {size!r}"
-        )
-    names = meta.get("class_names")
-    if names is not None and not (
-        isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)
-    ):
-        raise CheckpointError(f"{path}: its metadata's class_names must be a list of strings")
-    ablation = meta.get("ablation", "none")
-    if ablation not in ABLATIONS:
-        raise CheckpointError(
-            f"{path}: its metadata's ablation must be one of {', '.join(ABLATIONS)}, "
-            f"got {ablation!r}"
-        )
-    return meta
-
-
-def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if found:
-            raise CheckpointError(
-                f"refusing to load {path}: it holds pickled Python objects ({found.group(1)}) "
-                "besides tensors, which could run code when loaded (only weights_only loading "
-                "is allowed). If the file is yours, re-save just its state dict: "
-                "torch.save(model.state_dict(), path)."
-            ) from e
-        raise CheckpointError(
-            f"{path} cannot be read as a weights-only PyTorch checkpoint: it is corrupt, not a "
-            "checkpoint, or a raw pickle (which could run code when unpickled, so it is refused)"
-        ) from e
-    except Exception as e:  # torch raises many types for non-checkpoint bytes
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}"
-        ) from e
-    return _extract_state_dict(obj, path), {}
-
-
-def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dictionary")
-    if "ema" in obj and isinstance(obj["ema"], Mapping) and "module" in obj["ema"]:
-        sd = obj["ema"]["module"]
-    elif "model" in obj and isinstance(obj["model"], Mapping):
-        sd = obj["model"]
-    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        sd = obj["state_dict"]
-    else:
-        sd = obj
-    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if not tensors or not any(k.startswith("backbone.") for k in tensors):
-        keys = ", ".join(list(obj)[:8])
-        raise CheckpointError(
-            f"{path} does not look like a D-FINE checkpoint: no 'backbone.*' weights found "
-            f"(top-level keys: {keys})"
-        )
-    return _restore_aliases(dict(tensors))
-
-
-def _restore_aliases(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for alias, source in ALIASES.items():
-        if alias not in sd and source in sd:
-            sd[alias] = sd[source]
-    return sd
+        return read_safetensors(path)
+    return read_torch(path)
 
 
 # ---------------------------------------------------------------------------- inference
-def infer_config(sd: Mapping[str, torch.Tensor]) -> ModelConfig:
-    """The model configuration a reference-layout state dict was made for.
-
-    Size from backbone/encoder shapes, plus num_classes, number of decoder layers, whether
-    denoising embeddings exist and whether the box head predicts distributions (else the
-    ``ablation="fdr"`` RT-DETR-style head of 4 deltas; ``golsd`` has the full model's
-    shapes and is known only from metadata).
-    """
-    try:
-        stem = sd["backbone.stem.stem1.conv.weight"].shape[0]
-        stem_out = sd["backbone.stem.stem4.conv.weight"].shape[0]
-        hidden = sd["encoder.input_proj.0.conv.weight"].shape[0]
-        num_classes = sd["decoder.enc_score_head.weight"].shape[0]
-    except KeyError as e:
-        raise CheckpointError(f"not a D-FINE (HGNetv2) state dict: key {e} is missing") from e
-    levels = len({k.split(".")[2] for k in sd if k.startswith("encoder.input_proj.")})
-    if stem == 16:
-        size = "n" if levels == 2 else "s"
-    elif stem == 24:
-        size = "m"
-    elif stem == 32:
-        size = "l" if stem_out == 48 else "x"
-    else:
-        raise CheckpointError(
-            f"unrecognised HGNetv2 stem width {stem}; not an official D-FINE size"
-        )
-    cfg = get_config(size, num_classes)
-    if hidden != cfg.encoder.hidden_dim:
-        raise CheckpointError(
-            f"encoder width {hidden} does not match D-FINE-{size.upper()} ({cfg.encoder.hidden_dim})"
-        )
-    num_layers = len({k.split(".")[2] for k in sd if k.startswith("decoder.dec_bbox_head.")})
-    has_dn = "decoder.denoising_class_embed.weight" in sd
-    head = [k for k in sd if k.startswith("decoder.dec_bbox_head.0.") and k.endswith(".weight")]
-    box_out = sd[max(head)].shape[0] if head else None
-    dec = dataclasses.replace(
-        cfg.decoder,
-        num_layers=num_layers or cfg.decoder.num_layers,
-        num_denoising=cfg.decoder.num_denoising if has_dn else 0,
-        ablation="fdr" if box_out == 4 else "none",
-    )
-    return dataclasses.replace(cfg, decoder=dec)
-
-
 def _describe_mismatch(model: DFINE, sd: Mapping[str, torch.Tensor], limit: int = 10) -> str:
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -248,12 +118,8 @@ def load_state_dict_strict(model: DFINE, sd: Mapping[str, torch.Tensor], source:
 def default_class_names(num_classes: int) -> tuple[str, ...] | None:
     """COCO names for 80 classes, Objects365 names for the reference's 366-logit heads."""
     if num_classes == 80:
-        from dfine.coco import COCO_CLASSES
-
         return COCO_CLASSES
     if num_classes == 366:
-        from dfine.obj365 import OBJ365_LABEL_NAMES
-
         return OBJ365_LABEL_NAMES
     return None
 
@@ -270,17 +136,12 @@ def load_model(
     model-zoo name (see :mod:`dfine.zoo`). Size and class count are read from the weights; ``num_classes``,
     when given, is checked against them.
     """
-    path = Path(source)
-    if not path.exists():
-        from dfine import zoo
-
-        if zoo.is_zoo_name(str(source)):
-            path = zoo.download(str(source))
-        else:
-            raise FileNotFoundError(
-                f"checkpoint not found: {source}. Pass a .pth/.safetensors path or a model-zoo "
-                f"name ({', '.join(zoo.names()[:4])}, ...)"
-            )
+    if is_onnx(source):
+        raise CheckpointError(
+            f"{source} is an exported ONNX graph, not a checkpoint: run it with "
+            f"dfine.Detector({str(source)!r}) (ONNX Runtime) instead of load_model()"
+        )
+    path = resolve(source)
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
     if num_classes is not None and num_classes != cfg.num_classes:
@@ -320,8 +181,6 @@ def save_model(
     path = Path(path)
     sd = model.state_dict()
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         meta = {
             "size": model.config.size,
             "num_classes": model.num_classes,

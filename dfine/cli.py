@@ -1,4 +1,8 @@
-"""The ``dfine`` command line. ``dfine --help`` and ``dfine COMMAND --help`` describe everything."""
+"""The ``dfine`` command line, its one entry point (``python -m dfine.train`` runs the same
+:func:`main`). ``dfine --help`` and ``dfine COMMAND --help`` describe everything.
+
+Exit codes: 0 done; 1 some inputs failed (each reported); 2 bad input or arguments (one line
+saying what, why and what to do); 3 training stopped on a non-finite loss; 130 interrupted."""
 
 from __future__ import annotations
 
@@ -8,15 +12,45 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
+from dfine import webapp, zoo
+from dfine.benchmark import markdown, run_benchmark
+from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
+from dfine.config import ABLATION_NOTES
+from dfine.data.cli import register_cli as register_data
+from dfine.export import export_onnx, read_metadata
+from dfine.io import ImageLoadError
+from dfine.model import DFINE
 from dfine.precision import PARTS as PRECISION_PARTS
+from dfine.precision import normalize_precision
+from dfine.predict import Detector
+from dfine.quantize import export_reduced
+from dfine.resources import demo_weights
+from dfine.sources import is_onnx, resolve
+from dfine.train.cli import register_cli as register_train
+from dfine.train.trainer import NonFiniteLossError
+from dfine.video import VIDEO_SUFFIXES, is_video
+from dfine.video_cli import add_video_arguments, predict_videos
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 EPILOG_PREDICT = """examples:
+  dfine predict assets/examples/synth/000001.jpg --out runs/predict    # the bundled demo model
   dfine predict street.jpg --weights dfine_n_coco.pth --out runs/predict
   dfine predict photos/ --weights dfine_l_coco --threshold 0.4 --size 800 --out runs/big
+  dfine predict clip.mp4 photo.jpg --weights dfine_n_coco.pth --track --stride 2 --out runs/v
+  dfine predict street.jpg --weights dfine_n_synth.onnx          (ONNX Runtime, from the suffix)
+  dfine predict street.jpg --weights model.onnx --backend openvino
+weights: a .pth/.safetensors checkpoint, a Hugging Face model folder, a model-zoo name
+(downloaded once into $DFINE_HOME, default ~/.cache/dfine) or an exported .onnx file
+(default: the bundled demo model, D-FINE-N on 8 synthetic shape classes).
 outputs, for each image: OUT/<name>.jpg (boxes drawn) and OUT/<name>.json (boxes in
-original pixels, xyxy, with scores, class ids and names, and the speed breakdown)."""
+original pixels, xyxy, with scores, class ids and names, and the speed breakdown);
+for each video: OUT/<name>.webm (boxes and track ids drawn) and OUT/<name>.json
+({"video": {...}, "frames": [{"index", "time_s", "detections": [... "track_id"]}]})."""
+
+RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 def _expand_images(items: Sequence[str]) -> list[Path]:
@@ -24,35 +58,34 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
+            suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            paths.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes))
         else:
             paths.append(p)
     return paths
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from dfine.io import ImageLoadError
-    from dfine.predict import Detector
-
     images = _expand_images(args.images)
-    if not images:
+    videos = [p for p in images if is_video(p)]
+    images = [p for p in images if not is_video(p)]
+    if not images and not videos:
         print("error: no images found in " + " ".join(args.images), file=sys.stderr)
         return 2
     detector = Detector(
-        args.weights,
-        backend=_backend_for(args.weights, args.backend),
+        args.weights or demo_weights(),
+        backend=args.backend,
         threshold=args.threshold,
         size=args.size,
         device=args.device,
         deploy=not args.exact,
+        letterbox=args.letterbox,
         precision=args.precision,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failures = 0
     names_seen: dict[str, int] = {}
+    failures = predict_videos(detector, videos, out, args, names_seen)
     bar = tqdm(images, desc="predict", unit="img", disable=args.quiet or len(images) < 2)
     for path in bar:
         try:
@@ -73,53 +106,68 @@ def cmd_predict(args: argparse.Namespace) -> int:
         (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
         if not args.quiet:
             tqdm.write(f"{path}: {dets.summary()}")
-    done = len(images) - failures
+    done = len(images) + len(videos) - failures
     if not args.quiet:
-        print(f"wrote {done} annotated image(s) and JSON file(s) to {out}")
+        kind = "image(s) and video(s)" if videos else "image(s)"
+        print(f"wrote {done} annotated {kind} and JSON file(s) to {out}")
     return 1 if failures else 0
 
 
-def _backend_for(weights: str, backend: str) -> str:
-    """``auto``: openvino for an IR (.xml), onnxruntime for .onnx, else torch."""
-    if backend != "auto":
-        return backend
-    return {".xml": "openvino", ".onnx": "onnxruntime"}.get(Path(weights).suffix, "torch")
-
-
-ABLATION_TEXT = {
-    "none": "full D-FINE: FDR + GO-LSD",
-    "golsd": "trained without GO-LSD: FDR + FGL, no DDF",
-    "fdr": "trained without FDR: RT-DETR-style box deltas, no distributions",
-}
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
-    from dfine.model import DFINE
+    if args.zoo:
+        for name in zoo.names():
+            e = zoo.get(name)
+            print(f"{name:<22} D-FINE-{e.size.upper()}  {e.params_m:>4g}M params  AP {e.ap:<5g} "
+                  f"{e.dataset:<9} {e.url}")  # fmt: skip
+        print(f"downloaded on first use into {zoo.cache_dir()}")
+        return 0
+    if args.checkpoint is None:
+        print("error: name a checkpoint to inspect, or pass --zoo to list the zoo", file=sys.stderr)
+        return 2
+    info = (
+        _onnx_info(args.checkpoint)
+        if is_onnx(args.checkpoint)
+        else _checkpoint_info(resolve(args.checkpoint))
+    )
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    names = info["class_names"]
+    shown = (
+        ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        if names
+        else "(no names stored)"
+    )
+    print(f"file:          {info['file']} [{info['format']}]")
+    print(f"model:         {info['architecture']}")
+    if info.get("parameters"):
+        params = info["parameters"]
+        print(f"parameters:    {params:,} ({params / 1e6:.2f} M)")
+    print(f"classes:       {info['num_classes']}: {shown}")
+    print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
+    if info.get("ablation"):
+        print(f"ablation:      {info['ablation']} ({ABLATION_NOTES[info['ablation']]})")
+    if info.get("reg_max") is not None and info.get("reg_scale") is not None:
+        print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
+    for k, v in info["metadata"].items():
+        print(f"{k + ':':<15}{v}")
+    return 0
 
-    path = Path(args.checkpoint)
-    if not path.exists():
-        from dfine import zoo
 
-        if not zoo.is_zoo_name(args.checkpoint):
-            print(f"error: checkpoint not found: {path}", file=sys.stderr)
-            return 2
-        path = zoo.download(args.checkpoint)
+def _checkpoint_info(path: Path) -> dict:
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
     cfg = cfg.with_ablation(meta.get("ablation", cfg.ablation))
-    model = DFINE(cfg)
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in DFINE(cfg).parameters())
     names = meta.get("class_names") or default_class_names(cfg.num_classes)
-    names = list(names) if names else None
-    info = {
+    return {
         "file": str(path),
         "format": "safetensors" if path.suffix == ".safetensors" else "pytorch (reference layout)",
         "size": cfg.size,
         "architecture": f"D-FINE-{cfg.size.upper()} (HGNetv2-{cfg.backbone.name}, "
         f"{cfg.decoder.num_layers} decoder layers, hidden {cfg.decoder.hidden_dim})",
         "num_classes": cfg.num_classes,
-        "class_names": names,
+        "class_names": list(names) if names else None,
         "parameters": params,
         "input_size": list(meta.get("input_size") or cfg.eval_size),
         "reg_max": cfg.decoder.reg_max,
@@ -129,69 +177,77 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "ablation": cfg.ablation,
         "metadata": {k: v for k, v in meta.items() if k not in ("class_names", "ablation")},
     }
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    shown = (
-        ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-        if names
-        else "(no names stored)"
-    )
-    print(f"file:          {info['file']} [{info['format']}]")
-    print(f"model:         {info['architecture']}")
-    print(f"parameters:    {params:,} ({params / 1e6:.2f} M)")
-    print(f"classes:       {cfg.num_classes}: {shown}")
-    print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
-    print(f"ablation:      {cfg.ablation} ({ABLATION_TEXT[cfg.ablation]})")
-    if cfg.ablation != "fdr":
-        print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
-    for k, v in info["metadata"].items():
-        print(f"{k + ':':<15}{v}")
-    return 0
+
+
+def _onnx_info(source: str) -> dict:
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file not found: {source}")
+    meta = read_metadata(path)
+    size = (meta["size"] or "?").upper()
+    return {
+        "file": str(path),
+        "format": "onnx (exported by dfine export; runs with --backend onnxruntime/openvino/"
+        "tensorrt)",
+        "size": meta["size"],
+        "architecture": f"D-FINE-{size}, exported graph"
+        + (" with postprocessing" if meta["postprocess"] else " (raw outputs)"),
+        "num_classes": meta["num_classes"],
+        "class_names": meta["class_names"],
+        "parameters": None,
+        "input_size": list(meta["input_size"]),
+        "reg_max": None,
+        "metadata": {
+            k: meta[k] for k in ("batch", "precision", "num_top") if meta.get(k) is not None
+        },
+    }
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dfine.export import export_onnx
-    from dfine.precision import normalize_precision
-
     precision = normalize_precision("fp16" if args.half else args.precision)
+    if args.format == "openvino" or precision in ("bf16", "int8"):
+        return _export_reduced(args, precision)
     batch = "dynamic" if args.batch == "dynamic" else int(args.batch)
+    size = (
+        args.size if isinstance(args.size, tuple) or args.size is None else (args.size, args.size)
+    )
+    if is_onnx(args.weights):
+        print(f"error: {args.weights} is already an ONNX export; pass the checkpoint it "
+              "came from", file=sys.stderr)  # fmt: skip
+        return 2
+    # in the current folder, never beside the weights (which may be a bundled asset)
+    out = Path(args.out) if args.out else Path(Path(args.weights).stem + ".onnx")
+    result = export_onnx(
+        args.weights,
+        out,
+        size=size,
+        batch=batch,
+        postprocess=args.postprocess,
+        half=precision == "fp16",
+        opset=args.opset,
+        check_parity=not args.no_check,
+    )
+    print(result.report())
+    if result.parity is not None and not result.parity.ok():
+        print(
+            "error: ONNX Runtime output differs from PyTorch beyond the tolerance", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def _export_reduced(args: argparse.Namespace, precision: str) -> int:
+    if args.batch != "dynamic" or not args.postprocess:
+        raise ValueError(
+            "--format openvino and --precision bf16/int8 export a dynamic-batch graph with "
+            "postprocessing; drop --batch / --no-postprocess"
+        )
     size = (
         args.size if isinstance(args.size, tuple) or args.size is None else (args.size, args.size)
     )
     suffix = ".xml" if args.format == "openvino" else ".onnx"
     tag = "" if precision == "f32" else f"_{precision}"
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(args.weights).with_name(Path(args.weights).stem + tag + suffix)
-    )
-    if args.format == "onnx" and precision in ("f32", "fp16"):
-        result = export_onnx(
-            args.weights,
-            out,
-            size=size,
-            batch=batch,
-            postprocess=args.postprocess,
-            half=precision == "fp16",
-            opset=args.opset,
-            check_parity=not args.no_check,
-        )
-        print(result.report())
-        if result.parity is not None and not result.parity.ok():
-            print(
-                "error: ONNX Runtime output differs from PyTorch beyond the tolerance",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    from dfine.quantize import export_reduced
-
-    if batch != "dynamic" or not args.postprocess:
-        raise ValueError(
-            "--format openvino and --precision int8 export a dynamic-batch graph with "
-            "postprocessing; drop --batch / --no-postprocess"
-        )
+    out = Path(args.out) if args.out else Path(Path(args.weights).stem + tag + suffix)
     result = export_reduced(
         args.weights,
         out,
@@ -211,8 +267,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from dfine.benchmark import markdown, run_benchmark
-
     rows, peak = run_benchmark(
         backends=args.backends,
         sizes=args.sizes,
@@ -230,6 +284,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        webapp.serve(args.model, args.host, args.port)
+    except webapp.AppUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -263,22 +326,6 @@ def _threshold_arg(text: str) -> float:
     return value
 
 
-def _add_precision_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "onnxruntime", "openvino", "tensorrt"],
-        help="inference backend (default auto: openvino for .xml, onnxruntime for .onnx, "
-        "else torch)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["f32", "bf16", "int8", "fp16"],
-        help="f32, bf16 (openvino), int8 (an INT8 export), fp16 (tensorrt); default f32 or "
-        "the exported file's own",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfine",
@@ -288,17 +335,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "predict",
-        help="detect objects in images; write annotated images and JSON",
-        description="Detect objects in images and write an annotated image and a JSON file per image.",
+        help="detect objects in images and videos; write annotated images/videos and JSON",
+        description="Detect objects in images and videos (tracked with ByteTrack) and write an "
+        "annotated image or video and a JSON file per input.",
         epilog=EPILOG_PREDICT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("images", nargs="+", help="image or video files, or folders of them")
     p.add_argument(
         "--weights",
         "-w",
-        required=True,
-        help="checkpoint (.pth reference layout or .safetensors) or a model-zoo name",
+        default=None,
+        help="checkpoint (.pth, .safetensors), Hugging Face folder, model-zoo name or .onnx "
+        "(default: the bundled demo model, D-FINE-N on 8 synthetic shape classes)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=RUNTIMES,
+        default=None,
+        help="what runs the model (default: onnxruntime for .onnx, openvino for an OpenVINO "
+        ".xml, else torch)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["f32", "bf16", "int8", "fp16"],
+        help="f32, bf16 (openvino: backbone + encoder bf16, decoder f32), int8 (an INT8 export), "
+        "fp16 (tensorrt); default f32 or the exported file's own",
     )
     p.add_argument(
         "--threshold",
@@ -314,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="network input size: N or H,W, multiples of 32 (default: the model's, 640)",
     )
     p.add_argument(
-        "--out", "-o", default="runs/predict", help="output folder (default runs/predict)"
+        "--out",
+        "-o",
+        default="runs/predict",
+        help="output folder (default runs/predict, in the current folder)",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default cpu)")
     p.add_argument(
@@ -322,8 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip conv+BN fusion: the reference's exact arithmetic (slower)",
     )
-    _add_precision_args(p)
+    p.add_argument(
+        "--letterbox",
+        action="store_true",
+        help="keep the aspect ratio (resize to fit, pad with grey) instead of stretching the "
+        "image to the input size as the reference does",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    add_video_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -331,26 +402,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="show a checkpoint's model size, classes, parameter count and input size",
         description="Show what a checkpoint holds without running it.",
     )
-    p.add_argument("checkpoint", help="checkpoint file or model-zoo name")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="checkpoint (.pth, .safetensors), Hugging Face folder, model-zoo name or .onnx",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--zoo", action="store_true", help="list the model zoo's checkpoints")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX or OpenVINO, f32 or reduced precision (guarded)",
+        help="export a checkpoint to ONNX (checked, with a parity report)",
         description="Export to ONNX (opset >= 17, conv+BN folded), check it with onnx.checker "
         "and compare ONNX Runtime with PyTorch on the example images.",
-        epilog="examples:\n  dfine export dfine_n_coco.pth --format onnx --batch dynamic --out dfine_n.onnx\n"
-        "  dfine export dfine_n_coco.pth --format openvino --precision bf16 --val data/coco\n"
-        "  dfine export dfine_n_coco.pth --format openvino --precision int8 --calibration "
-        "photos/ --val data/coco --max-ap-drop 0.5\n"
-        "reduced precision: backbone + encoder in bf16/INT8, the decoder (distribution heads, "
-        "softmax*W(n) integral, box decoding, LQE, top-k) in f32; the precision, method and the "
-        "guard's measurement are stored in the file's metadata (dfine inspect-able via "
-        "dfine.export.read_metadata)",
+        epilog="examples:\n  dfine export assets/dfine_n_synth.safetensors      (writes ./dfine_n_synth.onnx)\n"
+        "  dfine export dfine_n_coco --batch 1 --out exports/dfine_n.onnx\n"
+        "then: dfine predict IMAGE --weights dfine_n_synth.onnx (ONNX Runtime)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("weights", help="checkpoint file or model-zoo name")
+    p.add_argument(
+        "weights", help="checkpoint (.pth, .safetensors), Hugging Face folder or model-zoo name"
+    )
     p.add_argument(
         "--format",
         default="onnx",
@@ -361,9 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="f32",
         choices=["f32", "bf16", "int8", "fp16"],
-        help="f32 (default); bf16 (openvino); int8 (openvino, needs --calibration); "
-        "fp16 (onnx, for GPUs; same as --half). bf16/int8 reduce the backbone and encoder and "
-        "keep the FDR decoder in f32, and are checked by the accuracy guard",
+        help="f32 (default); bf16 (openvino); int8 (openvino, needs --calibration); fp16 (onnx, "
+        "for GPUs; same as --half). bf16/int8 reduce the backbone and encoder, keep the FDR "
+        "decoder in f32, and are checked by the accuracy guard",
     )
     p.add_argument(
         "--calibration",
@@ -420,14 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="include top-k postprocessing in the graph (outputs labels, boxes, scores; default on)",
     )
     p.add_argument(
-        "--half",
-        action="store_true",
-        help="same as --precision fp16 (for GPUs; no CPU parity check)",
+        "--half", action="store_true", help="export in fp16 (for GPUs; no CPU parity check)"
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity report")
     p.add_argument(
-        "--out", "-o", default=None, help="output .onnx path (default: next to the weights)"
+        "--out",
+        "-o",
+        default=None,
+        help="output .onnx path (default: <weights name>.onnx in the current folder)",
     )
     p.set_defaults(func=cmd_export)
 
@@ -450,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=2, help="CPU threads for every backend (default 2)"
     )
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
     p.add_argument(
         "--precision",
         nargs="+",
@@ -463,41 +539,83 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time openvino in throughput mode (THROUGHPUT hint, parallel requests)",
     )
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.set_defaults(func=cmd_benchmark)
 
-    from dfine.data.cli import register_cli as register_data
-    from dfine.train.cli import register_cli as register_train
+    p = sub.add_parser(
+        "app",
+        help="serve the Gradio app (detections, refinement, distributions, W(n), GO-LSD)",
+        description="Serve the dfine app in the browser, offline, with the bundled demo model "
+        "unless --model says otherwise. Ctrl+C stops it.",
+        epilog="example:\n  dfine app --model dfine_s_coco.pth --port 7861",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="default model: checkpoint path or zoo name (default: the bundled demo model)",
+    )
+    p.add_argument(
+        "--port", "-p", type=int, default=None, help="port (default GRADIO_SERVER_PORT or 7860)"
+    )
+    p.add_argument("--host", default=None, help="address (default GRADIO_SERVER_NAME or 127.0.0.1)")
+    p.set_defaults(func=cmd_app)
 
     register_train(sub)
     register_data(sub)
     return parser
 
 
+def handled_errors() -> tuple[type[BaseException], ...]:
+    """The errors a command reports as one line and exit status 2 (bad input, a missing
+    file or package, a failed download); anything else is a bug and keeps its traceback."""
+    return EXIT_CODES[-1][0]
+
+
 def error_text(exc: BaseException) -> str:
-    """``str(exc)``; for an error re-raised from a ``DataLoader`` worker, whose message holds
-    the worker's traceback, only the original error's message."""
+    """``str(exc)`` on one line; for an error re-raised from a ``DataLoader`` worker, whose
+    message holds the worker's traceback, only the original error's message."""
     text = str(exc)
     if "Original Traceback (most recent call last):" in text:
         text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "pkg.SomeError: message"
-    return text
+    if isinstance(exc, KeyError) and text.startswith("'"):
+        text = text.strip("'\"")
+    return " ".join(text.split()) or type(exc).__name__
+
+
+# handled errors → exit code (first match wins); anything else is a bug and keeps its traceback
+EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
+    (NonFiniteLossError, 3),
+    (
+        (
+            CheckpointError,
+            ImageLoadError,
+            zoo.ZooDownloadError,
+            FileNotFoundError,
+            ValueError,
+            KeyError,
+            ImportError,
+        ),
+        2,
+    ),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dfine.checkpoint import CheckpointError
-
     try:
         return int(args.func(args) or 0)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {error_text(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a training run says where to resume from
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        for kinds, code in EXIT_CODES:
+            if isinstance(e, kinds):
+                print(f"error: {error_text(e)}", file=sys.stderr)
+                return code
+        raise
 
 
 if __name__ == "__main__":

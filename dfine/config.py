@@ -129,6 +129,14 @@ ABLATIONS: tuple[str, ...] = ("none", "golsd", "fdr")
 """
 
 
+ABLATION_NOTES: dict[str, str] = {
+    "none": "full D-FINE: FDR + GO-LSD",
+    "golsd": "trained without GO-LSD: FDR + FGL, no DDF",
+    "fdr": "trained without FDR: RT-DETR-style box deltas, no distributions",
+}
+"""One line per ablation switch, for ``dfine inspect`` and the app's Model tab."""
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     """D-FINE transformer decoder with Fine-grained Distribution Refinement.

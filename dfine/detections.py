@@ -11,12 +11,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from dfine.io import ImageSource, load_image
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import supervision as sv
 
 __all__ = ["PALETTE", "Detections"]
 
@@ -50,6 +54,10 @@ class Detections:
         speed: milliseconds per stage: ``'preprocess'``, ``'inference'``, ``'postprocess'``.
         image: the original image, ``[H, W, 3]`` uint8 RGB, used by ``plot()`` when it is not
             given an image; ``None`` when not kept.
+        track_id: ``[N]`` int64 track id of every detection of a tracked video frame (``-1``
+            for a detection no track holds); ``None`` for still images and untracked video.
+        frame_index: index of the video frame in its source (0-based); ``None`` for images.
+        time_s: presentation time of the video frame in seconds; ``None`` for images.
     """
 
     boxes: np.ndarray
@@ -59,6 +67,9 @@ class Detections:
     image_size: tuple[int, int]
     speed: dict[str, float] = field(default_factory=dict)
     image: np.ndarray | None = None
+    track_id: np.ndarray | None = None
+    frame_index: int | None = None
+    time_s: float | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32)
@@ -76,6 +87,12 @@ class Detections:
         self.speed = {str(k): float(v) for k, v in self.speed.items()}
         if self.image is not None:
             self.image = _check_image(self.image, self.image_size)
+        if self.track_id is not None:
+            self.track_id = _as_labels(self.track_id, n)
+        if self.frame_index is not None:
+            self.frame_index = int(self.frame_index)
+        if self.time_s is not None:
+            self.time_s = float(self.time_s)
 
     # ------------------------------------------------------------------ container protocol
 
@@ -102,6 +119,9 @@ class Detections:
             image_size=self.image_size,
             speed=dict(self.speed),
             image=self.image,
+            track_id=None if self.track_id is None else self.track_id[index],
+            frame_index=self.frame_index,
+            time_s=self.time_s,
         )
 
     def __repr__(self) -> str:
@@ -124,21 +144,29 @@ class Detections:
     # ------------------------------------------------------------------ export
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: image size, speed (ms) and one entry per detection."""
+        """JSON-ready dict: image size, speed (ms) and one entry per detection; for a video
+        frame also ``frame_index`` and ``time_s``, and ``track_id`` per detection when
+        tracked."""
         width, height = self.image_size
-        return {
-            "image_size": {"width": width, "height": height},
-            "speed": {k: round(v, 2) for k, v in self.speed.items()},
-            "detections": [
-                {
-                    "box": [round(float(v), 2) for v in box],
-                    "score": round(float(score), 4),
-                    "label": int(label),
-                    "name": name,
-                }
-                for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
-            ],
-        }
+        record: dict[str, Any] = {"image_size": {"width": width, "height": height}}
+        if self.frame_index is not None:
+            record["frame_index"] = self.frame_index
+        if self.time_s is not None:
+            record["time_s"] = round(self.time_s, 4)
+        record["speed"] = {k: round(v, 2) for k, v in self.speed.items()}
+        record["detections"] = [
+            {
+                "box": [round(float(v), 2) for v in box],
+                "score": round(float(score), 4),
+                "label": int(label),
+                "name": name,
+            }
+            for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names)
+        ]
+        if self.track_id is not None:
+            for entry, tid in zip(record["detections"], self.track_id):
+                entry["track_id"] = int(tid)
+        return record
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int | None = 2) -> str:
         """``to_dict()`` as a JSON string; also written to ``path`` when given."""
@@ -181,6 +209,61 @@ class Detections:
             for box, score, category in zip(xywh, self.scores, categories)
         ]
 
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per detection: ``x1, y1, x2, y2`` (pixels), ``score``, ``label``,
+        ``name``."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.boxes.astype(np.float64), columns=["x1", "y1", "x2", "y2"])
+        frame["score"] = self.scores.astype(np.float64)
+        frame["label"] = self.labels.astype(np.int64)
+        frame["name"] = self.names
+        return frame
+
+    def to_supervision(self) -> sv.Detections:
+        """The detections as ``supervision.Detections`` (``xyxy``, ``confidence``,
+        ``class_id`` and ``data["class_name"]``), for its annotators and trackers."""
+        try:
+            import supervision as sv
+        except ImportError as e:
+            raise ImportError(
+                "Detections.to_supervision() needs the 'supervision' package: pip install "
+                "supervision"
+            ) from e
+        return sv.Detections(
+            xyxy=self.boxes.astype(np.float32),
+            confidence=self.scores.astype(np.float32),
+            class_id=self.labels.astype(int),
+            data={"class_name": np.array(self.names, dtype=object)},
+        )
+
+    def save_crops(
+        self, folder: str | os.PathLike, image: ImageSource | None = None, suffix: str = ".jpg"
+    ) -> list[Path]:
+        """Write each detection's box, cut from the image (default: the kept original), as
+        ``folder/<index>_<name>.<suffix>``; returns the paths in detection order. Boxes are
+        rounded outward to whole pixels and clipped to the image; each file is written
+        atomically."""
+        from dfine.io import atomic_write
+
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(suffix.lower())
+        if fmt is None:
+            raise ValueError(f"crops are saved as .jpg, .png or .webp, not {suffix!r}")
+        array = self._plot_base(image)
+        height, width = array.shape[:2]
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, (box, name) in enumerate(zip(self.boxes, self.names)):
+            x1, y1 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+            x2, y2 = min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height)
+            crop = Image.fromarray(array[y1 : max(y2, y1 + 1), x1 : max(x2, x1 + 1)])
+            safe = "".join(c if c.isalnum() else "_" for c in name).strip("_") or "object"
+            path = folder / f"{i:03d}_{safe}{suffix}"
+            atomic_write(path, lambda tmp, c=crop: c.save(tmp, format=fmt))
+            paths.append(path)
+        return paths
+
     def summary(self) -> str:
         """One line, e.g. ``"640x480: 2 persons, 1 cup; 11.2ms preprocess, 180.4ms inference"``.
 
@@ -212,7 +295,8 @@ class Detections:
         show_scores: bool = True,
         colors: Sequence[Color] | None = None,
     ) -> Image.Image:
-        """Draw the boxes and ``"name 0.87"`` labels on a copy of the image.
+        """Draw the boxes and ``"name 0.87"`` labels (``"#3 name 0.87"`` with a track id) on a
+        copy of the image.
 
         Args:
             image: the original image (anything ``dfine.io.load_image`` takes; arrays are
@@ -232,10 +316,16 @@ class Detections:
         lw = line_width or max(round(half_perimeter * 0.003), 2)
         font = _font(font_size or max(round(half_perimeter * 0.035), 12))
         palette = list(colors) if colors else list(PALETTE)
-        for box, score, label, name in zip(self.boxes, self.scores, self.labels, self.names):
+        placed: list[tuple[float, float, float, float]] = []
+        tracks = self.track_id if self.track_id is not None else [-1] * len(self)
+        items = list(zip(self.boxes.tolist(), self.scores, self.labels, self.names, tracks))
+        for box, _, label, _, _ in items:  # every outline first, then the labels over them
+            _draw_outline(draw, box, _rgb(palette[int(label) % len(palette)]), lw, canvas.size)
+        for box, score, label, name, track in items:  # highest scores first: best spots
             color = _rgb(palette[int(label) % len(palette)])
-            text = f"{name} {score:.2f}" if show_scores else name
-            _draw_box(draw, box.tolist(), color, lw, text, font, canvas.size)
+            tag = f"#{track} {name}" if track >= 0 else name
+            texts = [f"{tag} {score:.2f}", tag] if show_scores else [tag]
+            _draw_label(draw, box, color, lw, texts, font, canvas.size, placed)
         return canvas
 
     def _plot_base(self, image: ImageSource | None) -> np.ndarray:
@@ -301,28 +391,53 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _draw_box(
+def _clip_box(box: list[float], size: tuple[int, int]) -> tuple[float, ...] | None:
+    width, height = size
+    x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
+    x2, y2 = min(box[2], width - 1.0), min(box[3], height - 1.0)
+    return None if x2 < x1 or y2 < y1 else (x1, y1, x2, y2)  # None: outside the image
+
+
+def _draw_outline(draw: ImageDraw.ImageDraw, box, color, lw: int, size) -> None:
+    clipped = _clip_box(box, size)
+    if clipped is not None:
+        draw.rectangle(clipped, outline=color, width=lw)
+
+
+def _draw_label(
     draw: ImageDraw.ImageDraw,
     box: list[float],
     color: tuple[int, int, int],
     lw: int,
-    text: str,
+    texts: list[str],
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     size: tuple[int, int],
+    placed: list[tuple[float, float, float, float]],
 ) -> None:
-    """Outline ``box`` and put ``text`` on a filled box above it (inside at the top edge)."""
-    width, height = size
-    x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
-    x2, y2 = min(box[2], width - 1.0), min(box[3], height - 1.0)
-    if x2 < x1 or y2 < y1:  # entirely outside the image
+    """Put the first of ``texts`` (then shorter ones) on a filled tag where it overlaps no
+    tag already ``placed``: above the box, inside at its top, below it or inside at its
+    bottom. A box whose every spot is taken keeps its outline only (the table lists it)."""
+    clipped = _clip_box(box, size)
+    if clipped is None:
         return
-    draw.rectangle((x1, y1, x2, y2), outline=color, width=lw)
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x1, y1, _, y2 = clipped
+    width, height = size
     pad = max(lw // 2, 1)
-    tw, th = right - left + 2 * pad, bottom - top + 2 * pad
-    ty = y1 - th if y1 - th >= 0 else y1  # above the box, or inside it at the top edge
-    tx = min(x1, max(width - tw, 0.0))
-    draw.rectangle((tx, ty, tx + tw, ty + th), fill=color)
-    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-    text_color = (0, 0, 0) if luminance > 150 else (255, 255, 255)
-    draw.text((tx + pad - left, ty + pad - top), text, fill=text_color, font=font)
+    for text in texts:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+        tx = min(x1, max(width - tw, 0.0))
+        for ty in (y1 - th, y1, y2, y2 - th):
+            rect = (tx, ty, tx + tw, ty + th)
+            if ty < 0 or ty + th > height or any(_overlap(rect, r) for r in placed):
+                continue
+            placed.append(rect)
+            draw.rectangle(rect, fill=color)
+            luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+            text_color = (0, 0, 0) if luminance > 150 else (255, 255, 255)
+            draw.text((tx + pad - left, ty + pad - top), text, fill=text_color, font=font)
+            return
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

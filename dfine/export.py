@@ -24,13 +24,15 @@ import torch
 from torch import nn
 
 from dfine.checkpoint import load_model
-from dfine.io import atomic_write
+from dfine.io import atomic_write, load_image
 from dfine.model import DFINE
 from dfine.parity import ParityReport, compare_detections, compare_outputs
 from dfine.postprocess import BatchDetections, topk_detections
+from dfine.precision import normalize_precision
+from dfine.preprocess import to_input_tensor
+from dfine.resources import example_photos
 
 DEFAULT_OPSET = 17
-EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
 class ExportWrapper(nn.Module):
@@ -92,14 +94,9 @@ def _prepare(model: DFINE | str | os.PathLike, half: bool) -> DFINE:
 
 
 def sample_images(size: tuple[int, int], count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bundled example photos resized to ``size``: ``[count, 3, H, W]`` and (w, h) sizes."""
-    from dfine.io import load_image
-    from dfine.predict import to_input_tensor
-
-    files = sorted(EXAMPLES.glob("*.jpg"))[:count]
-    if not files:
-        torch.manual_seed(0)
-        return torch.rand(count, 3, *size), torch.tensor([[size[1], size[0]]] * count)
+    """The bundled example photos resized to ``size``: ``[count, 3, H, W]`` and (w, h) sizes
+    (fewer than ``count`` when fewer are bundled; a missing assets folder is an error)."""
+    files = example_photos()[:count]
     rgbs = [load_image(f) for f in files]
     x = torch.cat([to_input_tensor(r, size) for r in rgbs])
     return x, torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs])
@@ -216,7 +213,6 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def _parse_metadata(props: dict[str, str], where: str) -> dict:
-    from dfine.precision import normalize_precision
 
     if "input_size" not in props:
         raise ValueError(f"{where} was not exported by dfine (no input_size metadata)")

@@ -23,8 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
+from tqdm import tqdm
 
+from dfine.backends import create_backend
+from dfine.backends.base import onnx_for
+from dfine.backends.openvino import OpenVINOBackend
+from dfine.data.yolo import YoloDetection
+from dfine.export import EXAMPLES
+from dfine.io import load_image
 from dfine.postprocess import BatchDetections
+from dfine.predict import to_input_tensor
+from dfine.train.data import resolve_split
+from dfine.train.evaluate import coco_metrics
 
 DEFAULT_MAX_AP_DROP = 0.5  # AP points (0..100 scale)
 DRIFT_MIN_SCORE = 0.3
@@ -69,16 +80,12 @@ def load_val(data: str | os.PathLike, limit: int | None = None) -> ValSet:
         None,
     )
     if path.is_dir() and yaml is not None and not (path / "annotations").is_dir():
-        from dfine.data.yolo import YoloDetection
-
         ds = YoloDetection(path, names=yaml)
         gt = ds.to_coco_dict()
         files = {img["id"]: Path(img["file_name"]) for img in gt["images"]}
         files = {i: f if f.is_absolute() else path / f for i, f in files.items()}
         mapping = dict(ds.label_to_category)
     else:
-        from dfine.train.data import resolve_split
-
         split = resolve_split(path, "val")
         gt = json.loads(Path(split.annotations).read_text())
         files = {img["id"]: Path(split.images) / img["file_name"] for img in gt["images"]}
@@ -98,8 +105,6 @@ def image_files(source: str | os.PathLike, count: int) -> list[Path]:
         raise FileNotFoundError(f"calibration source not found: {path}")
     files: list[Path] = []
     if path.suffix.lower() == ".json" or (path / "annotations").is_dir():
-        from dfine.train.data import resolve_split
-
         for split in ("train", "val"):
             try:
                 s = resolve_split(path, split)
@@ -120,8 +125,6 @@ def load_inputs(
     files: Sequence[Path], size: tuple[int, int]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(images [1, 3, h, w] in [0, 1], orig_sizes [1, 2] (w, h))`` per file."""
-    from dfine.io import load_image
-    from dfine.predict import to_input_tensor
 
     out = []
     for f in files:
@@ -134,9 +137,6 @@ def evaluate(
     detect: Detect, val: ValSet, size: tuple[int, int], progress: bool = True, desc: str = "eval"
 ) -> dict[str, float]:
     """COCO metrics (``AP``, ``AP50``, ``AP75``, ...) of ``detect`` on ``val``, image by image."""
-    from tqdm import tqdm
-
-    from dfine.train.evaluate import coco_metrics
 
     dets = []
     for path, image_id in tqdm(
@@ -237,7 +237,6 @@ def drift(
     """Per confident reference detection of one image: box drift (max |Δ coordinate| / image
     side) and |Δ score| to the same-label reduced detection of highest IoU; and
     ``(lost, total)``, lost = no same-label partner with IoU >= 0.5."""
-    from torchvision.ops import box_iou
 
     rl, rb, rs = reference.labels[0], reference.boxes[0], reference.scores[0]
     gl, gb, gs = reduced.labels[0], reduced.boxes[0], reduced.scores[0]
@@ -300,7 +299,6 @@ def evaluate_file(
 ) -> dict[str, float]:
     """COCO metrics of an exported file (or a checkpoint through a non-torch backend) on the
     val split of ``data``, image by image through the backend, at ``precision``."""
-    from dfine.backends import create_backend
 
     options = {"precision": precision} if precision is not None else {}
     engine = create_backend(backend, weights, **options)
@@ -341,10 +339,6 @@ def precision_costs(
     latency (``repeats`` passes over ``images``, default the bundled examples) and its drift
     against f32 (:func:`guard_drift`). bf16: backbone + encoder bf16, decoder f32."""
     import time
-
-    from dfine.backends.base import onnx_for
-    from dfine.backends.openvino import OpenVINOBackend
-    from dfine.export import EXAMPLES
 
     onnx = onnx_for(weights, size)
     backends = {p: OpenVINOBackend(onnx, precision=p, threads=threads) for p in precisions}

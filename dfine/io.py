@@ -53,16 +53,30 @@ _ALPHA_MODES = ("RGBA", "RGBa", "RGBX", "LA", "La", "PA", "P")
 TMP_SUFFIX = ".tmp"
 
 
+def _default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _default_file_mode()
+"""Every file :func:`atomic_write` writes gets this mode, whatever library wrote it
+(safetensors creates its files 0o600, ``torch.save`` 0o644 under the usual umask)."""
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` then atomically move the result to ``path``.
 
     The temporary file (``<name>.tmp.<pid>`` next to ``path``) is removed if ``write`` fails.
+    The result has mode :data:`FILE_MODE`, the same for every file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_SUFFIX}.{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

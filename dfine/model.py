@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from dfine.config import ModelConfig, get_config
 from dfine.nn.backbone import ConvBNAct, HGNetv2
-from dfine.nn.common import fuse_conv_bn
 from dfine.nn.decoder import DecoderTrace, DFINEDecoder, TransformerDecoderLayer
 from dfine.nn.encoder import ConvNorm, HybridEncoder, TransformerEncoderLayer, VGGBlock
 
@@ -91,7 +91,7 @@ class DFINE(nn.Module):
             elif isinstance(m, nn.Sequential) and isinstance(
                 getattr(m, "norm", None), nn.BatchNorm2d
             ):
-                m.conv = fuse_conv_bn(m.conv, m.norm)  # input projections
+                m.conv = fuse_conv_bn_eval(m.conv, m.norm)  # input projections
                 m.norm = nn.Identity()
             if isinstance(m, (TransformerEncoderLayer, TransformerDecoderLayer)):
                 m.exact_attention = False

@@ -29,6 +29,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+import numpy as np
+
 PRECISIONS = ("f32", "bf16", "int8", "fp16")
 PARTS = (
     "backbone",
@@ -138,7 +140,6 @@ def mark_keep_f32(model, names: Iterable[str]):
     import xml.etree.ElementTree as ET
     from pathlib import Path
 
-    import numpy as np
     import openvino as ov
 
     names = set(names)
@@ -167,7 +168,6 @@ def untie_fully_connected(model, names: set[str]) -> int:
     whose constant comes first stays a MatMul and honours it. A 1-D ``W`` (the softmax·W(n)
     integral) is treated as ``[1, n]`` and the result squeezed back. Names carry over (new
     nodes get suffixes and are added to ``names``)."""
-    import numpy as np
     import openvino.opset13 as ops
 
     count = 0
@@ -204,7 +204,6 @@ def stabilize(model, names: set[str]) -> int:
     (which lose the keep-in-f32 attribute), in place, into forms it keeps: Softmax-8 → Softmax-1
     (positive axis), division by a constant → multiplication by its reciprocal, and the
     FullyConnected-bound MatMuls (:func:`untie_fully_connected`). Returns how many."""
-    import numpy as np
     import openvino.opset1 as ops1
     import openvino.opset13 as ops
 
@@ -291,7 +290,6 @@ def split_model(model, head_parts: Iterable[str] = HEAD_PARTS):
     two run the backbone and encoder reduced and everything FDR touches in exact f32 — the
     mixed precision that the CPU plugin's per-node markings cannot express (it re-creates
     fused and decomposed nodes without them; see benchmarks/results/precision_cpu.md)."""
-    import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
 

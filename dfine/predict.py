@@ -1,6 +1,6 @@
 """``Detector``: any image in, ``Detections`` out.
 
-det = dfine.Detector("dfine_n_coco.pth", threshold=0.5)
+det = dfine.Detector("dfine_n_coco.pth", threshold=0.5)   # or an exported "model.onnx"
 dets = det("street.jpg")          # Detections in original pixel coordinates
 dets.plot().save("street_pred.jpg")
 """
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from dfine.backends import BACKENDS, create_backend
 from dfine.detections import Detections
@@ -21,30 +20,10 @@ from dfine.io import ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import BatchDetections, topk_detections
-
-
-def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
-    """``None`` → default; ``640`` → (640, 640); ``(h, w)`` → (h, w). Must be multiples of 32."""
-    if size is None:
-        return tuple(default)
-    hw = (
-        (int(size), int(size))
-        if isinstance(size, (int, np.integer))
-        else tuple(int(s) for s in size)
-    )
-    if len(hw) != 2 or any(s < 64 or s % 32 for s in hw):
-        raise ValueError(f"input size must be one or two multiples of 32 (>= 64), got {size!r}")
-    return hw
-
-
-def to_input_tensor(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """``[H, W, 3]`` uint8 RGB → ``[1, 3, h, w]`` float in [0, 1], resized with PIL's bilinear
-    filter (as the reference's inference pipeline: ``T.Resize`` on a PIL image, ``ToTensor``)."""
-    h, w = size
-    if rgb.shape[:2] != (h, w):
-        rgb = np.array(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)  # no copy
-    return x.float().div_(255.0)
+from dfine.precision import normalize_precision
+from dfine.preprocess import Letterbox, letterbox_tensor, parse_size, to_input_tensor
+from dfine.sources import default_backend
+from dfine.video import detect_video
 
 
 class Detector:
@@ -54,7 +33,8 @@ class Detector:
         weights: a checkpoint path (reference ``.pth`` or project ``.safetensors``), a zoo name,
             a ``DFINE`` model, or (non-torch backends) an exported ``.onnx`` file.
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
-            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`.
+            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`. Default: from the
+            weights — ``onnxruntime`` for an ``.onnx`` file, else ``torch``.
         threshold: minimum score of a returned detection, in [0, 1].
         size: network input size, ``int`` or ``(height, width)``, multiples of 32; default the
             model's own (640 for the reference checkpoints). Fixed at export for ONNX files.
@@ -69,6 +49,9 @@ class Detector:
             the FDR decoder in f32; INT8 needs an IR from ``dfine export --precision int8``),
             ``"fp16"`` (TensorRT, ONNX Runtime CUDA with an fp16 export). ``None``: f32, or the
             precision an exported file records.
+        letterbox: keep the aspect ratio: resize to fit the input size and pad with grey
+            (boxes are mapped back exactly). Default ``False``: stretch to the input size,
+            as the reference does (parity holds only then).
         **backend_options: passed to the backend (e.g. ``threads``).
     """
 
@@ -76,7 +59,7 @@ class Detector:
         self,
         weights: str | os.PathLike | DFINE,
         *,
-        backend: str = "torch",
+        backend: str | None = None,
         threshold: float = 0.5,
         size: int | Sequence[int] | None = None,
         device: str | torch.device | None = None,
@@ -84,8 +67,10 @@ class Detector:
         max_detections: int = 300,
         class_names: Sequence[str] | None = None,
         precision: str | None = None,
+        letterbox: bool = False,
         **backend_options,
     ) -> None:
+        backend = backend or default_backend(weights)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         self.threshold = _check_threshold(threshold)
@@ -109,6 +94,7 @@ class Detector:
         if len(names) != num_classes:
             raise ValueError(f"{len(names)} class names given for {num_classes} classes")
         self.class_names = tuple(names)
+        self.letterbox = bool(letterbox)
 
     @property
     def model(self) -> DFINE:
@@ -123,7 +109,22 @@ class Detector:
     ) -> tuple[np.ndarray, torch.Tensor]:
         """Decode and orient the image, resize it to the input size: ``(rgb, [1, 3, h, w])``."""
         rgb = load_image(image, color_order=color_order)
+        if self.letterbox:
+            return rgb, letterbox_tensor(rgb, self.size)[0]
         return rgb, to_input_tensor(rgb, self.size)
+
+    def _inputs(
+        self, images: list[ImageSource], color_order: str
+    ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor, list[Letterbox] | None]:
+        """Decoded images, the input batch, the sizes the backend scales its boxes to
+        (original ``(w, h)``; the input size when letterboxing) and the letterbox maps."""
+        rgbs = [load_image(im, color_order=color_order) for im in images]
+        if not self.letterbox:
+            batch = torch.cat([to_input_tensor(r, self.size) for r in rgbs])
+            return rgbs, batch, torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs]), None
+        tensors, maps = zip(*(letterbox_tensor(r, self.size) for r in rgbs))
+        sizes = torch.tensor([[self.size[1], self.size[0]]] * len(rgbs))
+        return rgbs, torch.cat(tensors), sizes, list(maps)
 
     def _detections(
         self,
@@ -131,13 +132,17 @@ class Detector:
         rgbs: list[np.ndarray],
         threshold: float,
         keep_image: bool,
+        maps: list[Letterbox] | None = None,
     ) -> list[Detections]:
-        """Threshold, cap and clip the backend's detections of a batch (CPU tensors)."""
+        """Threshold, cap and clip the backend's detections of a batch (CPU tensors); with
+        letterbox ``maps`` the boxes come in input pixels and are mapped back first."""
         dets = []
         for n, rgb in enumerate(rgbs):
             keep = results.scores[n, : self.max_detections] > threshold
             h, w = rgb.shape[:2]
             boxes = results.boxes[n, : self.max_detections][keep].clone()
+            if maps is not None:
+                boxes = maps[n].to_original(boxes)
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)  # the reference leaves boxes unclipped
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
             dets.append(
@@ -182,13 +187,11 @@ class Detector:
         if not images:
             return []
         t0 = time.perf_counter()
-        rgbs, tensors = zip(*(self.preprocess(im, color_order) for im in images))
-        batch = torch.cat(tensors)
-        sizes = torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs])
+        rgbs, batch, sizes, maps = self._inputs(images, color_order)
         t1 = time.perf_counter()
         results = self.backend.detect(batch, sizes)
         t2 = time.perf_counter()
-        dets = self._detections(results, list(rgbs), threshold, keep_image)
+        dets = self._detections(results, rgbs, threshold, keep_image, maps)
         t3 = time.perf_counter()
         n = len(dets)
         speed = {
@@ -200,6 +203,36 @@ class Detector:
             d.speed = dict(speed)
         return dets
 
+    def video(
+        self,
+        source: str | os.PathLike,
+        *,
+        track: bool = True,
+        stride: int = 1,
+        max_frames: int | None = None,
+        threshold: float | None = None,
+        batch: int = 1,
+    ) -> Iterator[Detections]:
+        """Detect (and track) objects in a video file or a folder of frames.
+
+        ``for dets in det.video("clip.mp4"): ...`` yields one :class:`Detections` per kept
+        frame (every ``stride``-th, at most ``max_frames``), in original pixels, with
+        ``frame_index``, ``time_s`` (the frame's timestamp), the frame as ``image`` and, with
+        ``track=True``, a ByteTrack ``track_id`` per detection. Decoding runs in a worker
+        thread; ``batch`` frames share one forward pass (worth it for ONNX Runtime/OpenVINO
+        with a dynamic-batch export). Unreadable videos raise :class:`dfine.video.VideoError`.
+        """
+        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        return detect_video(
+            self,
+            source,
+            track=track,
+            stride=stride,
+            max_frames=max_frames,
+            threshold=threshold,
+            batch=batch,
+        )
+
     def trace(
         self, image: ImageSource, *, color_order: str = "RGB", threshold: float | None = None
     ) -> tuple[Detections, DecoderTrace, torch.Tensor]:
@@ -210,6 +243,11 @@ class Detector:
         every layer for the returned detections.
         """
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        if self.letterbox:
+            raise ValueError(
+                "trace() needs the stretch resize (its layer-by-layer boxes are relative to "
+                "the whole image): use a Detector without letterbox=True"
+            )
         t0 = time.perf_counter()
         rgb, x = self.preprocess(image, color_order)
         t1 = time.perf_counter()
@@ -230,7 +268,6 @@ class Detector:
 
 def _precision_for(backend: str, precision: str) -> str:
     """``precision`` checked and spelled as ``backend`` expects it."""
-    from dfine.precision import normalize_precision
 
     precision = normalize_precision(precision)
     if backend == "torch" and precision != "f32":

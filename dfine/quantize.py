@@ -28,6 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
+from dfine.backends.openvino import OpenVINOBackend
 from dfine.export import EXAMPLES, export_onnx, read_metadata
 from dfine.guard import (
     DEFAULT_MAX_AP_DROP,
@@ -39,7 +43,8 @@ from dfine.guard import (
     load_inputs,
     load_val,
 )
-from dfine.precision import HEAD_PARTS, PARTS, normalize_precision
+from dfine.io import atomic_write
+from dfine.precision import HEAD_PARTS, PARTS, graph_parts, names_in, normalize_precision
 
 FORMATS = ("onnx", "openvino")
 # The accuracy-aware loop: groups of parts added to the f32 set, in this order.
@@ -69,7 +74,6 @@ class ReducedExport:
 
 
 def _calibration_inputs(source, count: int, size: tuple[int, int], progress: bool):
-    from tqdm import tqdm
 
     files = image_files(source, count)
     return [
@@ -105,7 +109,6 @@ def _quantize_openvino(base, names: set[str], calib, progress: bool):
 
 
 def _sizes(x):
-    import numpy as np
 
     return np.array([[x.shape[3], x.shape[2]]] * x.shape[0], dtype=np.int64)
 
@@ -204,9 +207,6 @@ def export_reduced(
     valset = load_val(val, val_size) if val is not None else None
 
     import openvino as ov
-
-    from dfine.backends.openvino import OpenVINOBackend
-    from dfine.precision import graph_parts, names_in
 
     with tempfile.TemporaryDirectory(prefix="dfine-export-") as tmp:
         tmp = Path(tmp)
@@ -320,7 +320,6 @@ def _save_ir(model, path: Path) -> None:
 def _move_ir(src: Path, dst: Path) -> None:
     """Move an IR pair into place: the ``.bin`` first, the ``.xml`` (what readers open) last,
     each with an atomic rename."""
-    from dfine.io import atomic_write
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(dst.with_suffix(".bin"), lambda t: shutil.copyfile(src.with_suffix(".bin"), t))
@@ -337,8 +336,6 @@ def quantize_unguarded(
     *without* the accuracy guard: for timing (random weights have no accuracy to guard).
     Use :func:`export_reduced` for anything that is used for its detections."""
     import openvino as ov
-
-    from dfine.precision import graph_parts, names_in
 
     onnx_path, out = Path(onnx_path), Path(out)
     base = ov.Core().read_model(str(onnx_path))

@@ -10,17 +10,16 @@ COCO), ``obj2coco`` (Objects365 pre-training, COCO fine-tuning) or ``obj365`` (O
 only), plus ``dfine_l_obj365_e25``. Lookups ignore case and accept ``-`` for ``_``, a
 ``.pth`` suffix and the size words ``nano small medium large xlarge``.
 
-Files land in :func:`cache_dir` (``$DFINE_HOME``, else the user cache folder). A download
-goes to ``<file>.part`` first and is renamed into place only once it is complete and
-verified, so a half-written checkpoint never carries the final name; an interrupted one is
-resumed with an HTTP ``Range`` request on the next call. ``base_url=`` or ``$DFINE_ZOO_URL``
-points the downloads at a mirror. Without a network the error says where to put the file
-by hand. Everything here uses the standard library (and tqdm for the progress bar).
+Files land in :func:`cache_dir` (``$DFINE_HOME``, else the user cache folder). The reference's
+release files come through :func:`torch.hub.download_url_to_file` (progress bar, sha256 check,
+moved into place only when complete, so a half-written checkpoint never carries the final
+name); the Hugging Face copies (transformers layout) through ``huggingface_hub``
+(:func:`download_hf`). ``base_url=`` or ``$DFINE_ZOO_URL`` points the downloads at a mirror.
+Without a network the error says where to put the file by hand.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import http.client
 import os
@@ -29,15 +28,13 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
-from dfine.io import file_sha256
+import torch.hub
 
-if TYPE_CHECKING:
-    from tqdm import tqdm
+from dfine.coco import COCO_CLASSES
+from dfine.obj365 import OBJ365_LABEL_NAMES
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -47,6 +44,7 @@ __all__ = [
     "cache_dir",
     "class_names",
     "download",
+    "download_hf",
     "get",
     "is_zoo_name",
     "names",
@@ -57,7 +55,6 @@ DEFAULT_BASE_URL = "https://github.com/Peterande/storage/releases/download/dfine
 
 HOME_ENV = "DFINE_HOME"
 URL_ENV = "DFINE_ZOO_URL"
-_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ class ZooEntry:
     ``coco``/``obj2coco`` and, for ``obj365``, AP on the first 5000 Objects365 val images
     (the README's AP^5000, the one figure it gives for every Objects365 model). ``params_m``
     is the README's parameter count in millions. ``hf_repo`` names the Hugging Face copy in
-    the transformers layout, for information only: nothing here downloads from the hub.
+    the transformers layout (see :func:`download_hf`).
     ``sha256`` is checked after a download when known.
     """
 
@@ -188,11 +185,7 @@ def class_names(name: str) -> tuple[str, ...]:
     """Name of every logit of the checkpoint ``name`` (80 COCO or 366 Objects365 entries)."""
     entry = get(name)
     if entry.dataset == "obj365":
-        from dfine.obj365 import OBJ365_LABEL_NAMES
-
         return OBJ365_LABEL_NAMES
-    from dfine.coco import COCO_CLASSES
-
     return COCO_CLASSES
 
 
@@ -222,6 +215,7 @@ class _Target:
     url: str
     path: Path
     sha256: str | None
+    approx_mb: float | None = None  # float32 weights of the zoo entry's parameter count
 
 
 def _base_url(base_url: str | None) -> str:
@@ -232,6 +226,7 @@ def _resolve(
     name_or_url: str, dest: str | os.PathLike[str] | None, base_url: str | None
 ) -> _Target:
     """What to fetch from where, and the final path to write."""
+    approx_mb = None
     if re.match(r"^(https?|file)://", name_or_url):
         url, sha, label = name_or_url, None, name_or_url
         if url.startswith(DEFAULT_BASE_URL + "/"):
@@ -243,12 +238,13 @@ def _resolve(
         entry = get(name_or_url)
         url, sha, label = f"{_base_url(base_url)}/{entry.filename}", entry.sha256, entry.name
         filename = entry.filename
+        approx_mb = entry.params_m * 4.1  # 4 bytes per float32 weight, plus the pickle
     if dest is None:
         path = cache_dir() / filename
     else:
         path = Path(dest).expanduser()
         path = path / filename if path.is_dir() else path
-    return _Target(label, url, path, sha)
+    return _Target(label, url, path, sha, approx_mb)
 
 
 def download(
@@ -256,7 +252,6 @@ def download(
     *,
     dest: str | os.PathLike[str] | None = None,
     progress: bool = True,
-    timeout: float = 30.0,
     base_url: str | None = None,
 ) -> Path:
     """The local path of a checkpoint, downloading it first if it is not there yet.
@@ -264,16 +259,11 @@ def download(
     ``name_or_url``: a zoo name (see :func:`names`) or an ``http(s)://`` / ``file://`` URL.
     ``dest``: the file to write, or a folder to put it in under its official name (default:
     :func:`cache_dir`). An existing file is returned at once, without touching the network.
-    Otherwise the bytes go to ``<dest>.part``, resuming a previous partial download when the
-    server honours ``Range``, are checked against the Content-Length and the known sha256,
-    and only then renamed to ``dest``. ``timeout`` bounds connecting and every read.
-    ``base_url`` (else ``$DFINE_ZOO_URL``) replaces :data:`DEFAULT_BASE_URL`.
-
-    Concurrent calls for the same file, from threads or processes, serialise on an
-    exclusive lock of ``<dest>.lock`` (``fcntl.flock``; ``msvcrt`` on Windows): the second
-    waits, then finds the finished file. The lock file is removed after a success (every
-    caller checks for the finished file first) and left after a failure (removing it then
-    could let two callers write the same ``.part``).
+    Otherwise :func:`torch.hub.download_url_to_file` fetches it (progress bar, sha256 check
+    when the hash is known) into a temporary file beside ``dest`` and moves it into place only
+    when complete, so a half-written checkpoint never carries the final name; concurrent
+    callers each download and the last complete file wins. ``base_url`` (else
+    ``$DFINE_ZOO_URL``) replaces :data:`DEFAULT_BASE_URL`.
 
     Raises :class:`ZooDownloadError` (network, HTTP or checksum failure; the message names
     the URL, the reason and the path to save the file at by hand) and ValueError (unknown
@@ -283,38 +273,30 @@ def download(
     if target.path.is_file():
         return target.path
     target.path.parent.mkdir(parents=True, exist_ok=True)
-    lock = target.path.with_name(target.path.name + ".lock")
-    with _locked(lock):
-        if not target.path.is_file():  # another caller may have finished it meanwhile
-            _fetch(target, progress=progress, timeout=timeout)
-            with contextlib.suppress(OSError):  # safe: every later caller sees the file
-                lock.unlink(missing_ok=True)
+    if progress:
+        print(f"downloading {target.url} -> {target.path}", file=sys.stderr)
+    try:
+        torch.hub.download_url_to_file(
+            target.url,
+            str(target.path),
+            hash_prefix=target.sha256.lower() if target.sha256 else None,
+            progress=progress,
+        )
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise _fail(target, _reason(exc)) from exc
+    except RuntimeError as exc:  # torch.hub's hash check
+        if "hash" not in str(exc):
+            raise
+        raise _fail(target, f"sha256 mismatch: {exc}") from exc
     return target.path
 
 
-def _fail(target: _Target, reason: str, part: Path | None = None) -> ZooDownloadError:
-    msg = (
-        f"Could not download {target.label} from {target.url} ({reason}). Download it "
-        f"yourself and save it as {target.path}, or pass the file path to load_model()."
+def _fail(target: _Target, reason: str) -> ZooDownloadError:
+    size = f" (about {target.approx_mb:.0f} MB)" if target.approx_mb else ""
+    return ZooDownloadError(
+        f"Could not download {target.label} from {target.url} ({reason}). Download that "
+        f"file{size} yourself and save it as {target.path}: it is found there from then on."
     )
-    if part is not None and part.exists():
-        msg += f" The partial download {part} is kept; calling again resumes it."
-    return ZooDownloadError(msg)
-
-
-def _fetch(target: _Target, *, progress: bool, timeout: float) -> None:
-    """Download into ``<path>.part``, verify, and rename into place."""
-    part = target.path.with_name(target.path.name + ".part")
-    try:
-        try:
-            _stream(target.url, part, progress=progress, timeout=timeout)
-        except _RangeRefused:  # a stale or already complete .part: start over once
-            part.unlink(missing_ok=True)
-            _stream(target.url, part, progress=progress, timeout=timeout)
-    except (_Incomplete, _RangeRefused, OSError, http.client.HTTPException) as exc:
-        raise _fail(target, _reason(exc), part) from exc
-    _verify_sha256(target, part)
-    os.replace(part, target.path)
 
 
 def _reason(exc: BaseException) -> str:
@@ -326,111 +308,35 @@ def _reason(exc: BaseException) -> str:
         return _reason(reason) if isinstance(reason, BaseException) else str(reason)
     if isinstance(exc, TimeoutError):
         return f"timed out: {exc}" if str(exc) else "timed out"
-    if isinstance(exc, _RangeRefused):
-        return "the server refused to resume the download"
-    return str(exc) if isinstance(exc, _Incomplete) else f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
-def _verify_sha256(target: _Target, part: Path) -> None:
-    if target.sha256 is None:
-        return
-    digest = file_sha256(part)
-    if digest != target.sha256.lower():
-        part.unlink(missing_ok=True)
-        raise _fail(target, f"sha256 mismatch: expected {target.sha256}, got {digest}")
+# ---------------------------------------------------------------------------- Hugging Face
+def download_hf(name: str, *, dest: str | os.PathLike[str] | None = None) -> Path:
+    """The Hugging Face Hub copy of an official checkpoint (transformers layout: a folder with
+    ``config.json`` and ``model.safetensors``, which :func:`dfine.load_model` reads), fetched
+    with ``huggingface_hub`` into ``dest`` (default ``cache_dir()/hf/<repo>``). Offline, an
+    existing folder is used; otherwise :class:`ZooDownloadError` says what to do."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-
-class _Incomplete(Exception):
-    """The body ended before Content-Length said it would."""
-
-
-class _RangeRefused(Exception):
-    """The server answered 416 to a resume request."""
-
-
-def _stream(url: str, part: Path, *, progress: bool, timeout: float) -> None:
-    """Append the rest of ``url`` to ``part``, or rewrite it when the server sends it all."""
-    start = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"User-Agent": "dfine-zoo"})
-    if start:
-        req.add_header("Range", f"bytes={start}-")
+    entry = get(name)
+    if entry.hf_repo is None:
+        raise ValueError(f"{entry.name} has no Hugging Face copy; use download({entry.name!r})")
+    folder = Path(dest).expanduser() if dest else cache_dir() / "hf" / entry.hf_repo
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    url = f"https://huggingface.co/{entry.hf_repo}"
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and start:
-            raise _RangeRefused from exc
-        raise
-    with resp:
-        resumed = bool(start) and getattr(resp, "status", None) == 206
-        if resumed and not _range_starts_at(resp, start):
-            raise _RangeRefused
-        offset = start if resumed else 0
-        length = resp.headers.get("Content-Length", "")
-        total = offset + int(length) if length.isdigit() else None
-        with (
-            open(part, "ab" if resumed else "wb") as out,
-            _bar(part, total, offset, progress) as bar,
-        ):
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                bar.update(len(chunk))
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise _Incomplete(f"connection closed after {size} of {total} bytes")
-
-
-def _range_starts_at(resp: http.client.HTTPResponse, start: int) -> bool:
-    """Whether a 206 answer continues exactly where the partial file ends."""
-    m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
-    return m is None or int(m[1]) == start
-
-
-def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
-    """A byte progress bar on stderr (silent when ``progress`` is false)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=part.name.removesuffix(".part"),
-        disable=not progress,
-        leave=False,
-    )
-
-
-# ---------------------------------------------------------------------------- locking
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive, blocking, inter-process lock held on ``lock_path`` for the block."""
-    with open(lock_path, "a+b") as f:
-        if sys.platform == "win32":  # pragma: no cover
-            import msvcrt
-
-            _win_lock(f, msvcrt)
-            try:
-                yield
-            finally:
-                f.seek(0)
-                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _win_lock(f: BinaryIO, msvcrt: object) -> None:  # pragma: no cover
-    """Block until the Windows byte-range lock is ours (LK_LOCK gives up after 10 s)."""
-    while True:
-        try:
-            f.seek(0)
-            msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
-            return
-        except OSError:
-            continue
+        snapshot_download(
+            entry.hf_repo,
+            local_dir=str(folder),
+            allow_patterns=["config.json", "preprocessor_config.json", "*.safetensors*"],
+        )
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ZooDownloadError(
+            f"Could not download {entry.name} from {url} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'offline'}). Download its config.json "
+            f"and model.safetensors yourself into {folder}."
+        ) from exc
+    return folder

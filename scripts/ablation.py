@@ -46,8 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="training seeds")
     p.add_argument("--input-size", type=int, default=256, help="train/eval size (N needs 256+)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--steps-per-epoch", type=int, default=70)
+    p.add_argument(
+        "--stop-epoch",
+        type=int,
+        help="epoch where augmentation stops and the EMA restarts (default: the last; "
+        "= --epochs: never)",
+    )
+    p.add_argument(
+        "--flat-epochs", type=int, help="epochs at the base lr before the cosine (default half)"
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr-scale", type=float, default=0.5)
     p.add_argument("--parallel", type=int, default=2, help="runs at the same time")
@@ -66,13 +75,21 @@ def train_command(args: argparse.Namespace, variant: str, seed: int, data: Path)
     return [
         "dfine", "train", "--recipe", "synth", "--data", str(data),
         "--out", str(run_dir(args, variant, seed)),
-        "--epochs", str(args.epochs), "--stop-epoch", str(args.epochs - 1),
+        "--epochs", str(args.epochs), "--stop-epoch", str(stop_epoch(args)),
         "--max-steps-per-epoch", str(args.steps_per_epoch),
         "--batch-size", str(args.batch_size), "--lr-scale", str(args.lr_scale),
-        "--scheduler", "flatcosine", "--flat-epochs", str(max(args.epochs // 2, 1)),
+        "--scheduler", "flatcosine", "--flat-epochs", str(flat_epochs(args)),
         "--input-size", str(args.input_size), "--workers", "0", "--seed", str(seed),
         "--no-val", "--no-tensorboard", "--quiet", "--ablate", variant,
     ]  # fmt: skip
+
+
+def stop_epoch(args: argparse.Namespace) -> int:
+    return args.epochs - 1 if args.stop_epoch is None else args.stop_epoch
+
+
+def flat_epochs(args: argparse.Namespace) -> int:
+    return max(args.epochs // 2, 1) if args.flat_epochs is None else args.flat_epochs
 
 
 def data_command(args: argparse.Namespace, data: Path) -> list[str]:
@@ -185,8 +202,8 @@ def _mean_spread(values: list[float]) -> str:
     """``mean ± half-range`` (with two seeds the half-range is the distance to either run)."""
     mean = sum(values) / len(values)
     if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}"
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f}"
 
 
 def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], dict]) -> str:
@@ -223,7 +240,8 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
     lines += [
         "",
         "Per-layer mean IoU of the final layer's matched query to each ground-truth box",
-        "(`analysis.layer_stats`; the fdr variant has no pre-head), mean over seeds:",
+        f"(`analysis.layer_stats` on the first {args.eval_limit or args.val_images} val images; "
+        "the fdr variant has no pre-head), mean ± half the range over seeds:",
         "",
     ]
     names = {n for r in records.values() for n in r["layers"]["stages"]}
@@ -264,6 +282,9 @@ def _script_args(args: argparse.Namespace) -> list[str]:
     out = ["--out", str(args.out)]
     for name in ("train_images", "val_images", "epochs", "steps_per_epoch", "batch_size"):
         out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    out += ["--stop-epoch", str(stop_epoch(args)), "--flat-epochs", str(flat_epochs(args))]
+    if args.eval_limit:
+        out += ["--eval-limit", str(args.eval_limit)]
     out += ["--seeds", *map(str, args.seeds), "--parallel", str(args.parallel)]
     return [*out, "--threads", str(args.threads), "--results", str(args.results)]
 
@@ -279,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_run(a.evaluate_run, a.data, a.eval_limit)
         return 0
     args = build_parser().parse_args(argv)
-    if args.epochs < 2 or args.input_size % 32:
-        print("error: --epochs must be >= 2 and --input-size a multiple of 32", file=sys.stderr)
+    if args.epochs < 1 or args.input_size % 32:
+        print("error: --epochs must be >= 1 and --input-size a multiple of 32", file=sys.stderr)
         return 2
     data = args.data or args.out / "data"
     if not args.report_only and not (data / "annotations" / "instances_val.json").exists():

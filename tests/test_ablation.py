@@ -164,7 +164,6 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("ablation", ["fdr", "golsd"])
 def test_dfine_train_ablate_records_the_variant(ablation, tiny, tmp_path, capsys):
     from dfine.cli import main as dfine_main
-    from dfine.train.cli import main
 
     out = tmp_path / ablation
     args = [
@@ -172,7 +171,7 @@ def test_dfine_train_ablate_records_the_variant(ablation, tiny, tmp_path, capsys
         "--epochs", "1", "--batch-size", "2", "--input-size", "256", "--workers", "0",
         "--no-val", "--quiet", "--no-tensorboard", "--ablate", ablation,
     ]  # fmt: skip
-    assert main(args) == 0
+    assert dfine_main(args) == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     terms = " ".join(record)
     assert "loss_ddf" not in terms and ("loss_fgl" in terms) == (ablation == "golsd")
@@ -241,8 +240,8 @@ def test_ablation_script_commands_differ_only_in_the_switch_and_report_spread(tm
     records = {("none", 0): record(0.30, full), ("none", 1): record(0.40, full),
                ("fdr", 0): record(0.20, full[1:]), ("fdr", 1): record(0.24, full[1:])}  # fmt: skip
     text = script.report(args, tmp_path / "data", records)
-    assert "| 0.350 ± 0.050 | 0.550 ± 0.050 |" in text  # full model: AP and AP50 over 2 seeds
-    assert "0.220 ± 0.020" in text
-    assert "| fdr | — | 0.500 ± 0.000 | 0.600 ± 0.000 |" in text  # no pre-head stage
+    assert "| 0.3500 ± 0.0500 | 0.5500 ± 0.0500 |" in text  # full model: AP and AP50 over 2 seeds
+    assert "0.2200 ± 0.0200" in text
+    assert "| fdr | — | 0.5000 ± 0.0000 | 0.6000 ± 0.0000 |" in text  # no pre-head stage
     assert "10.0 min (350 steps, 1.71 s/step)" in text
     assert "--ablate fdr" in text and "```bash" in text

@@ -142,7 +142,11 @@ def test_refinement_overlay(trace, image):
 # ----------------------------------------------------------------------------- plotly
 def _axis_titles(fig, prefix: str) -> list[str]:
     layout = fig.layout.to_plotly_json()
-    return [v["title"]["text"] for k, v in layout.items() if k.startswith(prefix) and "title" in v]
+    return [
+        v["title"]["text"]
+        for k, v in layout.items()
+        if k.startswith(prefix) and "text" in v.get("title", {})
+    ]
 
 
 def test_refinement_figure(trace):
@@ -163,16 +167,40 @@ def test_refinement_figure(trace):
 def test_distribution_figure(trace):
     d = A.edge_distributions(trace, 1, SIZE)
     fig = F.distribution_figure(d)
-    assert len(fig.data) == 2 * NUM_LAYERS * 4
+    # per cell: bars and the expectation; from the second layer on, the previous as outline
+    assert len(fig.data) == 2 * NUM_LAYERS * 4 + 4 * (NUM_LAYERS - 1)
     bars = [t for t in fig.data if t.type == "bar"]
     np.testing.assert_allclose(bars[0].x, d.offsets_px[0])  # pixels, not bin index
     np.testing.assert_allclose(bars[-1].y, d.probs[-1, 3])
-    marks = [t for t in fig.data if t.type == "scatter"]
+    marks = [t for t in fig.data if t.type == "scatter" and t.mode == "markers"]
     assert marks[5].x[0] == pytest.approx(d.expected_px[1, 1])
     assert marks[5].error_x.value == pytest.approx(d.std_px[1, 1])
     xs = _axis_titles(fig, "xaxis")
     assert len(xs) == 4 and all("(px, + = outward)" in t for t in xs)
-    assert all("probability" in t for t in _axis_titles(fig, "yaxis"))
+    assert all(t.endswith(": p") for t in _axis_titles(fig, "yaxis"))
+
+
+def test_distribution_windows():
+    x = np.array([-8.0, -2.0, 0.0, 1.0, 4.0])
+    np.testing.assert_allclose(A.distributions.cell_bounds(x), [-11, -5, -1, 0.5, 2.5, 5.5])
+    probs = np.zeros((2, 4, 5))
+    probs[:, :, 2] = 0.9995  # one confident layer ...
+    probs[:, :, 3] = 0.0005
+    probs[1, 0] = [0.0, 0.2, 0.6, 0.2, 0.0]  # ... and a spread one
+    d = A.EdgeDistributions(
+        query=0, image_size=(100, 100), layers=["layer 1", "layer 2"], edges=A.EDGES,
+        project=x, probs=probs, offsets_px=np.tile(x, (4, 1)), expected_px=np.zeros((2, 4)),
+        neighbour_bins=np.tile([2, 3], (2, 4, 1)), neighbour_offsets_px=np.tile([0.0, 1.0], (2, 4, 1)),
+        entropy=np.zeros((2, 4)), std_px=np.full((2, 4), 0.1), reference_edges_px=np.zeros(4),
+        edge_positions_px=np.zeros((2, 4)),
+    )  # fmt: skip
+    assert d.mass_window(1) == (2, 2)  # the 0.05 % tail is cut
+    assert d.mass_window(0) == (1, 3)  # the union over layers
+    lo, hi = d.x_window(1)
+    assert -1 > lo > -1.5 and 0.5 < hi < 1.0  # bin 2's span (-1..0.5) plus 15 %
+    assert d.x_window(1, x_range="full") == (-11.0, 5.5)
+    assert d.x_window(0, axis="bin", x_range="full") == (-0.5, 4.5)
+    assert d.expected_bin(0, 0) == 2.0
 
 
 def test_weighting_figure(trace):

@@ -21,6 +21,8 @@ from dfine.io import load_image  # noqa: E402
 from tests.app_util import call as call_app  # noqa: E402
 from tests.app_util import load_app_py, serve  # noqa: E402
 
+pytestmark = pytest.mark.server
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "assets" / "examples" / "chelsea.jpg"
 SYNTH = ROOT / "assets" / "examples" / "synth" / "000002.jpg"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from app.paths import SYNTH_ANNOTATIONS, SYNTH_DIR  # noqa: E402
 from app.tabs import distributions  # noqa: E402
 from dfine.io import load_image  # noqa: E402
 from tests.app_util import serve  # noqa: E402
+
+pytestmark = [pytest.mark.server, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -218,3 +221,150 @@ def test_demo_model_detects_and_refines(page, record_property):
     page.wait_for_selector("#uncertainty-overlay img", state="visible")
     _shot(page, "app_06_demo_distributions.png", shots)
     record_property("demo_screenshots", ", ".join(shots))
+
+
+def _rows(page) -> int:
+    """Rows of the Detect table (without the header)."""
+    count = page.locator("#detections-table [role=grid]").get_attribute("aria-rowcount")
+    return int(count) - 1
+
+
+def _wait_rows(page, predicate_js: str) -> None:
+    page.wait_for_function(
+        "() => { const n = Number(document.querySelector('#detections-table [role=grid]')"
+        f"?.getAttribute('aria-rowcount')) - 1; return {predicate_js}; }}",
+        timeout=WAIT_MS,
+    )
+
+
+def _type(page, selector: str, value: str, commit: str = "Enter") -> None:
+    """Type ``value`` into a slider's number box and commit it with Enter or by leaving."""
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(value)
+    if commit == "Enter":
+        box.press("Enter")
+    else:
+        box.blur()  # leave the box
+
+
+def test_controls_are_live(server, page, record_property):
+    """Threshold typed + Enter / typed + blur re-filters the Detect result without a new
+    forward pass; a stage typed + Enter redraws the Refinement figure; an odd reg_max is
+    snapped to an even one with no error shown."""
+    shots: list[str] = []
+    state = server[0].dfine_state
+    page.locator("#input-image input[type=file]").set_input_files(str(SYNTH))
+    page.wait_for_selector("#input-image img", state="visible")
+    page.click("#detect-button")
+    _wait_rows(page, "n === 6")
+    misses = state.cache.misses
+
+    _type(page, "#threshold", "0.05")  # Enter
+    _wait_rows(page, "n > 6")
+    low = _rows(page)
+    assert (
+        f"**{low} detections**" in page.locator("#detect-summary").inner_html()
+        or str(low) in page.locator("#detect-summary").inner_text()
+    )
+    _type(page, "#threshold", "0.9", commit="blur")
+    _wait_rows(page, f"n < {low}")
+    assert _rows(page) <= 6
+    assert state.cache.misses == misses  # re-filtered, never recomputed
+    _shot(page, "app_07_live_threshold.png", shots)
+    _type(page, "#threshold", "0.5")
+    _wait_rows(page, "n === 6")
+
+    page.get_by_role("tab", name="Refinement").click()
+    title = page.locator("#refinement-plot .gtitle")
+    title.filter(has_text="showing stage: layer 3").first.wait_for()
+    _type(page, "#stage", "2")
+    title.filter(has_text="showing stage: layer 1").first.wait_for()
+    _type(page, "#stage", "0", commit="blur")
+    title.filter(has_text="showing stage: encoder (b0)").first.wait_for()
+    _shot(page, "app_08_stage_typed.png", shots)
+
+    page.get_by_role("tab", name="W(n)").click()
+    summary = page.locator("#weighting-summary")
+    summary.get_by_text("reg_max = 32").first.wait_for()
+    _type(page, "#reg-max", "7")
+    page.wait_for_function(
+        "() => document.querySelector('#reg-max input[type=number]').value === '8'",
+        timeout=WAIT_MS,
+    )
+    summary.get_by_text("reg_max = 8,").first.wait_for()
+    assert page.locator(".toast-body").count() == 0  # no error toast
+    assert page.get_by_text("Error", exact=True).count() == 0  # no error badge on outputs
+    _shot(page, "app_09_regmax_snapped.png", shots)
+    record_property("live_screenshots", ", ".join(shots))
+
+
+# every text element of every plotly figure on the page: none clipped by its figure, none
+# overlapping another (titles, axis titles, subplot titles, notes)
+_TEXT_BOXES = """
+() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p => p.offsetParent)
+  .map(plot => {
+    const svg = plot.querySelector('svg.main-svg').getBoundingClientRect();
+    const items = Array.from(plot.querySelectorAll(
+      '.gtitle, .g-xtitle text, .g-ytitle text, .annotation-text, .g-x2title text'))
+      .map(t => ({text: t.textContent, r: t.getBoundingClientRect()}))
+      .filter(t => t.text.trim() && t.r.width > 0);
+    const problems = [];
+    for (const t of items) {
+      if (t.r.left < svg.left - 1 || t.r.right > svg.right + 1 || t.r.top < svg.top - 1
+          || t.r.bottom > svg.bottom + 1) problems.push('clipped: ' + t.text);
+    }
+    for (let i = 0; i < items.length; i++) for (let j = i + 1; j < items.length; j++) {
+      const a = items[i].r, b = items[j].r;
+      const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (w > 2 && h > 2) problems.push('overlap: ' + items[i].text + ' | ' + items[j].text);
+    }
+    return {id: plot.closest('[id]')?.id, problems};
+  })
+"""
+
+
+@pytest.mark.parametrize("width", [1400, 1024])
+def test_layout_at_two_widths(server, browser, width, record_property):
+    """Every tab after a detection, at 1400 and 1024 px: screenshots in test-artifacts/
+    (looked at by hand) and no clipped or overlapping figure text."""
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    shots: list[str] = []
+    try:
+        page.set_default_timeout(WAIT_MS)
+        page.goto(server[1], wait_until="domcontentloaded", timeout=WAIT_MS)
+        page.wait_for_selector("#detect-button", state="visible")
+        page.locator("#input-image input[type=file]").set_input_files(str(PHOTO))
+        page.wait_for_selector("#input-image img", state="visible")
+        page.click("#detect-button")
+        _wait_rows(page, "n > 2")
+        page.wait_for_selector("#annotated img", state="visible")
+        _shot(page, f"layout_{width}_1_detect.png", shots)
+        problems = {}
+        for i, (tab, plot) in enumerate(
+            [
+                ("Refinement", "#refinement-plot"),
+                ("Distributions", "#dist-plot"),
+                ("W(n)", "#weighting-plot"),
+                ("GO-LSD", "#golsd-note"),
+                ("Model", "#model-info"),
+            ],
+            start=2,
+        ):
+            page.get_by_role("tab", name=tab).click()
+            if plot.endswith("-plot"):
+                page.wait_for_function(
+                    f"() => document.querySelector('{plot} .js-plotly-plot')?.data?.length > 0",
+                    timeout=WAIT_MS,
+                )
+            else:
+                page.locator(plot).get_by_text(re.compile(r"\w")).first.wait_for()
+            page.wait_for_timeout(500)  # let plotly finish its layout
+            _shot(page, f"layout_{width}_{i}_{tab.lower().replace('(n)', 'n')}.png", shots)
+            for fig in page.evaluate(_TEXT_BOXES):
+                if fig["problems"]:
+                    problems[f"{tab}/{fig['id']}"] = fig["problems"]
+        record_property(f"layout_{width}", ", ".join(shots))
+        assert not problems, problems
+    finally:
+        page.close()

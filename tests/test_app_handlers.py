@@ -16,6 +16,7 @@ gr = pytest.importorskip("gradio", reason="the app needs gradio")
 import analysis  # noqa: E402
 import dfine  # noqa: E402
 from app import models as app_models  # noqa: E402
+from app import tables  # noqa: E402
 from app.checks import first_int  # noqa: E402
 from app.errors import UserError, user_errors  # noqa: E402
 from app.files import OutputDir  # noqa: E402
@@ -99,7 +100,7 @@ def test_detect_draws_boxes_only_where_the_boxes_are(state):
     near = np.zeros_like(changed)
     for x1, y1, x2, y2 in table[DETECTION_COLUMNS[3:]].to_numpy():
         # outline plus the label tag above or inside it
-        near[max(int(y1) - 40, 0) : int(y2) + 4, max(int(x1) - 200, 0) : int(x2) + 200] = True
+        near[max(int(y1) - 40, 0) : int(y2) + 40, max(int(x1) - 200, 0) : int(x2) + 200] = True
     assert changed.any()
     assert not (changed & ~near).any(), "pixels changed away from every box"
     x1, y1, x2, y2 = (round(float(v)) for v in table.iloc[0, 3:].to_numpy())
@@ -185,6 +186,7 @@ def test_trace_overlay_figure_and_table(state):
     box = np.clip([final.x1, final.y1, final.x2, final.y2], 0, 320)
     np.testing.assert_allclose(box, dets.boxes[0], atol=0.06)
     assert final["IoU to final"] == pytest.approx(1.0)
+    assert list(rows.columns) == tables.REFINEMENT_COLUMNS  # the headers shown before a result
 
 
 def test_trace_stage_zero_and_defaults(state):
@@ -219,6 +221,7 @@ def test_distributions_figure_overlay_and_stats(state):
     np.testing.assert_allclose(bars[-1].y, dist.probs[-1, 3])
     assert f"query {q}" in fig.layout.title.text
     assert len(stats) == 4 * dist.num_layers
+    assert list(stats.columns) == tables.EDGE_STATS_COLUMNS
     np.testing.assert_allclose(
         stats["expected offset (px, + outward)"], dist.expected_px.reshape(-1), atol=0.006
     )
@@ -290,7 +293,7 @@ def test_golsd_pseudo_targets_say_so(state):
     assert dist_fig.data[0].type == "bar" and len(dist_fig.data) == 3  # teacher + 2 students
     assert loss_fig.data[0].name.startswith("matched queries")
     assert len(kl_fig.data) == 4  # stacked by edge
-    assert {"query", "matched", "teacher confidence"} <= set(table.columns)
+    assert list(table.columns[: len(tables.GOLSD_COLUMNS)]) == tables.GOLSD_COLUMNS
     assert targets_image.size == (512, 512)
 
 
@@ -323,11 +326,10 @@ def test_model_info_default(state):
     assert "D-FINE-N" in info and "3.74 M" in info and "320×320" in info
     assert "8: red circle, blue square" in info and FIXTURE_BANNER not in info
     assert key == "default"
-    assert model.use_model(state, key) == (
-        {"__type__": "update", "choices": state.store.choices(), "value": "default"},
-        0.5,
-        320,
-    )
+    update, threshold, size, note = model.use_model(state, key)
+    assert update == {"__type__": "update", "choices": state.store.choices(), "value": "default"}
+    assert (threshold, size) == (0.5, 320)
+    assert "Knows 8 classes" in note and "trained at** 320×320" in note
 
 
 def test_upload_a_checkpoint_then_use_it(state, tmp_path):
@@ -335,9 +337,10 @@ def test_upload_a_checkpoint_then_use_it(state, tmp_path):
     shutil.copy(FIXTURE_WEIGHTS, mine)
     info, key = model.model_info(state, "default", str(mine))
     assert key.startswith("upload-") and "my_model.pth" in info
-    update, threshold, size = model.use_model(state, key)
+    update, threshold, size, note = model.use_model(state, key)
     assert update["value"] == key and key in [value for _, value in update["choices"]]
     assert threshold == 0.5 and size == 640  # the fixture's own input size
+    assert "Knows 80 classes" in note and "synthetic" not in note
     _, table, _, summary = detect.detect(state, str(PHOTO), 0.0494, 640, key, MAX)
     assert len(table) > 0 and "my_model.pth" in summary
 
@@ -458,3 +461,67 @@ def test_synthetic_examples_are_reproducible_and_annotated(tmp_path):
     assert (
         truth.names[0] == "red circle" and (truth.boxes_xyxy[:, 2:] > truth.boxes_xyxy[:, :2]).all()
     )
+
+
+def test_handled_errors_are_one_line_in_toast_and_log(state, tmp_path, caplog):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not a picture\nsecond line")
+    with caplog.at_level("WARNING", logger="dfine.app"), _raises("not an image") as err:
+        detect.detect(state, str(fake), 0.5, SIZE, "default", MAX)
+    assert err.value.print_exception is False  # gradio prints no traceback for it
+    _readable(err)
+    records = [r for r in caplog.records if r.name == "dfine.app"]
+    assert len(records) == 1 and records[0].exc_info is None
+    assert "\n" not in records[0].getMessage() and "notes.jpg" in records[0].getMessage()
+
+
+def test_an_onnx_upload_is_refused_with_the_way_out(state, tmp_path):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"onnx")
+    with _raises("exported ONNX graph: the app needs the PyTorch weights") as err:
+        model.model_info(state, "default", str(onnx))
+    assert "dfine predict IMAGE --weights model.onnx" in _readable(err)
+
+
+def test_distributions_zoom_to_the_probability_mass(state):
+    """A confident box: the default x range holds ≥ 99.9 % of every layer's mass plus a
+    margin, far narrower than the full W(n) range; the bars span their bins' true widths,
+    the previous layer is outlined, and the bin-index view is on the bin axis."""
+    args = (*_shared(), 0, 1.0, True)
+    zoomed = distributions.distributions(state, *args, "mass", "px")[0]
+    full = distributions.distributions(state, *args, "full", "px")[0]
+    dist = distributions.edge_distributions(state.select(*_shared()), 0)[1]
+    for e in range(4):
+        lo, hi = zoomed.layout[f"xaxis{'' if e == 0 else e + 1}"].range
+        flo, fhi = full.layout[f"xaxis{'' if e == 0 else e + 1}"].range
+        assert (hi - lo) < 0.2 * (fhi - flo)  # a confident edge is readable
+        inside = (dist.offsets_px[e] >= lo) & (dist.offsets_px[e] <= hi)
+        assert (dist.probs[:, e][:, inside].sum(-1) >= 0.999).all()
+    bar = next(t for t in zoomed.data if t.type == "bar")
+    bounds = dist.bin_bounds(0)
+    np.testing.assert_allclose(np.asarray(bar.x) + np.asarray(bar.offset), bounds[:-1])
+    np.testing.assert_allclose(bar.width, np.diff(bounds))  # true widths, not equal ones
+    outlines = [t for t in zoomed.data if t.type == "scatter" and "previous" in (t.name or "")]
+    assert len(outlines) == 4 * (dist.num_layers - 1)
+    np.testing.assert_allclose(outlines[0].y[1:-1], dist.probs[0, 0])
+    by_bin = distributions.distributions(state, *args, "full", "bin")[0]
+    np.testing.assert_array_equal(next(t for t in by_bin.data if t.type == "bar").x,
+                                  np.arange(33))  # fmt: skip
+    with _raises("x axis must be"):
+        distributions.distributions(state, *args, "full", "cm")
+
+
+def test_first_impression_says_what_the_model_knows(state):
+    """The synthetic demo model on a photo says why it finds little and how to get a COCO
+    model; on its own examples it does not; another input size gets a visible note."""
+    *_, on_photo = detect.detect(state, *_shared(PHOTO))
+    assert "knows only 8 synthetic shapes" in on_photo and "dfine_n_coco" in on_photo
+    assert "about 16 MB" in on_photo and "dfine_n_coco.pth" in on_photo  # size, where to put it
+    *_, on_example = detect.detect(state, *_shared())
+    assert "knows only" not in on_example and "trained at" not in on_example
+    *_, at_640 = detect.detect(state, str(IMAGE), THRESHOLD, 640, "default", MAX)
+    assert "trained at 320×320 px" in at_640 and "Choose 320" in at_640
+    _, size, note = detect.model_defaults(state, "dfine_s_coco")
+    assert size == 640 and "download" in note  # a zoo model not loaded yet
+    _, size, note = detect.model_defaults(state, "default")
+    assert size == 320 and "Knows 8 classes" in note and "COCO model" in note

@@ -218,3 +218,40 @@ def test_result_cache_never_computes_a_key_twice():
     assert sorted(cached for _, cached in answers) == [False, True]
     assert answers[0][0] is answers[1][0] and cache.misses == 1 and cache.hits == 9
     assert len(cache) == 1
+
+
+def test_hf_save_is_atomic(tmp_path, monkeypatch):
+    from dfine.hf import files as hf_files
+    from dfine.hf import read_hf_checkpoint, save_hf_checkpoint
+
+    torch.manual_seed(0)
+    model = dfine.build_model("n", num_classes=3)
+    save_hf_checkpoint(model, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def crash(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hf_files, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_hf_checkpoint(dfine.build_model("n", num_classes=3), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old files, intact
+    sd, meta = read_hf_checkpoint(tmp_path)
+    assert meta["num_classes"] == 3 and torch.equal(
+        sd["decoder.enc_score_head.weight"], model.state_dict()["decoder.enc_score_head.weight"]
+    )
+
+
+def test_reg_max_is_checked_in_one_place():
+    from analysis.weighting import check_parameters
+    from dfine.nn.fdr import check_reg_max, weighting_function
+
+    assert check_reg_max(32) == 32 and check_reg_max(16.0) == 16
+    for bad in (7, 2, 5.5, True, float("nan"), "32"):
+        with pytest.raises(ValueError, match="reg_max must be an even whole number"):
+            check_reg_max(bad)
+        with pytest.raises(ValueError, match="reg_max must be an even whole number"):
+            weighting_function(bad, 0.5, 4.0)
+        with pytest.raises(ValueError, match="reg_max must be an even whole number"):
+            check_parameters(bad, 0.5, 4.0)

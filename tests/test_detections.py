@@ -312,3 +312,92 @@ def test_palette_has_twenty_distinct_colors():
     assert len(PALETTE) == 20
     assert len(set(PALETTE)) == 20
     assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in PALETTE)
+
+
+def test_plot_labels_never_pile_up(monkeypatch):
+    """On a crowded image every label tag goes where no other tag is (above, inside, below
+    the box), dropping to the bare class name and then to no tag when there is no room."""
+    from PIL import ImageDraw
+
+    from dfine.detections import Detections
+
+    tags: list[tuple[float, ...]] = []
+    real = ImageDraw.ImageDraw.rectangle
+
+    def record(self, xy, fill=None, outline=None, width=1):
+        if fill is not None:
+            tags.append(tuple(float(v) for v in xy))
+        return real(self, xy, fill=fill, outline=outline, width=width)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", record)
+    boxes = np.array([[100 + 3 * i, 100 + 2 * i, 180 + 3 * i, 160 + 2 * i] for i in range(12)])
+    dets = Detections(
+        boxes=boxes.astype(np.float32),
+        scores=np.linspace(0.99, 0.5, 12, dtype=np.float32),
+        labels=np.arange(12) % 3,
+        class_names=("circle", "square", "a class with a long name"),
+        image_size=(320, 320),
+        image=np.zeros((320, 320, 3), np.uint8),
+    )
+    dets.plot()
+    assert 3 <= len(tags) < 12  # some labelled, the rest left to the table
+    for i, a in enumerate(tags):
+        assert a[1] >= 0 and a[3] <= 320
+        for b in tags[i + 1 :]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def _interop_dets():
+    from dfine.detections import Detections
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[10:20, 5:25] = (255, 0, 0)
+    return Detections(
+        boxes=np.array([[5, 10, 25, 20], [30.4, 1.6, 59.5, 39.2]], np.float32),
+        scores=np.array([0.9, 0.6], np.float32),
+        labels=np.array([1, 0]),
+        class_names=("cat", "red box"),
+        image_size=(60, 40),
+        image=image,
+    )
+
+
+def test_to_pandas_and_supervision():
+    dets = _interop_dets()
+    frame = dets.to_pandas()
+    assert list(frame.columns) == ["x1", "y1", "x2", "y2", "score", "label", "name"]
+    assert frame["name"].tolist() == ["red box", "cat"]
+    np.testing.assert_allclose(frame[["x1", "y1", "x2", "y2"]].to_numpy(), dets.boxes)
+    sv = pytest.importorskip("supervision")
+    svd = dets.to_supervision()
+    assert isinstance(svd, sv.Detections) and len(svd) == 2
+    np.testing.assert_allclose(svd.xyxy, dets.boxes)
+    assert svd.class_id.tolist() == [1, 0] and svd.data["class_name"].tolist() == ["red box", "cat"]
+    coco = dets.to_coco(7)
+    assert coco[0]["bbox"] == [5.0, 10.0, 20.0, 10.0] and coco[0]["image_id"] == 7
+
+
+def test_to_supervision_names_the_missing_package(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_supervision(name, *args, **kwargs):
+        if name == "supervision":
+            raise ImportError("No module named 'supervision'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_supervision)
+    with pytest.raises(ImportError, match="pip install supervision"):
+        _interop_dets().to_supervision()
+
+
+def test_save_crops(tmp_path):
+    dets = _interop_dets()
+    paths = dets.save_crops(tmp_path / "crops", suffix=".png")
+    assert [p.name for p in paths] == ["000_red_box.png", "001_cat.png"]
+    first = np.asarray(Image.open(paths[0]))
+    assert first.shape == (10, 20, 3) and (first == (255, 0, 0)).all()
+    assert np.asarray(Image.open(paths[1])).shape == (39, 30, 3)  # rounded outward, clipped
+    with pytest.raises(ValueError, match="png"):
+        dets.save_crops(tmp_path, suffix=".gif")

@@ -108,3 +108,36 @@ def test_exact_mode_is_not_deployed():
     fast = dfine.Detector(model)
     assert not exact.model.deployed and fast.model.deployed
     assert not model.deployed  # the caller's model is never modified
+
+
+def test_letterbox_maps_boxes_back_exactly():
+    """A non-square image letterboxed into the input: the inverse map is exact, and the
+    detections come back in the original image's pixels."""
+    from dfine.preprocess import letterbox_tensor
+
+    root = Path(__file__).resolve().parents[1]
+    square = np.asarray(Image.open(root / "assets/examples/synth/000001.jpg").convert("RGB"))
+    wide = np.full((320, 560, 3), 114, np.uint8)  # the example pasted into a wide canvas
+    wide[:, 120:440] = square
+    x, lb = letterbox_tensor(wide, (320, 320))
+    assert x.shape == (1, 3, 320, 320) and (lb.pad_x, lb.pad_y) == (0, 68)  # 183 rows of image
+    corners = torch.tensor([[0.0, 0.0, 560.0, 320.0], [120.0, 10.0, 440.0, 300.0]])
+    in_input = corners * torch.tensor([lb.scale_x, lb.scale_y] * 2) + torch.tensor(
+        [lb.pad_x, lb.pad_y] * 2
+    )
+    torch.testing.assert_close(lb.to_original(in_input), corners)
+    torch.testing.assert_close(in_input[0], torch.tensor([0.0, 68.0, 320.0, 251.0]))  # full width
+
+    # end to end: letterboxing the wide image into 320x576 (scale 1, 8 px of grey each side)
+    # is the stretch resize of the image padded by hand, so the boxes differ by the pad only
+    weights = root / "assets" / "dfine_n_synth.safetensors"
+    boxed = dfine.Detector(weights, threshold=0.3, size=(320, 576), letterbox=True)
+    found = boxed(wide)
+    padded = np.pad(wide, ((0, 0), (8, 8), (0, 0)), constant_values=114)
+    ref = dfine.Detector(weights, threshold=0.3, size=(320, 576))(padded)
+    assert boxed.letterbox and len(found) == len(ref) >= 6
+    expected = np.clip(ref.boxes - np.array([8, 0, 8, 0]), 0, [560, 320, 560, 320])
+    np.testing.assert_allclose(found.boxes, expected, atol=1e-3)
+    np.testing.assert_array_equal(found.labels, ref.labels)
+    with pytest.raises(ValueError, match="stretch resize"):
+        boxed.trace(wide)

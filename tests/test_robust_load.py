@@ -38,6 +38,8 @@ from gradio_client.utils import QueueError  # noqa: E402
 from dfine.predict import Detector  # noqa: E402
 from tests.app_util import free_port, serve  # noqa: E402
 
+pytestmark = pytest.mark.server
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "dfine_n_perturbed_random_official.pth"
 EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.jpg"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfine.train.cli import main
+from dfine.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_kill_and_resume_ends_with_identical_weights(synth, tmp_path):
     assert a["best"] == b["best"]
     assert not [p for p in broken.iterdir() if ".tmp" in p.name]  # no leftovers
     records = [json.loads(x) for x in (broken / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # 1-based, as people count
     log = (broken / "train.log").read_text()
     assert "stop epoch" in log and "resumed from" in log
 

@@ -77,7 +77,7 @@ def test_two_gloo_processes_end_identical(synth, tmp_path):
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1  # only rank 0 writes
     assert math.isfinite(records[0]["train_loss"])
-    assert (out / "train.log").read_text().count("epoch 0 |") == 1
+    assert (out / "train.log").read_text().count("epoch 1/") == 1
     state = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
     assert state["world_size"] == WORLD and len(state["rng"]) == WORLD
     assert not any(k.startswith("module.") for k in state["model"])

@@ -47,19 +47,19 @@ def _perfect(gt: dict) -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
-def test_perfect_predictions_score_one(backend):
-    pytest.importorskip(backend)
-    m = coco_metrics(_gt(), _perfect(_gt()), backend=backend)
+@pytest.mark.parametrize("coco_lib", ["faster_coco_eval", "pycocotools"])
+def test_perfect_predictions_score_one(coco_lib):
+    pytest.importorskip(coco_lib)
+    m = coco_metrics(_gt(), _perfect(_gt()), coco_lib=coco_lib)
     assert list(m) == list(METRIC_NAMES)
     for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         assert m[k] == pytest.approx(1.0, abs=1e-9), k
 
 
-@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
-def test_empty_predictions_score_zero(backend):
-    pytest.importorskip(backend)
-    m = coco_metrics(_gt(), [], backend=backend)
+@pytest.mark.parametrize("coco_lib", ["faster_coco_eval", "pycocotools"])
+def test_empty_predictions_score_zero(coco_lib):
+    pytest.importorskip(coco_lib)
+    m = coco_metrics(_gt(), [], coco_lib=coco_lib)
     assert all(v == 0.0 for v in m.values())
 
 
@@ -118,8 +118,8 @@ def test_faster_coco_eval_matches_pycocotools(seed):
     pytest.importorskip("pycocotools")
     pytest.importorskip("faster_coco_eval")
     gt, dets = _random_case(seed)
-    fast = coco_metrics(gt, dets, backend="faster_coco_eval")
-    ref = coco_metrics(gt, dets, backend="pycocotools")
+    fast = coco_metrics(gt, dets, coco_lib="faster_coco_eval")
+    ref = coco_metrics(gt, dets, coco_lib="pycocotools")
     assert 0.05 < ref["AP"] < 0.95
     for k in METRIC_NAMES:
         assert fast[k] == pytest.approx(ref[k], abs=1e-6), k

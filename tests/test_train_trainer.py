@@ -6,6 +6,7 @@ All on CPU with D-FINE-N at 256 px, batch 2, two steps per epoch.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,7 @@ def test_non_finite_loss_stops_before_the_update(tmp_path):
     with pytest.raises(NonFiniteLossError) as info:
         trainer.train_step(images, targets, epoch=0, step=1)
     message = str(info.value)
-    assert "loss_giou_aux_0=nan" in message and "step 1" in message
+    assert "loss_giou_aux_0=nan" in message and "epoch 1, step 2" in message  # 1-based
     assert "lower learning rate" in message and "loss_vfl" not in message
     # no update was applied (BatchNorm running statistics of that forward pass do change)
     _assert_same_state(before, dict(trainer.model.named_parameters()))
@@ -241,3 +242,138 @@ def test_bf16_autocast_step_and_amp_checks(tmp_path):
         make("fp16")
     with pytest.raises(ValueError, match="amp must be one of"):
         make("half")
+
+
+class BadBox(Boxes):
+    """Like :class:`Boxes`, but image 0's first box is infinitely wide (a corrupt annotation):
+    the real criterion's terms for it come out NaN and are zeroed, as the reference does."""
+
+    def __getitem__(self, i: int):
+        image, target = super().__getitem__(i)
+        if i == 0:
+            target["boxes"][0, 2] = float("inf")
+        return image, target
+
+
+def _bad_trainer(out: Path, **options) -> Trainer:
+    torch.manual_seed(0)
+    recipe = _recipe(epochs=1)
+    model = build_model_for(recipe, num_classes=3)
+    loader = torch.utils.data.DataLoader(BadBox(), batch_size=2, collate_fn=_collate)
+    opts = TrainOptions(out_dir=out, device="cpu", progress=False, tensorboard=False, **options)
+    return Trainer(model, recipe, loader, None, options=opts)
+
+
+def test_nonfinite_terms_of_a_real_input_are_named_when_training_stops(tmp_path):
+    """The zeroed terms still leave NaN in the gradient (0 x NaN in the backward pass): the
+    trainer stops before the update and says which terms started it."""
+    trainer = _bad_trainer(tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "epoch 1, step 1 (global step 1): gradient norm from loss_vfl" in message
+    assert "(zeroed by the criterion)" in message
+    _assert_same_state(before, dict(trainer.model.named_parameters()))
+
+
+class ZeroedAt(torch.nn.Module):
+    """The real criterion, plus at global step ``at`` a term that is NaN without any gradient
+    (what the criterion does with such a term: report it in ``last_nonfinite``, zero it)."""
+
+    def __init__(self, inner: torch.nn.Module, at: int) -> None:
+        super().__init__()
+        self.inner, self.at = inner, at
+        self.last_nonfinite: list[str] = []
+
+    def forward(self, outputs, targets, **metas):
+        losses = self.inner(outputs, targets, **metas)
+        self.last_nonfinite = list(self.inner.last_nonfinite)
+        if metas["global_step"] == self.at:
+            losses["loss_extra"] = torch.nan_to_num(torch.tensor(float("nan")), nan=0.0)
+            self.last_nonfinite.append("loss_extra")
+        return losses
+
+
+def test_zeroed_terms_with_a_finite_gradient_are_counted_and_logged(tmp_path):
+    import json
+
+    from dfine.loss import build_criterion
+
+    probe = dfine.build_model("n", num_classes=3)
+    trainer = _trainer(tmp_path, criterion=ZeroedAt(build_criterion(probe), at=1))
+    summary = trainer.fit()
+    assert summary["nonfinite_steps"] == 1 and summary["epochs"] == 2
+    log = (tmp_path / "train.log").read_text()
+    assert "epoch 1, step 2 (global step 2): non-finite loss term(s) zeroed" in log
+    assert "loss_extra (zeroed by the criterion)" in log and "--stop-on-nan" in log
+    assert "epoch 1/2 | " in log and "1 step(s) with non-finite loss terms" in log
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["train_nonfinite_steps"]) for r in records] == [(1, 1), (2, 0)]
+
+
+def test_stop_on_nan_stops_before_the_update(tmp_path):
+    trainer = _bad_trainer(tmp_path, stop_on_nan=True)
+    images, targets = next(iter(trainer.train_loader))
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.train_step(images, targets, epoch=0, step=0)
+    message = str(info.value)
+    assert "epoch 1, step 1" in message and "loss_vfl" in message
+    assert "gradient norm" not in message  # stopped before the backward pass
+    assert "no epoch finished yet" in message
+    _assert_same_state(before, dict(trainer.model.named_parameters()))
+
+
+def test_files_modes_and_periodic_checkpoints(tmp_path):
+    _trainer(tmp_path / "default").fit()
+    names = sorted(p.name for p in (tmp_path / "default").iterdir())
+    assert names == ["final.safetensors", "last.pth", "metrics.csv", "metrics.jsonl", "train.log"]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "default").iterdir()}
+    assert len(set(modes.values())) == 1, modes  # safetensors used to come out 0o600
+    every = _trainer(tmp_path / "every", seed=0)
+    every.options.save_every = 1
+    every.fit()
+    assert {"checkpoint0001.pth", "checkpoint0002.pth"} <= {p.name for p in every.out_dir.iterdir()}
+    assert load_train_state(every.out_dir / "checkpoint0001.pth")["last_epoch"] == 0
+
+
+def test_resumed_summary_says_this_invocation_and_whole_run(tmp_path):
+    from dfine.train.cli import summary_text
+
+    _trainer(tmp_path).fit(until_epoch=1)
+    resumed = _trainer(tmp_path)
+    resumed.resume(tmp_path / "last.pth")
+    summary = resumed.fit()
+    assert (summary["steps_this_run"], summary["global_step"], summary["epochs"]) == (2, 4, 2)
+    text = summary_text(summary, "OUT")
+    assert "this invocation: 2 steps in " in text and "whole run: 2 epoch(s), 4 steps" in text
+    assert "resumed from" in (tmp_path / "train.log").read_text()
+
+
+class TermAt(torch.nn.Module):
+    """The real criterion; sends this process SIGTERM at global step ``at``."""
+
+    def __init__(self, inner: torch.nn.Module, at: int) -> None:
+        super().__init__()
+        self.inner, self.at = inner, at
+
+    def forward(self, outputs, targets, **metas):
+        if metas["global_step"] == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.inner(outputs, targets, **metas)
+
+
+def test_sigterm_says_where_to_resume_from(tmp_path):
+    from dfine.loss import build_criterion
+    from dfine.train.trainer import TrainingInterrupted
+
+    probe = dfine.build_model("n", num_classes=3)
+    trainer = _trainer(tmp_path, criterion=TermAt(build_criterion(probe), at=3))
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert message.startswith("SIGTERM: training stopped; the last complete checkpoint is")
+    assert "last.pth (1 epoch(s) done); continue with --resume" in message
+    assert message in (tmp_path / "train.log").read_text()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored

@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from analysis import static
 from app.errors import UserError
 from app.state import AppState, Selection
 
@@ -28,6 +29,7 @@ class Controls:
     max_detections: gr.Slider
     annotated: gr.Image
     tabs: gr.Tabs
+    model_note: gr.Markdown | None = None
     result_events: list[Any] = field(default_factory=list)
     _pending: list[tuple[Callable[..., Any], list[Any]]] = field(default_factory=list)
 
@@ -129,11 +131,9 @@ FIGURE_FORMATS = ("png", "svg")
 
 def save_figure(state: AppState, fig: Any, stem: str, fmt: str) -> str:
     """A static (matplotlib) figure saved as ``<stem>.<fmt>`` in the outputs folder."""
-    import analysis.static
-
     fmt = str(fmt or "png").lower().lstrip(".")
     if fmt not in FIGURE_FORMATS:
         raise UserError(f"Figures can be saved as {' or '.join(FIGURE_FORMATS)}, not {fmt!r}.")
     path = state.outputs.path(f"{stem}.{fmt}")
-    analysis.static.save_figure(fig, path)
+    static.save_figure(fig, path)
     return str(path)

@@ -18,7 +18,7 @@ from app.examples import photo_examples, synth_examples
 from app.models import LoadedModel
 from app.paths import DEFAULT_MAX_DETECTIONS, INPUT_SIZES
 from app.state import AppState, Selection
-from app.summaries import detect_summary
+from app.summaries import detect_summary, model_note
 from app.tabs.common import Controls, bind, skip
 
 DetectOutputs = tuple[Image.Image, pd.DataFrame, str, str]
@@ -59,15 +59,29 @@ def _outputs(state: AppState, sel: Selection, image: str | None) -> DetectOutput
     annotated = dets.plot() if len(dets) else Image.fromarray(sel.result.image)
     json_path = state.outputs.path(f"detections_{Path(str(image)).stem}.json")
     dets.to_json(json_path)
-    return annotated, tables.detections(dets), str(json_path), detect_summary(sel)
+    example = state.examples.find(sel.digest) is not None
+    return annotated, tables.detections(dets), str(json_path), detect_summary(sel, example)
 
 
-def model_defaults(state: AppState, model: str | None) -> tuple[float, int]:
+ZOO_INPUT_SIZE = 640
+"""The input size every official checkpoint was trained at."""
+
+
+def model_defaults(state: AppState, model: str | None) -> tuple[float, Any, Any]:
     """The threshold and input size that suit a model (the fixture's scores are about 0.05;
-    a model is best at the size it was trained at)."""
+    a model is best at the size it was trained at) and what it knows (for a zoo model not
+    loaded yet: its size and that it downloads on first use)."""
     entry = state.store.entry(model)
-    size = state.store.get(entry.key).default_size if state.store.is_loaded(entry.key) else None
-    return entry.default_threshold, size if size is not None else gr.skip()
+    if state.store.is_loaded(entry.key):
+        loaded = state.store.get(entry.key)
+        return entry.default_threshold, loaded.default_size, model_note(loaded)
+    if entry.kind == "zoo":
+        note = (
+            f"**{entry.label}** · trained at {ZOO_INPUT_SIZE}×{ZOO_INPUT_SIZE} px; press Detect "
+            "to download and load it."
+        )
+        return entry.default_threshold, ZOO_INPUT_SIZE, note
+    return entry.default_threshold, gr.skip(), gr.skip()
 
 
 def build(state: AppState, tabs: gr.Tabs) -> Controls:
@@ -91,6 +105,7 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
                     allow_custom_value=True,
                     elem_id="model",
                 )
+                note = gr.Markdown(model_note(default), elem_id="model-note")
                 with gr.Row():
                     size = gr.Dropdown(
                         choices=list(INPUT_SIZES),
@@ -118,19 +133,21 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
                     elem_id="max-detections",
                 )
                 button = gr.Button("Detect", variant="primary", elem_id="detect-button")
-                gr.Examples(photo_examples(), inputs=[image], label="Photos", cache_examples=False)
-                gr.Examples(
-                    synth_examples(),
-                    inputs=[image],
-                    label="Synthetic shapes (with ground truth; see the GO-LSD tab)",
-                    cache_examples=False,
-                )
+                galleries = [
+                    (photo_examples(), "Photos"),
+                    (synth_examples(), "Synthetic shapes (with ground truth; see the GO-LSD tab)"),
+                ]
+                if default.is_synthetic:  # what the default model knows comes first
+                    galleries.reverse()
+                for examples, label in galleries:
+                    gr.Examples(examples, inputs=[image], label=label, cache_examples=False)
             with gr.Column(scale=1):
                 annotated = gr.Image(
                     label="Detections", interactive=False, height=420, elem_id="annotated"
                 )
                 summary = gr.Markdown(label="Summary", elem_id="detect-summary")
                 table = gr.Dataframe(
+                    tables.empty(tables.DETECTION_COLUMNS),
                     label="Detections table (pixels of the original image)",
                     interactive=False,
                     elem_id="detections-table",
@@ -153,7 +170,8 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
     model.input(
         bind(state, model_defaults),
         inputs=model,
-        outputs=[threshold, size],
+        outputs=[threshold, size, note],
         api_visibility="private",
     )
+    controls.model_note = note
     return controls

@@ -17,9 +17,10 @@ import analysis
 from analysis import figures
 from app import tables, texts
 from app.checks import SIGMA_RANGE, check_sigma, first_int
-from app.errors import user_errors
+from app.errors import UserError, user_errors
 from app.state import AppState, Selection
 from app.summaries import detection_label, distribution_title
+from app.tabs import compare
 from app.tabs.common import Controls, bind, figure_export_row, on_open, quietly, save_figure
 
 
@@ -34,13 +35,21 @@ def distributions(
     detection: str | int | None,
     sigma_scale: float,
     overlay_all: bool = True,
+    x_range: str = "mass",
+    axis: str = "px",
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> tuple[go.Figure, Image.Image, pd.DataFrame]:
-    """The four edges × layers figure on the pixel axis, the ±kσ overlay, the stats."""
+    """The four edges × layers figure (x: pixels or bin index; range: the probability mass
+    or the full W(n) range), the ±kσ overlay, the stats."""
     sel = state.select(image, threshold, size, model, max_detections, progress)
+    if (why := compare.no_distributions(sel, "The Distributions tab")) is not None:
+        return figures.message_figure(why), sel.result.image, pd.DataFrame({"note": [why]})
     index, dist = edge_distributions(sel, detection)
     scale = check_sigma(sigma_scale)
-    fig = figures.distribution_figure(dist, title=distribution_title(sel, index))
+    x_range, axis = _check_view(x_range, axis)
+    fig = figures.distribution_figure(
+        dist, title=distribution_title(sel, index), x_range=x_range, axis=axis
+    )
     shown = np.arange(len(sel.detections)) if overlay_all else np.array([index])
     overlay = analysis.uncertainty_overlay(
         sel.result.image,
@@ -62,12 +71,30 @@ def export_figure(
     max_detections: int,
     detection: str | int | None,
     fmt: str,
+    x_range: str = "mass",
+    axis: str = "px",
 ) -> str:
-    """The distributions figure as a PNG or SVG file (matplotlib)."""
+    """The distributions figure as a PNG or SVG file (matplotlib), in the view shown."""
     sel = state.select(image, threshold, size, model, max_detections)
     index, dist = edge_distributions(sel, detection)
-    fig = analysis.static.distribution_figure(dist, title=distribution_title(sel, index))
+    x_range, axis = _check_view(x_range, axis)
+    fig = analysis.static.distribution_figure(
+        dist, title=distribution_title(sel, index), x_range=x_range, axis=axis
+    )
     return save_figure(state, fig, f"edge_distributions_detection{index}", fmt)
+
+
+X_RANGES = (("probability mass (≥ 99.9 % + margin)", "mass"), ("full W(n) range", "full"))
+AXES = (("pixels", "px"), ("bin index n", "bin"))
+
+
+def _check_view(x_range: str | None, axis: str | None) -> tuple[str, str]:
+    x_range, axis = x_range or "mass", axis or "px"
+    if x_range not in dict(map(reversed, X_RANGES)):
+        raise UserError(f"The x range must be 'mass' or 'full', got {x_range!r}.")
+    if axis not in dict(map(reversed, AXES)):
+        raise UserError(f"The x axis must be 'px' or 'bin', got {axis!r}.")
+    return x_range, axis
 
 
 def edge_distributions(
@@ -142,6 +169,11 @@ def build(state: AppState, controls: Controls) -> None:
             )
             overlay_all = gr.Checkbox(value=True, label="Overlay: all detections", scale=1)
             button = gr.Button("Show distributions", variant="primary", scale=1)
+        with gr.Row():
+            x_range = gr.Radio(
+                list(X_RANGES), value="mass", label="x range", scale=2, elem_id="dist-range"
+            )
+            axis = gr.Radio(list(AXES), value="px", label="x axis", scale=1, elem_id="dist-axis")
         plot = gr.Plot(label="Edge distributions", elem_id="dist-plot")
         with gr.Row():
             overlay = gr.Image(
@@ -149,13 +181,16 @@ def build(state: AppState, controls: Controls) -> None:
                 height=480,
                 elem_id="uncertainty-overlay",
             )
-            stats = gr.Dataframe(label="Edge statistics", interactive=False)
+            stats = gr.Dataframe(
+                tables.empty(tables.EDGE_STATS_COLUMNS), label="Edge statistics", interactive=False
+            )
         fmt, export, file = figure_export_row()
-    inputs = [*controls.shared(), pick, sigma, overlay_all]
+        compare.distributions_row(state, controls, pick)
+    inputs = [*controls.shared(), pick, sigma, overlay_all, x_range, axis]
     outputs = [plot, overlay, stats]
     fn = bind(state, distributions)
     gr.on(
-        [button.click, pick.input, sigma.release, overlay_all.input],
+        [button.click, pick.input, sigma.release, overlay_all.input, x_range.input, axis.input],
         fn,
         inputs=inputs,
         outputs=outputs,
@@ -164,7 +199,7 @@ def build(state: AppState, controls: Controls) -> None:
     tab.select(on_open(fn, 3), inputs=inputs, outputs=outputs, api_visibility="private")
     export.click(
         bind(state, export_figure),
-        inputs=[*controls.shared(), pick, fmt],
+        inputs=[*controls.shared(), pick, fmt, x_range, axis],
         outputs=file,
         api_name="distributions_figure",
     )

@@ -20,6 +20,7 @@ from app.examples import synth_examples
 from app.ground_truth import GroundTruth
 from app.state import AppState, Selection
 from app.summaries import compact, golsd_summary, query_choices, query_label, targets_image
+from app.tabs import compare
 from app.tabs.common import Controls, bind, on_open, quietly
 
 TARGET_MODES = ("auto", "annotations", "pseudo")
@@ -42,6 +43,9 @@ def golsd(
     vs student distributions of its edge, its KL per layer, the loss split and the
     weights of the top queries."""
     sel = state.select(image, threshold, size, model, max_detections, progress)
+    if (why := compare.no_distributions(sel, "GO-LSD")) is not None:
+        empty = figures.message_figure(why)
+        return why, sel.result.image, "", empty, empty, empty, pd.DataFrame({"note": [why]})
     mode = str(targets or "auto")
     if mode not in TARGET_MODES:
         raise UserError(f"Targets must be one of {', '.join(TARGET_MODES)}, got {mode!r}.")
@@ -163,7 +167,9 @@ def build(state: AppState, controls: Controls) -> None:
         with gr.Row():
             kl = gr.Plot(label="KL per student layer")
             loss = gr.Plot(label="DDF loss split")
-        table = gr.Dataframe(label="DDF weights", interactive=False)
+        table = gr.Dataframe(
+            tables.empty(tables.GOLSD_COLUMNS), label="DDF weights", interactive=False
+        )
     inputs = [*controls.shared(), targets, query, edge]
     outputs = [note, image, query, dist, kl, loss, table]
     fill = {

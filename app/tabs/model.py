@@ -9,8 +9,9 @@ from app import texts
 from app.errors import user_errors
 from app.models import CHECKPOINT_SUFFIXES
 from app.state import AppState
-from app.summaries import model_markdown
+from app.summaries import model_markdown, model_note
 from app.tabs.common import Controls, bind
+from dfine.guard import precision_costs
 
 
 @user_errors
@@ -34,14 +35,15 @@ def model_info(
     return model_markdown(loaded), loaded.entry.key
 
 
-def use_model(state: AppState, key: str) -> tuple[dict, float, int]:
+def use_model(state: AppState, key: str) -> tuple[dict, float, int, str]:
     """Select model ``key`` in the Detect tab (its list now includes uploads) with the
-    threshold and input size that suit it."""
+    threshold and input size that suit it, and say what it knows."""
     loaded = state.store.get(key)
     return (
         gr.update(choices=state.store.choices(), value=key),
         loaded.entry.default_threshold,
         loaded.default_size,
+        model_note(loaded),
     )
 
 
@@ -53,7 +55,6 @@ def precision_cost(
 ) -> str:
     """Measure what bf16 costs for model ``key`` on this machine (OpenVINO, the example
     images): median latency and speed-up vs f32, and the drift of the detections."""
-    from dfine.guard import precision_costs
 
     loaded = state.store.get(key)
     if progress is not None:
@@ -108,6 +109,6 @@ def build(state: AppState, controls: Controls) -> None:
     ).success(
         bind(state, use_model),
         inputs=key,
-        outputs=[controls.model, controls.threshold, controls.size],
+        outputs=[controls.model, controls.threshold, controls.size, controls.model_note],
         api_visibility="private",
     )

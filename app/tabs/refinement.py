@@ -19,6 +19,7 @@ from app.models import LoadedModel
 from app.paths import MAX_STAGES
 from app.state import AppState, Selection
 from app.summaries import detection_label
+from app.tabs import compare
 from app.tabs.common import Controls, bind, on_open
 
 DEFAULT_SELECTION = 5
@@ -42,7 +43,7 @@ def trace(
     sel = state.select(image, threshold, size, model, max_detections, progress)
     sel.require_detections()
     picked = picked_detections(sel, detections)
-    stage_i = check_stage(stage, sel.result.trace.num_layers + 2)
+    stage_i = check_stage(stage, len(analysis.refinement_stages(sel.result.trace)))
     names = sel.model.class_names
     ref = analysis.refinement(
         sel.result.trace,
@@ -71,7 +72,7 @@ def pickers(sel: Selection) -> tuple[dict, dict]:
     """After a new result: the detection picker's choices (none chosen) and the
     stage slider's range (the model's stages)."""
     labels = [detection_label(i, sel.detections) for i in range(len(sel.detections))]
-    last = sel.result.trace.num_layers + 1
+    last = len(analysis.refinement_stages(sel.result.trace)) - 1
     return (
         gr.update(choices=labels, value=[]),
         gr.update(maximum=last, value=last),
@@ -112,7 +113,10 @@ def build(state: AppState, controls: Controls) -> None:
             )
             plot = gr.Plot(label="Refinement chart", elem_id="refinement-plot")
         with gr.Accordion("Per-stage table (pixels; + = outward)", open=False):
-            table = gr.Dataframe(label="Refinement table", interactive=False)
+            table = gr.Dataframe(
+                tables.empty(tables.REFINEMENT_COLUMNS), label="Refinement table", interactive=False
+            )
+        compare.refinement_row(state, controls)
     inputs = [*controls.shared(), picks, stage]
     outputs = [overlay, plot, table]
     fn = bind(state, trace)

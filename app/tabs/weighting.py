@@ -18,6 +18,7 @@ from app.errors import UserError, user_errors
 from app.state import AppState
 from app.summaries import weighting_summary
 from app.tabs.common import Controls, bind, figure_export_row, on_open, save_figure
+from dfine.nn.decoder import NoDistributionsError
 
 REG_MAX_RANGE = (4, 128)
 
@@ -29,6 +30,9 @@ def weighting(
     """W(n) for the parameters, the evenly spaced bins, and the model's own W(n)."""
     curve = _curve(reg_max, up, reg_scale)
     loaded = state.store.get(model)
+    if not loaded.model.config.decoder.distributions:  # --ablate fdr: no W(n) of its own
+        why = NoDistributionsError.about(f"Its own W(n) ({loaded.entry.label})")
+        return figures.weighting_figure(curve), tables.weighting(curve), str(why)
     own = analysis.model_weighting(loaded.model)
     fig = figures.weighting_figure(curve, model=own)
     return fig, tables.weighting(curve), weighting_summary(curve, own, loaded)
@@ -59,12 +63,9 @@ def even_reg_max(reg_max: float | None) -> int:
 
 
 def _curve(reg_max: int, up: float, reg_scale: float) -> analysis.WeightingCurve:
-    reg_max_f = number(reg_max, "reg_max")
-    if reg_max_f != int(reg_max_f):
-        raise UserError(f"reg_max must be an even whole number, got {reg_max_f:g}.")
-    try:
+    try:  # reg_max is checked once, by dfine.nn.fdr.check_reg_max
         return analysis.weighting_curve(
-            int(reg_max_f), number(up, "up"), number(reg_scale, "reg_scale")
+            number(reg_max, "reg_max"), number(up, "up"), number(reg_scale, "reg_scale")
         )
     except ValueError as e:
         raise UserError(f"{e}.") from e
@@ -73,12 +74,14 @@ def _curve(reg_max: int, up: float, reg_scale: float) -> analysis.WeightingCurve
 def build(state: AppState, controls: Controls) -> None:
     default = state.store.get(None)
     decoder = default.model.decoder
+    start = (default.model.config.decoder.reg_max, float(decoder.up), float(decoder.reg_scale))
+    fig0, table0, summary0 = weighting(state, *start, None)  # shown before any click
     with gr.Tab("W(n)", id="weighting") as tab:
         gr.Markdown(texts.WEIGHTING, elem_classes="dfine-note")
         with gr.Row():
             reg_max = gr.Slider(
                 *REG_MAX_RANGE,
-                value=default.model.config.decoder.reg_max,
+                value=start[0],
                 step=2,
                 label="reg_max (bins − 1, even)",
                 elem_id="reg-max",
@@ -88,10 +91,10 @@ def build(state: AppState, controls: Controls) -> None:
                 0.5, 32.0, value=float(decoder.reg_scale), step=0.5, label="reg_scale (curvature)"
             )
             button = gr.Button("Plot W(n)", variant="primary")
-        plot = gr.Plot(label="W(n) chart", elem_id="weighting-plot")
-        summary = gr.Markdown(label="W(n) summary", elem_id="weighting-summary")
+        plot = gr.Plot(fig0, label="W(n) chart", elem_id="weighting-plot")
+        summary = gr.Markdown(summary0, label="W(n) summary", elem_id="weighting-summary")
         with gr.Accordion("W(n) table", open=False):
-            table = gr.Dataframe(label="W(n) table", interactive=False)
+            table = gr.Dataframe(table0, label="W(n) table", interactive=False)
         fmt, export, file = figure_export_row()
     inputs = [reg_max, up, reg_scale, controls.model]
     outputs = [plot, table, summary]

@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 
 from dfine.backends.base import Backend
+from dfine.backends.onnxruntime import OnnxRuntimeBackend
+from dfine.backends.openvino import OpenVINOBackend
+from dfine.backends.tensorrt import TensorRTBackend
+from dfine.backends.torch_backend import TorchBackend
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
@@ -18,22 +22,22 @@ def create_backend(name: str, weights: str | os.PathLike, **options) -> Backend:
     """A backend by name. ``weights``: checkpoint, zoo name, DFINE model (torch only) or
     ``.onnx`` file (the non-torch backends export checkpoints to ONNX once, cached)."""
     if name == "torch":
-        from dfine.backends.torch_backend import TorchBackend
-
         return TorchBackend(weights, **options)
     if name == "onnxruntime":
-        from dfine.backends.onnxruntime import OnnxRuntimeBackend
-
         return OnnxRuntimeBackend(weights, **options)
     if name == "openvino":
-        from dfine.backends.openvino import OpenVINOBackend
-
         return OpenVINOBackend(weights, **options)
     if name == "tensorrt":
-        from dfine.backends.tensorrt import TensorRTBackend
-
         return TensorRTBackend(weights, **options)
     raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Backend", "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "OnnxRuntimeBackend",
+    "OpenVINOBackend",
+    "TensorRTBackend",
+    "TorchBackend",
+    "create_backend",
+]

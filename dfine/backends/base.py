@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfine import zoo
+from dfine.checkpoint import load_model
+from dfine.export import export_onnx, read_metadata
 from dfine.io import file_sha256
 from dfine.postprocess import BatchDetections
 
@@ -40,8 +43,6 @@ class Backend:
         self, weights: str | os.PathLike, size: tuple[int, int] | None, postprocess: bool = True
     ) -> dict:
         """Resolve ``weights`` to an exported ONNX file and read its metadata."""
-        from dfine.export import read_metadata
-
         self.path = onnx_for(weights, size)
         meta = read_metadata(self.path)
         if postprocess and not meta["postprocess"]:
@@ -89,9 +90,7 @@ def file_digest(path: str | os.PathLike, length: int = 16) -> str:
 
 
 def backend_cache_dir() -> Path:
-    from dfine.zoo import cache_dir
-
-    path = cache_dir() / "backends"
+    path = zoo.cache_dir() / "backends"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -104,12 +103,7 @@ def onnx_for(weights: str | os.PathLike, size: tuple[int, int] | None) -> Path:
         if not path.exists():
             raise FileNotFoundError(f"ONNX file not found: {path}")
         return path
-    from dfine.checkpoint import load_model
-    from dfine.export import export_onnx
-
     if not path.exists():
-        from dfine import zoo
-
         path = zoo.download(str(weights)) if zoo.is_zoo_name(str(weights)) else path
     model = load_model(path)
     size = tuple(size or model.config.eval_size)

@@ -15,6 +15,7 @@ from dfine.backends.base import (
     missing_package,
     torch_device,
 )
+from dfine.precision import normalize_precision
 
 
 class OnnxRuntimeBackend(Backend):
@@ -69,7 +70,6 @@ class OnnxRuntimeBackend(Backend):
 def _check_precision(path, stored: str, asked: str | None) -> str:
     """ONNX Runtime runs a graph at the precision it was exported with (f32, fp16, INT8 QDQ);
     ``asked`` must match it (bf16 has no ONNX Runtime CPU kernels: use OpenVINO)."""
-    from dfine.precision import normalize_precision
 
     if asked is None:
         return stored

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 
 from dfine.backends.base import Backend, BatchDetections, Device, as_numpy, missing_package
-from dfine.precision import FDR_PARTS, HEAD_PARTS, check_precision, normalize_precision
+from dfine.export import read_metadata
+from dfine.precision import (
+    FDR_PARTS,
+    HEAD_PARTS,
+    check_precision,
+    keep_in_f32,
+    normalize_precision,
+    split_model,
+)
 
 PRECISIONS = ("f32", "bf16", "int8")
 HINTS = ("latency", "throughput")
@@ -112,14 +120,10 @@ class OpenVINOBackend(Backend):
             )
 
         if self.mixed == "split":
-            from dfine.precision import split_model
-
             head, tail, self._features = split_model(model, meta.get("reduced_parts", HEAD_PARTS))
             self.stages = [compile_(head, reduced), compile_(tail, "f32")]
         else:
             if self.mixed == "mark":
-                from dfine.precision import keep_in_f32
-
                 model = keep_in_f32(model, FDR_PARTS)
             self.stages = [compile_(model, reduced)]
         self.compiled = self.stages[-1]
@@ -127,7 +131,6 @@ class OpenVINOBackend(Backend):
         self.hint = hint
 
     def _init_from_ir(self, path: Path, size) -> dict:
-        from dfine.export import read_metadata
 
         if not path.exists():
             raise FileNotFoundError(f"OpenVINO IR not found: {path}")

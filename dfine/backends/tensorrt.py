@@ -24,7 +24,10 @@ from dfine.backends.base import (
     missing_package,
     torch_device,
 )
+from dfine.backends.torch_backend import TorchBackend
+from dfine.export import sample_images
 from dfine.io import atomic_write
+from dfine.parity import compare_detections
 
 FP16_SCORE_TOL = 0.02  # max |score difference| of paired detections
 FP16_BOX_TOL = 0.01  # max box coordinate difference, as a fraction of the image side
@@ -169,10 +172,6 @@ class TensorRTBackend(Backend):
         self.context = self.engine.create_execution_context()
 
     def _guard(self, weights) -> None:
-        from dfine.backends.torch_backend import TorchBackend
-        from dfine.export import sample_images
-        from dfine.parity import compare_detections
-
         source = weights if Path(weights).suffix != ".onnx" else None
         if source is None:
             self.guard_report = "FP16 guard skipped: no PyTorch checkpoint to compare with"

@@ -33,6 +33,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from dfine.resources import asset_path
 
 __all__ = [
     "SYNTH_CLASSES",
@@ -45,7 +48,8 @@ __all__ = [
 
 SYNTH_VERSION = "1"
 SPLITS = {"train": 1, "val": 2}
-PHOTO_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+PHOTO_DIR = asset_path("examples")
+"""The bundled example photos (package data): the default photo backgrounds."""
 
 
 @dataclass(frozen=True)
@@ -517,8 +521,6 @@ def make_synthetic_dataset(
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if total > 64 else 0
     out = Path(out_dir)
-    from tqdm import tqdm
-
     with tqdm(total=total, desc="synth", unit="img", disable=not progress) as bar:
         paths = {
             f"{split}_annotations": _write_split(

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dfine.data.coco import make_coco_api
 from dfine.data.dataset import (
     DatasetError,
     DetectionDataset,
@@ -266,8 +267,6 @@ class YoloDetection(DetectionDataset):
     def coco(self):
         """A pycocotools-style ``COCO`` object of ``to_coco_dict()``."""
         if getattr(self, "_coco", None) is None:
-            from dfine.data.coco import make_coco_api
-
             self._coco = make_coco_api(self.to_coco_dict())
         return self._coco
 

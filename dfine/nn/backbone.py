@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from dfine.config import HGNETV2_ARCHS, BackboneConfig
-from dfine.nn.common import FrozenBatchNorm2d, fuse_conv_bn
+from dfine.nn.common import FrozenBatchNorm2d
 
 
 class LearnableAffineBlock(nn.Module):
@@ -64,7 +65,7 @@ class ConvBNAct(nn.Module):
         """
         if isinstance(self.bn, nn.Identity):
             return
-        self.conv = fuse_conv_bn(self.conv, self.bn)
+        self.conv = fuse_conv_bn_eval(self.conv, self.bn)
         self.bn = nn.Identity()
         if isinstance(self.lab, LearnableAffineBlock) and isinstance(self.act, nn.ReLU):
             scale, bias = self.lab.scale.item(), self.lab.bias.item()

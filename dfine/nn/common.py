@@ -63,28 +63,6 @@ def bias_init_with_prob(prior_prob: float = 0.01) -> float:
     return float(-math.log((1 - prior_prob) / prior_prob))
 
 
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d | FrozenBatchNorm2d) -> nn.Conv2d:
-    """A single Conv2d (with bias) equal to ``bn(conv(x))`` in eval mode."""
-    fused = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-    ).to(conv.weight.device, conv.weight.dtype)
-    with torch.no_grad():
-        std = (bn.running_var + bn.eps).sqrt()
-        scale = bn.weight / std
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_(bn.bias + (conv_bias - bn.running_mean) * scale)
-    return fused
-
-
 def pad_kernel_to(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """Zero-pad a ``[O, I, k, k]`` kernel to ``[O, I, size, size]`` (centered)."""
     p = (size - kernel.shape[-1]) // 2
@@ -95,7 +73,6 @@ __all__ = [
     "MLP",
     "FrozenBatchNorm2d",
     "bias_init_with_prob",
-    "fuse_conv_bn",
     "get_activation",
     "inverse_sigmoid",
     "pad_kernel_to",

@@ -54,7 +54,8 @@ class LayerOutputs(NamedTuple):
     """What :meth:`DFINEDecoder.run_layers` returns: lists over the kept layers of ``boxes
     [B, Q, 4]`` (cxcywh, normalized), ``logits [B, Q, C]`` (after LQE), ``logits_raw`` (before
     LQE) and ``corners [B, Q, 4(R+1)]``; plus layer 0's ``pre_boxes [B, Q, 4]``, ``pre_logits
-    [B, Q, C]`` and ``ref_initial`` (the detached ``pre_boxes`` every layer refines)."""
+    [B, Q, C]`` and ``ref_initial`` (the detached ``pre_boxes`` every layer refines). Without
+    FDR (ablation ``fdr``): ``corners`` empty, the last three None."""
 
     boxes: list[torch.Tensor]
     logits: list[torch.Tensor]
@@ -588,8 +589,8 @@ class DFINEDecoder(nn.Module):
         next layer's reference is ``box_l`` detached. In training, layers after the first
         compute their kept box from the previous layer's box *with* its gradient (RT-DETR's
         and DINO's "look forward twice"); the values are identical to eval mode.
-        Returns lists ``boxes``, ``logits`` (= ``logits_raw``, no LQE) and an empty
-        ``corners``; ``pre_boxes``, ``pre_logits`` and ``ref_initial`` are None.
+        Returns :class:`LayerOutputs` with ``logits`` = ``logits_raw`` (no LQE), an empty
+        ``corners`` and ``pre_boxes``, ``pre_logits``, ``ref_initial`` None.
         """
         values = self._value_maps(memory, spatial_shapes)
         layers = self.decoder.layers

@@ -12,9 +12,10 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import fuse_conv_bn_eval
 
 from dfine.config import EncoderConfig
-from dfine.nn.common import fuse_conv_bn, get_activation, pad_kernel_to
+from dfine.nn.common import get_activation, pad_kernel_to
 
 
 class ConvNorm(nn.Module):
@@ -45,7 +46,7 @@ class ConvNorm(nn.Module):
         """Fold the norm into the conv (inference only)."""
         if isinstance(self.norm, nn.Identity):
             return
-        self.conv = fuse_conv_bn(self.conv, self.norm)
+        self.conv = fuse_conv_bn_eval(self.conv, self.norm)
         self.norm = nn.Identity()
 
 
@@ -80,8 +81,8 @@ class VGGBlock(nn.Module):
     def fuse(self) -> None:
         if self.fused is not None:
             return
-        c3 = fuse_conv_bn(self.conv1.conv, self.conv1.norm)
-        c1 = fuse_conv_bn(self.conv2.conv, self.conv2.norm)
+        c3 = fuse_conv_bn_eval(self.conv1.conv, self.conv1.norm)
+        c1 = fuse_conv_bn_eval(self.conv2.conv, self.conv2.norm)
         with torch.no_grad():
             c3.weight.add_(pad_kernel_to(c1.weight, 3))
             c3.bias.add_(c1.bias)

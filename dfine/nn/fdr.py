@@ -18,6 +18,16 @@ def _as_tensor(value: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([value], dtype=dtype)
 
 
+def check_reg_max(reg_max: int | float) -> int:
+    """``reg_max`` as an int, if it is a whole, even number >= 4 (W(n) is symmetric around
+    ``reg_max / 2``): the one check every caller (model, analysis, app) goes through."""
+    if isinstance(reg_max, bool) or not isinstance(reg_max, (int, float)) or reg_max != reg_max:
+        raise ValueError(f"reg_max must be an even whole number >= 4, got {reg_max!r}")
+    if float(reg_max) != int(reg_max) or int(reg_max) < 4 or int(reg_max) % 2:
+        raise ValueError(f"reg_max must be an even whole number >= 4, got {reg_max:g}")
+    return int(reg_max)
+
+
 def weighting_function(
     reg_max: int, up: torch.Tensor | float, reg_scale: torch.Tensor | float
 ) -> torch.Tensor:
@@ -28,8 +38,7 @@ def weighting_function(
     ``W(reg_max/2 ± i) = ±(step^i - 1)``. Computed with the same tensor operations as the
     reference so the result is bit-identical to its eval-mode ``project``.
     """
-    if reg_max < 4 or reg_max % 2:
-        raise ValueError(f"reg_max must be an even number >= 4, got {reg_max}")
+    reg_max = check_reg_max(reg_max)
     up_t = _as_tensor(up, torch.float32)
     scale_t = _as_tensor(reg_scale, torch.float32)
     upper1 = abs(up_t[0]) * abs(scale_t)

@@ -1,7 +1,8 @@
-"""``python -m dfine.train train|val ...`` (also ``torchrun ... -m dfine.train train ...``)."""
+"""``python -m dfine.train train|val ...`` (also ``torchrun ... -m dfine.train train ...``): the
+``dfine`` command itself (:func:`dfine.cli.main`)."""
 
 import sys
 
-from dfine.train.cli import main
+from dfine.cli import main
 
 sys.exit(main())

@@ -1,17 +1,25 @@
-"""``dfine train`` and ``dfine val``. ``register_cli(subparsers)`` adds both to the main parser;
-``python -m dfine.train train|val ...`` runs them on their own (also under ``torchrun``)."""
+"""``dfine train`` and ``dfine val``: ``register_cli(subparsers)`` adds both to the one ``dfine``
+parser (:mod:`dfine.cli`, which also maps exceptions to exit codes); ``python -m dfine.train
+train|val ...`` is the same entry point (for ``torchrun``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
-from pathlib import Path
+import textwrap
 
-from dfine.argtypes import non_negative_int, positive_int
+from dfine import webapp
+from dfine.argtypes import fraction, non_negative_int, positive_int
+from dfine.backends import BACKENDS
+from dfine.guard import evaluate_file
+from dfine.sources import default_backend
+from dfine.train import dist
+from dfine.train.checkpoints import BEST, FINAL, describe_outputs
+from dfine.train.evaluate import COCO_LIBS
+from dfine.train.recipes import recipe_names
+from dfine.train.run import TrainRun, train, validate
 
-__all__ = ["build_parser", "main", "register_cli"]
+__all__ = ["register_cli"]
 
 EPILOG_TRAIN = """recipes (the reference configs, and synth for a CPU demo):
 {recipes}
@@ -24,28 +32,30 @@ examples:
   dfine data synth --out data/synth && dfine train --recipe synth --data data/synth --out runs/synth
   dfine train --recipe synth --data data/synth --out runs/synth --resume      # continue last.pth
   dfine train --recipe obj2custom_s --data data/mine --tune-from dfine_s_obj365 --epochs 40
+  dfine train --recipe synth --data data/synth --out runs/fdr --ablate fdr   # RT-DETR-style baseline
   torchrun --nproc_per_node 8 -m dfine.train train --recipe coco_l --data /data/coco
 
-writes to --out: last.pth (full training state, every epoch), checkpointNNNN.pth, best.safetensors
-(best EMA weights, with recipe/classes/metrics), final.safetensors, metrics.jsonl, metrics.csv,
-train.log and tensorboard/ (only process 0 writes)."""
+writes to --out (process 0 only; checkpoints and weights atomically, so an interrupted run
+leaves complete ones; epochs are numbered from 1):
+{outputs}
+SIGINT (Ctrl+C) or SIGTERM stops with one line saying where to resume from (exit code 130); a
+non-finite loss with --stop-on-nan, or a non-finite gradient norm, stops with exit code 3."""
 
 EPILOG_VAL = """examples:
   dfine val --weights runs/synth/best.safetensors --data data/synth
+  dfine val --weights runs/synth/best.safetensors --data data/synth --report runs/report
+      # + per-stage AP, edge-σ calibration, PR curves, confusion, error gallery, index.html
+  dfine val --weights runs/synth/best.safetensors --data data/synth --per-layer  # table only
+  dfine val --weights dfine_n.onnx --data data/synth --backend onnxruntime
   dfine val --weights dfine_n_coco.pth --data /data/coco/annotations/instances_val2017.json \\
       --images /data/coco/val2017"""
 
 
 def _wrapped(names: list[str], width: int = 96) -> str:
-    import textwrap
-
     return textwrap.fill(", ".join(names), width=width, initial_indent="  ", subsequent_indent="  ")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dfine.train import dist
-    from dfine.train.run import TrainRun, train
-
     run = TrainRun(
         recipe=args.recipe,
         data=args.data,
@@ -75,43 +85,56 @@ def cmd_train(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         progress=not args.quiet,
         tensorboard=not args.no_tensorboard,
+        save_every=args.save_every,
+        stop_on_nan=args.stop_on_nan,
     )
-    from dfine.train.trainer import NonFiniteLossError
-
-    try:
-        summary = train(run)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    summary = train(run)  # NonFiniteLossError: exit code 3 (dfine.cli.EXIT_CODES)
     if dist.is_main():
-        best = summary["best"]
-        if best["epoch"] >= 0:
-            print(
-                f"best AP {best['top1']:.4f} at epoch {best['epoch']} -> {args.out}/best.safetensors"
-            )
-        print(
-            f"trained {summary['epochs']} epoch(s), {summary['global_step']} steps in "
-            f"{summary['seconds']:.0f} s; final weights {args.out}/final.safetensors"
-        )
+        print(summary_text(summary, args.out))
     return 0
 
 
+def summary_text(summary: dict, out: str) -> str:
+    """What ``dfine train`` prints at the end (epochs 1-based; a resumed run's own steps and
+    seconds apart from the whole run's epochs)."""
+    lines = []
+    best = summary["best"]
+    if best["epoch"] >= 0:
+        lines.append(f"best AP {best['top1']:.4f} at epoch {best['epoch'] + 1} -> {out}/{BEST}")
+    line = (
+        f"this invocation: {summary['steps_this_run']} steps in {summary['seconds']:.0f} s; "
+        f"whole run: {summary['epochs']} epoch(s), {summary['global_step']} steps"
+    )
+    if summary.get("nonfinite_steps"):
+        line += f"; {summary['nonfinite_steps']} step(s) had non-finite loss terms (see train.log)"
+    lines.append(line + f"; final weights {out}/{FINAL}")
+    return "\n".join(lines)
+
+
 def cmd_val(args: argparse.Namespace) -> int:
-    from dfine.train import dist
-    from dfine.train.run import validate
-
-    if args.precision or Path(args.weights).suffix in (".xml", ".onnx"):
-        from dfine.guard import evaluate_file
-
-        backend = "openvino" if Path(args.weights).suffix != ".onnx" else "onnxruntime"
+    runtime = args.backend or default_backend(args.weights)
+    if args.report or args.per_layer or args.calibration:
+        if runtime != "torch":
+            raise ValueError(
+                f"--report, --per-layer and --calibration need the PyTorch model (a .pth or "
+                f".safetensors checkpoint, --backend torch); the {runtime} backend gives plain "
+                "AP only (drop those options)"
+            )
+        # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
+        return webapp.load_module("analysis.evaluation.cli").run_report(args)
+    if args.precision:
         metrics = evaluate_file(
             args.weights,
             args.data,
-            backend=backend,
+            backend=runtime if runtime != "torch" else "openvino",
             precision=args.precision,
             progress=not args.quiet,
         )
-        _print_metrics(metrics, args.json)
+        print(
+            json.dumps(metrics, indent=2)
+            if args.json
+            else "\n".join(f"{name:>6}: {value:.4f}" for name, value in metrics.items())
+        )
         return 0
     metrics = validate(
         args.weights,
@@ -121,32 +144,27 @@ def cmd_val(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
-        backend=args.backend,
+        coco_lib=args.coco_lib,
         progress=not args.quiet,
+        backend=runtime,
     )
     if not dist.is_main():
         return 0
-    _print_metrics(metrics, args.json)
-    return 0
-
-
-def _print_metrics(metrics: dict[str, float], as_json: bool) -> None:
-    if as_json:
+    if args.json:
         print(json.dumps(metrics, indent=2))
     else:
         for name, value in metrics.items():
             print(f"{name:>6}: {value:.4f}")
+    return 0
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from dfine.train.recipes import recipe_names
-
     p = subparsers.add_parser(
         "train",
         help="train D-FINE with a named recipe on a COCO-format dataset",
         description="Train D-FINE (AdamW param groups, warm-up, EMA, grad clipping 0.1, AMP on "
         "GPU) with a reference recipe; evaluates COCO mAP and keeps the best EMA weights.",
-        epilog=EPILOG_TRAIN.format(recipes=_wrapped(recipe_names())),
+        epilog=EPILOG_TRAIN.format(recipes=_wrapped(recipe_names()), outputs=describe_outputs()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -248,6 +266,19 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="channels-last weights and images, ~10%% faster convolutions on CPU "
         "(default: on for single-process CPU training)",
     )
+    p.add_argument(
+        "--save-every",
+        type=positive_int,
+        metavar="N",
+        help="also keep the full state every N epochs (checkpointNNNN.pth; default: only "
+        "last.pth and the best weights)",
+    )
+    p.add_argument(
+        "--stop-on-nan",
+        action="store_true",
+        help="stop at the first step with a NaN/inf loss term (default: report it, count it "
+        "in metrics, and go on with the term zeroed, as the reference does)",
+    )
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -262,12 +293,7 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG_VAL,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--weights",
-        "-w",
-        required=True,
-        help="checkpoint file, model-zoo name, or an exported .xml / .onnx file",
-    )
+    p.add_argument("--weights", "-w", required=True, help="checkpoint file or model-zoo name")
     p.add_argument("--data", "-d", required=True, help="dataset folder or COCO val json")
     p.add_argument("--images", help="image folder of a --data json")
     p.add_argument("--size", type=positive_int, help="input size (default: the checkpoint's)")
@@ -276,16 +302,48 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument(
         "--backend",
-        default="auto",
-        choices=["auto", "faster_coco_eval", "pycocotools"],
-        help="COCO evaluation library (default: faster-coco-eval when installed)",
+        default=None,
+        choices=list(BACKENDS),
+        help="inference runtime (default: onnxruntime for an .onnx file, else torch); the "
+        "others take a checkpoint (exported to ONNX once, cached) or an .onnx file",
     )
     p.add_argument(
         "--precision",
         choices=["f32", "bf16", "int8"],
-        help="evaluate through OpenVINO at this precision (bf16: backbone + encoder reduced, "
-        "decoder f32); an exported .xml / .onnx file is evaluated at its own by default",
+        help="evaluate at this precision (OpenVINO; bf16: backbone + encoder reduced, decoder "
+        "f32; an exported .xml runs at its own precision by default)",
     )
+    p.add_argument(
+        "--coco-lib",
+        default="auto",
+        choices=list(COCO_LIBS),
+        help="COCO evaluation library (default: faster-coco-eval when installed)",
+    )
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write a dataset report to DIR: metrics.json, figures as PNG and SVG, an offline "
+        "index.html (per-stage AP, calibration, PR curves, confusion matrix, error gallery; "
+        "implies --per-layer and --calibration)",
+    )
+    p.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="score every stage (encoder proposals, pre-head, each decoder layer) as a "
+        "detector: AP with its own and with the final layer's scores, mean IoU",
+    )
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="σ of the edge distributions against the real edge errors, per layer",
+    )
+    p.add_argument(
+        "--threshold",
+        type=fraction,
+        default=0.5,
+        help="report: score threshold of the confusion matrix and error gallery (default 0.5)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="report: recompute, ignore the cache")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_val)
@@ -295,28 +353,3 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``val`` to the ``dfine`` command's subparsers."""
     _add_train(subparsers)
     _add_val(subparsers)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dfine.train", description=__doc__)
-    register_cli(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from dfine.checkpoint import CheckpointError
-    from dfine.cli import error_text
-    from dfine.train.trainer import NonFiniteLossError
-
-    try:
-        return int(args.func(args) or 0)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {error_text(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -17,6 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dfine.data import (
+    BatchImageCollate,
+    CocoDetection,
+    build_dataloader,
+    build_train_transforms,
+    build_val_transforms,
+)
 from dfine.train import dist
 from dfine.train.recipes import Recipe
 
@@ -74,8 +81,6 @@ def category_mapping(recipe: Recipe) -> str:
 
 def build_dataset(split: Split, recipe: Recipe, train: bool, num_classes: int | None = None):
     """A :class:`dfine.data.CocoDetection` with the recipe's transforms."""
-    from dfine.data import CocoDetection, build_train_transforms, build_val_transforms
-
     size = recipe.input_size
     transforms = (
         build_train_transforms(size, stop_epoch=recipe.stop_epoch)
@@ -107,8 +112,6 @@ def build_loaders(
     num_workers: int | None = None,
 ) -> tuple[Any, Any, Any]:
     """``(train_loader, val_loader or None, train_dataset)`` for ``recipe``."""
-    from dfine.data import BatchImageCollate, build_dataloader
-
     workers = recipe.num_workers if num_workers is None else num_workers
     train_ds = build_dataset(train_split, recipe, train=True)
     collate = BatchImageCollate(

@@ -17,9 +17,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from dfine.postprocess import postprocess
 from dfine.train import dist
 
 METRIC_NAMES = (
@@ -39,7 +42,9 @@ METRIC_NAMES = (
 """The 12 numbers of COCOeval.summarize(), in order (AP at IoU .50:.95, .50, .75, per area; AR
 at 1, 10, 100 detections and per area). -1 means "no ground truth in that area range"."""
 
-BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+COCO_LIBS = ("auto", "faster_coco_eval", "pycocotools")
+"""COCO evaluation libraries (``coco_lib``): faster-coco-eval when installed (``auto``), or
+pycocotools. Not to be confused with inference backends (``dfine.backends``)."""
 
 
 # ------------------------------------------------------------------------------ ground truth
@@ -65,19 +70,21 @@ def load_ground_truth(source: Any) -> dict[str, Any]:
     raise TypeError(f"cannot find COCO ground truth in a {type(source).__name__}")
 
 
-def _backend_modules(backend: str) -> tuple[Any, Any]:
-    """(COCO class, COCOeval class) of the chosen backend."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown COCO backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend in ("auto", "faster_coco_eval"):
+def _coco_modules(coco_lib: str) -> tuple[Any, Any]:
+    """(COCO class, COCOeval class) of the chosen COCO evaluation library."""
+    if coco_lib not in COCO_LIBS:
+        raise ValueError(
+            f"unknown COCO evaluation library {coco_lib!r}; choose one of {', '.join(COCO_LIBS)}"
+        )
+    if coco_lib in ("auto", "faster_coco_eval"):
         try:
             from faster_coco_eval import COCO, COCOeval_faster
 
             return COCO, COCOeval_faster
         except ImportError:
-            if backend == "faster_coco_eval":
+            if coco_lib == "faster_coco_eval":
                 raise ImportError(
-                    "COCO evaluation backend faster-coco-eval is not installed: "
+                    "COCO evaluation library faster-coco-eval is not installed: "
                     "pip install faster-coco-eval"
                 ) from None
     try:
@@ -112,21 +119,18 @@ def _placeholder(gt: Mapping[str, Any], image_id: int) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------ scoring
-def coco_metrics(
+def coco_eval(
     ground_truth: Any,
-    detections: Sequence[Mapping[str, Any]],
+    detections: Sequence[Mapping[str, Any]] | np.ndarray,
     image_ids: Iterable[int] | None = None,
-    backend: str = "auto",
+    coco_lib: str = "auto",
     verbose: bool = False,
-) -> dict[str, float]:
-    """COCO box metrics (:data:`METRIC_NAMES`) of ``detections`` against ``ground_truth``.
-
-    ``detections``: dicts with ``image_id``, ``category_id`` (dataset ids), ``bbox`` (x, y, w, h
-    in original pixels) and ``score``. ``ground_truth``: anything :func:`load_ground_truth`
-    accepts. ``image_ids``: evaluate on these images only (as the reference's evaluator, which
-    scores the images it was given); default all images of the ground truth. ``verbose`` prints
-    COCO's summary table.
-    """
+) -> Any:
+    """The accumulated and summarized ``COCOeval`` (box) of ``detections``; see
+    :func:`coco_metrics` for the arguments; ``detections`` may also be a float ``[N, 7]`` array
+    of ``image_id, x, y, w, h, score, category_id`` rows (both libraries load it directly). Its ``.eval["precision"]`` ``[T, R, K, A, M]``
+    (IoU thresholds .50:.05:.95, 101 recall points, categories in ``.params.catIds`` order,
+    areas all/small/medium/large, max detections 1/10/100) gives per-class AP and PR curves."""
     gt_dict = load_ground_truth(ground_truth)
     all_ids = [img["id"] for img in gt_dict.get("images", [])]
     ids = sorted(set(image_ids)) if image_ids is not None else sorted(all_ids)
@@ -135,8 +139,11 @@ def coco_metrics(
     unknown = set(ids) - set(all_ids)
     if unknown:
         raise ValueError(f"image ids not in the ground truth: {sorted(unknown)[:10]}")
-    coco_cls, eval_cls = _backend_modules(backend)
-    dets = [dict(d) for d in detections] or _placeholder(gt_dict, ids[0])
+    coco_cls, eval_cls = _coco_modules(coco_lib)
+    if isinstance(detections, np.ndarray):  # [N, 7] image_id, x, y, w, h, score, category_id
+        dets = detections if len(detections) else _placeholder(gt_dict, ids[0])
+    else:
+        dets = [dict(d) for d in detections] or _placeholder(gt_dict, ids[0])
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:
         gt = _coco_from_dict(coco_cls, gt_dict)
@@ -146,6 +153,25 @@ def coco_metrics(
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    return ev
+
+
+def coco_metrics(
+    ground_truth: Any,
+    detections: Sequence[Mapping[str, Any]],
+    image_ids: Iterable[int] | None = None,
+    coco_lib: str = "auto",
+    verbose: bool = False,
+) -> dict[str, float]:
+    """COCO box metrics (:data:`METRIC_NAMES`) of ``detections`` against ``ground_truth``.
+
+    ``detections``: dicts with ``image_id``, ``category_id`` (dataset ids), ``bbox`` (x, y, w, h
+    in original pixels) and ``score``. ``ground_truth``: anything :func:`load_ground_truth`
+    accepts. ``image_ids``: evaluate on these images only (as the reference's evaluator, which
+    scores the images it was given); default all images of the ground truth. ``coco_lib``: one
+    of :data:`COCO_LIBS`. ``verbose`` prints COCO's summary table.
+    """
+    ev = coco_eval(ground_truth, detections, image_ids, coco_lib, verbose)
     return {name: float(v) for name, v in zip(METRIC_NAMES, list(ev.stats)[: len(METRIC_NAMES)])}
 
 
@@ -212,10 +238,6 @@ def predict_detections(
     progress: bool = True,
 ) -> tuple[list[int], list[dict[str, Any]]]:
     """Run ``model`` over ``loader`` (this rank's share): image ids seen and COCO detections."""
-    from tqdm import tqdm
-
-    from dfine.postprocess import postprocess
-
     was_training = model.training
     model.eval()
     image_ids: list[int] = []
@@ -230,9 +252,11 @@ def predict_detections(
     )
     try:
         for images, targets in bar:
-            out = model(images.to(device))
             sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]).to(device)
-            results = postprocess(out, sizes, num_top=num_top)
+            if hasattr(model, "detect"):  # an exported graph (dfine.backends.module)
+                results = model.detect(images, sizes)
+            else:
+                results = postprocess(model(images.to(device)), sizes, num_top=num_top)
             ids = [int(t["image_id"]) for t in targets]
             image_ids.extend(ids)
             dets.extend(to_coco_detections(results, ids, label_to_category))
@@ -248,7 +272,7 @@ def evaluate(
     label_to_category: Mapping[int, int] | None = None,
     device: str | torch.device = "cpu",
     num_top: int = 300,
-    backend: str = "auto",
+    coco_lib: str = "auto",
     progress: bool = True,
     verbose: bool = False,
 ) -> dict[str, float]:
@@ -268,5 +292,5 @@ def evaluate(
     if dist.is_main():
         gt = ground_truth if ground_truth is not None else getattr(loader, "dataset", loader)
         ids, dets = _merge_ranks(gathered)
-        metrics = coco_metrics(gt, dets, image_ids=ids, backend=backend, verbose=verbose)
+        metrics = coco_metrics(gt, dets, image_ids=ids, coco_lib=coco_lib, verbose=verbose)
     return dist.broadcast_object(metrics)

@@ -16,8 +16,16 @@ from typing import Any
 
 import torch
 
+from dfine.backends.module import BackendModel
+from dfine.checkpoint import load_model
+from dfine.coco import COCO_CATEGORY_IDS
+from dfine.config import get_config
+from dfine.data import CocoDetection, build_dataloader, build_val_transforms
+from dfine.model import DFINE
+from dfine.sources import default_backend
 from dfine.train import dist
-from dfine.train.data import build_loaders, category_mapping, resolve_split
+from dfine.train.data import Split, build_loaders, category_mapping, resolve_split
+from dfine.train.evaluate import evaluate
 from dfine.train.recipes import Recipe, get_recipe
 from dfine.train.state import seed_everything, set_deterministic
 from dfine.train.trainer import Trainer, TrainOptions
@@ -95,9 +103,6 @@ def build_model_for(
 ) -> torch.nn.Module:
     """A fresh D-FINE of the recipe's size with anchors for its input size; ``ablation``
     switches FDR / GO-LSD off (see :data:`dfine.config.ABLATIONS`)."""
-    from dfine.config import get_config
-    from dfine.model import DFINE
-
     size = recipe.input_size
     cfg = get_config(recipe.model_size, num_classes, ablation)
     cfg = dataclasses.replace(cfg, eval_size=(size, size))
@@ -193,12 +198,21 @@ def _mapping_for(model: Any, annotations: Path) -> str:
     if model.num_classes == 366:
         return "identity"
     if model.num_classes == 80:
-        from dfine.coco import COCO_CATEGORY_IDS
-
         ids = {c["id"] for c in json.loads(annotations.read_text()).get("categories", [])}
         if ids == set(COCO_CATEGORY_IDS):
             return "coco80"
     return "contiguous"
+
+
+def val_dataset(model: Any, split: Split, size: int) -> CocoDetection:
+    """The dataset :func:`validate` scores ``model`` on (validation transforms at ``size``)."""
+    return CocoDetection(
+        split.images,
+        split.annotations,
+        transforms=build_val_transforms(size),
+        category_mapping=_mapping_for(model, split.annotations),
+        num_classes=model.num_classes,
+    )
 
 
 def validate(
@@ -209,29 +223,33 @@ def validate(
     batch_size: int = 8,
     workers: int = 2,
     device: str | None = None,
-    backend: str = "auto",
+    coco_lib: str = "auto",
     progress: bool = True,
+    backend: str | None = None,
 ) -> dict[str, float]:
-    """COCO metrics of the checkpoint ``weights`` on the val split of ``data``."""
-    from dfine.checkpoint import load_model
-    from dfine.data import CocoDetection, build_dataloader, build_val_transforms
-    from dfine.train.evaluate import evaluate
-
+    """COCO metrics of ``weights`` (a checkpoint, zoo name or exported ``.onnx``) on the val
+    split of ``data``. ``backend``: the inference runtime — ``torch``, ``onnxruntime``,
+    ``openvino`` or ``tensorrt`` (default: from the file, see
+    :func:`dfine.sources.default_backend`); ``coco_lib``: the COCO evaluation library
+    (``dfine.train.evaluate.COCO_LIBS``)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
-        model = load_model(weights, device=device_)
+        backend = backend or default_backend(weights)
+        if backend == "torch":
+            model = load_model(weights, device=device_)
+        else:
+            model = BackendModel.load(weights, backend, device=device_)
         split = resolve_split(data, "val", images)
         size = size or model.config.eval_size[0]
-        dataset = CocoDetection(
-            split.images,
-            split.annotations,
-            transforms=build_val_transforms(size),
-            category_mapping=_mapping_for(model, split.annotations),
-            num_classes=model.num_classes,
-        )
+        if backend != "torch" and (size, size) != tuple(model.config.eval_size):
+            raise ValueError(
+                f"{weights} was exported for input {model.config.eval_size[0]}x"
+                f"{model.config.eval_size[1]}; leave --size out or export again at {size}"
+            )
+        dataset = val_dataset(model, split, size)
         loader = build_dataloader(dataset, batch_size, shuffle=False, num_workers=workers)
-        return evaluate(model, loader, device=device_, backend=backend, progress=progress)
+        return evaluate(model, loader, device=device_, coco_lib=coco_lib, progress=progress)
     finally:
         if owned:
             dist.cleanup()

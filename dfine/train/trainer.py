@@ -15,21 +15,27 @@ Per epoch (``det_solver.fit``): ``set_epoch`` on sampler, dataset transforms and
 model is evaluated, and from ``stop_epoch`` on an evaluation that does not beat the round's best
 lowers the EMA decay by 1e-4 and reloads the best stage-1 state (the reference's EMA search).
 
-Differences from the reference, all on purpose: a non-finite loss stops *before* the update and
-names the terms (the reference steps, then exits); the training checkpoint is written at the end
-of every epoch (after evaluation, atomically, with RNG states) rather than only before
+Differences from the reference, all on purpose: a loss term the criterion zeroes because it was
+NaN/inf (as the reference does, silently) is reported: a log line per step, a count in the
+epoch's metrics, and with ``stop_on_nan`` training stops *before* that update; a non-finite
+gradient norm always stops before the update; the training checkpoint is written at the end of
+every epoch (after evaluation, atomically, with RNG states) rather than only before
 ``stop_epoch``; the EMA decay set at restart is really used (see :mod:`dfine.train.ema`).
+
+The loop lives here; what it writes is in :mod:`dfine.train.metrics` (log lines, records,
+TensorBoard) and :mod:`dfine.train.checkpoints` (state and weight files); the stage-2 EMA policy
+is :mod:`dfine.train.stage2`. Epochs are 0-based in code and in ``last_epoch`` of a training
+state (as the reference), 1-based in everything people read (messages, records, file names).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,15 +44,20 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from dfine.io import atomic_write
+from dfine.loss import build_criterion
 from dfine.train import dist
+from dfine.train.checkpoints import RunFiles, model_info
+from dfine.train.devices import amp_dtype, autocast, pick_device
 from dfine.train.ema import ModelEMA
+from dfine.train.evaluate import evaluate
+from dfine.train.metrics import MetricsSink
 from dfine.train.optim import build_optimizer, format_param_groups, unwrap
 from dfine.train.recipes import Recipe
 from dfine.train.schedule import build_schedule
+from dfine.train.stage2 import BestTracker, after_evaluation
 from dfine.train.state import (
-    atomic_torch_save,
     load_train_state,
     remove_stale_temporaries,
     rng_state,
@@ -56,11 +67,14 @@ from dfine.train.tune import TuneReport, load_pretrained
 
 CHECKPOINT_FORMAT = "dfine-train-state"
 CHECKPOINT_VERSION = 1
-AMP_MODES = ("auto", "off", "fp16", "bf16")
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss term (or the gradient norm) became NaN or infinite; training stopped."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during training; the message says where to resume from."""
 
 
 @dataclass
@@ -73,6 +87,11 @@ class TrainOptions:
     ``max_steps_per_epoch``: cap the steps of an epoch (smoke tests, quick runs).
     ``channels_last``: keep weights and images channels-last (oneDNN's faster convolutions,
     about 10% per step for N on a 2-core CPU); None: on for single-process CPU training.
+    ``save_every``: also keep the full state every N epochs as ``checkpointNNNN.pth`` (None:
+    only ``last.pth`` and the best weights).
+    ``stop_on_nan``: stop (before the update) at the first step where the criterion had to zero
+    a NaN/inf loss term; otherwise such steps are reported and counted, and training goes on
+    as the reference's does.
     """
 
     out_dir: str | Path = "runs/train"
@@ -86,25 +105,9 @@ class TrainOptions:
     sync_bn: bool | None = None
     channels_last: bool | None = None
     find_unused_parameters: bool = False
-    checkpoint_freq: int | None = None
+    save_every: int | None = None
+    stop_on_nan: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class BestTracker:
-    """Best AP overall (``top1``) and the reference's stage-2 round best (``round_best``)."""
-
-    top1: float = -1.0
-    epoch: int = -1
-    round_best: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BestTracker:
-        return cls(**d)
 
 
 class Trainer:
@@ -112,11 +115,8 @@ class Trainer:
 
     Loaders yield ``(images [B,3,H,W] in [0,1], targets)``; ``set_epoch`` is called on the
     loader (or its sampler, dataset and collate function) each epoch. The trainer writes, on
-    rank 0 only, into ``options.out_dir``: ``last.pth`` (full training state, every epoch),
-    ``checkpointNNNN.pth`` (every ``checkpoint_freq`` epochs), ``best_stg1.pth`` (best state
-    before ``stop_epoch``, for the EMA restart), ``best.safetensors`` (best EMA weights),
-    ``final.safetensors``, ``metrics.jsonl``, ``metrics.csv``, ``train.log`` and
-    ``tensorboard/``.
+    rank 0 only, into ``options.out_dir`` the files of
+    :data:`dfine.train.checkpoints.OUTPUT_FILES`.
     """
 
     def __init__(
@@ -131,10 +131,10 @@ class Trainer:
         self.recipe = recipe
         self.options = options or TrainOptions()
         self.out_dir = Path(self.options.out_dir)
-        self.device = self._pick_device(self.options.device)
+        self.device = pick_device(self.options.device)
         self.train_loader = train_loader
         self.val_loader = val_loader
-        self.amp_dtype = self._amp_dtype(self.options.amp)
+        self.amp_dtype = amp_dtype(self.options.amp, self.recipe.amp, self.device)
         self.channels_last = self.options.channels_last
         if self.channels_last is None:
             self.channels_last = self.device.type == "cpu" and not dist.is_dist()
@@ -153,36 +153,15 @@ class Trainer:
         self.last_epoch = -1
         self.global_step = 0
         self.best = BestTracker()
-        self._writer: Any = None
+        self.metrics = MetricsSink(self.out_dir, self.options.tensorboard)
+        self.files = RunFiles(self.out_dir)
+        self.nonfinite_steps = 0  # steps of the current epoch with a zeroed non-finite term
+        self._zeroed = ""  # this step's zeroed terms, as text
         self._eta_start: tuple[float, int] | None = None
         if dist.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ setup helpers
-    @staticmethod
-    def _pick_device(device: str | None) -> torch.device:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None and dist.is_dist():
-            device = torch.device("cuda", torch.cuda.current_device())
-        return device
-
-    def _amp_dtype(self, mode: str) -> torch.dtype | None:
-        if mode not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {mode!r}")
-        if mode == "auto":
-            return torch.float16 if (self.recipe.amp and self.device.type == "cuda") else None
-        if mode == "fp16":
-            if self.device.type != "cuda":
-                raise ValueError("fp16 AMP needs a CUDA device; use --amp bf16 or off on CPU")
-            return torch.float16
-        if mode == "bf16":
-            if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-                raise ValueError("this GPU has no bfloat16 support; use --amp fp16")
-            return torch.bfloat16
-        return None
-
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -217,57 +196,9 @@ class Trainer:
     # ------------------------------------------------------------------ logging
     def log(self, message: str) -> None:
         """Print (rank 0) and append to ``train.log``."""
-        if not dist.is_main():
-            return
-        from tqdm import tqdm
-
-        tqdm.write(message)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "train.log", "a") as f:
-            f.write(message + "\n")
-
-    def _open_writer(self) -> None:
-        if not (dist.is_main() and self.options.tensorboard) or self._writer is not None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.log("TensorBoard logging is off: pip install tensorboard to enable it")
-            self.options.tensorboard = False
-            return
-        purge = self.global_step if self.global_step > 0 else None
-        self._writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge)
-
-    def _scalar(self, tag: str, value: float, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_scalar(tag, value, step)
-
-    def _write_record(self, record: dict[str, Any]) -> None:
-        """Append the epoch record to metrics.jsonl and rewrite metrics.csv from it."""
-        if not dist.is_main():
-            return
-        path = self.out_dir / "metrics.jsonl"
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        _write_csv(self.out_dir / "metrics.csv", records)
-
-    def _truncate_records(self, last_epoch: int) -> None:
-        """Drop records of epochs after ``last_epoch`` (written by a run killed later)."""
-        path = self.out_dir / "metrics.jsonl"
-        if not dist.is_main() or not path.exists():
-            return
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        kept = [r for r in records if r.get("epoch", -1) <= last_epoch]
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        _write_csv(self.out_dir / "metrics.csv", kept)
+        self.metrics.log(message)
 
     # ------------------------------------------------------------------ one step
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     def _to_device(self, images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, list]:
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
@@ -291,14 +222,17 @@ class Trainer:
             "global_step": global_step,
             "epoch_step": self.steps_per_epoch,
         }
-        with self._autocast():
+        with autocast(self.device, self.amp_dtype):
             outputs = self.model(images, targets=targets)
         with torch.autocast(device_type=self.device.type, enabled=False):
             loss_dict = self.criterion(outputs, targets, **metas)
+        zeroed = self._zeroed_terms(epoch, step, global_step)
         values = _to_floats(dist.reduce_mean(loss_dict))
         self._check_finite(values, epoch, step, global_step)
         loss = sum(loss_dict.values())
         grad_norm = self._backward_and_step(loss, epoch, step, global_step)
+        if zeroed:
+            self._report_zeroed(epoch, step, global_step)
         if self.ema is not None:
             self.ema.update(self.model)
         lr = float(self.optimizer.param_groups[0]["lr"])  # the lr this step used
@@ -307,7 +241,34 @@ class Trainer:
         record["loss"] = math.fsum(values.values())
         record["grad_norm"] = grad_norm
         record["lr"] = lr
+        record["nonfinite"] = float(bool(zeroed))
         return record
+
+    def _zeroed_terms(self, epoch: int, step: int, gstep: int) -> str:
+        """The loss terms the criterion zeroed this step because they were NaN/inf (any rank),
+        as text ("" for none): counted, and with ``stop_on_nan`` a :class:`NonFiniteLossError`
+        before the update; the step's log line comes once its gradient is known to be finite
+        (a zeroed term usually leaves NaN in the gradient, which stops training anyway)."""
+        names = list(getattr(self.criterion, "last_nonfinite", []) or [])
+        flag = dist.reduce_mean({"n": torch.tensor(float(bool(names)), device=self.device)})
+        if float(flag["n"]) == 0.0:
+            self._zeroed = ""
+            return ""
+        shown = ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
+        self._zeroed = (shown or "on another process") + " (zeroed by the criterion)"
+        if self.options.stop_on_nan:
+            self.optimizer.zero_grad()
+            raise NonFiniteLossError(
+                self._nonfinite_message([self._zeroed], epoch, step, gstep, {})
+            )
+        return self._zeroed
+
+    def _report_zeroed(self, epoch: int, step: int, gstep: int) -> None:
+        self.nonfinite_steps += 1
+        self.log(
+            f"epoch {epoch + 1}, step {step + 1} (global step {gstep + 1}): non-finite loss "
+            f"term(s) zeroed, as the reference does: {self._zeroed}; --stop-on-nan stops instead"
+        )
 
     def _backward_and_step(self, loss: torch.Tensor, epoch: int, step: int, gstep: int) -> float:
         clip = self.recipe.clip_max_norm
@@ -329,8 +290,9 @@ class Trainer:
             norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
             if not math.isfinite(norm):
                 self.optimizer.zero_grad()
+                what = ["gradient norm"] + ([f"from {self._zeroed}"] if self._zeroed else [])
                 raise NonFiniteLossError(
-                    self._nonfinite_message(["gradient norm"], epoch, step, gstep, {})
+                    self._nonfinite_message([" ".join(what)], epoch, step, gstep, {})
                 )
         self.optimizer.step()
         return norm
@@ -346,9 +308,9 @@ class Trainer:
         shown = ", ".join(f"{k}={values[k]}" if k in values else k for k in bad)
         amp = {None: "off", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.amp_dtype]
         return (
-            f"non-finite loss at epoch {epoch}, step {step} (global step {gstep}): {shown}. "
-            f"Training stopped before this update, so the weights are not corrupted; the last "
-            f"complete checkpoint is {self.out_dir / 'last.pth'} (resume with --resume). "
+            f"non-finite loss at epoch {epoch + 1}, step {step + 1} (global step {gstep + 1}): "
+            f"{shown}. Training stopped before this update, so the weights are not corrupted; "
+            f"{self._resume_hint()}. "
             f"Try a lower learning rate (recipe lr {self.recipe.lr:g}, --lr-scale), "
             f"{'disabling AMP (--amp off), ' if amp != 'off' else ''}"
             f"a longer warm-up, or check the data for degenerate boxes."
@@ -372,12 +334,11 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch; returns the epoch means of the logged values."""
-        from tqdm import tqdm
-
         self.model.train()
         self.criterion.train()
         n = self.steps_per_epoch
         sums: dict[str, float] = {}
+        self.nonfinite_steps = 0
         bar = tqdm(
             total=n,
             desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
@@ -398,7 +359,9 @@ class Trainer:
                     loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", eta=self._eta()
                 )
                 self._log_step(record)
-        return {k: v / n for k, v in sums.items()}
+        means = {k: v / n for k, v in sums.items() if k != "nonfinite"}
+        means["nonfinite_steps"] = self.nonfinite_steps
+        return means
 
     def _eta(self) -> str:
         """Time left for the whole run (from the steps done in this process)."""
@@ -415,20 +378,18 @@ class Trainer:
 
     def _log_step(self, record: dict[str, float]) -> None:
         step = self.global_step - 1
-        if self._writer is None or step % max(self.options.log_every, 1):
+        if step % max(self.options.log_every, 1):
             return
-        self._scalar("Loss/total", record["loss"], step)
+        self.metrics.scalar("Loss/total", record["loss"], step)
         for j, group in enumerate(self.optimizer.param_groups):
-            self._scalar(f"Lr/pg_{j}", group["lr"], step)
+            self.metrics.scalar(f"Lr/pg_{j}", group["lr"], step)
         for k, v in record.items():
             if k.startswith("loss_"):
-                self._scalar(f"Loss/{k}", v, step)
+                self.metrics.scalar(f"Loss/{k}", v, step)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         """COCO metrics of :attr:`eval_model` on the validation loader (every rank)."""
-        from dfine.train.evaluate import evaluate
-
         if self.val_loader is None:
             raise ValueError("no validation loader was given")
         return evaluate(
@@ -444,31 +405,31 @@ class Trainer:
         return (epoch + 1) % every == 0 or epoch + 1 == self.recipe.epochs
 
     def _track_best(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Best-checkpoint bookkeeping and the stage-2 EMA search, as the reference."""
-        ap, stop = metrics["AP"], self.recipe.stop_epoch
-        if ap > self.best.top1:
-            self.best.top1, self.best.epoch, self.best.metrics = ap, epoch, dict(metrics)
+        """Best-checkpoint bookkeeping and the stage-2 EMA search (:mod:`dfine.train.stage2`)."""
+        decision = after_evaluation(
+            self.best,
+            epoch,
+            metrics,
+            self.recipe.stop_epoch,
+            self.ema.decay if self.ema is not None else None,
+            self.recipe.ema_search,
+        )
+        if decision.new_best:
             self._save_best(epoch, metrics)
-            if epoch < stop:
-                self._save_state(self.out_dir / "best_stg1.pth")
-        if epoch < stop:
-            previous = self.best.round_best
-            self.best.round_best = ap if previous is None else max(ap, previous)
-            return
-        if self.best.round_best is None or ap > self.best.round_best:
-            self.best.round_best = ap
-            return
-        self.best.round_best = None  # no gain this round: lower the decay, back to stage-1 best
-        if self.ema is not None and self.recipe.ema_search:
-            decay = self.ema.decay - 1e-4
+        if decision.save_stage1:
+            self.files.save_state(self.state_dict(), self.files.best_stage1)
+        if decision.restart_from_stage1 and self.ema is not None:
             self._reload_stage1()
-            self.ema.restart(decay)
-            self.log(f"epoch {epoch}: no AP gain; EMA restarted from best_stg1 with decay {decay}")
+            self.ema.restart(decision.ema_decay)
+            self.log(
+                f"epoch {epoch + 1}: no AP gain; EMA restarted from {self.files.best_stage1.name} "
+                f"with decay {decision.ema_decay}"
+            )
 
     def _reload_stage1(self) -> bool:
         """Load model, EMA, optimizer, schedule and scaler of ``best_stg1.pth``, if present."""
         dist.barrier()
-        path = self.out_dir / "best_stg1.pth"
+        path = self.files.best_stage1
         if not path.exists():
             return False
         state = load_train_state(path)
@@ -482,7 +443,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.restart(self.recipe.ema_restart_decay)
             done.append(f"EMA restarted with decay {self.ema.decay}")
-        self.log(f"epoch {epoch}: stop epoch; " + ("; ".join(done) or "nothing to restart"))
+        self.log(f"epoch {epoch + 1}: stop epoch; " + ("; ".join(done) or "nothing to restart"))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -504,23 +465,17 @@ class Trainer:
             "rng": rngs,
             "world_size": dist.world_size(),
             "recipe": self.recipe.to_dict(),
-            "model_config": _model_info(bare),
+            "model_config": model_info(bare),
         }
 
-    def _save_state(self, path: Path) -> None:
-        state = self.state_dict()  # collective: every rank takes part
-        if dist.is_main():
-            atomic_torch_save(state, path)
-
     def save_checkpoint(self) -> None:
-        """``last.pth`` and, every ``checkpoint_freq`` epochs, ``checkpointNNNN.pth``."""
+        """``last.pth`` and, every ``save_every`` epochs, ``checkpointNNNN.pth``."""
         state = self.state_dict()  # collective: every rank takes part
-        if not dist.is_main():
-            return
-        atomic_torch_save(state, self.out_dir / "last.pth")
-        freq = self.options.checkpoint_freq or self.recipe.checkpoint_freq
-        if freq and (self.last_epoch + 1) % freq == 0:
-            atomic_torch_save(state, self.out_dir / f"checkpoint{self.last_epoch:04}.pth")
+        paths = [self.files.last]
+        every = self.options.save_every
+        if every and (self.last_epoch + 1) % every == 0:
+            paths.append(self.files.periodic(self.last_epoch + 1))
+        self.files.save_state(state, *paths)
 
     def _load_weights_and_optim(self, state: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(state["model"])
@@ -551,11 +506,14 @@ class Trainer:
                 f"note: {path} was written by {len(rngs)} process(es), this run has "
                 f"{dist.world_size()}; random streams are not restored"
             )
-        self._truncate_records(self.last_epoch)
-        self.log(f"resumed from {path}: epoch {self.last_epoch} done, step {self.global_step}")
+        self.metrics.truncate(self.last_epoch + 1)
+        self.log(
+            f"resumed from {path}: {self.last_epoch + 1} epoch(s) of {self.recipe.epochs} done, "
+            f"{self.global_step} steps"
+        )
 
     def _check_compatible(self, state: dict[str, Any], path: str | Path) -> None:
-        mine, theirs = _model_info(unwrap(self.model)), state.get("model_config") or {}
+        mine, theirs = model_info(unwrap(self.model)), state.get("model_config") or {}
         for key in ("size", "num_classes", "ablation"):
             if key in theirs and theirs[key] != mine[key]:
                 raise ValueError(
@@ -575,48 +533,66 @@ class Trainer:
         return report
 
     def _export(self, path: Path, epoch: int, metrics: dict[str, float] | None) -> None:
-        from dfine.checkpoint import save_model
-
-        if not dist.is_main():
-            return
         meta = {
             "recipe": self.recipe.to_dict(),
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "metrics": metrics or {},
             **self.options.metadata,
         }
-        save_model(self.eval_model, path, metadata=meta)
+        self.files.export(self.eval_model, path, meta)
 
     def _save_best(self, epoch: int, metrics: dict[str, float]) -> None:
-        self._export(self.out_dir / "best.safetensors", epoch, metrics)
-        self.log(f"epoch {epoch}: new best AP {metrics['AP']:.4f} -> best.safetensors")
+        self._export(self.files.best, epoch, metrics)
+        self.log(f"epoch {epoch + 1}: new best AP {metrics['AP']:.4f} -> {self.files.best.name}")
+
+    def _resume_hint(self) -> str:
+        """Where the last complete training state is, as one clause."""
+        if self.files.last.exists():
+            return (
+                f"the last complete checkpoint is {self.files.last} ({self.last_epoch + 1} "
+                f"epoch(s) done); continue with --resume"
+            )
+        return "no epoch finished yet, so there is no checkpoint to resume from"
 
     # ------------------------------------------------------------------ the loop
     def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         """Train from :attr:`start_epoch` up to ``until_epoch`` (default ``recipe.epochs``;
-        the schedule always follows the recipe) and return a summary. Every rank returns the
-        ``weights_digest`` of every rank (identical under DDP)."""
+        the schedule always follows the recipe) and return a summary: ``epochs`` (of the whole
+        run), ``steps_this_run`` and ``seconds`` (this invocation), ``global_step``, ``best``
+        (epochs 0-based), ``last_metrics``, ``nonfinite_steps`` (this invocation). Every rank
+        returns the ``weights_digest`` of every rank (identical under DDP).
+
+        SIGINT/SIGTERM stop with :class:`TrainingInterrupted`, whose one-line message says
+        where to resume from."""
         end = self.recipe.epochs if until_epoch is None else min(until_epoch, self.recipe.epochs)
         if dist.is_main():
             remove_stale_temporaries(self.out_dir)
-        self._open_writer()
+        self.metrics.open(self.global_step)
         self.log(format_param_groups(self.optimizer))
-        start = time.perf_counter()
+        start, first_step = time.perf_counter(), self.global_step
         metrics: dict[str, float] | None = None
+        nonfinite = 0
         try:
-            for epoch in range(self.start_epoch, end):
-                metrics = self._run_epoch(epoch)
+            with _interrupts_raise():
+                for epoch in range(self.start_epoch, end):
+                    metrics = self._run_epoch(epoch)
+                    nonfinite += self.nonfinite_steps
+        except KeyboardInterrupt as e:
+            signame = e.args[0] if isinstance(e, TrainingInterrupted) and e.args else "SIGINT"
+            message = f"{signame}: training stopped; {self._resume_hint()}"
+            self.log(message)
+            raise TrainingInterrupted(message) from None
         finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            self.metrics.close()
         if end == self.recipe.epochs:
-            self._export(self.out_dir / "final.safetensors", self.last_epoch, metrics)
+            self._export(self.files.final, self.last_epoch, metrics)
         return {
             "epochs": self.last_epoch + 1,
             "global_step": self.global_step,
+            "steps_this_run": self.global_step - first_step,
             "best": self.best.to_dict(),
             "last_metrics": metrics,
+            "nonfinite_steps": nonfinite,
             "seconds": time.perf_counter() - start,
             "weights_digests": dist.all_gather_object(self.weights_digest()),
         }
@@ -650,25 +626,23 @@ class Trainer:
             metrics = self.evaluate()
             self._track_best(epoch, metrics)
             for k, v in metrics.items():
-                self._scalar(f"Test/{k}", v, epoch)
+                self.metrics.scalar(f"Test/{k}", v, epoch)
         record = {
-            "epoch": epoch,
+            "epoch": epoch + 1,
             "global_step": self.global_step,
             "train_seconds": round(train_time, 3),
             "seconds_per_step": round(train_time / self.steps_per_epoch, 4),
             **{f"train_{k}": v for k, v in train_stats.items()},
             **({f"val_{k}": v for k, v in metrics.items()} if metrics else {}),
         }
-        self._write_record(record)
-        self.log(_epoch_line(record))
+        self.metrics.record(record)
+        self.log(_epoch_line(record, self.recipe.epochs))
         self.save_checkpoint()
         return metrics
 
 
 # ---------------------------------------------------------------------- module helpers
 def _default_criterion(model: nn.Module) -> nn.Module:
-    from dfine.loss import build_criterion
-
     return build_criterion(model)
 
 
@@ -681,35 +655,32 @@ def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(names, stacked.tolist()))
 
 
-def _model_info(model: nn.Module) -> dict[str, Any]:
-    cfg = getattr(model, "config", None)
-    names = getattr(model, "class_names", None)
-    return {
-        "size": getattr(cfg, "size", None),
-        "num_classes": getattr(cfg, "num_classes", None),
-        "class_names": list(names) if names else None,
-        "input_size": list(getattr(cfg, "eval_size", ()) or ()),
-        "ablation": getattr(cfg, "ablation", "none"),
-    }
-
-
-def _epoch_line(record: dict[str, Any]) -> str:
-    parts = [f"epoch {record['epoch']}", f"loss {record.get('train_loss', float('nan')):.4f}"]
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    parts = [
+        f"epoch {record['epoch']}/{epochs}",
+        f"loss {record.get('train_loss', float('nan')):.4f}",
+    ]
     if "val_AP" in record:
         parts.append(f"AP {record['val_AP']:.4f} AP50 {record['val_AP50']:.4f}")
     parts.append(f"{record['seconds_per_step']:.3f} s/step")
+    if record.get("train_nonfinite_steps"):
+        parts.append(f"{record['train_nonfinite_steps']} step(s) with non-finite loss terms")
     return " | ".join(parts)
 
 
-def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for r in records:
-        columns.extend(k for k in r if k not in columns)
+@contextlib.contextmanager
+def _interrupts_raise():
+    """SIGTERM (what torchrun, schedulers and ``kill`` send) raises :class:`TrainingInterrupted`
+    like SIGINT raises ``KeyboardInterrupt`` (main thread only; restored afterwards)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(records)
+    def handler(signum, frame):
+        raise TrainingInterrupted(signal.Signals(signum).name)
 
-    atomic_write(path, write)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfine import zoo
 from dfine.checkpoint import read_checkpoint
 from dfine.train.optim import unwrap
 
@@ -146,11 +147,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> TuneReport:
     ``path``: a reference ``.pth`` (EMA weights preferred, as the reference), a project
     ``.safetensors``, a training checkpoint, or a model-zoo name (downloaded). Returns the :class:`TuneReport`.
     """
-    if not Path(path).exists():
-        from dfine import zoo
-
-        if zoo.is_zoo_name(str(path)):
-            path = zoo.download(str(path))
+    if not Path(path).exists() and zoo.is_zoo_name(str(path)):
+        path = zoo.download(str(path))
     sd, _ = read_checkpoint(path)
     module = unwrap(model)
     chosen, report = match_state(module.state_dict(), sd, str(path))

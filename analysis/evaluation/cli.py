@@ -1,0 +1,86 @@
+"""The analysis half of ``dfine val --report DIR --per-layer --calibration``: one traced pass,
+the tables printed, the report folder written (``analysis.evaluation.html``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tqdm import tqdm
+
+from analysis.evaluation.collect import EvalSettings
+from analysis.evaluation.html import write_report
+from analysis.evaluation.report import DatasetReport, evaluate_dataset
+
+
+def stage_table(report: DatasetReport) -> str:
+    """Per-stage AP as a Markdown table."""
+    lines = [
+        "| stage | AP | AP50 | AP75 | AP (final-layer scores) | mean IoU of matched boxes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in report.stages:
+        fin = "—" if s.AP_final_scores is None else f"{s.AP_final_scores:.4f}"
+        iou = "—" if s.mean_iou is None else f"{s.mean_iou:.4f}"
+        lines.append(f"| {s.name} | {s.AP:.4f} | {s.AP50:.4f} | {s.AP75:.4f} | {fin} | {iou} |")
+    return "\n".join(lines)
+
+
+def calibration_table(report: DatasetReport) -> str:
+    """Edge-σ calibration per layer as a Markdown table."""
+    lines = [
+        "| layer | edges | inside ±1σ | inside ±2σ | Spearman ρ(σ, abs error) | mean abs error (px) "
+        "| mean σ (px) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v, spec=".4f"):
+        return "—" if v is None else format(v, spec)
+
+    for c in report.calibration:
+        lines.append(
+            f"| {c.stage} | {c.edges} | {f(c.coverage_1sigma)} | {f(c.coverage_2sigma)} | "
+            f"{f(c.spearman)} | {f(c.mean_abs_error_px, '.2f')} | {f(c.mean_sigma_px, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``dfine val`` with ``--report``, ``--per-layer`` or ``--calibration``."""
+    settings = EvalSettings(
+        size=args.size,
+        threshold=args.threshold,
+        per_layer=bool(args.per_layer or args.report),
+        calibration=bool(args.calibration or args.report),
+        coco_lib=args.coco_lib,
+        batch_size=args.batch_size,
+    )
+    bar = tqdm(desc="eval", unit="img", disable=args.quiet, leave=False, dynamic_ncols=True)
+
+    def on_batch(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = evaluate_dataset(
+            args.weights, args.data, images=args.images, settings=settings,
+            device=args.device or "cpu", on_batch=on_batch, cache=not args.no_cache,
+            workers=args.workers,
+        )  # fmt: skip
+    finally:
+        bar.close()
+    if args.json and not args.report:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for name, value in report.metrics.items():
+            print(f"{name:>6}: {value:.4f}")
+        if report.stages:
+            print("\nper-stage AP\n" + stage_table(report))
+        if report.calibration:
+            print("\nedge-uncertainty calibration (matched boxes)\n" + calibration_table(report))
+        for note in report.info.get("notes", []):
+            print(f"note: {note}")
+    if args.report:
+        paths = write_report(report, args.report)
+        print(f"\nreport: {paths['index']} (metrics: {paths['metrics']})")
+    return 0

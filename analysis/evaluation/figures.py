@@ -1,0 +1,213 @@
+"""The dataset report's figures, defined once (plotly). The app shows them interactively;
+``analysis.evaluation.html`` writes the same figure objects as PNG and SVG (kaleido, which
+drives a local Chromium) and embeds them in an offline ``index.html``.
+
+:data:`FIGURES` maps each figure's file name to its function; a function returns None when
+the report lacks its data (e.g. no per-layer analysis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+try:
+    import plotly.graph_objects as go
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("analysis.evaluation.figures needs plotly: pip install plotly") from err
+
+from analysis import _style as S
+from analysis.evaluation.report import DatasetReport
+
+TEMPLATE = "plotly_white"
+LAYOUT = {"template": TEMPLATE, "width": 760, "height": 440, "margin": {"t": 60, "b": 60}}
+
+
+def stage_ap_figure(report: DatasetReport) -> go.Figure | None:
+    """AP per stage — the FDR refinement in one picture: each stage's own scores (solid) and
+    the final layer's scores on the stage's boxes (dashed), with mean IoU of the matched
+    boxes on the right axis."""
+    if not report.stages:
+        return None
+    names = [s.name for s in report.stages]
+    fig = go.Figure()
+    for key, label, color in (("AP", "AP", "#1f77b4"), ("AP50", "AP50", "#2ca02c"), ("AP75", "AP75", "#d62728")):  # fmt: skip
+        fig.add_scatter(
+            x=names, y=[getattr(s, key) for s in report.stages], name=f"{label} (own scores)",
+            mode="lines+markers", line={"color": color},
+        )  # fmt: skip
+        fig.add_scatter(
+            x=names, y=[getattr(s, f"{key}_final_scores") for s in report.stages],
+            name=f"{label} (final-layer scores)", mode="lines+markers",
+            line={"color": color, "dash": "dash"},
+        )  # fmt: skip
+    fig.add_scatter(
+        x=names, y=[s.mean_iou for s in report.stages], name="mean IoU of matched boxes",
+        mode="lines+markers", line={"color": "#555", "dash": "dot"}, yaxis="y2",
+    )  # fmt: skip
+    fig.update_layout(
+        **LAYOUT,
+        title="COCO AP of every stage scored as its own detector",
+        xaxis_title="stage (encoder proposals b0 → pre-head → decoder layers)",
+        yaxis={"title": "AP (0–1)", "rangemode": "tozero"},
+        yaxis2={
+            "title": "mean IoU with ground truth (0–1)",
+            "overlaying": "y",
+            "side": "right",
+            "tickformat": ".3f",
+            "showgrid": False,
+        },
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def reliability_figure(report: DatasetReport) -> go.Figure | None:
+    """Reliability of the edge distributions: edges in σ bins, RMS real error against mean σ
+    per bin and layer; honest distributions lie on y = x."""
+    if not report.calibration or not any(c.edges for c in report.calibration):
+        return None
+    fig = go.Figure()
+    top = 0.0
+    for i, c in enumerate(report.calibration):
+        fig.add_scatter(
+            x=c.bins_sigma_px, y=c.bins_rms_error_px, mode="lines+markers", name=c.stage,
+            line={"color": S.layer_colors(len(report.calibration))[i]},
+            customdata=c.bins_count, hovertemplate="σ %{x:.2f} px<br>RMS error %{y:.2f} px"
+            "<br>%{customdata} edges<extra></extra>",
+        )  # fmt: skip
+        top = max(top, *c.bins_sigma_px, *c.bins_rms_error_px)
+    fig.add_scatter(
+        x=[0, top], y=[0, top], mode="lines", name="y = x (calibrated)",
+        line={"color": "#999", "dash": "dash"},
+    )  # fmt: skip
+    fig.update_layout(
+        **LAYOUT,
+        title="Edge uncertainty: σ of the distribution vs real error (matched boxes, IoU ≥ 0.5)",
+        xaxis_title="σ of the edge distribution, bin mean (px)",
+        yaxis_title="RMS edge error in the bin (px)",
+    )
+    return fig
+
+
+def coverage_figure(report: DatasetReport) -> go.Figure | None:
+    """Share of true edges inside ±1σ and ±2σ per layer, against a Gaussian's 68.3 % and
+    95.4 %; Spearman ρ of σ with |error| in the hover."""
+    if not report.calibration or not any(c.edges for c in report.calibration):
+        return None
+    names = [c.stage for c in report.calibration]
+    rho = [("—" if c.spearman is None else f"{c.spearman:.3f}") for c in report.calibration]
+    fig = go.Figure()
+    for key, label, color in (("coverage_1sigma", "±1σ", "#1f77b4"), ("coverage_2sigma", "±2σ", "#ff7f0e")):  # fmt: skip
+        fig.add_bar(
+            x=names, y=[getattr(c, key) for c in report.calibration], name=f"inside {label}",
+            marker_color=color, customdata=rho,
+            hovertemplate="%{y:.3f}<br>Spearman ρ %{customdata}<extra></extra>",
+        )  # fmt: skip
+    for level, label in ((0.6827, "Gaussian ±1σ 68.3 %"), (0.9545, "Gaussian ±2σ 95.4 %")):
+        fig.add_hline(y=level, line_dash="dash", line_color="#777", annotation_text=label)
+    fig.update_layout(
+        **LAYOUT,
+        barmode="group",
+        title="Coverage of the ±σ bands (share of ground-truth edges inside)",
+        xaxis_title="decoder layer",
+        yaxis={"title": "share of edges (0–1)", "range": [0, 1.05]},
+    )
+    return fig
+
+
+def score_calibration_figure(report: DatasetReport) -> go.Figure:
+    """Score bins → share of true positives at IoU 0.5 and 0.75; y = x is calibrated."""
+    sc = report.score_calibration
+    mids = [(a + b) / 2 for a, b in zip(sc.bin_edges[:-1], sc.bin_edges[1:])]
+    x = [m if m is not None else c for m, c in zip(sc.mean_score, mids)]
+    fig = go.Figure()
+    for key, label in (("precision50", "IoU 0.5"), ("precision75", "IoU 0.75")):
+        fig.add_scatter(
+            x=x, y=getattr(sc, key), mode="lines+markers", name=f"precision at {label}",
+            customdata=sc.count, hovertemplate="score %{x:.2f}<br>precision %{y:.3f}"
+            "<br>%{customdata} detections<extra></extra>",
+        )  # fmt: skip
+    fig.add_scatter(
+        x=[0, 1], y=[0, 1], mode="lines", name="y = x", line={"color": "#999", "dash": "dash"}
+    )
+    fig.update_layout(
+        **LAYOUT,
+        title="Score calibration (final layer, all top-k detections)",
+        xaxis={"title": "detection score, bin mean (0–1)", "range": [0, 1]},
+        yaxis={"title": "share of true positives (0–1)", "range": [0, 1.05]},
+    )
+    return fig
+
+
+def pr_figure(report: DatasetReport, iou: float = 0.5) -> go.Figure:
+    """Precision-recall curve of every class at IoU ``iou`` (COCO's interpolated precision
+    at 101 recall points, up to 100 detections per image)."""
+    recall = report.info.get("recall_points") or [i / 100 for i in range(101)]
+    by_name = {c.name: c for c in report.per_class}
+    fig = go.Figure()
+    for name, precision in report.pr_curves[str(iou)].items():
+        c = by_name.get(name)
+        ap = None if c is None else (c.AP50 if iou == 0.5 else c.AP75)
+        label = name if ap is None else f"{name} (AP {ap:.3f})"
+        fig.add_scatter(x=recall, y=precision, mode="lines", name=label)
+    fig.update_layout(
+        **LAYOUT,
+        title=f"Precision-recall per class at IoU {iou:g}",
+        xaxis={"title": "recall (0–1)", "range": [0, 1]},
+        yaxis={"title": "precision (0–1)", "range": [0, 1.05]},
+    )
+    return fig
+
+
+def confusion_figure(report: DatasetReport) -> go.Figure:
+    """Confusion matrix with a background row (false positives) and column (missed)."""
+    conf = report.confusion
+    labels = conf["labels"]
+    fig = go.Figure(
+        go.Heatmap(
+            z=conf["matrix"], x=labels, y=labels, colorscale="Blues", text=conf["matrix"],
+            texttemplate="%{text}", hovertemplate="true %{y}<br>predicted %{x}<br>%{z}"
+            "<extra></extra>", colorbar={"title": "count"},
+        )
+    )  # fmt: skip
+    fig.update_layout(
+        **{**LAYOUT, "height": 560},
+        title=f"Confusion matrix at score ≥ {conf['threshold']:g}, IoU ≥ {conf['iou']:g}",
+        xaxis_title="predicted class (background = missed ground truth)",
+        yaxis={"title": "true class (background = false positive)", "autorange": "reversed"},
+    )
+    return fig
+
+
+def class_ap_figure(report: DatasetReport) -> go.Figure:
+    """AP, AP50 and AP75 of every class."""
+    names = [c.name for c in report.per_class]
+    fig = go.Figure()
+    for key in ("AP", "AP50", "AP75"):
+        fig.add_bar(x=names, y=[getattr(c, key) for c in report.per_class], name=key)
+    fig.update_layout(
+        **LAYOUT,
+        barmode="group",
+        title="COCO AP per class (final layer)",
+        xaxis_title="class",
+        yaxis={"title": "AP (0–1)", "range": [0, 1.05]},
+    )
+    return fig
+
+
+FIGURES: dict[str, Callable[[DatasetReport], go.Figure | None]] = {
+    "stage_ap": stage_ap_figure,
+    "edge_reliability": reliability_figure,
+    "edge_coverage": coverage_figure,
+    "score_calibration": score_calibration_figure,
+    "pr_iou50": lambda r: pr_figure(r, 0.5),
+    "pr_iou75": lambda r: pr_figure(r, 0.75),
+    "confusion": confusion_figure,
+    "class_ap": class_ap_figure,
+}
+
+
+def all_figures(report: DatasetReport) -> dict[str, go.Figure]:
+    """Every figure the report has data for, by file name."""
+    figs = {name: fn(report) for name, fn in FIGURES.items()}
+    return {k: v for k, v in figs.items() if v is not None}

@@ -1,0 +1,86 @@
+"""What a ``weights`` argument names, wherever one is accepted (``Detector``, ``load_model``,
+the CLI's ``predict``/``inspect``/``val``/``export``/``benchmark``, the app's ``--model``):
+
+- a checkpoint file: reference ``.pth`` / ``.pt`` or this project's ``.safetensors``;
+- a Hugging Face transformers-layout folder (``config.json`` + weights, see :mod:`dfine.hf`);
+- a model-zoo name (``dfine_n_coco``, also spelt ``dfine_n_coco.pth``), downloaded once;
+- an exported ONNX graph (``.onnx``), run by a non-torch backend — ONNX Runtime unless told
+  otherwise (:func:`default_backend`).
+
+>>> default_backend("model.onnx"), default_backend("dfine_n_coco")
+('onnxruntime', 'torch')
+
+Every failure is one line saying what failed, why and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dfine import zoo
+from dfine.hf import is_hf_checkpoint
+from dfine.weights import CheckpointError
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+ONNX_SUFFIX = ".onnx"
+WEIGHT_SUFFIXES = (*CHECKPOINT_SUFFIXES, ONNX_SUFFIX)
+
+
+def is_onnx(source: object) -> bool:
+    """Whether ``source`` is a path (or path string) ending in ``.onnx``."""
+    return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ONNX_SUFFIX
+
+
+def default_backend(source: object) -> str:
+    """The backend that runs ``source``: ``onnxruntime`` for an ``.onnx`` file,
+    ``openvino`` for an OpenVINO IR (``.xml``, e.g. a bf16/INT8 export), else ``torch``."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".xml":
+        return "openvino"
+    return "onnxruntime" if is_onnx(source) else "torch"
+
+
+def resolve(source: str | os.PathLike) -> Path:
+    """The local file or folder ``source`` names; a zoo name is downloaded first (once, into
+    :func:`dfine.zoo.cache_dir`).
+
+    Raises ``FileNotFoundError`` (no such file, not a zoo name), :class:`~dfine.checkpoint.
+    CheckpointError` (a file of another kind) or :class:`~dfine.zoo.ZooDownloadError`."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if is_hf_checkpoint(path):
+            return path
+        if path.is_dir():
+            raise CheckpointError(
+                f"{path} is a folder, not a model: pass a checkpoint file, an exported .onnx "
+                "file or a Hugging Face model folder (with config.json)"
+            )
+        if path.suffix.lower() not in WEIGHT_SUFFIXES:
+            raise CheckpointError(
+                f"{path} is not a weights file ({path.suffix or 'no suffix'}): pass a .pth or "
+                ".safetensors checkpoint, an exported .onnx file, a Hugging Face model folder "
+                f"or a model-zoo name such as {zoo.names()[0]}"
+            )
+        return path
+    if zoo.is_zoo_name(str(source)):
+        try:
+            return zoo.download(str(source))
+        except zoo.ZooDownloadError as e:
+            note = (
+                f"{source} is not a file here; it names the official checkpoint "
+                f"{zoo.get(str(source)).name}, which could not be downloaded. "
+            )
+            raise zoo.ZooDownloadError(note + str(e)) from None
+    raise FileNotFoundError(
+        f"checkpoint not found: {source} is not a file and not a model-zoo name (names are like "
+        f"{', '.join(zoo.names()[:3])}, ...; list them with `dfine inspect --zoo`)"
+    )
+
+
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "WEIGHT_SUFFIXES",
+    "default_backend",
+    "is_onnx",
+    "resolve",
+]

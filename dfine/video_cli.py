@@ -1,0 +1,112 @@
+"""The video part of ``dfine predict``: options and the per-video loop.
+
+``dfine predict clip.mp4 photo.jpg --weights W --out DIR --track`` writes, for each video,
+``DIR/<stem>.webm`` (boxes, class names, scores and track ids drawn; VP8, plays in browsers)
+and ``DIR/<stem>.json``::
+
+    {"video": {"source", "width", "height", "fps", "frame_count", "source_fps",
+               "source_frame_count", "stride", "tracked", "capped", "codec", "output"},
+     "frames": [{"index": i, "time_s": t,
+                 "detections": [{"box": [x1, y1, x2, y2], "score", "label", "name",
+                                 "track_id"}]}]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dfine.argtypes import positive_int
+from dfine.video import OUTPUT_SUFFIX, FrameReader, VideoError, annotate_video
+
+__all__ = ["DEFAULT_MAX_FRAMES", "add_video_arguments", "predict_videos"]
+
+DEFAULT_MAX_FRAMES = 18_000
+"""Frames ``dfine predict`` processes per video unless ``--max-frames`` says otherwise
+(10 minutes at 30 fps)."""
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--track``, ``--stride`` and ``--max-frames`` for ``dfine predict``."""
+    group = parser.add_argument_group("video inputs (.mp4 .mov .webm .avi .mkv ...)")
+    group.add_argument(
+        "--track",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give detections persistent track ids with ByteTrack (default on)",
+    )
+    group.add_argument(
+        "--stride",
+        type=positive_int,
+        default=1,
+        help="process every N-th frame; the output video has fps/N (default 1)",
+    )
+    group.add_argument(
+        "--max-frames",
+        type=positive_int,
+        default=DEFAULT_MAX_FRAMES,
+        help=f"process at most N frames per video, then stop with a note (default {DEFAULT_MAX_FRAMES})",
+    )
+
+
+def predict_videos(detector, videos: list[Path], out: Path, args, stems: dict[str, int]) -> int:
+    """Annotate every video; print one line per video (or per failure). Returns the number
+    of videos that failed. ``stems`` de-duplicates output names across all inputs."""
+    failures = 0
+    for path in videos:
+        try:
+            with FrameReader(path, stride=args.stride, start=False) as reader:
+                total = reader.expected_frames
+                source_frames = reader.info.frame_count
+        except (VideoError, FileNotFoundError) as e:
+            failures += 1
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        if total > args.max_frames:
+            every = f" of every {args.stride}" if args.stride > 1 else ""
+            print(
+                f"{path}: {source_frames} frames, too long; processing the first "
+                f"{args.max_frames}{every} (--max-frames {args.max_frames}; raise it for more)",
+                file=sys.stderr,
+            )
+            total = args.max_frames
+        stem = _unique(path.stem, stems)
+        bar = tqdm(total=total, desc=path.name, unit="frame", disable=args.quiet, leave=False)
+        try:
+            run = annotate_video(
+                detector,
+                path,
+                out / f"{stem}{OUTPUT_SUFFIX}",
+                out / f"{stem}.json",
+                track=args.track,
+                stride=args.stride,
+                max_frames=args.max_frames,
+                on_frame=lambda _dets, bar=bar: bar.update(1),
+            )
+        except VideoError as e:
+            failures += 1
+            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        finally:
+            bar.close()
+        if not args.quiet:
+            tracks = {int(t) for d in run.frames if d.track_id is not None for t in d.track_id}
+            tracks.discard(-1)
+            detections = sum(len(d) for d in run.frames)
+            tracked = f", {len(tracks)} tracks" if args.track else ""
+            print(
+                f"{path}: {len(run.frames)} frames, {detections} detections{tracked}; "
+                f"{run.fps:.1f} frames/s -> {run.video}, {run.json}"
+            )
+    return failures
+
+
+def _unique(stem: str, stems: dict[str, int]) -> str:
+    if stem in stems:
+        stems[stem] += 1
+        return f"{stem}_{stems[stem]}"
+    stems[stem] = 0
+    return stem
