@@ -30,10 +30,10 @@ from dfine.backends import create_backend
 from dfine.backends.base import onnx_for
 from dfine.backends.openvino import OpenVINOBackend
 from dfine.data.yolo import YoloDetection
-from dfine.export import EXAMPLES
 from dfine.io import load_image
 from dfine.postprocess import BatchDetections
 from dfine.predict import to_input_tensor
+from dfine.resources import asset_path
 from dfine.train.data import resolve_split
 from dfine.train.evaluate import coco_metrics
 
@@ -342,7 +342,9 @@ def precision_costs(
 
     onnx = onnx_for(weights, size)
     backends = {p: OpenVINOBackend(onnx, precision=p, threads=threads) for p in precisions}
-    inputs = load_inputs(images or image_files(EXAMPLES, 8), backends[precisions[0]].input_size)
+    inputs = load_inputs(
+        images or image_files(asset_path("examples"), 8), backends[precisions[0]].input_size
+    )
     times: dict[str, list[float]] = {p: [] for p in precisions}
     for _ in range(repeats):
         for x, sizes in inputs:

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dfine.backends.openvino import OpenVINOBackend
-from dfine.export import EXAMPLES, export_onnx, read_metadata
+from dfine.export import export_onnx, read_metadata
 from dfine.guard import (
     DEFAULT_MAX_AP_DROP,
     GuardResult,
@@ -45,6 +45,7 @@ from dfine.guard import (
 )
 from dfine.io import atomic_write
 from dfine.precision import HEAD_PARTS, PARTS, graph_parts, names_in, normalize_precision
+from dfine.resources import asset_path
 
 FORMATS = ("onnx", "openvino")
 # The accuracy-aware loop: groups of parts added to the f32 set, in this order.
@@ -238,7 +239,9 @@ def export_reduced(
         )
         drift_inputs = None
         if valset is None:
-            drift_inputs = load_inputs(image_files(calibration or EXAMPLES, DRIFT_IMAGES), hw)
+            drift_inputs = load_inputs(
+                image_files(calibration or asset_path("examples"), DRIFT_IMAGES), hw
+            )
         if reduced_parts is not None:
             candidates = [tuple(reduced_parts)]
         else:
@@ -279,7 +282,7 @@ def export_reduced(
                     reference.detect, reduced.detect, valset, hw, max_ap_drop, progress, ref_metrics
                 )
             else:
-                source = str(calibration or EXAMPLES)
+                source = str(calibration or asset_path("examples"))
                 guard = guard_drift(reference.detect, reduced.detect, drift_inputs, source)
             attempts.append({"reduced_parts": list(reduce), "guard": guard.to_dict()})
             if progress:
