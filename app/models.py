@@ -27,6 +27,7 @@ from app.paths import (
 )
 from dfine import zoo
 from dfine.checkpoint import CheckpointError
+from dfine.data.synth import SYNTH_CLASSES
 from dfine.io import file_sha256
 from dfine.loss.criterion import DFINECriterion
 from dfine.sources import is_onnx, resolve
@@ -93,8 +94,6 @@ class LoadedModel:
     def is_synthetic(self) -> bool:
         """Whether this is a model of the synthetic shapes (the bundled demo model): it knows
         nothing of photos."""
-        from dfine.data.synth import SYNTH_CLASSES
-
         return self.class_names == tuple(c.name for c in SYNTH_CLASSES)
 
     @property

@@ -14,6 +14,7 @@ import analysis
 from app.ground_truth import GroundTruth
 from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
+from dfine import zoo
 from dfine.config import ABLATION_NOTES
 from dfine.detections import Detections
 
@@ -61,8 +62,6 @@ def model_note(loaded: LoadedModel) -> str:
 
 def coco_hint() -> str:
     """How to get a COCO model, online or offline (its download size and where to put it)."""
-    from dfine import zoo
-
     e = zoo.get(COCO_SUGGESTION)
     path = zoo.cache_dir() / e.filename
     return (

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from dfine.io import ImageSource, load_image
+from dfine.io import ImageSource, atomic_write, load_image
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -244,8 +244,6 @@ class Detections:
         ``folder/<index>_<name>.<suffix>``; returns the paths in detection order. Boxes are
         rounded outward to whole pixels and clipped to the image; each file is written
         atomically."""
-        from dfine.io import atomic_write
-
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(suffix.lower())
         if fmt is None:
             raise ValueError(f"crops are saved as .jpg, .png or .webp, not {suffix!r}")

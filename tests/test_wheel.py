@@ -71,7 +71,10 @@ def installed(tmp_path_factory):
     ):
         assert needed in names, f"{needed} is not in the wheel"
     packages = {
-        p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "dfine").rglob("__init__.py")
+        (f"dfine/_webapp/{rel}" if not rel.startswith("dfine") else rel)
+        for top in ("dfine", "app", "analysis")
+        for p in (ROOT / top).rglob("__init__.py")
+        if (rel := p.parent.relative_to(ROOT).as_posix())
     }
     missing = {p for p in packages if f"{p}/__init__.py" not in names}
     assert not missing, f"packages left out of pyproject's list: {sorted(missing)}"
