@@ -252,6 +252,11 @@ def validate(
                 f"{model.config.eval_size[1]}; leave --size out or export again at {size}"
             )
         dataset = val_dataset(model, split, size)
+        if backend != "torch":
+            # OpenVINO's and ONNX Runtime's thread pools do not survive a fork: loader workers
+            # forked from a process holding one leave it to crash at its next fork. Decoding
+            # in-process costs little next to the runtime itself.
+            workers = 0
         loader = build_dataloader(dataset, batch_size, shuffle=False, num_workers=workers)
         return evaluate(model, loader, device=device_, coco_lib=coco_lib, progress=progress)
     finally:
