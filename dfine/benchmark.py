@@ -22,6 +22,8 @@ from tqdm import tqdm
 from dfine.backends import create_backend
 from dfine.export import export_onnx
 from dfine.model import build_model
+from dfine.precision import normalize_precision
+from dfine.quantize import quantize_unguarded
 
 # FLOPs at 640x640 (2 x multiply-accumulates), as quoted for the reference models.
 REFERENCE_GFLOPS = {"n": 7.2, "s": 25.2, "m": 56.7, "l": 91.0, "x": 202.5}
@@ -78,8 +80,24 @@ class Row:
         return self.per_image_ms / self.floor_ms
 
 
-def _runner(backend: str, model, size: tuple[int, int], threads: int, workdir: Path):
-    """A callable that runs ``model`` on a batch through ``backend``."""
+def _runner(
+    backend: str,
+    model,
+    size: tuple[int, int],
+    threads: int,
+    workdir: Path,
+    precision: str = "f32",
+    throughput: bool = False,
+):
+    """A callable that runs ``model`` on a batch through ``backend`` at ``precision``
+    (openvino: bf16 / int8 with the decoder in f32; INT8 calibrated on random images, which
+    is fine for timing random weights). ``throughput``: openvino with the THROUGHPUT hint; the
+    callable then takes a list of batches and runs them on parallel infer requests."""
+    if precision != "f32" and backend != "openvino":
+        raise ValueError(f"precision {precision} is benchmarked on openvino only, not {backend}")
+    if throughput and backend != "openvino":
+        raise ValueError(f"throughput mode is for openvino only, not {backend}")
+
     if backend in ("torch", "torch-eager"):
         net = model if backend == "torch-eager" else copy.deepcopy(model).deploy()
 
@@ -92,8 +110,18 @@ def _runner(backend: str, model, size: tuple[int, int], threads: int, workdir: P
     if not onnx.exists():
         export_onnx(model, onnx, size=size, check_parity=False)
     options = {"threads": threads} if backend in ("onnxruntime", "openvino") else {}
+    if backend == "openvino":
+        options["hint"] = "throughput" if throughput else "latency"
+        if precision == "int8":
+            ir = onnx.with_name(onnx.stem + "-int8.xml")
+            if not ir.exists():
+                torch.manual_seed(0)
+                quantize_unguarded(onnx, ir, [torch.rand(1, 3, *size) for _ in range(8)])
+            onnx = ir
+        else:
+            options["precision"] = precision
     engine = create_backend(backend, onnx, **options)
-    return engine.detect
+    return engine.detect_many if throughput else engine.detect
 
 
 def run_benchmark(
@@ -105,25 +133,44 @@ def run_benchmark(
     warmup: int = 3,
     iters: int = 10,
     progress: bool = True,
+    precisions: Sequence[str] = ("f32",),
+    throughput: bool = False,
 ) -> tuple[list[Row], float]:
-    """Time every combination; returns the rows and the measured sgemm GFLOP/s."""
+    """Time every combination; returns the rows and the measured sgemm GFLOP/s.
+    ``precisions`` other than f32 add openvino rows (``openvino-bf16``, ``openvino-int8``).
+    ``throughput``: openvino rows also in throughput mode (THROUGHPUT hint, ``iters`` batches
+    in flight on parallel infer requests; the median is the wall time per batch)."""
     torch.set_num_threads(threads)
     peak = matmul_gflops()
     rows: list[Row] = []
-    combos = [(s, b) for s in sizes for b in backends]
+    precisions = [normalize_precision(p) for p in precisions]
+    combos = [(s, b, "f32", False) for s in sizes for b in backends]
+    if "openvino" in backends:
+        combos += [(s, "openvino", p, False) for s in sizes for p in precisions if p != "f32"]
+        if throughput:
+            combos += [(s, "openvino", p, True) for s in sizes for p in precisions]
     bar = tqdm(combos, desc="benchmark", disable=not progress)
+    hw = (input_size, input_size)
     with tempfile.TemporaryDirectory() as tmp:
-        for size, backend in bar:
-            bar.set_postfix_str(f"{size.upper()} {backend}")
-            model = build_model(size).eval()
-            run = _runner(backend, model, (input_size, input_size), threads, Path(tmp))
+        models = {}
+        for size, backend, precision, many in bar:
+            label = backend + ("" if precision == "f32" else f"-{precision}")
+            label += " (throughput)" if many else ""
+            bar.set_postfix_str(f"{size.upper()} {label}")
+            model = models.setdefault(size, build_model(size).eval())
+            run = _runner(backend, model, hw, threads, Path(tmp), precision, many)
             floor = REFERENCE_GFLOPS[size] * (input_size / 640) ** 2 / peak * 1000
             for batch in batches:
-                x = torch.rand(batch, 3, input_size, input_size)
+                x = torch.rand(batch, 3, *hw)
                 sizes_t = torch.tensor([[input_size, input_size]] * batch)
-                times = time_call(lambda x=x, s=sizes_t, run=run: run(x, s), warmup, iters)
+                if many:
+                    work = [(x, sizes_t)] * iters
+                    total = time_call(lambda w=work, run=run: run(w), 1, 3)
+                    times = [t / iters for t in total]
+                else:
+                    times = time_call(lambda x=x, s=sizes_t, run=run: run(x, s), warmup, iters)
                 rows.append(
-                    Row(backend, size.upper(), batch, statistics.median(times), p90(times), floor)
+                    Row(label, size.upper(), batch, statistics.median(times), p90(times), floor)
                 )
     return rows, peak
 
@@ -139,7 +186,8 @@ def markdown(rows: Sequence[Row], peak: float, input_size: int, threads: int, it
         " ratio = per-image median / floor",
         f"- median and p90 of {iters} timed runs; random-init weights; torch-eager = the"
         " reference's arithmetic, torch = `model.deploy()`, onnxruntime/openvino = exported"
-        " ONNX with in-graph postprocessing (fp32)",
+        " ONNX with in-graph postprocessing (fp32); openvino-bf16/-int8 = backbone + encoder"
+        " reduced, decoder f32; (throughput) = THROUGHPUT hint, batches on parallel requests",
         "",
         "| backend | size | batch | median ms | p90 ms | ms / image | images / s | floor ms | ratio |",
         "|---|---|---|---|---|---|---|---|---|",

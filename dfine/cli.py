@@ -22,7 +22,10 @@ from dfine.data.cli import register_cli as register_data
 from dfine.export import export_onnx, read_metadata
 from dfine.io import ImageLoadError
 from dfine.model import DFINE
+from dfine.precision import PARTS as PRECISION_PARTS
+from dfine.precision import normalize_precision
 from dfine.predict import Detector
+from dfine.quantize import export_reduced
 from dfine.resources import demo_weights
 from dfine.sources import is_onnx, resolve
 from dfine.train.cli import register_cli as register_train
@@ -77,6 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         deploy=not args.exact,
         letterbox=args.letterbox,
+        precision=args.precision,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,9 +204,9 @@ def _onnx_info(source: str) -> dict:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if args.format != "onnx":
-        print(f"error: unknown format {args.format}", file=sys.stderr)
-        return 2
+    precision = normalize_precision("fp16" if args.half else args.precision)
+    if args.format == "openvino" or precision in ("bf16", "int8"):
+        return _export_reduced(args, precision)
     batch = "dynamic" if args.batch == "dynamic" else int(args.batch)
     size = (
         args.size if isinstance(args.size, tuple) or args.size is None else (args.size, args.size)
@@ -219,7 +223,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         size=size,
         batch=batch,
         postprocess=args.postprocess,
-        half=args.half,
+        half=precision == "fp16",
         opset=args.opset,
         check_parity=not args.no_check,
     )
@@ -232,6 +236,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_reduced(args: argparse.Namespace, precision: str) -> int:
+    if args.batch != "dynamic" or not args.postprocess:
+        raise ValueError(
+            "--format openvino and --precision bf16/int8 export a dynamic-batch graph with "
+            "postprocessing; drop --batch / --no-postprocess"
+        )
+    size = (
+        args.size if isinstance(args.size, tuple) or args.size is None else (args.size, args.size)
+    )
+    suffix = ".xml" if args.format == "openvino" else ".onnx"
+    tag = "" if precision == "f32" else f"_{precision}"
+    out = Path(args.out) if args.out else Path(Path(args.weights).stem + tag + suffix)
+    result = export_reduced(
+        args.weights,
+        out,
+        format=args.format,
+        precision=precision,
+        size=size,
+        calibration=args.calibration,
+        calibration_size=args.calibration_size,
+        val=args.val,
+        val_size=args.val_size,
+        max_ap_drop=args.max_ap_drop,
+        reduced_parts=args.reduce,
+        progress=not args.quiet,
+    )
+    print(result.report())
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     rows, peak = run_benchmark(
         backends=args.backends,
@@ -241,6 +275,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         threads=args.threads,
         warmup=args.warmup,
         iters=args.iters,
+        precisions=args.precision,
+        throughput=args.throughput,
     )
     text = markdown(rows, peak, args.input, args.threads, args.iters)
     print(text)
@@ -317,7 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=RUNTIMES,
         default=None,
-        help="what runs the model (default: onnxruntime for .onnx, else torch)",
+        help="what runs the model (default: onnxruntime for .onnx, openvino for an OpenVINO "
+        ".xml, else torch)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["f32", "bf16", "int8", "fp16"],
+        help="f32, bf16 (openvino: backbone + encoder bf16, decoder f32), int8 (an INT8 export), "
+        "fp16 (tensorrt); default f32 or the exported file's own",
     )
     p.add_argument(
         "--threshold",
@@ -382,8 +425,55 @@ def build_parser() -> argparse.ArgumentParser:
         "weights", help="checkpoint (.pth, .safetensors), Hugging Face folder or model-zoo name"
     )
     p.add_argument(
-        "--format", default="onnx", choices=["onnx"], help="export format (default onnx)"
+        "--format",
+        default="onnx",
+        choices=["onnx", "openvino"],
+        help="onnx (default) or openvino (IR .xml + .bin)",
     )
+    p.add_argument(
+        "--precision",
+        default="f32",
+        choices=["f32", "bf16", "int8", "fp16"],
+        help="f32 (default); bf16 (openvino); int8 (openvino, needs --calibration); fp16 (onnx, "
+        "for GPUs; same as --half). bf16/int8 reduce the backbone and encoder, keep the FDR "
+        "decoder in f32, and are checked by the accuracy guard",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="int8: calibration images (a folder, searched recursively, or a COCO dataset)",
+    )
+    p.add_argument(
+        "--calibration-size",
+        type=int,
+        default=300,
+        metavar="N",
+        help="int8: number of calibration images (default 300)",
+    )
+    p.add_argument(
+        "--val",
+        metavar="DATA",
+        help="validation set for the accuracy guard (COCO folder or json, YOLO image folder "
+        "with data.yaml): AP/AP50/AP75 f32 vs reduced; without it the guard measures box "
+        "and score drift on sample images",
+    )
+    p.add_argument("--val-size", type=int, metavar="N", help="use the first N val images")
+    p.add_argument(
+        "--max-ap-drop",
+        type=float,
+        default=0.5,
+        metavar="POINTS",
+        help="refuse the export when AP drops by more than this (AP points, default 0.5)",
+    )
+    p.add_argument(
+        "--reduce",
+        nargs="+",
+        metavar="PART",
+        choices=list(PRECISION_PARTS),
+        help="advanced: the graph parts to reduce (default backbone encoder; "
+        f"choices: {', '.join(PRECISION_PARTS)})",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument(
         "--batch",
         type=_batch_arg,
@@ -436,6 +526,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["f32"],
+        choices=["f32", "bf16", "int8"],
+        help="openvino precisions to time (default f32; bf16/int8: backbone + encoder reduced, "
+        "decoder f32; int8 calibrated on random images: timing only)",
+    )
+    p.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also time openvino in throughput mode (THROUGHPUT hint, parallel requests)",
+    )
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.set_defaults(func=cmd_benchmark)
 

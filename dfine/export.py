@@ -29,6 +29,7 @@ from dfine.io import load_image
 from dfine.model import DFINE
 from dfine.parity import ParityReport, compare_detections, compare_outputs
 from dfine.postprocess import BatchDetections, topk_detections
+from dfine.precision import normalize_precision
 from dfine.preprocess import to_input_tensor
 from dfine.resources import example_photos
 
@@ -197,21 +198,55 @@ def _parity(wrapper, path, size, batch, postprocess) -> tuple[ParityReport, int]
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-    """The dfine metadata stored in an exported ONNX file."""
+    """The dfine metadata stored in an exported ONNX file or OpenVINO IR (``.xml``): model
+    size, classes, input size, postprocessing, batch, ``precision`` (``f32``, ``fp16``,
+    ``bf16``, ``int8``) and, for reduced precision, how it was made and what the accuracy
+    guard measured (``guard``, a dict)."""
+    if Path(path).suffix == ".xml":
+        return _read_ir_metadata(Path(path))
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
     if "input_size" not in props:
         raise ValueError(f"{path} was not exported by dfine (no input_size metadata)")
-    return {
+    return _parse_metadata(props, str(path))
+
+
+def _parse_metadata(props: dict[str, str], where: str) -> dict:
+
+    if "input_size" not in props:
+        raise ValueError(f"{where} was not exported by dfine (no input_size metadata)")
+    meta = {
         "size": props.get("dfine_size"),
         "num_classes": int(props["num_classes"]),
         "class_names": json.loads(props.get("class_names", "null")),
         "input_size": tuple(json.loads(props["input_size"])),
         "postprocess": props.get("postprocess") == "true",
         "batch": props.get("batch"),
-        "precision": props.get("precision", "fp32"),
+        "precision": normalize_precision(props.get("precision", "f32")),
         # files exported before num_top was recorded kept the default 300 (or fewer pairs)
         "num_top": int(props.get("num_top", 300)),
     }
+    for key in ("method", "format", "mixed", "head_precision"):
+        if key in props:
+            meta[key] = props[key]
+    for key in ("guard", "reduced_parts", "calibration", "attempts"):
+        if key in props:
+            meta[key] = json.loads(props[key])
+    return meta
+
+
+def _read_ir_metadata(path: Path) -> dict:
+    import xml.etree.ElementTree as ET
+
+    if not path.exists():
+        raise FileNotFoundError(f"OpenVINO IR not found: {path}")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"{path} is not an OpenVINO IR file ({e})") from e
+    node = root.find("rt_info/dfine")
+    if node is None:
+        raise ValueError(f"{path} was not exported by dfine (no dfine metadata in its rt_info)")
+    return _parse_metadata({child.tag: child.get("value", "") for child in node}, str(path))

@@ -61,14 +61,19 @@ def postprocess(
     orig_sizes: torch.Tensor,
     num_top: int = 300,
     remap_coco_category: bool = False,
+    threshold: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Top-``num_top`` (query, class) pairs by sigmoid score, boxes in original pixels.
+
+    Like the reference's postprocessor this keeps all ``num_top`` pairs, however low their
+    score (COCO evaluation wants them); pass ``threshold`` to keep only scores above it.
 
     Args:
         outputs: ``pred_logits [B, Q, C]`` and ``pred_boxes [B, Q, 4]`` (cx, cy, w, h in [0, 1]).
         orig_sizes: ``[B, 2]`` original image sizes as **(width, height)**, as the reference.
         num_top: detections kept per image (at most Q * C).
         remap_coco_category: return COCO category ids (1..90) instead of 0..79.
+        threshold: keep only detections scoring above this (default: keep all).
 
     Returns:
         One dict per image: ``labels [K]`` int64, ``boxes [K, 4]`` xyxy pixels,
@@ -78,7 +83,12 @@ def postprocess(
     labels, boxes, scores, queries = top.labels, top.boxes, top.scores, top.queries
     if remap_coco_category:
         labels = remap_labels_to_coco(labels)
-    return [
+    results = [
         {"labels": lab, "boxes": box, "scores": sco, "queries": q}
         for lab, box, sco, q in zip(labels, boxes, scores, queries)
     ]
+    if threshold is not None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        results = [{k: v[r["scores"] > threshold] for k, v in r.items()} for r in results]
+    return results

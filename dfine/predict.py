@@ -20,6 +20,7 @@ from dfine.io import ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import BatchDetections, topk_detections
+from dfine.precision import normalize_precision
 from dfine.preprocess import Letterbox, letterbox_tensor, parse_size, to_input_tensor
 from dfine.sources import default_backend
 from dfine.video import detect_video
@@ -44,10 +45,14 @@ class Detector:
             equal to float rounding). ``False`` keeps the reference's exact arithmetic.
         max_detections: at most this many detections per image (top by score, <= 300).
         class_names: override the model's class names.
+        precision: ``"f32"``, ``"bf16"`` or ``"int8"`` (OpenVINO: backbone + encoder reduced,
+            the FDR decoder in f32; INT8 needs an IR from ``dfine export --precision int8``),
+            ``"fp16"`` (TensorRT, ONNX Runtime CUDA with an fp16 export). ``None``: f32, or the
+            precision an exported file records.
         letterbox: keep the aspect ratio: resize to fit the input size and pad with grey
             (boxes are mapped back exactly). Default ``False``: stretch to the input size,
             as the reference does (parity holds only then).
-        **backend_options: passed to the backend (e.g. ``threads``, ``precision``).
+        **backend_options: passed to the backend (e.g. ``threads``).
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class Detector:
         deploy: bool = True,
         max_detections: int = 300,
         class_names: Sequence[str] | None = None,
+        precision: str | None = None,
         letterbox: bool = False,
         **backend_options,
     ) -> None:
@@ -74,6 +80,10 @@ class Detector:
         hw = None if size is None else parse_size(size, (640, 640))
         if backend == "torch":
             backend_options.update(deploy=deploy, num_top=self.max_detections)
+        if precision is not None:
+            precision = _precision_for(backend, precision)
+            if backend != "torch":  # the torch backend is f32 only
+                backend_options["precision"] = precision
         self.backend = create_backend(backend, weights, size=hw, device=device, **backend_options)
         self.device = self.backend.device
         self.size = self.backend.input_size
@@ -254,6 +264,22 @@ class Detector:
             "postprocess": (time.perf_counter() - t2) * 1000,
         }
         return det, trace, results.queries[0, : self.max_detections][keep]
+
+
+def _precision_for(backend: str, precision: str) -> str:
+    """``precision`` checked and spelled as ``backend`` expects it."""
+
+    precision = normalize_precision(precision)
+    if backend == "torch" and precision != "f32":
+        raise ValueError(
+            f"the torch backend runs f32; for {precision} use backend='openvino'"
+            + (" or 'tensorrt'" if precision == "fp16" else "")
+        )
+    if backend == "tensorrt":
+        if precision not in ("f32", "fp16"):
+            raise ValueError(f"the tensorrt backend runs f32 or fp16, not {precision}")
+        return "fp32" if precision == "f32" else precision
+    return precision
 
 
 def _check_threshold(threshold: float) -> float:

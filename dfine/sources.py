@@ -33,8 +33,10 @@ def is_onnx(source: object) -> bool:
 
 
 def default_backend(source: object) -> str:
-    """The backend that runs ``source``: ``onnxruntime`` for an ``.onnx`` file, else
-    ``torch``."""
+    """The backend that runs ``source``: ``onnxruntime`` for an ``.onnx`` file,
+    ``openvino`` for an OpenVINO IR (``.xml``, e.g. a bf16/INT8 export), else ``torch``."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".xml":
+        return "openvino"
     return "onnxruntime" if is_onnx(source) else "torch"
 
 

@@ -100,8 +100,8 @@ def load_torch_file(path: Path) -> Any:
         ) from e
     except Exception as e:  # torch raises many types for non-checkpoint bytes
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint: truncated or corrupt "
-            f"({type(e).__name__}: {e})"
+            f"{path} is not a readable PyTorch checkpoint: it is truncated or corrupt "
+            f"({type(e).__name__}); download or save it again"
         ) from e
     return obj
 

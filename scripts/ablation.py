@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--results", type=Path, default=Path("benchmarks/results/ablation_cpu.md"), help="report"
     )
     p.add_argument("--report-only", action="store_true", help="only write the report")
+    p.add_argument(
+        "--stage-ap",
+        action="store_true",
+        help="add per-stage AP (analysis.evaluation) to finished runs that lack it, then report",
+    )
     return p
 
 
@@ -198,6 +203,45 @@ def evaluate_run(out: Path, data: Path, limit: int | None) -> None:
     atomic_write(out / "eval.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
 
 
+def stage_ap_run(out: Path, data: Path) -> None:
+    """Per-stage COCO AP (encoder, pre-head, every layer; own scores) of ``out``'s final model
+    with :func:`analysis.evaluation.evaluate_dataset`, added to ``out/eval.json``."""
+    import torch
+
+    from analysis.evaluation import EvalSettings, evaluate_dataset
+    from dfine.io import atomic_write
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    settings = EvalSettings(calibration=False)
+    report = evaluate_dataset(out / "final.safetensors", data, settings=settings, cache=False)
+    record = json.loads((out / "eval.json").read_text())
+    record["stage_ap"] = [{"stage": s.name, "AP": s.AP, "AP50": s.AP50} for s in report.stages]
+    atomic_write(out / "eval.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+
+
+def _add_stage_ap(args: argparse.Namespace, data: Path, jobs: list[tuple[str, int]]) -> None:
+    def one(job: tuple[str, int]) -> None:
+        out = run_dir(args, *job)
+        path = out / "eval.json"
+        if not path.exists() or "stage_ap" in json.loads(path.read_text()):
+            return
+        command = [sys.executable, str(Path(__file__).resolve()), "--stage-ap-run", str(out)]
+        with open(out / "stdout.log", "a") as log:
+            code = subprocess.call(
+                ["nice", "-n", str(args.nice), *command, "--data", str(data)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_env(args),
+                cwd=ROOT,
+            )
+        if code != 0:
+            raise RuntimeError(f"per-stage AP of {out} failed (exit {code}); see its stdout.log")
+        print(f"per-stage AP: {job[0]} seed {job[1]} done", flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        list(pool.map(one, jobs))
+
+
 def _mean_spread(values: list[float]) -> str:
     """``mean ± half-range`` (with two seeds the half-range is the distance to either run)."""
     mean = sum(values) / len(values)
@@ -258,6 +302,7 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
             ]
             cells.append(_mean_spread(vals) if vals else "—")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines += _stage_ap_lines(args, variants, records)
     example = (args.variants[0], args.seeds[0])
     lines += [
         "",
@@ -267,6 +312,11 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
         shlex.join(data_command(args, data)),
         shlex.join(train_command(args, *example, data)) + "   # per variant and seed",
         f"python scripts/ablation.py {shlex.join(_script_args(args))}   # all runs + this file",
+        *(
+            [f"python scripts/ablation.py {shlex.join(_script_args(args))} --stage-ap"]
+            if _stage_ap_lines(args, variants, records)
+            else []
+        ),
         "```",
         "",
         f"Each run: {args.epochs} epochs × {args.steps_per_epoch} steps of batch "
@@ -276,6 +326,33 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
         "wall-clock under load, not clean).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _stage_ap_lines(args, variants: list[str], records: dict) -> list[str]:
+    """The per-stage AP table, when every run has it (``--stage-ap``)."""
+    if not records or not all("stage_ap" in r for r in records.values()):
+        return []
+    names: list[str] = []
+    for r in records.values():
+        names += [s["stage"] for s in r["stage_ap"] if s["stage"] not in names]
+    layers = sorted((n for n in names if n.startswith("layer")), key=lambda n: int(n.split()[-1]))
+    order = [n for n in ("encoder", "pre-head") if n in names] + layers
+    lines = [
+        "",
+        "Per-stage AP (`analysis.evaluation`: every stage's boxes scored with its own class",
+        "scores, all val images), mean ± half the range over seeds:",
+        "",
+        "| variant | " + " | ".join(order) + " |",
+        "|---|" + "---|" * len(order),
+    ]
+    for v in variants:
+        runs = [records[(v, s)]["stage_ap"] for s in args.seeds if (v, s) in records]
+        cells = []
+        for name in order:
+            vals = [x["AP"] for r in runs for x in r if x["stage"] == name]
+            cells.append(_mean_spread(vals) if vals else "—")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _script_args(args: argparse.Namespace) -> list[str]:
@@ -299,6 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         a = sub.parse_args(argv)
         evaluate_run(a.evaluate_run, a.data, a.eval_limit)
         return 0
+    if argv and argv[0] == "--stage-ap-run":  # internal: one run's per-stage AP
+        sub = argparse.ArgumentParser()
+        sub.add_argument("--stage-ap-run", type=Path, required=True)
+        sub.add_argument("--data", type=Path, required=True)
+        a = sub.parse_args(argv)
+        stage_ap_run(a.stage_ap_run, a.data)
+        return 0
     args = build_parser().parse_args(argv)
     if args.epochs < 1 or args.input_size % 32:
         print("error: --epochs must be >= 1 and --input-size a multiple of 32", file=sys.stderr)
@@ -309,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.check_call(_cli(data_command(args, data)), env=_env(args), cwd=ROOT)
     jobs = [(v, s) for s in args.seeds for v in args.variants]
     records: dict[tuple[str, int], dict] = {}
-    if args.report_only:
+    if args.stage_ap:
+        _add_stage_ap(args, data, jobs)
+    if args.report_only or args.stage_ap:
         for v, s in jobs:
             path = run_dir(args, v, s) / "eval.json"
             if path.exists():

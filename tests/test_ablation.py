@@ -245,3 +245,10 @@ def test_ablation_script_commands_differ_only_in_the_switch_and_report_spread(tm
     assert "| fdr | — | 0.5000 ± 0.0000 | 0.6000 ± 0.0000 |" in text  # no pre-head stage
     assert "10.0 min (350 steps, 1.71 s/step)" in text
     assert "--ablate fdr" in text and "```bash" in text
+    assert "Per-stage AP" not in text  # only when every run has it
+    for (v, _), r in records.items():
+        stages = ["encoder", *(["pre-head"] if v == "none" else []), "layer 1", "layer 2"]
+        r["stage_ap"] = [{"stage": n, "AP": 0.1 * i, "AP50": 0.0} for i, n in enumerate(stages)]
+    text = script.report(args, tmp_path / "data", records)
+    assert "| variant | encoder | pre-head | layer 1 | layer 2 |" in text
+    assert "| fdr | 0.0000 ± 0.0000 | — | 0.1000 ± 0.0000 | 0.2000 ± 0.0000 |" in text

@@ -63,7 +63,12 @@ def _decode(value):
     if isinstance(value, dict):
         if set(value) >= {"dtype", "bdata"}:
             data = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-            return data.reshape(value["shape"]) if "shape" in value else data
+            if "shape" not in value:
+                return data
+            shape = value["shape"]  # plotly writes a 2-D shape as "rows, cols"
+            if isinstance(shape, str):
+                shape = tuple(int(n) for n in shape.split(","))
+            return data.reshape(shape)
         return {k: _decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]

@@ -141,3 +141,19 @@ def test_letterbox_maps_boxes_back_exactly():
     np.testing.assert_array_equal(found.labels, ref.labels)
     with pytest.raises(ValueError, match="stretch resize"):
         boxed.trace(wide)
+
+
+def test_postprocess_threshold():
+    torch.manual_seed(0)
+    out = {"pred_logits": torch.randn(2, 10, 3) * 3, "pred_boxes": torch.rand(2, 10, 4) * 0.5}
+    sizes = torch.tensor([[640, 480], [320, 320]])
+    every = dfine.postprocess(out, sizes, num_top=30)
+    kept = dfine.postprocess(out, sizes, num_top=30, threshold=0.5)
+    for a, b in zip(every, kept):
+        assert len(a["scores"]) == 30  # the reference's behaviour: no threshold
+        mask = a["scores"] > 0.5
+        assert 0 < int(mask.sum()) < 30
+        for key in ("labels", "boxes", "scores", "queries"):
+            torch.testing.assert_close(b[key], a[key][mask])
+    with pytest.raises(ValueError, match="threshold"):
+        dfine.postprocess(out, sizes, threshold=2)

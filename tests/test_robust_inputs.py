@@ -450,7 +450,10 @@ def checkpoints(checkpoint_dir, marker) -> dict[str, tuple[Path, str]]:
     data = FIXTURE.read_bytes()
     cut = tmp / "truncated.pth"
     cut.write_bytes(data[: len(data) // 2])
-    files["truncated"] = (cut, r"not a readable PyTorch checkpoint \(truncated or corrupt\?\)")
+    files["truncated"] = (
+        cut,
+        r"not a readable PyTorch checkpoint: it is truncated or corrupt \(\w+\)",
+    )
     empty = tmp / "empty.pth"
     empty.write_bytes(b"")
     files["empty"] = (empty, r"empty \(0 bytes\)")

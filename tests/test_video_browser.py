@@ -58,7 +58,8 @@ def test_video_tab_plays_slides_and_opens_in_analysis(url, tmp_path):
             page.locator("#video-input input[type=file]").set_input_files(str(clip))
             page.wait_for_selector("#video-input video", state="attached")
             page.click("#video-button")
-            page.locator("#video-summary").get_by_text("frames/s").first.wait_for()
+            # (the progress bar also says "frames/s": wait for the summary's own words)
+            page.locator("#video-summary").get_by_text("processed of").first.wait_for()
             assert "5 frames" in page.locator("#video-summary").inner_text()
 
             # the annotated video plays in Chromium

@@ -11,6 +11,7 @@ from app.models import CHECKPOINT_SUFFIXES
 from app.state import AppState
 from app.summaries import model_markdown, model_note
 from app.tabs.common import Controls, bind
+from dfine.guard import precision_costs
 
 
 @user_errors
@@ -46,6 +47,32 @@ def use_model(state: AppState, key: str) -> tuple[dict, float, int, str]:
     )
 
 
+@user_errors
+def precision_cost(
+    state: AppState,
+    key: str,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+) -> str:
+    """Measure what bf16 costs for model ``key`` on this machine (OpenVINO, the example
+    images): median latency and speed-up vs f32, and the drift of the detections."""
+
+    loaded = state.store.get(key)
+    if progress is not None:
+        progress(0.1, desc="Exporting and compiling f32 and bf16 (OpenVINO)")
+    rows = [c.row() for c in precision_costs(loaded.entry.source, ("f32", "bf16"))]
+    return "\n".join(
+        [
+            "| precision | median ms | vs f32 | measured cost |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            "bf16 runs the backbone and encoder in bf16 and the decoder (FDR) in f32. For AP "
+            "on your data and INT8: `dfine export W --format openvino --precision int8 "
+            "--calibration DIR --val DATA`.",
+        ]
+    )
+
+
 def build(state: AppState, controls: Controls) -> None:
     default = state.store.get(None)
     with gr.Tab("Model", id="model"):
@@ -71,6 +98,12 @@ def build(state: AppState, controls: Controls) -> None:
             interactive=False,
             max_lines=1,
         )
+        with gr.Accordion("Reduced precision: measured cost on this machine", open=False):
+            cost_button = gr.Button("Measure f32 vs bf16 (OpenVINO)")
+            cost = gr.Markdown(elem_id="precision-cost")
+    cost_button.click(
+        bind(state, precision_cost), inputs=key, outputs=cost, api_name="precision_cost"
+    )
     button.click(
         bind(state, model_info), inputs=[choice, upload], outputs=[info, key], api_name="model"
     ).success(

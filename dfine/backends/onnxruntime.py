@@ -15,6 +15,7 @@ from dfine.backends.base import (
     missing_package,
     torch_device,
 )
+from dfine.precision import normalize_precision
 
 
 class OnnxRuntimeBackend(Backend):
@@ -27,6 +28,7 @@ class OnnxRuntimeBackend(Backend):
         size: tuple[int, int] | None = None,
         device: Device = None,
         threads: int | None = None,
+        precision: str | None = None,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -35,7 +37,8 @@ class OnnxRuntimeBackend(Backend):
         self.device = torch_device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"the ONNX Runtime backend runs on cpu or cuda, not {self.device}")
-        self._init_from_onnx(weights, size)
+        meta = self._init_from_onnx(weights, size)
+        self.precision = _check_precision(self.path, meta["precision"], precision)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -62,3 +65,25 @@ class OnnxRuntimeBackend(Backend):
             scores=torch.from_numpy(scores),
             labels=torch.from_numpy(labels),
         )
+
+
+def _check_precision(path, stored: str, asked: str | None) -> str:
+    """ONNX Runtime runs a graph at the precision it was exported with (f32, fp16, INT8 QDQ);
+    ``asked`` must match it (bf16 has no ONNX Runtime CPU kernels: use OpenVINO)."""
+
+    if asked is None:
+        return stored
+    asked = normalize_precision(asked)
+    if asked == "bf16":
+        raise ValueError(
+            "ONNX Runtime has no bf16 CPU path; use backend='openvino' with precision='bf16'"
+        )
+    if asked != stored:
+        how = {
+            "int8": "an INT8 QDQ graph of your own (dfine's INT8 export is OpenVINO's: "
+            "dfine export W --format openvino --precision int8 --calibration DIR)",
+            "fp16": "dfine export W --half",
+            "f32": "dfine export W",
+        }[asked]
+        raise ValueError(f"{path} is a {stored} graph; for {asked} export one with: {how}")
+    return stored

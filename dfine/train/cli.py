@@ -11,6 +11,7 @@ import textwrap
 from dfine import webapp
 from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
+from dfine.guard import evaluate_file
 from dfine.sources import default_backend
 from dfine.train import dist
 from dfine.train.checkpoints import BEST, FINAL, describe_outputs
@@ -121,6 +122,20 @@ def cmd_val(args: argparse.Namespace) -> int:
             )
         # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
         return webapp.load_module("analysis.evaluation.cli").run_report(args)
+    if args.precision:
+        metrics = evaluate_file(
+            args.weights,
+            args.data,
+            backend=runtime if runtime != "torch" else "openvino",
+            precision=args.precision,
+            progress=not args.quiet,
+        )
+        print(
+            json.dumps(metrics, indent=2)
+            if args.json
+            else "\n".join(f"{name:>6}: {value:.4f}" for name, value in metrics.items())
+        )
+        return 0
     metrics = validate(
         args.weights,
         args.data,
@@ -291,6 +306,12 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
         choices=list(BACKENDS),
         help="inference runtime (default: onnxruntime for an .onnx file, else torch); the "
         "others take a checkpoint (exported to ONNX once, cached) or an .onnx file",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["f32", "bf16", "int8"],
+        help="evaluate at this precision (OpenVINO; bf16: backbone + encoder reduced, decoder "
+        "f32; an exported .xml runs at its own precision by default)",
     )
     p.add_argument(
         "--coco-lib",

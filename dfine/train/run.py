@@ -63,6 +63,8 @@ class TrainRun:
     channels_last: bool | None = None
     progress: bool = True
     tensorboard: bool = True
+    save_every: int | None = None
+    stop_on_nan: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,6 +162,8 @@ def _train(run: TrainRun, device: torch.device) -> dict[str, Any]:
         max_steps_per_epoch=run.max_steps_per_epoch,
         sync_bn=run.sync_bn,
         channels_last=run.channels_last,
+        save_every=run.save_every,
+        stop_on_nan=run.stop_on_nan,
         metadata={"dataset": str(train_split.annotations)},
     )
     trainer = Trainer(model, recipe, train_loader, val_loader, options=options)
@@ -248,6 +252,11 @@ def validate(
                 f"{model.config.eval_size[1]}; leave --size out or export again at {size}"
             )
         dataset = val_dataset(model, split, size)
+        if backend != "torch":
+            # OpenVINO's and ONNX Runtime's thread pools do not survive a fork: loader workers
+            # forked from a process holding one leave it to crash at its next fork. Decoding
+            # in-process costs little next to the runtime itself.
+            workers = 0
         loader = build_dataloader(dataset, batch_size, shuffle=False, num_workers=workers)
         return evaluate(model, loader, device=device_, coco_lib=coco_lib, progress=progress)
     finally:

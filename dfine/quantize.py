@@ -1,0 +1,358 @@
+"""Reduced-precision export (OpenVINO IR: f32, bf16-mixed, INT8), guarded.
+
+    result = export_reduced("dfine_n.safetensors", "dfine_n_int8.xml", precision="int8",
+                            calibration="data/synth", val="data/synth")
+    print(result.report())
+
+bf16: the backbone and encoder run in bf16 and the decoder — distribution heads, residual
+refinement, softmax·W(n) integral, box decoding, LQE, top-k — in f32: the backend cuts the
+graph at the encoder's outputs and compiles the two halves with different precision hints
+(:func:`dfine.precision.split_model`). INT8: NNCF post-training quantization of the backbone
+and encoder (calibrated on a folder of images or a COCO/YOLO dataset), every other part in
+NNCF's ignored scope. Every reduced export measures itself against f32 (:mod:`dfine.guard`):
+AP/AP50/AP75 on ``val`` when given, else box/score drift on sample images; with ``val``, the
+accuracy-aware loop narrows the reduced parts to the backbone alone when the guard refuses
+backbone + encoder. A refused export writes nothing. The metadata (ONNX props, or the IR's
+``dfine`` rt_info section; :func:`dfine.export.read_metadata`) records the precision, the
+method, the reduced parts, the calibration and the guard's measurement (and every attempt).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dfine.backends.openvino import OpenVINOBackend
+from dfine.export import export_onnx, read_metadata
+from dfine.guard import (
+    DEFAULT_MAX_AP_DROP,
+    GuardResult,
+    evaluate,
+    guard_drift,
+    guard_val,
+    image_files,
+    load_inputs,
+    load_val,
+)
+from dfine.io import atomic_write
+from dfine.precision import HEAD_PARTS, PARTS, graph_parts, names_in, normalize_precision
+from dfine.resources import asset_path
+
+FORMATS = ("onnx", "openvino")
+# The accuracy-aware loop: groups of parts added to the f32 set, in this order.
+ESCALATION = (HEAD_PARTS, ("backbone",))
+DRIFT_IMAGES = 16
+
+
+@dataclass
+class ReducedExport:
+    path: Path
+    format: str
+    precision: str
+    method: str
+    reduced_parts: tuple[str, ...]
+    guard: GuardResult | None
+    attempts: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def report(self) -> str:
+        lines = [
+            f"exported {self.path} ({self.format}, {self.precision}) in {self.seconds:.0f} s: "
+            f"{self.method}"
+        ]
+        if self.guard is not None:
+            lines.append(f"accuracy guard [OK]: {self.guard.summary()}")
+        return "\n".join(lines)
+
+
+def _calibration_inputs(source, count: int, size: tuple[int, int], progress: bool):
+
+    files = image_files(source, count)
+    return [
+        x
+        for (x, _) in (
+            load_inputs([f], size)[0]
+            for f in tqdm(
+                files, desc="calibration images", unit="img", disable=not progress, leave=False
+            )
+        )
+    ]
+
+
+def _import_nncf():
+    try:
+        import nncf
+    except ImportError as e:
+        raise ImportError("INT8 export needs the 'nncf' package: pip install nncf") from e
+    return nncf
+
+
+def _quantize_openvino(base, names: set[str], calib, progress: bool):
+    nncf = _import_nncf()
+
+    with _quiet(progress):
+        return nncf.quantize(
+            base,
+            nncf.Dataset(calib, lambda x: {"images": x.numpy(), "orig_target_sizes": _sizes(x)}),
+            subset_size=len(calib),
+            model_type=nncf.ModelType.TRANSFORMER,
+            ignored_scope=nncf.IgnoredScope(names=sorted(names), validate=False),
+        )
+
+
+def _sizes(x):
+
+    return np.array([[x.shape[3], x.shape[2]]] * x.shape[0], dtype=np.int64)
+
+
+class _quiet:
+    """NNCF logs every node it leaves out at INFO; keep its warnings only (and, without
+    ``progress``, its errors only)."""
+
+    def __init__(self, progress: bool) -> None:
+        self.progress = progress
+
+    def __enter__(self):
+        import logging
+
+        import nncf
+
+        self.level = nncf.common.logging.nncf_logger.level
+        nncf.common.logging.nncf_logger.setLevel(
+            logging.WARNING if self.progress else logging.ERROR
+        )
+
+    def __exit__(self, *exc):
+        import nncf
+
+        nncf.common.logging.nncf_logger.setLevel(self.level)
+
+
+def _set_metadata(model, meta: dict) -> None:
+    for key, value in meta.items():
+        model.set_rt_info(value if isinstance(value, str) else json.dumps(value), ["dfine", key])
+
+
+def _onnx_props(path: Path) -> dict[str, str]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def export_reduced(
+    weights: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    format: str = "openvino",
+    precision: str = "bf16",
+    size: tuple[int, int] | None = None,
+    calibration: str | os.PathLike | None = None,
+    calibration_size: int = 300,
+    val: str | os.PathLike | None = None,
+    val_size: int | None = None,
+    max_ap_drop: float = DEFAULT_MAX_AP_DROP,
+    reduced_parts: Sequence[str] | None = None,
+    accuracy_aware: bool = True,
+    progress: bool = True,
+) -> ReducedExport:
+    """Export ``weights`` (checkpoint, zoo name or dfine ONNX file) at ``precision``.
+
+    ``format="openvino"``: an IR ``.xml`` (+ ``.bin``) at ``f32``, ``bf16`` or ``int8``.
+    ``format="onnx"``: refused with a pointer to the ONNX paths (f32 / fp16 via
+    :func:`dfine.export.export_onnx`) and to OpenVINO for bf16 / INT8.
+    ``reduced_parts``: the parts (:data:`dfine.precision.PARTS`) run reduced; default the
+    backbone and encoder (the decoder stays f32), narrowed to the backbone by the
+    accuracy-aware loop when ``val`` is given and the guard refuses (``accuracy_aware``).
+    Naming decoder parts reduces them too (for experiments; the guard still applies).
+    Raises :class:`dfine.guard.PrecisionGuardError` (one line) when the guard refuses.
+    """
+    start = time.perf_counter()
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    precision = normalize_precision(precision)
+    allowed = ("f32", "bf16", "int8") if format == "openvino" else ()
+    if precision not in allowed:
+        hint = (
+            "ONNX files are f32 (dfine export --format onnx) or fp16 (--half); bf16 is a "
+            "runtime choice and INT8 needs OpenVINO (NNCF's ONNX backend fails on this graph): "
+            f"--format openvino --precision {precision}"
+            if format == "onnx"
+            else "fp16 needs a GPU runtime (TensorRT: Detector(..., backend='tensorrt', "
+            "precision='fp16'))"
+        )
+        raise ValueError(f"precision {precision} is not available for format {format}: {hint}")
+    path = Path(path)
+    suffix = ".xml" if format == "openvino" else ".onnx"
+    if path.suffix != suffix:
+        raise ValueError(f"the {format} output must end with {suffix}, got {path}")
+    if precision == "int8" and calibration is None:
+        raise ValueError("--precision int8 needs --calibration DIR (images or a COCO/YOLO dataset)")
+    if calibration_size < 1:
+        raise ValueError(f"calibration_size must be >= 1, got {calibration_size}")
+    if reduced_parts is not None:
+        unknown = set(reduced_parts) - set(PARTS)
+        if unknown or not reduced_parts:
+            raise ValueError(
+                f"reduced_parts must name some of {', '.join(PARTS)}; got {list(reduced_parts)}"
+            )
+    valset = load_val(val, val_size) if val is not None else None
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="dfine-export-") as tmp:
+        tmp = Path(tmp)
+        if Path(weights).suffix == ".onnx":
+            onnx_path = Path(weights)
+        else:
+            onnx_path = export_onnx(weights, tmp / "f32.onnx", size=size, check_parity=False).path
+        meta = read_metadata(onnx_path)
+        if meta["precision"] != "f32":
+            raise ValueError(f"{weights} is a {meta['precision']} graph; start from f32 weights")
+        hw = tuple(meta["input_size"])
+        props = _onnx_props(onnx_path)
+        base = ov.Core().read_model(str(onnx_path))
+        if precision == "f32":
+            _set_metadata(base, {**props, "precision": "f32", "format": format, "method": "f32"})
+            _save_ir(base, path)
+            return ReducedExport(
+                path, format, "f32", "f32", (), None, [], time.perf_counter() - start
+            )
+
+        reference = OpenVINOBackend(onnx_path, precision="f32")
+        calib = (
+            _calibration_inputs(calibration, calibration_size, hw, progress)
+            if calibration
+            else None
+        )
+        ref_metrics = (
+            evaluate(reference.detect, valset, hw, progress, "eval f32") if valset else None
+        )
+        drift_inputs = None
+        if valset is None:
+            drift_inputs = load_inputs(
+                image_files(calibration or asset_path("examples"), DRIFT_IMAGES), hw
+            )
+        if reduced_parts is not None:
+            candidates = [tuple(reduced_parts)]
+        else:
+            candidates = list(
+                ESCALATION if valset is not None and accuracy_aware else ESCALATION[:1]
+            )
+        attempts: list[dict] = []
+        for reduce in candidates:
+            mixed = "split" if set(reduce) <= set(HEAD_PARTS) else "none"
+            info = {
+                **props,
+                "precision": precision,
+                "format": format,
+                "reduced_parts": list(reduce),
+                "mixed": mixed,
+                "head_precision": "bf16",
+            }
+            if precision == "bf16":
+                info["method"] = (
+                    f"{'+'.join(reduce)} in bf16 (OpenVINO INFERENCE_PRECISION_HINT), the rest "
+                    "in f32" + (" (graph split at the encoder outputs)" if mixed == "split" else "")
+                )
+                model = base
+                candidate = tmp / "candidate.xml"
+            else:
+                ignored = names_in(graph_parts(base), set(PARTS) - set(reduce))
+                info["method"] = (
+                    f"NNCF post-training INT8 of {'+'.join(reduce)} on {len(calib)} calibration "
+                    "images (the other parts in the ignored scope, in f32)"
+                )
+                info["calibration"] = {"source": str(calibration), "images": len(calib)}
+                model = _quantize_openvino(base, ignored, calib, progress)
+                candidate = tmp / "candidate.xml"
+            _write_candidate(model, candidate, info)
+            reduced = OpenVINOBackend(candidate)
+            if valset is not None:
+                guard = guard_val(
+                    reference.detect, reduced.detect, valset, hw, max_ap_drop, progress, ref_metrics
+                )
+            else:
+                source = str(calibration or asset_path("examples"))
+                guard = guard_drift(reference.detect, reduced.detect, drift_inputs, source)
+            attempts.append({"reduced_parts": list(reduce), "guard": guard.to_dict()})
+            if progress:
+                print(f"  {precision} {'+'.join(reduce)}: {guard.summary()}")
+            if guard.ok:
+                break
+        guard.check(f"the {precision} export of {weights}")  # raises before `path` is written
+        info.update(guard=guard.to_dict(), attempts=attempts)
+        _write_candidate(model, candidate, info)
+        _move_ir(candidate, path)
+    return ReducedExport(
+        path,
+        format,
+        precision,
+        info["method"],
+        tuple(reduce),
+        guard,
+        attempts,
+        time.perf_counter() - start,
+    )
+
+
+def _write_candidate(model, path: Path, info: dict) -> None:
+    import openvino as ov
+
+    _set_metadata(model, info)
+    ov.save_model(model, str(path), compress_to_fp16=False)
+
+
+def _save_ir(model, path: Path) -> None:
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(dir=path.parent if path.parent.exists() else None) as tmp:
+        ov.save_model(model, str(Path(tmp) / "model.xml"), compress_to_fp16=False)
+        _move_ir(Path(tmp) / "model.xml", path)
+
+
+def _move_ir(src: Path, dst: Path) -> None:
+    """Move an IR pair into place: the ``.bin`` first, the ``.xml`` (what readers open) last,
+    each with an atomic rename."""
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(dst.with_suffix(".bin"), lambda t: shutil.copyfile(src.with_suffix(".bin"), t))
+    atomic_write(dst, lambda t: shutil.copyfile(src, t))
+
+
+def quantize_unguarded(
+    onnx_path: str | os.PathLike,
+    out: str | os.PathLike,
+    samples: Sequence,
+    reduced_parts: Sequence[str] = HEAD_PARTS,
+) -> Path:
+    """INT8 IR of ``reduced_parts`` calibrated on ``samples`` (``[1, 3, H, W]`` tensors),
+    *without* the accuracy guard: for timing (random weights have no accuracy to guard).
+    Use :func:`export_reduced` for anything that is used for its detections."""
+    import openvino as ov
+
+    onnx_path, out = Path(onnx_path), Path(out)
+    base = ov.Core().read_model(str(onnx_path))
+    ignored = names_in(graph_parts(base), set(PARTS) - set(reduced_parts))
+    model = _quantize_openvino(base, ignored, list(samples), progress=False)
+    info = {
+        **_onnx_props(onnx_path),
+        "precision": "int8",
+        "format": "openvino",
+        "reduced_parts": list(reduced_parts),
+        "mixed": "split" if set(reduced_parts) <= set(HEAD_PARTS) else "none",
+        "head_precision": "bf16",
+        "method": f"NNCF INT8 on {len(samples)} samples, unguarded (timing only)",
+    }
+    _set_metadata(model, info)
+    _save_ir(model, out)
+    return out
