@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from dfine.backends.openvino import OpenVINOBackend
 from dfine.export import export_onnx, read_metadata
+from dfine.files import atomic_write
 from dfine.guard import (
     DEFAULT_MAX_AP_DROP,
     GuardResult,
@@ -43,7 +44,6 @@ from dfine.guard import (
     load_inputs,
     load_val,
 )
-from dfine.io import atomic_write
 from dfine.precision import HEAD_PARTS, PARTS, graph_parts, names_in, normalize_precision
 from dfine.resources import asset_path
 

@@ -209,7 +209,7 @@ def stage_ap_run(out: Path, data: Path) -> None:
     import torch
 
     from analysis.evaluation import EvalSettings, evaluate_dataset
-    from dfine.io import atomic_write
+    from dfine.files import atomic_write
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     settings = EvalSettings(calibration=False)

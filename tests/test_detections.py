@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 import dfine.detections
+import dfine.draw
+import dfine.files
 import dfine.io
 from dfine.detections import PALETTE, Detections
 
@@ -77,7 +79,7 @@ def test_empty():
     assert d.to_dict()["detections"] == []
 
 
-@pytest.mark.parametrize("module", [dfine.detections, dfine.io])
+@pytest.mark.parametrize("module", [dfine.detections, dfine.draw, dfine.files, dfine.io])
 def test_module_does_not_import_torch(module):
     """The ONNX backends use Detections and load_image without torch."""
     tree = ast.parse(Path(module.__file__).read_text())
