@@ -104,9 +104,12 @@ class AppState:
         model: str | None,
         max_detections: int,
         progress: gr.Progress | None = None,
+        letterbox: bool = False,
     ) -> Selection:
-        """Check the shared inputs, run (or reuse) the forward pass, apply the threshold."""
+        """Check the shared inputs, run (or reuse) the forward pass, apply the threshold.
+        ``letterbox``: the Detect tab's "keep aspect ratio" box (default: stretch)."""
         path = check_image(image)
+        letterbox = bool(letterbox)
         threshold = check_threshold(threshold)
         size = check_size(size)
         max_detections = check_max_detections(max_detections)
@@ -120,12 +123,12 @@ class AppState:
             if progress is not None:
                 progress(0.4, desc="Running D-FINE on the image")
             try:
-                dets, trace, queries = loaded.detector(size).trace(path)
+                dets, trace, queries = loaded.detector(size, letterbox).trace(path)
             except ImageLoadError as e:  # name the file, not the server's folder
                 raise ImageLoadError(str(e).replace(path, Path(path).name)) from None
-            return TraceResult(dets, trace, queries.cpu().numpy(), entry.key, size)
+            return TraceResult(dets, trace, queries.cpu().numpy(), entry.key, size, letterbox)
 
-        result, cached = self.cache.get((digest, entry.key, size), compute)
+        result, cached = self.cache.get((digest, entry.key, size, letterbox), compute)
         loaded = self.store.get(entry.key)
         dets, queries = result.select(threshold, max_detections)
         return Selection(result, loaded, dets, queries, threshold, max_detections, digest, cached)
@@ -137,18 +140,24 @@ class AppState:
         size: int | str,
         model: str | None,
         max_detections: int,
+        letterbox: bool = False,
     ) -> Selection | None:
         """:meth:`select` if the forward pass for these inputs is cached already, else
         ``None`` (what live controls use: they re-filter, never run the model)."""
         if image is None or not str(image).strip():
             return None
         try:
-            key = (file_digest(image), self.store.entry(model).key, check_size(size))
+            key = (
+                file_digest(image),
+                self.store.entry(model).key,
+                check_size(size),
+                bool(letterbox),
+            )
         except UserError:
             return None
         if self.cache.peek(key) is None:
             return None
-        return self.select(image, threshold, size, model, max_detections)
+        return self.select(image, threshold, size, model, max_detections, letterbox=letterbox)
 
     def warm(self, images: Sequence[str | Path]) -> int:
         """Run the default model once on ``images`` (the bundled examples) at its default input

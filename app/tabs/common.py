@@ -20,7 +20,8 @@ from app.state import AppState, Selection
 @dataclass
 class Controls:
     """The Detect tab's components that the other tabs read, and the events after which the
-    current selection (image, model, size, threshold, detection limit) has a new result."""
+    current selection (image, model, size, threshold, detection limit, letterbox) has a new
+    result."""
 
     image: gr.Image
     threshold: gr.Slider
@@ -30,12 +31,19 @@ class Controls:
     annotated: gr.Image
     tabs: gr.Tabs
     model_note: gr.Markdown | None = None
+    letterbox: gr.Checkbox | None = None
+    show_truth: gr.Checkbox | None = None  # Detect only: draw the ground truth
     result_events: list[Any] = field(default_factory=list)
     _pending: list[tuple[Callable[..., Any], list[Any]]] = field(default_factory=list)
 
     def shared(self) -> list[gr.components.Component]:
         """The inputs every image endpoint starts with, in the handlers' order."""
         return [self.image, self.threshold, self.size, self.model, self.max_detections]
+
+    def inputs(self, *extra: gr.components.Component) -> list[gr.components.Component]:
+        """An image endpoint's inputs: :meth:`shared`, the tab's own ``extra`` and last the
+        letterbox box (a trailing optional input, so API callers may leave it out: stretch)."""
+        return [*self.shared(), *extra, *([self.letterbox] if self.letterbox else [])]
 
     def after_result(
         self, fn: Callable[[Selection], Any], outputs: list[gr.components.Component]
@@ -59,7 +67,7 @@ class Controls:
         for run, outputs in self._pending:
             fn = functools.partial(run, state.cached)
             for event in self.result_events:
-                event.success(fn, inputs=self.shared(), outputs=outputs, api_visibility="private")
+                event.success(fn, inputs=self.inputs(), outputs=outputs, api_visibility="private")
 
 
 def bind(state: AppState, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -63,9 +63,10 @@ def _pair(
     max_detections: int,
     other: str | None,
     progress: gr.Progress | None,
+    letterbox: bool = False,
 ) -> tuple[Selection, Selection]:
-    first = state.select(image, threshold, size, model, max_detections, progress)
-    second = state.select(image, threshold, size, other, max_detections, progress)
+    first = state.select(image, threshold, size, model, max_detections, progress, letterbox)
+    second = state.select(image, threshold, size, other, max_detections, progress, letterbox)
     if first.model.entry.key == second.model.entry.key:
         raise UserError("The second model is the first one; choose another model to compare.")
     return first, second
@@ -80,12 +81,15 @@ def compare_refinement(
     model: str | None,
     max_detections: int,
     other: str | None,
+    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> go.Figure:
     """Per-layer IoU of both models' matched queries with the same objects."""
     if not other:
         return figures.message_figure(CHOOSE_TEXT)
-    first, second = _pair(state, image, threshold, size, model, max_detections, other, progress)
+    first, second = _pair(
+        state, image, threshold, size, model, max_detections, other, progress, letterbox
+    )
     objects, labels, reference = _objects(state, first)
     cmp = analysis.compare_refinement(
         [first.result.trace, second.result.trace],
@@ -109,6 +113,7 @@ def compare_distributions(
     detection: str | int | None,
     other: str | None,
     edge: str,
+    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> go.Figure:
     """The chosen edge of the chosen detection (of the first model) per layer in both models."""
@@ -116,7 +121,9 @@ def compare_distributions(
         return figures.message_figure(CHOOSE_TEXT)
     if edge not in analysis.EDGES:
         raise UserError(f"The edge must be one of {', '.join(analysis.EDGES)}, got {edge!r}.")
-    first, second = _pair(state, image, threshold, size, model, max_detections, other, progress)
+    first, second = _pair(
+        state, image, threshold, size, model, max_detections, other, progress, letterbox
+    )
     first.require_detections()
     index = first_int(detection, "detection")
     index = 0 if index is None else first.check_detection(index)
@@ -160,7 +167,7 @@ def refinement_row(state: AppState, controls: Controls) -> None:
     gr.on(
         [button.click, other.input],
         bind(state, compare_refinement),
-        inputs=[*controls.shared(), other],
+        inputs=controls.inputs(other),
         outputs=plot,
         api_name="compare_refinement",
     )
@@ -178,7 +185,7 @@ def distributions_row(state: AppState, controls: Controls, detection: gr.Dropdow
     gr.on(
         [button.click, other.input, edge.input],
         bind(state, compare_distributions),
-        inputs=[*controls.shared(), detection, other, edge],
+        inputs=controls.inputs(detection, other, edge),
         outputs=plot,
         api_name="compare_distributions",
     )

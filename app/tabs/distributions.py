@@ -37,11 +37,12 @@ def distributions(
     overlay_all: bool = True,
     x_range: str = "mass",
     axis: str = "px",
+    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> tuple[go.Figure, Image.Image, pd.DataFrame]:
     """The four edges × layers figure (x: pixels or bin index; range: the probability mass
     or the full W(n) range), the ±kσ overlay, the stats."""
-    sel = state.select(image, threshold, size, model, max_detections, progress)
+    sel = state.select(image, threshold, size, model, max_detections, progress, letterbox)
     if (why := compare.no_distributions(sel, "The Distributions tab")) is not None:
         return figures.message_figure(why), sel.result.image, pd.DataFrame({"note": [why]})
     index, dist = edge_distributions(sel, detection)
@@ -73,9 +74,10 @@ def export_figure(
     fmt: str,
     x_range: str = "mass",
     axis: str = "px",
+    letterbox: bool = False,
 ) -> str:
     """The distributions figure shown, as a PNG or SVG file (the same plotly figure)."""
-    sel = state.select(image, threshold, size, model, max_detections)
+    sel = state.select(image, threshold, size, model, max_detections, letterbox=letterbox)
     index, dist = edge_distributions(sel, detection)
     x_range, axis = _check_view(x_range, axis)
     fig = figures.distribution_figure(
@@ -119,10 +121,11 @@ def nearest_detection(
     model: str | None,
     max_detections: int,
     point: Sequence[float],
+    letterbox: bool = False,
 ) -> str:
     """The picker label of the detection at image pixel ``point`` (x, y): the smallest box
     containing it, else the box whose edge is nearest."""
-    sel = state.select(image, threshold, size, model, max_detections)
+    sel = state.select(image, threshold, size, model, max_detections, letterbox=letterbox)
     sel.require_detections()
     return detection_label(nearest_box(sel.detections.boxes, point), sel.detections)
 
@@ -186,7 +189,7 @@ def build(state: AppState, controls: Controls) -> None:
             )
         fmt, export, file = figure_export_row()
         compare.distributions_row(state, controls, pick)
-    inputs = [*controls.shared(), pick, sigma, overlay_all, x_range, axis]
+    inputs = controls.inputs(pick, sigma, overlay_all, x_range, axis)
     outputs = [plot, overlay, stats]
     fn = bind(state, distributions)
     gr.on(
@@ -199,14 +202,14 @@ def build(state: AppState, controls: Controls) -> None:
     tab.select(on_open(fn, 3), inputs=inputs, outputs=outputs, api_visibility="private")
     export.click(
         bind(state, export_figure),
-        inputs=[*controls.shared(), pick, fmt, x_range, axis],
+        inputs=controls.inputs(pick, fmt, x_range, axis),
         outputs=file,
         api_name="distributions_figure",
     )
 
     def select_box(*args: Any) -> tuple[str, Any]:
-        *shared, evt = args
-        label = nearest_detection(state, *shared, evt.index)
+        *shared, letterbox, evt = args
+        label = nearest_detection(state, *shared, evt.index, letterbox)
         return label, gr.Tabs(selected="distributions")
 
     def on_click(
@@ -215,14 +218,15 @@ def build(state: AppState, controls: Controls) -> None:
         size: int,
         model: str,
         max_dets: int,
+        letterbox: bool,
         evt: gr.SelectData,
     ) -> tuple[str, Any]:
-        return quietly(select_box, 2)(image, threshold, size, model, max_dets, evt)
+        return quietly(select_box, 2)(image, threshold, size, model, max_dets, letterbox, evt)
 
     for source in (controls.annotated, overlay):
         source.select(
             on_click,
-            inputs=controls.shared(),
+            inputs=controls.inputs(),
             outputs=[pick, controls.tabs],
             api_visibility="private",
         ).success(fn, inputs=inputs, outputs=outputs, api_visibility="private")

@@ -37,12 +37,13 @@ def golsd(
     targets: str,
     query: str | int | None,
     edge: str,
+    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> tuple[str, Image.Image, str, go.Figure, go.Figure, go.Figure, pd.DataFrame]:
     """Summary, the targets drawn on the image, the query shown (``"query 12: …"``), teacher
     vs student distributions of its edge, its KL per layer, the loss split and the
     weights of the top queries."""
-    sel = state.select(image, threshold, size, model, max_detections, progress)
+    sel = state.select(image, threshold, size, model, max_detections, progress, letterbox)
     if (why := compare.no_distributions(sel, "GO-LSD")) is not None:
         empty = figures.message_figure(why)
         return why, sel.result.image, "", empty, empty, empty, pd.DataFrame({"note": [why]})
@@ -80,9 +81,10 @@ def queries(
     max_detections: int,
     targets: str,
     query: str | None,
+    letterbox: bool = False,
 ) -> dict:
     """The query picker's choices: the top contributors to the loss and the query shown."""
-    sel = state.select(image, threshold, size, model, max_detections)
+    sel = state.select(image, threshold, size, model, max_detections, letterbox=letterbox)
     report, truth = report_for(state, sel, str(targets or "auto"))
     names = truth.names if truth is not None else sel.model.class_names
     q = first_int(query, "query")
@@ -100,7 +102,8 @@ def report_for(
             "This image has no annotations: only the synthetic examples do. Pick one of "
             "them, or choose 'pseudo ground truth' to use the model's own detections."
         )
-    key: tuple[Any, ...] = (sel.digest, sel.result.model_key, sel.result.size, truth is None)
+    r = sel.result
+    key: tuple[Any, ...] = (sel.digest, r.model_key, r.size, r.letterbox, truth is None)
     key += (sel.threshold, sel.max_detections) if truth is None else ()
 
     def compute() -> analysis.GOLSDReport:
@@ -170,11 +173,11 @@ def build(state: AppState, controls: Controls) -> None:
         table = gr.Dataframe(
             tables.empty(tables.GOLSD_COLUMNS), label="DDF weights", interactive=False
         )
-    inputs = [*controls.shared(), targets, query, edge]
+    inputs = controls.inputs(targets, query, edge)
     outputs = [note, image, query, dist, kl, loss, table]
     fill = {
         "fn": quietly(bind(state, queries), 1),
-        "inputs": [*controls.shared(), targets, query],
+        "inputs": controls.inputs(targets, query),
         "outputs": query,
         "api_visibility": "private",
     }

@@ -36,11 +36,12 @@ def trace(
     max_detections: int,
     detections: Sequence[str] | str | None,
     stage: int | float,
+    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> tuple[Image.Image, go.Figure, pd.DataFrame]:
     """The chosen detections at one stage (previous stage ghosted), the IoU-to-final and
     edge-movement chart, and the per-stage table."""
-    sel = state.select(image, threshold, size, model, max_detections, progress)
+    sel = state.select(image, threshold, size, model, max_detections, progress, letterbox)
     sel.require_detections()
     picked = picked_detections(sel, detections)
     stage_i = check_stage(stage, len(analysis.refinement_stages(sel.result.trace)))
@@ -117,7 +118,7 @@ def build(state: AppState, controls: Controls) -> None:
                 tables.empty(tables.REFINEMENT_COLUMNS), label="Refinement table", interactive=False
             )
         compare.refinement_row(state, controls)
-    inputs = [*controls.shared(), picks, stage]
+    inputs = controls.inputs(picks, stage)
     outputs = [overlay, plot, table]
     fn = bind(state, trace)
     gr.on(
