@@ -528,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         choices=["torch-eager", "torch", "onnxruntime", "openvino", "tensorrt"],
-        help="what to time (default: torch-eager torch onnxruntime openvino; for an exported "
+        metavar="BACKEND",
+        help="what to time: torch-eager, torch, onnxruntime, openvino, tensorrt (default: "
+        "torch-eager torch onnxruntime openvino; for an exported "
         "--weights file: onnxruntime for .onnx, openvino for .xml)",
     )
     p.add_argument("--sizes", nargs="+", default=["n", "s"], choices=list("nsmlx"))
