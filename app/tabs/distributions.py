@@ -21,17 +21,22 @@ from app.errors import UserError, user_errors
 from app.state import AppState, Selection
 from app.summaries import detection_label, distribution_title
 from app.tabs import compare
-from app.tabs.common import Controls, bind, figure_export_row, on_open, quietly, save_figure
+from app.tabs.common import (
+    Controls,
+    bind,
+    figure_export_row,
+    on_open,
+    quietly,
+    save_figure,
+    selection,
+)
 
 
 @user_errors
+@selection
 def distributions(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     detection: str | int | None,
     sigma_scale: float,
     overlay_all: bool = True,
@@ -41,7 +46,6 @@ def distributions(
 ) -> tuple[go.Figure, Image.Image, pd.DataFrame]:
     """The four edges × layers figure (x: pixels or bin index; range: the probability mass
     or the full W(n) range), the ±kσ overlay, the stats."""
-    sel = state.select(image, threshold, size, model, max_detections, progress)
     if (why := compare.no_distributions(sel, "The Distributions tab")) is not None:
         return figures.message_figure(why), sel.result.image, pd.DataFrame({"note": [why]})
     index, dist = edge_distributions(sel, detection)
@@ -62,20 +66,16 @@ def distributions(
 
 
 @user_errors
+@selection
 def export_figure(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     detection: str | int | None,
     fmt: str,
     x_range: str = "mass",
     axis: str = "px",
 ) -> str:
     """The distributions figure shown, as a PNG or SVG file (the same plotly figure)."""
-    sel = state.select(image, threshold, size, model, max_detections)
     index, dist = edge_distributions(sel, detection)
     x_range, axis = _check_view(x_range, axis)
     fig = figures.distribution_figure(
@@ -111,18 +111,14 @@ def edge_distributions(
 
 
 @user_errors
+@selection
 def nearest_detection(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     point: Sequence[float],
 ) -> str:
     """The picker label of the detection at image pixel ``point`` (x, y): the smallest box
     containing it, else the box whose edge is nearest."""
-    sel = state.select(image, threshold, size, model, max_detections)
     sel.require_detections()
     return detection_label(nearest_box(sel.detections.boxes, point), sel.detections)
 
