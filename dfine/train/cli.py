@@ -11,6 +11,7 @@ import textwrap
 from dfine import webapp
 from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
+from dfine.precision import OPENVINO_PRECISIONS
 from dfine.sources import default_backend
 from dfine.train import dist
 from dfine.train.checkpoints import BEST, FINAL, describe_outputs
@@ -297,7 +298,7 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["f32", "bf16", "int8"],
+        choices=OPENVINO_PRECISIONS,
         help="evaluate at this precision (OpenVINO; bf16: backbone + encoder reduced, decoder "
         "f32; an exported .xml runs at its own precision by default)",
     )
