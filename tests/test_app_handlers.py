@@ -9,6 +9,7 @@ import inspect
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ from app.state import AppState, SharedInputs  # noqa: E402
 from app.summaries import detection_label  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
 from app.tabs import detect, distributions, golsd, model, refinement, weighting  # noqa: E402
-from app.tabs.common import SHARED, Controls, bind, selection, shared_inputs  # noqa: E402
+from app.tabs.common import SHARED, Controls, bind, quietly, selection, shared_inputs  # noqa: E402
 from app.tabs.distributions import nearest_box  # noqa: E402
 from dfine.io import load_image  # noqa: E402
 from dfine.zoo import ZooDownloadError  # noqa: E402
@@ -392,6 +393,20 @@ def test_endpoints_take_the_shared_values_first_and_gradio_sees_progress(state):
     assert special_args(bind(state, distributions.export_figure))[1] is None
     fields = {f.name for f in dataclasses.fields(Controls)}
     assert set(SHARED) <= fields  # every shared value has its component
+
+
+def test_a_click_on_a_box_picks_its_detection(state):
+    """What the Detect tab's annotated image calls on a click (gradio injects gr.SelectData
+    after the shared values)."""
+    on_click = quietly(bind(state, shared_inputs(distributions.select_box)), 2)
+    _, _, event_index, _ = special_args(on_click)
+    assert event_index == len(SHARED)
+    dets = _dets(state)
+    x1, y1, x2, y2 = dets.boxes[1]
+    click = SimpleNamespace(index=[(x1 + x2) / 2, (y1 + y2) / 2])
+    label, tabs = on_click(*_shared(), click)
+    assert first_int(label, "detection") == nearest_box(dets.boxes, click.index)
+    assert tabs.selected == "distributions"
 
 
 def test_selection_and_shared_inputs_pack_the_shared_values(state):

@@ -4,8 +4,8 @@ the ±kσ uncertainty overlay and the edge statistics. Endpoints ``/distribution
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -18,7 +18,7 @@ from analysis import figures
 from app import tables, texts
 from app.checks import SIGMA_RANGE, check_sigma, first_int
 from app.errors import UserError, user_errors
-from app.state import AppState, Selection
+from app.state import AppState, Selection, SharedInputs
 from app.summaries import detection_label, distribution_title
 from app.tabs import compare
 from app.tabs.common import (
@@ -29,6 +29,7 @@ from app.tabs.common import (
     quietly,
     save_figure,
     selection,
+    shared_inputs,
 )
 
 
@@ -143,6 +144,13 @@ def picker(sel: Selection) -> dict:
     return gr.update(choices=labels, value=labels[0] if labels else None)
 
 
+def select_box(state: AppState, inputs: SharedInputs, evt: gr.SelectData) -> tuple[str, gr.Tabs]:
+    """A click at ``evt.index`` (x, y) on the annotated image or the overlay: the picker label
+    of the detection there, and this tab opened."""
+    label = nearest_detection(state, *dataclasses.astuple(inputs), evt.index)
+    return label, gr.Tabs(selected="distributions")
+
+
 def build(state: AppState, controls: Controls) -> None:
     with gr.Tab("Distributions", id="distributions") as tab:
         gr.Markdown(texts.DISTRIBUTIONS, elem_classes="dfine-note")
@@ -200,21 +208,7 @@ def build(state: AppState, controls: Controls) -> None:
         api_name="distributions_figure",
     )
 
-    def select_box(*args: Any) -> tuple[str, Any]:
-        *shared, evt = args
-        label = nearest_detection(state, *shared, evt.index)
-        return label, gr.Tabs(selected="distributions")
-
-    def on_click(
-        image: str | None,
-        threshold: float,
-        size: int,
-        model: str,
-        max_dets: int,
-        evt: gr.SelectData,
-    ) -> tuple[str, Any]:
-        return quietly(select_box, 2)(image, threshold, size, model, max_dets, evt)
-
+    on_click = quietly(bind(state, shared_inputs(select_box)), 2)
     for source in (controls.annotated, overlay):
         source.select(
             on_click,
