@@ -7,10 +7,15 @@ The pattern (a new tab follows it):
   model store, one result cache, the annotated examples, the output folder) and the values of
   the tab's components; decorate them with :func:`app.errors.user_errors`. Tests call them
   directly.
+- An image endpoint's handler is ``@selection def fn(state, sel, *own values)``: the
+  decorator (:mod:`app.tabs.common`) makes it take the shared controls' values first and
+  turns them into the :class:`app.state.Selection` (``@shared_inputs`` gives the raw
+  :class:`app.state.SharedInputs` instead). The shared controls are listed once, as the
+  fields of ``SharedInputs``.
 - ``build(state, controls)`` creates the ``gr.Tab`` and wires its events with
   ``app.tabs.common.bind(state, fn)``. ``controls`` (:class:`app.tabs.common.Controls`) are
   the Detect tab's inputs every image tab reads (``controls.shared()`` = image, threshold,
-  input size, model, detection limit); ``controls.after_result(fn, outputs)`` updates a
+  input size, model, detection limit, letterbox); ``controls.after_result(fn, outputs)`` updates a
   tab's pickers whenever the current result changes (Detect pressed, threshold or limit
   moved) from the cached forward pass.
 - The tab's main action gets ``api_name="<endpoint>"``; helper events are

@@ -21,7 +21,7 @@ from app.ground_truth import AnnotatedExamples
 from app.models import ModelStore
 from app.paths import BUNDLED_WEIGHTS
 from app.results import ResultCache
-from app.state import AppState
+from app.state import AppState, SharedInputs
 from app.summaries import detection_label
 from app.tabs import compare, detect, distributions, golsd, refinement
 
@@ -48,17 +48,17 @@ def tall(tmp_path_factory) -> str:
     return str(path)
 
 
-def _shared(image: str) -> tuple:
-    return image, THRESHOLD, 320, "default", 300
+def _shared(image: str, letterbox: bool = True) -> tuple:
+    return image, THRESHOLD, 320, "default", 300, letterbox
 
 
 def _boxed(state: AppState, image: str):
-    return state.select(*_shared(image), letterbox=True).detections
+    return state.select(SharedInputs(*_shared(image))).detections
 
 
 def test_detect_with_letterbox_is_the_letterbox_detector(state, tall):
-    _, stretched, _, summary_s = detect.detect(state, *_shared(tall))
-    _, table, json_path, summary = detect.detect(state, *_shared(tall), True)
+    _, stretched, _, summary_s = detect.detect(state, *_shared(tall, False))
+    _, table, json_path, summary = detect.detect(state, *_shared(tall))
     model = state.store.get("default").model
     ref = dfine.Detector(model, threshold=THRESHOLD, size=320, letterbox=True)(tall)
     assert len(table) == len(ref) >= 5
@@ -70,15 +70,17 @@ def test_detect_with_letterbox_is_the_letterbox_detector(state, tall):
     saved = json.loads(Path(json_path).read_text())
     assert len(saved["detections"]) == len(ref)
     # the threshold re-filters the letterboxed result, not the stretched one
-    refiltered = detect.refilter(state, *_shared(tall)[:1], 0.6, *_shared(tall)[2:], True)[1]
+    refiltered = detect.refilter(state, tall, 0.6, 320, "default", 300, True)[1]
     assert len(refiltered) == int((ref.scores > 0.6).sum())
+    again = detect.redetect(state, tall, THRESHOLD, 320, "default", 300, True)
+    assert again[1].equals(table) and "letterboxed" in again[3]  # from the cache
     assert detect.redetect(state, None, THRESHOLD, 320, "default", 300, True)[0] is not None
 
 
 def test_refinement_final_stage_is_detect(state, tall):
     dets = _boxed(state, tall)
     last = state.store.get("default").num_layers + 1
-    overlay, _fig, rows = refinement.trace(state, *_shared(tall), [], last, True)
+    overlay, _fig, rows = refinement.trace(state, *_shared(tall), [], last)
     assert overlay.size == (W, H)
     for i in range(min(5, len(dets))):
         final = rows[(rows["#"] == i) & (rows["stage"] == "layer 3")].iloc[0]
@@ -89,25 +91,25 @@ def test_refinement_final_stage_is_detect(state, tall):
 def test_distributions_final_edges_are_detect(state, tall):
     dets = _boxed(state, tall)
     _, overlay, stats = distributions.distributions(
-        state, *_shared(tall), "1", 1.0, False, "mass", "px", True
+        state, *_shared(tall), "1", 1.0, False, "mass", "px"
     )
     assert overlay.size == (W, H)
     final = stats[stats["layer"] == stats["layer"].iloc[-1]]["edge position (px)"].to_numpy(float)
     np.testing.assert_allclose(np.clip(final, 0, [W, H, W, H]), dets.boxes[1], atol=0.06)
     x1, y1, x2, y2 = dets.boxes[1]
-    label = distributions.nearest_detection(
-        state, *_shared(tall), ((x1 + x2) / 2, (y1 + y2) / 2), True
-    )
+    label = distributions.nearest_detection(state, *_shared(tall), ((x1 + x2) / 2, (y1 + y2) / 2))
     assert label == detection_label(1, dets)
 
 
 def test_golsd_pseudo_targets_are_detect(state, tall):
     dets = _boxed(state, tall)
-    summary, targets, *_ = golsd.golsd(state, *_shared(tall), "pseudo", "", "left", True)
+    summary, targets, *_ = golsd.golsd(state, *_shared(tall), "pseudo", "", "left")
     assert targets.size == (W, H)
     assert f"{len(dets)} " in summary  # one pseudo target per detection
-    report, _ = golsd.report_for(state, state.select(*_shared(tall), letterbox=True), "pseudo")
-    stretch, _ = golsd.report_for(state, state.select(*_shared(tall)), "pseudo")
+    report, _ = golsd.report_for(state, state.select(SharedInputs(*_shared(tall))), "pseudo")
+    stretch, _ = golsd.report_for(
+        state, state.select(SharedInputs(*_shared(tall, False))), "pseudo"
+    )
     assert report is not stretch  # the GO-LSD memo keeps the two resizes apart
 
 
@@ -115,7 +117,7 @@ def test_compare_sees_the_letterboxed_boxes(state, tall, tmp_path):
     copy = tmp_path / "same_weights.safetensors"
     shutil.copy(BUNDLED_WEIGHTS, copy)
     other = state.store.add_upload(copy).entry.key
-    fig = compare.compare_refinement(state, *_shared(tall), other, True)
+    fig = compare.compare_refinement(state, *_shared(tall), other)
     objects = [t.y[-1] for t in fig.data if t.showlegend is False]  # per object, 2 models
     assert len(objects) == 2 * len(_boxed(state, tall))
     # the final boxes of the queries matched to the objects (the detections) are the objects;

@@ -12,6 +12,8 @@ distributions for a model trained without them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import gradio as gr
 import plotly.graph_objects as go
 
@@ -19,8 +21,8 @@ import analysis
 from analysis import figures
 from app.checks import first_int
 from app.errors import UserError, user_errors
-from app.state import AppState, Selection
-from app.tabs.common import Controls, bind
+from app.state import AppState, Selection, SharedInputs
+from app.tabs.common import Controls, bind, shared_inputs
 from dfine.nn.decoder import NoDistributionsError
 
 NONE_CHOICE = ("(no second model)", "")
@@ -55,41 +57,27 @@ def _objects(state: AppState, sel: Selection):
 
 
 def _pair(
-    state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
-    other: str | None,
-    progress: gr.Progress | None,
-    letterbox: bool = False,
+    state: AppState, inputs: SharedInputs, other: str | None, progress: gr.Progress | None
 ) -> tuple[Selection, Selection]:
-    first = state.select(image, threshold, size, model, max_detections, progress, letterbox)
-    second = state.select(image, threshold, size, other, max_detections, progress, letterbox)
+    first = state.select(inputs, progress)
+    second = state.select(dataclasses.replace(inputs, model=other), progress)
     if first.model.entry.key == second.model.entry.key:
         raise UserError("The second model is the first one; choose another model to compare.")
     return first, second
 
 
 @user_errors
+@shared_inputs
 def compare_refinement(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    inputs: SharedInputs,
     other: str | None,
-    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> go.Figure:
     """Per-layer IoU of both models' matched queries with the same objects."""
     if not other:
         return figures.message_figure(CHOOSE_TEXT)
-    first, second = _pair(
-        state, image, threshold, size, model, max_detections, other, progress, letterbox
-    )
+    first, second = _pair(state, inputs, other, progress)
     objects, labels, reference = _objects(state, first)
     cmp = analysis.compare_refinement(
         [first.result.trace, second.result.trace],
@@ -103,17 +91,13 @@ def compare_refinement(
 
 
 @user_errors
+@shared_inputs
 def compare_distributions(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    inputs: SharedInputs,
     detection: str | int | None,
     other: str | None,
     edge: str,
-    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> go.Figure:
     """The chosen edge of the chosen detection (of the first model) per layer in both models."""
@@ -121,9 +105,7 @@ def compare_distributions(
         return figures.message_figure(CHOOSE_TEXT)
     if edge not in analysis.EDGES:
         raise UserError(f"The edge must be one of {', '.join(analysis.EDGES)}, got {edge!r}.")
-    first, second = _pair(
-        state, image, threshold, size, model, max_detections, other, progress, letterbox
-    )
+    first, second = _pair(state, inputs, other, progress)
     first.require_detections()
     index = first_int(detection, "detection")
     index = 0 if index is None else first.check_detection(index)
@@ -167,7 +149,7 @@ def refinement_row(state: AppState, controls: Controls) -> None:
     gr.on(
         [button.click, other.input],
         bind(state, compare_refinement),
-        inputs=controls.inputs(other),
+        inputs=[*controls.shared(), other],
         outputs=plot,
         api_name="compare_refinement",
     )
@@ -185,7 +167,7 @@ def distributions_row(state: AppState, controls: Controls, detection: gr.Dropdow
     gr.on(
         [button.click, other.input, edge.input],
         bind(state, compare_distributions),
-        inputs=controls.inputs(detection, other, edge),
+        inputs=[*controls.shared(), detection, other, edge],
         outputs=plot,
         api_name="compare_distributions",
     )

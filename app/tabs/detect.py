@@ -19,72 +19,55 @@ from app.examples import photo_examples, synth_examples
 from app.ground_truth import draw_truth
 from app.models import LoadedModel
 from app.paths import DEFAULT_MAX_DETECTIONS, INPUT_SIZES
-from app.state import AppState, Selection
+from app.state import AppState, Selection, SharedInputs
 from app.summaries import detect_summary, model_note
-from app.tabs.common import Controls, bind, skip
+from app.tabs.common import SHARED, Controls, bind, selection, shared_inputs, skip
 
 DetectOutputs = tuple[Image.Image, pd.DataFrame, str, str]
 
 
 @user_errors
+@selection
 def detect(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
-    letterbox: bool = False,
+    sel: Selection,
     ground_truth: bool = False,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
 ) -> DetectOutputs:
     """Annotated image (``ground_truth``: with the image's annotations dashed, when it has
     some), detections table (pixels), JSON file, summary with speed."""
-    sel = state.select(image, threshold, size, model, max_detections, progress, letterbox)
-    return _outputs(state, sel, image, ground_truth)
+    return _outputs(state, sel, ground_truth)
 
 
+@shared_inputs
 def redetect(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
-    letterbox: bool = False,
+    inputs: SharedInputs,
     ground_truth: bool = False,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
 ) -> DetectOutputs | tuple[Any, ...]:
     """:func:`detect` after the letterbox box is toggled; nothing while there is no image."""
-    if image is None or not str(image).strip():
+    if inputs.image is None or not str(inputs.image).strip():
         return skip(4)
-    args = (image, threshold, size, model, max_detections, letterbox, ground_truth)
-    return detect(state, *args, progress)
+    values = [getattr(inputs, name) for name in SHARED]
+    return detect(state, *values, ground_truth, progress)
 
 
 @user_errors
+@shared_inputs
 def refilter(
-    state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
-    letterbox: bool = False,
-    ground_truth: bool = False,
+    state: AppState, inputs: SharedInputs, ground_truth: bool = False
 ) -> DetectOutputs | tuple[Any, ...]:
     """What :func:`detect` shows for new threshold / limit / ground-truth values, from the
     cached forward pass only; nothing changes while there is no result for these inputs yet."""
-    sel = state.cached(image, threshold, size, model, max_detections, letterbox)
-    return skip(4) if sel is None else _outputs(state, sel, image, ground_truth)
+    sel = state.cached(inputs)
+    return skip(4) if sel is None else _outputs(state, sel, ground_truth)
 
 
-def _outputs(
-    state: AppState, sel: Selection, image: str | None, ground_truth: bool = False
-) -> DetectOutputs:
+def _outputs(state: AppState, sel: Selection, ground_truth: bool = False) -> DetectOutputs:
     dets = sel.detections
     annotated = dets.plot() if len(dets) else Image.fromarray(sel.result.image)
-    json_path = state.outputs.path(f"detections_{Path(str(image)).stem}.json")
+    json_path = state.outputs.path(f"detections_{Path(str(sel.inputs.image)).stem}.json")
     dets.to_json(json_path)
     truth = state.examples.find(sel.digest)
     summary = detect_summary(sel, truth is not None)
@@ -204,10 +187,9 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
                 )
                 json_file = gr.File(label="Detections JSON", height=90, elem_id="detections-json")
     controls = Controls(image, threshold, size, model, max_dets, annotated, tabs)
-    controls.letterbox = letterbox
-    controls.show_truth = show_truth
+    controls.letterbox, controls.show_truth = letterbox, show_truth
     outputs = [annotated, table, json_file, summary]
-    inputs = [*controls.inputs(), show_truth]
+    inputs = [*controls.shared(), show_truth]
     pressed = button.click(bind(state, detect), inputs=inputs, outputs=outputs, api_name="detect")
     moved = gr.on(
         [threshold.release, max_dets.release, show_truth.input],

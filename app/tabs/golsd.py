@@ -21,29 +21,24 @@ from app.ground_truth import GroundTruth
 from app.state import AppState, Selection
 from app.summaries import compact, golsd_summary, query_choices, query_label, targets_image
 from app.tabs import compare
-from app.tabs.common import Controls, bind, on_open, quietly
+from app.tabs.common import Controls, bind, on_open, quietly, selection
 
 TARGET_MODES = ("auto", "annotations", "pseudo")
 
 
 @user_errors
+@selection
 def golsd(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     targets: str,
     query: str | int | None,
     edge: str,
-    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> tuple[str, Image.Image, str, go.Figure, go.Figure, go.Figure, pd.DataFrame]:
     """Summary, the targets drawn on the image, the query shown (``"query 12: …"``), teacher
     vs student distributions of its edge, its KL per layer, the loss split and the
     weights of the top queries."""
-    sel = state.select(image, threshold, size, model, max_detections, progress, letterbox)
     if (why := compare.no_distributions(sel, "GO-LSD")) is not None:
         empty = figures.message_figure(why)
         return why, sel.result.image, "", empty, empty, empty, pd.DataFrame({"note": [why]})
@@ -72,19 +67,14 @@ def golsd(
 
 
 @user_errors
+@selection
 def queries(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     targets: str,
     query: str | None,
-    letterbox: bool = False,
 ) -> dict:
     """The query picker's choices: the top contributors to the loss and the query shown."""
-    sel = state.select(image, threshold, size, model, max_detections, letterbox=letterbox)
     report, truth = report_for(state, sel, str(targets or "auto"))
     names = truth.names if truth is not None else sel.model.class_names
     q = first_int(query, "query")
@@ -173,11 +163,11 @@ def build(state: AppState, controls: Controls) -> None:
         table = gr.Dataframe(
             tables.empty(tables.GOLSD_COLUMNS), label="DDF weights", interactive=False
         )
-    inputs = controls.inputs(targets, query, edge)
+    inputs = [*controls.shared(), targets, query, edge]
     outputs = [note, image, query, dist, kl, loss, table]
     fill = {
         "fn": quietly(bind(state, queries), 1),
-        "inputs": controls.inputs(targets, query),
+        "inputs": [*controls.shared(), targets, query],
         "outputs": query,
         "api_visibility": "private",
     }

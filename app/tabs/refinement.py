@@ -20,28 +20,23 @@ from app.paths import MAX_STAGES
 from app.state import AppState, Selection
 from app.summaries import detection_label
 from app.tabs import compare
-from app.tabs.common import Controls, bind, on_open
+from app.tabs.common import Controls, bind, on_open, selection
 
 DEFAULT_SELECTION = 5
 """How many detections are followed when none is chosen (the highest-scoring ones)."""
 
 
 @user_errors
+@selection
 def trace(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     detections: Sequence[str] | str | None,
     stage: int | float,
-    letterbox: bool = False,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> tuple[Image.Image, go.Figure, pd.DataFrame]:
     """The chosen detections at one stage (previous stage ghosted), the IoU-to-final and
     edge-movement chart, and the per-stage table."""
-    sel = state.select(image, threshold, size, model, max_detections, progress, letterbox)
     sel.require_detections()
     picked = picked_detections(sel, detections)
     stage_i = check_stage(stage, len(analysis.refinement_stages(sel.result.trace)))
@@ -118,7 +113,7 @@ def build(state: AppState, controls: Controls) -> None:
                 tables.empty(tables.REFINEMENT_COLUMNS), label="Refinement table", interactive=False
             )
         compare.refinement_row(state, controls)
-    inputs = controls.inputs(picks, stage)
+    inputs = [*controls.shared(), picks, stage]
     outputs = [overlay, plot, table]
     fn = bind(state, trace)
     gr.on(
