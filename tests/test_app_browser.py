@@ -129,7 +129,7 @@ def test_detect_then_distributions(server, page, record_property):
     x1, y1, x2, y2 = (float(v) for v in cells[-4:])
     centre = ((x1 + x2) / 2, (y1 + y2) / 2)  # clicked below: the nearest box is this one
     nearest = distributions.nearest_detection(
-        server[0].dfine_state, str(PHOTO), 0.5, 320, "default", 25, centre
+        server[0].dfine_state, str(PHOTO), 0.5, 320, "default", 25, False, centre
     )
     other = "2: " if nearest.startswith("1: ") else "1: "
     annotated = _image_at(page, "#annotated img").astype(int)
