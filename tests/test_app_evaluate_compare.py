@@ -79,7 +79,7 @@ def test_two_models_side_by_side_on_the_same_split(client, split, fdr_key):
     stages = [r[0] for r in single[1]["data"]]
     fig = plotly(fig)
     assert list(fig["layout"]["xaxis"]["categoryarray"]) == stages  # encoder … layer 3
-    lines = {t["name"]: t for t in fig["data"]}
+    lines = {f"{t['legendgroup']}: {t['name']}": t for t in fig["data"]}
     assert len(lines) == 6  # AP, AP50, AP75 of each model
     demo_ap, fdr_ap = lines[f"{demo_row[0]}: AP"], lines[f"{fdr_row[0]}: AP"]
     np.testing.assert_allclose(demo_ap["y"], [r[1] for r in single[1]["data"]], atol=1e-4)

@@ -79,11 +79,12 @@ def stage_ap_comparison_figure(
         for key, dash in (("AP", "solid"), ("AP50", "dash"), ("AP75", "dot")):
             fig.add_scatter(
                 x=order, y=[getattr(by_name[n], key) if n in by_name else None for n in order],
-                name=f"{name}: {key}", mode="lines+markers", connectgaps=True,
-                line={"color": colors[i % len(colors)], "dash": dash},
+                name=key, legendgroup=name, legendgrouptitle_text=name, mode="lines+markers",
+                connectgaps=True, line={"color": colors[i % len(colors)], "dash": dash},
+                hovertemplate=f"{name}<br>%{{x}}: {key} %{{y:.4f}}<extra></extra>",
             )  # fmt: skip
     fig.update_layout(
-        **LAYOUT,
+        **{**LAYOUT, "width": None},  # the app's width (this figure is not exported)
         title="COCO AP of every stage: the models side by side (own scores)",
         xaxis={
             "title": "stage (encoder proposals b0 → pre-head → decoder layers)",
@@ -91,7 +92,7 @@ def stage_ap_comparison_figure(
             "categoryarray": order,
         },
         yaxis={"title": "AP (0–1)", "rangemode": "tozero"},
-        legend={"orientation": "h", "y": -0.25},
+        legend={"groupclick": "toggleitem"},
     )
     return fig
 

@@ -373,7 +373,7 @@ def _compare_row(state: AppState) -> tuple[gr.Dropdown, _CompareRow]:
             gr.Markdown(elem_id="evaluate-compare-summary"),
             gr.Dataframe(label="COCO AP of both models", interactive=False,
                          elem_id="evaluate-compare-table"),
-            gr.Plot(elem_id="evaluate-compare-plot"),
+            gr.Plot(label="Per-stage AP of both models", elem_id="evaluate-compare-plot"),
         )  # fmt: skip
     acc.expand(
         lambda: gr.update(choices=[NONE_CHOICE, *state.store.choices()]),
