@@ -1,8 +1,8 @@
 """ONNX export of the ablated models (``--ablate fdr``: 4 box deltas per layer, no
 distributions; ``--ablate golsd``: FDR without DDF): ``dfine export`` passes its ONNX Runtime
 parity check, the variant is in the ONNX metadata and ``dfine inspect`` shows it, and
-``dfine predict x.onnx`` runs and scores like the PyTorch model. Random-initialised
-D-FINE-N models (8 classes) at 256²."""
+``dfine predict x.onnx`` of the fdr model (its own graph: 4 box deltas per layer) runs and
+scores like the PyTorch model. Random-initialised D-FINE-N models (8 classes) at 256²."""
 
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ def test_export_inspect_and_predict_an_ablated_model(ablation, tmp_path, capsys,
     assert dfine_main(["inspect", str(onnx_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ablation"] == ablation
 
+    if ablation == "golsd":  # the same graph as the full model's (only training differs)
+        return
     image = str(examples_dir() / "synth" / "000002.jpg")
     # a random model's scores are all alike (~0.03): keep all top-300 and compare them
     # order-free (the query-order-aware comparison is the export's parity check above)

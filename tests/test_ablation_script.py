@@ -12,10 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.test_ablation import _load_script
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablation.py"
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,9 @@ def test_a_run_stays_locked_while_its_training_lives(script, tmp_path):
     pid_file = tmp_path / "child.pid"
     child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     parent = (
-        "import sys, argparse; from pathlib import Path; "
-        "from tests.test_ablation import _load_script; s = _load_script(); "
+        "import sys, argparse, importlib.util; from pathlib import Path; "
+        f"spec = importlib.util.spec_from_file_location('a', {str(SCRIPT)!r}); "
+        "s = importlib.util.module_from_spec(spec); spec.loader.exec_module(s); "
         "args = argparse.Namespace(nice=0, threads=1); "
         f"lock = s._locked(Path({str(out)!r})).__enter__(); "
         f"s._call(args, lock, [sys.executable, '-c', {child!r}], 'child')"
