@@ -3,7 +3,8 @@
 demo model, and pick each as the second model in the Refinement, Distributions and Evaluate
 tabs' compare controls: both models' per-layer IoU curves, the same edge's distributions per
 layer in both (the fdr model: its box edge and a plain note that it has no distributions, no
-error), and both models' COCO AP and per-stage AP on the same split. The ablated models are
+error), and both models' COCO AP and per-stage AP on the same split; with the fdr model as
+the first model, the Distributions tab explains that it has none. The ablated models are
 random-initialised D-FINE-N checkpoints of each variant (the demo's 8 classes, metadata as
 ``dfine train --ablate`` writes it). Screenshots go to ``test-artifacts/``."""
 
@@ -209,6 +210,19 @@ def test_compare_two_models_in_refinement_distributions_and_evaluate(
             _shot(page, "compare_3_evaluate.png", shots)
             problems.update(_layout_problems(page))
             assert page.locator(".toast-body").count() == 0
+
+            # the fdr model as the first model: Distributions explains, nothing fails
+            page.get_by_role("tab", name="Detect").click()
+            _pick(page, "#model", "variant_fdr")
+            page.click("#detect-button")
+            page.locator("#detect-summary").get_by_text("detection").first.wait_for()
+            page.get_by_role("tab", name="Distributions").click()
+            page.locator("#dist-plot .annotation-text").filter(
+                has_text="--ablate fdr"
+            ).first.wait_for()  # "… needs per-edge distributions, but this model was trained …"
+            _shot(page, "compare_4_fdr_distributions.png", shots)
+            assert page.locator(".toast-body").count() == 0
+            problems.update(_layout_problems(page))
             assert not problems, problems
         finally:
             browser.close()
