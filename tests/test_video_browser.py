@@ -26,16 +26,13 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--n
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(module_monkeypatch):
     if not DEMO.exists():
         pytest.skip("demo model not bundled")
     from app import build_demo
 
-    os.environ["DFINE_VIDEO_MAX_FRAMES"] = "5"
-    try:
-        demo = build_demo(str(DEMO))
-    finally:
-        del os.environ["DFINE_VIDEO_MAX_FRAMES"]
+    module_monkeypatch.setenv("DFINE_VIDEO_MAX_FRAMES", "5")  # the tab reads it when built
+    demo = build_demo(str(DEMO))
     demo.queue(default_concurrency_limit=2, max_size=20)
     with serve(demo) as address:
         yield address
