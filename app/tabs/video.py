@@ -618,7 +618,10 @@ def build(state: AppState, controls: Controls) -> VideoTab:
         outputs=[cam_out, cam_fps, cam_times],
         stream_every=0.1,
         time_limit=tab.caps.webcam_seconds,
-        trigger_mode="always_last",
+        # Frames are dropped by Gradio's stream connection itself: the browser posts every
+        # frame to the one open event, each post replaces the event's input, and the handler
+        # takes the newest when it is free. (trigger_mode="always_last" would defer every
+        # frame until the stream ends: the browser sends one frame and then waits.)
         concurrency_id=QUEUE_ID,
         concurrency_limit=1,
         api_name="webcam",
