@@ -417,8 +417,11 @@ class FrameReader:
                 if not ok:
                     break
         self.frames_read = index
-        reported = self.info.frame_count
-        if index < 0.9 * reported - 1:
+        reported, fps = self.info.frame_count, self.info.fps
+        # Containers without a frame index (MKV, WebM) report duration x fps as the count,
+        # an overestimate for variable frame rates: only a count AND a last timestamp short
+        # of the duration mean the file ends early.
+        if index < 0.9 * reported - 1 and t + 1 / fps < 0.9 * reported / fps:
             raise VideoError(
                 f"Cannot read video {self.path}: decoding stopped after {index} of its "
                 f"{reported} frames (the file is truncated or corrupt); re-encode or re-download it"

@@ -1,14 +1,18 @@
-"""Phone videos: the frames are stored sideways and a display matrix (the MP4 ``tkhd`` matrix,
-FFmpeg's ``rotate``) says how to turn them. The decoder must hand out upright frames, the
-detections must be in the upright frame, and the JSON must report the displayed size.
+"""Clips OpenCV cannot write, encoded with PyAV from the synthetic generator's frames.
 
-OpenCV cannot write a display matrix, so the clip is encoded with PyAV (H.264 in MP4, as
-phones record) from the synthetic generator's frames.
+* Phone videos: the frames are stored sideways and a display matrix (the MP4 ``tkhd``
+  matrix, FFmpeg's ``rotate``) says how to turn them. The decoder must hand out upright
+  frames, the detections must be in the upright frame, and the JSON must report the
+  displayed size.
+* Variable frame rate: each frame's ``time_s`` is its presentation timestamp, not
+  ``index / fps``, in the reader and in the JSON; a complete VFR file whose container
+  overestimates its frame count (MKV/WebM: duration x fps) is not taken for a truncated one.
 """
 
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,15 @@ def rotate_box(box: list[float], k: int, width: int, height: int) -> list[float]
 
 
 @pytest.fixture(scope="module")
+def detector():
+    if not DEMO.exists():
+        pytest.skip("demo model assets/dfine_n_synth.safetensors not bundled")
+    from dfine.predict import Detector
+
+    return Detector(DEMO, threshold=0.5)
+
+
+@pytest.fixture(scope="module")
 def scene():
     frames, _shapes, truth = render_clip(FRAMES, WIDTH, HEIGHT, num_objects=2, seed=4)
     return frames, truth
@@ -82,17 +95,11 @@ def test_decoded_frames_are_upright(tmp_path, scene, degrees):
     assert np.abs(strided[1].rgb.astype(int) - upright[4]).mean() < 4
 
 
-def test_rotated_phone_clip_detections_and_json(tmp_path, scene):
-    if not DEMO.exists():
-        pytest.skip("demo model assets/dfine_n_synth.safetensors not bundled")
-    from dfine.predict import Detector
-
+def test_rotated_phone_clip_detections_and_json(tmp_path, scene, detector):
     frames, truth = scene
     clip = write_rotated(tmp_path / "portrait.mp4", frames, -90)  # an upright phone
     k = -1
-    run = annotate_video(
-        Detector(DEMO, threshold=0.5), clip, tmp_path / "out.webm", tmp_path / "out.json"
-    )
+    run = annotate_video(detector, clip, tmp_path / "out.webm", tmp_path / "out.json")
     record = json.loads((tmp_path / "out.json").read_text())
     assert (record["video"]["width"], record["video"]["height"]) == (HEIGHT, WIDTH)  # displayed
     assert probe(tmp_path / "out.webm").width == HEIGHT  # the annotated video is upright too
@@ -115,3 +122,50 @@ def test_rotate_box_matches_numpy():
         expect = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
         assert rotate_box([2, 1, 5, 3], k, 6, 4) == expect
     assert rotate_box([2, 1, 5, 3], -1, 6, 4) == rotate_box([2, 1, 5, 3], 3, 6, 4)
+
+
+# --------------------------------------------------------------------------- variable frame rate
+
+PTS_MS = [0, 40, 80, 200, 240, 280, 500, 540]  # a stall, then another
+
+
+def write_vfr(path: Path, frames: list[np.ndarray], pts_ms: list[int]) -> Path:
+    """Encode ``frames`` with the given presentation times (milliseconds): H.264 in MP4/MKV,
+    VP8 in WebM."""
+    codec = "libvpx" if path.suffix == ".webm" else "libx264"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for ms, rgb in zip(pts_ms, frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".webm"])
+def test_variable_frame_rate_keeps_timestamps(tmp_path, suffix):
+    frames, _, _ = render_clip(len(PTS_MS), 160, 128, num_objects=1, seed=1)
+    clip = write_vfr(tmp_path / f"vfr{suffix}", frames, PTS_MS)
+    with FrameReader(clip) as reader:  # MKV/WebM say 14 frames (0.56 s x 25 fps): not cut
+        got = list(reader)
+    assert [f.index for f in got] == list(range(len(PTS_MS)))
+    np.testing.assert_allclose([f.time_s for f in got], np.array(PTS_MS) / 1000, atol=1e-3)
+    with FrameReader(clip, stride=3) as reader:
+        np.testing.assert_allclose([f.time_s for f in reader], [0.0, 0.2, 0.5], atol=1e-3)
+
+
+def test_variable_frame_rate_json_times(tmp_path, detector):
+    frames, _, _ = render_clip(len(PTS_MS), 320, 320, num_objects=2, seed=2)
+    clip = write_vfr(tmp_path / "vfr.mkv", frames, PTS_MS)
+    annotate_video(detector, clip, tmp_path / "out.webm", tmp_path / "out.json", track=True)
+    record = json.loads((tmp_path / "out.json").read_text())
+    assert [f["time_s"] for f in record["frames"]] == pytest.approx(
+        [ms / 1000 for ms in PTS_MS], abs=1e-3
+    )
+    assert all(len(f["detections"]) == 2 for f in record["frames"])
