@@ -30,6 +30,21 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class SharedInputs:
+    """The values of the shared controls: the Detect tab's inputs that every image endpoint
+    takes first, in this order (``/detect``, ``/trace``, ``/distributions``, …). The one list
+    of them: :meth:`app.tabs.common.Controls.shared` and the endpoints' parameters are derived
+    from these fields, so a new shared control is a field here (with a default), a
+    component in the Detect tab and its use in :meth:`AppState.select`."""
+
+    image: str | None
+    threshold: float
+    size: int | str
+    model: str | None
+    max_detections: int
+
+
+@dataclass(frozen=True)
 class Selection:
     """The result of one forward pass and the detections the Detect tab's settings keep."""
 
@@ -41,6 +56,7 @@ class Selection:
     max_detections: int
     digest: str
     cached: bool
+    inputs: SharedInputs
 
     def require_detections(self) -> None:
         if len(self.detections) == 0:
@@ -96,21 +112,13 @@ class AppState:
         """The tab-private LRU ``name`` (created on first use)."""
         return self._memos.setdefault(name, Memo())
 
-    def select(
-        self,
-        image: str | None,
-        threshold: float,
-        size: int | str,
-        model: str | None,
-        max_detections: int,
-        progress: gr.Progress | None = None,
-    ) -> Selection:
+    def select(self, inputs: SharedInputs, progress: gr.Progress | None = None) -> Selection:
         """Check the shared inputs, run (or reuse) the forward pass, apply the threshold."""
-        path = check_image(image)
-        threshold = check_threshold(threshold)
-        size = check_size(size)
-        max_detections = check_max_detections(max_detections)
-        entry = self.store.entry(model)
+        path = check_image(inputs.image)
+        threshold = check_threshold(inputs.threshold)
+        size = check_size(inputs.size)
+        max_detections = check_max_detections(inputs.max_detections)
+        entry = self.store.entry(inputs.model)
         digest = file_digest(path)
 
         def compute() -> TraceResult:
@@ -128,27 +136,23 @@ class AppState:
         result, cached = self.cache.get((digest, entry.key, size), compute)
         loaded = self.store.get(entry.key)
         dets, queries = result.select(threshold, max_detections)
-        return Selection(result, loaded, dets, queries, threshold, max_detections, digest, cached)
+        return Selection(
+            result, loaded, dets, queries, threshold, max_detections, digest, cached, inputs
+        )
 
-    def cached(
-        self,
-        image: str | None,
-        threshold: float,
-        size: int | str,
-        model: str | None,
-        max_detections: int,
-    ) -> Selection | None:
+    def cached(self, inputs: SharedInputs) -> Selection | None:
         """:meth:`select` if the forward pass for these inputs is cached already, else
         ``None`` (what live controls use: they re-filter, never run the model)."""
-        if image is None or not str(image).strip():
+        if inputs.image is None or not str(inputs.image).strip():
             return None
         try:
-            key = (file_digest(image), self.store.entry(model).key, check_size(size))
+            entry = self.store.entry(inputs.model)
+            key = (file_digest(inputs.image), entry.key, check_size(inputs.size))
         except UserError:
             return None
         if self.cache.peek(key) is None:
             return None
-        return self.select(image, threshold, size, model, max_detections)
+        return self.select(inputs)
 
     def warm(self, images: Sequence[str | Path]) -> int:
         """Run the default model once on ``images`` (the bundled examples) at its default input
@@ -157,6 +161,6 @@ class AppState:
         default = self.store.get(None)
         computed = 0
         for image in images:
-            sel = self.select(str(image), 0.5, default.default_size, DEFAULT_KEY, 1)
+            sel = self.select(SharedInputs(str(image), 0.5, default.default_size, DEFAULT_KEY, 1))
             computed += not sel.cached
         return computed

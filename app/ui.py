@@ -7,6 +7,11 @@ The pattern (a new tab follows it):
   model store, one result cache, the annotated examples, the output folder) and the values of
   the tab's components; decorate them with :func:`app.errors.user_errors`. Tests call them
   directly.
+- An image endpoint's handler is ``@selection def fn(state, sel, *own values)``: the
+  decorator (:mod:`app.tabs.common`) makes it take the shared controls' values first and
+  turns them into the :class:`app.state.Selection` (``@shared_inputs`` gives the raw
+  :class:`app.state.SharedInputs` instead). The shared controls are listed once, as the
+  fields of ``SharedInputs``.
 - ``build(state, controls)`` creates the ``gr.Tab`` and wires its events with
   ``app.tabs.common.bind(state, fn)``. ``controls`` (:class:`app.tabs.common.Controls`) are
   the Detect tab's inputs every image tab reads (``controls.shared()`` = image, threshold,

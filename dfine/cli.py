@@ -22,8 +22,8 @@ from dfine.data.cli import register_cli as register_data
 from dfine.export import export_onnx, read_metadata
 from dfine.io import ImageLoadError
 from dfine.model import DFINE
+from dfine.precision import OPENVINO_PRECISIONS, PRECISIONS, normalize_precision
 from dfine.precision import PARTS as PRECISION_PARTS
-from dfine.precision import normalize_precision
 from dfine.predict import Detector
 from dfine.quantize import export_reduced
 from dfine.resources import demo_weights
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=["f32", "bf16", "int8", "fp16"],
+        choices=PRECISIONS,
         help="f32, bf16 (openvino: backbone + encoder bf16, decoder f32), int8 (an INT8 export), "
         "fp16 (tensorrt); default f32 or the exported file's own",
     )
@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="f32",
-        choices=["f32", "bf16", "int8", "fp16"],
+        choices=PRECISIONS,
         help="f32 (default); bf16 (openvino); int8 (openvino, needs --calibration); fp16 (onnx, "
         "for GPUs; same as --half). bf16/int8 reduce the backbone and encoder, keep the FDR "
         "decoder in f32, and are checked by the accuracy guard",
@@ -530,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         nargs="+",
         default=["f32"],
-        choices=["f32", "bf16", "int8"],
+        choices=OPENVINO_PRECISIONS,
         help="openvino precisions to time (default f32; bf16/int8: backbone + encoder reduced, "
         "decoder f32; int8 calibrated on random images: timing only)",
     )

@@ -26,7 +26,6 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from dfine.backends import create_backend
 from dfine.backends.base import onnx_for
 from dfine.backends.openvino import OpenVINOBackend
 from dfine.data.yolo import YoloDetection
@@ -286,24 +285,6 @@ def guard_drift(
         and got["lost"] <= bound["lost"]
     )
     return GuardResult("drift", {}, got, len(inputs), bound, ok, source)
-
-
-def evaluate_file(
-    weights: str | os.PathLike,
-    data: str | os.PathLike,
-    *,
-    backend: str = "openvino",
-    precision: str | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-) -> dict[str, float]:
-    """COCO metrics of an exported file (or a checkpoint through a non-torch backend) on the
-    val split of ``data``, image by image through the backend, at ``precision``."""
-
-    options = {"precision": precision} if precision is not None else {}
-    engine = create_backend(backend, weights, **options)
-    val = load_val(data, limit)
-    return evaluate(engine.detect, val, engine.input_size, progress, f"eval {backend}")
 
 
 @dataclass(frozen=True)

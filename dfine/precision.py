@@ -32,6 +32,10 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 PRECISIONS = ("f32", "bf16", "int8", "fp16")
+"""Every precision a graph runs at (fp16: TensorRT and fp16 ONNX exports)."""
+OPENVINO_PRECISIONS = ("f32", "bf16", "int8")
+"""The precisions OpenVINO runs and the accuracy guard checks (bf16 and int8 reduce
+:data:`HEAD_PARTS`, the FDR decoder stays f32)."""
 PARTS = (
     "backbone",
     "encoder",

@@ -44,7 +44,14 @@ from dfine.guard import (
     load_inputs,
     load_val,
 )
-from dfine.precision import HEAD_PARTS, PARTS, graph_parts, names_in, normalize_precision
+from dfine.precision import (
+    HEAD_PARTS,
+    OPENVINO_PRECISIONS,
+    PARTS,
+    graph_parts,
+    names_in,
+    normalize_precision,
+)
 from dfine.resources import asset_path
 
 FORMATS = ("onnx", "openvino")
@@ -180,7 +187,7 @@ def export_reduced(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     precision = normalize_precision(precision)
-    allowed = ("f32", "bf16", "int8") if format == "openvino" else ()
+    allowed = OPENVINO_PRECISIONS if format == "openvino" else ()
     if precision not in allowed:
         hint = (
             "ONNX files are f32 (dfine export --format onnx) or fp16 (--half); bf16 is a "

@@ -30,6 +30,14 @@ def load_tensors(name: str):
     return torch.load(reference_file(name), map_location="cpu", weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def module_monkeypatch():
+    """``monkeypatch`` for module-scoped fixtures (a served app, say): what it sets
+    (``setenv``, ``setattr``) is undone when the test module is done."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
 @pytest.fixture(scope="session")
 def inputs():
     return load_tensors("inputs.pt")

@@ -4,14 +4,19 @@ none depends on another having run first."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 gr = pytest.importorskip("gradio", reason="the app needs gradio")
+
+from gradio.helpers import special_args  # noqa: E402
 
 import analysis  # noqa: E402
 import dfine  # noqa: E402
@@ -24,10 +29,11 @@ from app.ground_truth import AnnotatedExamples  # noqa: E402
 from app.models import ModelStore  # noqa: E402
 from app.paths import BUNDLED_WEIGHTS, FIXTURE_BANNER, FIXTURE_WEIGHTS, SYNTH_ANNOTATIONS  # noqa: E402
 from app.results import ResultCache, file_digest  # noqa: E402
-from app.state import AppState  # noqa: E402
+from app.state import AppState, SharedInputs  # noqa: E402
 from app.summaries import detection_label  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
 from app.tabs import detect, distributions, golsd, model, refinement, weighting  # noqa: E402
+from app.tabs.common import SHARED, Controls, bind, quietly, selection, shared_inputs  # noqa: E402
 from app.tabs.distributions import nearest_box  # noqa: E402
 from dfine.io import load_image  # noqa: E402
 from dfine.zoo import ZooDownloadError  # noqa: E402
@@ -53,7 +59,7 @@ def _shared(image=IMAGE, threshold=THRESHOLD):
 
 
 def _dets(state, image=IMAGE, threshold=THRESHOLD):
-    return state.select(*_shared(image, threshold)).detections
+    return state.select(SharedInputs(*_shared(image, threshold))).detections
 
 
 def _raises(match: str):
@@ -150,7 +156,7 @@ def test_detect_zero_detections_says_so(state):
     ],
 )
 def test_detect_rejects_bad_options(state, args, match):
-    values = dict(zip(("image", "threshold", "size", "model", "max_detections"), _shared()))
+    values = dict(zip(SHARED, _shared()))
     values.update(args)
     with _raises(match) as err:
         detect.detect(state, **values)
@@ -212,7 +218,7 @@ def test_distributions_figure_overlay_and_stats(state):
     fig, overlay, stats = distributions.distributions(
         state, *_shared(), detection_label(1, dets), 2.0, True
     )
-    sel = state.select(*_shared())
+    sel = state.select(SharedInputs(*_shared()))
     q = int(sel.queries[1])
     dist = analysis.edge_distributions(sel.result.trace, q, (320, 320))
     bars = [t for t in fig.data if t.type == "bar"]
@@ -376,8 +382,56 @@ def test_zoo_download_offline_is_a_readable_error(state, monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------ helpers
+def test_endpoints_take_the_shared_values_first_and_gradio_sees_progress(state):
+    names = list(inspect.signature(distributions.distributions).parameters)
+    assert names == ["state", *SHARED, "detection", "sigma_scale", "overlay_all", "x_range",
+                     "axis", "progress"]  # fmt: skip
+    bound = bind(state, golsd.golsd)  # what gradio calls: the state bound, progress injected
+    assert list(inspect.signature(bound).parameters)[: len(SHARED)] == list(SHARED)
+    _, progress_index, _, _ = special_args(bound)
+    assert progress_index == len(SHARED) + 3  # after targets, query, edge
+    assert special_args(bind(state, distributions.export_figure))[1] is None
+    fields = {f.name for f in dataclasses.fields(Controls)}
+    assert set(SHARED) <= fields  # every shared value has its component
+
+
+def test_a_click_on_a_box_picks_its_detection(state):
+    """What the Detect tab's annotated image calls on a click (gradio injects gr.SelectData
+    after the shared values)."""
+    on_click = quietly(bind(state, shared_inputs(distributions.select_box)), 2)
+    _, _, event_index, _ = special_args(on_click)
+    assert event_index == len(SHARED)
+    dets = _dets(state)
+    x1, y1, x2, y2 = dets.boxes[1]
+    click = SimpleNamespace(index=[(x1 + x2) / 2, (y1 + y2) / 2])
+    label, tabs = on_click(*_shared(), click)
+    assert first_int(label, "detection") == nearest_box(dets.boxes, click.index)
+    assert tabs.selected == "distributions"
+
+
+def test_selection_and_shared_inputs_pack_the_shared_values(state):
+    seen = []
+
+    @selection
+    def probe(state, sel, extra, progress=None):
+        seen.append((sel.inputs, extra, progress))
+        return len(sel.detections)
+
+    @shared_inputs
+    def raw(state, inputs, extra=7):
+        return inputs, extra
+
+    n = probe(state, *_shared(), "x")
+    assert n == len(_dets(state)) and seen[-1] == (SharedInputs(*_shared()), "x", None)
+    values = dict(zip(SHARED, _shared()))
+    assert probe(state, extra="y", **values) == n and seen[-1][1] == "y"
+    assert raw(state, *_shared()) == (SharedInputs(*_shared()), 7)
+    with pytest.raises(TypeError):
+        raw(state, *_shared()[:-1])  # a shared value missing is a bug, not a user error
+
+
 def test_pickers_and_nearest_detection(state):
-    sel = state.select(*_shared())
+    sel = state.select(SharedInputs(*_shared()))
     refine, stage = refinement.pickers(sel)
     dist = distributions.picker(sel)
     dets = sel.detections
@@ -490,7 +544,7 @@ def test_distributions_zoom_to_the_probability_mass(state):
     args = (*_shared(), 0, 1.0, True)
     zoomed = distributions.distributions(state, *args, "mass", "px")[0]
     full = distributions.distributions(state, *args, "full", "px")[0]
-    dist = distributions.edge_distributions(state.select(*_shared()), 0)[1]
+    dist = distributions.edge_distributions(state.select(SharedInputs(*_shared())), 0)[1]
     for e in range(4):
         lo, hi = zoomed.layout[f"xaxis{'' if e == 0 else e + 1}"].range
         flo, fhi = full.layout[f"xaxis{'' if e == 0 else e + 1}"].range

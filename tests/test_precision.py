@@ -214,6 +214,28 @@ def test_cli_predict_and_val_on_the_int8_file(tmp_path, int8_xml, data, capsys):
     assert metrics["AP"] == pytest.approx(guard["reduced"]["AP"], abs=1e-6)
 
 
+def test_cli_val_at_a_precision_is_validate_at_that_precision(onnx_file, data, capsys):
+    """``dfine val --precision`` goes through :func:`dfine.train.run.validate` (the one
+    evaluation path, batched) and scores what the guard's image-by-image evaluation does."""
+    from dfine.backends.openvino import OpenVINOBackend
+    from dfine.guard import evaluate, load_val
+    from dfine.train.run import validate
+
+    args = ["val", "--weights", str(onnx_file), "--data", str(data), "--json", "-q"]
+    assert main([*args, "--precision", "bf16"]) == 2  # an .onnx runs on ONNX Runtime: f32
+    assert "use backend='openvino' with precision='bf16'" in capsys.readouterr().err
+    args += ["--backend", "openvino"]
+    assert main([*args, "--precision", "bf16"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    bf16 = OpenVINOBackend(onnx_file, precision="bf16")
+    guard = evaluate(bf16.detect, load_val(data), bf16.input_size, progress=False)
+    assert metrics["AP"] == pytest.approx(guard["AP"], abs=1e-6) and metrics["AP"] > 0
+    assert main([*args, "--precision", "int8"]) == 2
+    assert "needs a calibrated model" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="torch backend runs f32"):
+        validate(DEMO, data, backend="torch", precision="bf16", progress=False)
+
+
 def test_cli_refuses_bad_precision_requests(onnx_file, tmp_path, capsys):
     code = main(
         [

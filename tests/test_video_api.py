@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,13 @@ TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(module_monkeypatch):
     if not DEMO.exists():
         pytest.skip("demo model not bundled")
     from app import build_demo
 
-    os.environ["DFINE_VIDEO_MAX_FRAMES"] = "4"
-    try:
-        demo = build_demo(str(DEMO))
-    finally:
-        del os.environ["DFINE_VIDEO_MAX_FRAMES"]
+    module_monkeypatch.setenv("DFINE_VIDEO_MAX_FRAMES", "4")  # the tab reads it when built
+    demo = build_demo(str(DEMO))
     with serve(demo) as url:
         yield client_lib.Client(url, verbose=False, httpx_kwargs={"timeout": TIMEOUT})
 

@@ -60,15 +60,14 @@ CALLS = WebcamCalls()
 
 
 @pytest.fixture(scope="module")
-def url():
+def url(module_monkeypatch):
     if not DEMO.exists():
         pytest.skip("demo model not bundled")
     from app import build_demo
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DFINE_VIDEO_MAX_FRAMES", "5")
-        mp.setattr(VideoTab, "webcam", CALLS.wrap(VideoTab.webcam))
-        demo = build_demo(str(DEMO))
+    module_monkeypatch.setenv("DFINE_VIDEO_MAX_FRAMES", "5")  # the tab reads it when built
+    module_monkeypatch.setattr(VideoTab, "webcam", CALLS.wrap(VideoTab.webcam))
+    demo = build_demo(str(DEMO))
     demo.queue(default_concurrency_limit=2, max_size=20)
     with serve(demo) as address:
         yield address

@@ -1,10 +1,14 @@
-"""What every tab's ``build`` uses: the shared Detect-tab :class:`Controls` and the wrappers
-that bind handler functions to the :class:`~app.state.AppState`."""
+"""What every tab's ``build`` uses: the shared Detect-tab :class:`Controls`, the decorators
+that turn the shared controls' values into a handler's :class:`~app.state.Selection`
+(:func:`selection`) or :class:`~app.state.SharedInputs` (:func:`shared_inputs`), and the
+wrapper that binds handler functions to the :class:`~app.state.AppState` (:func:`bind`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +18,7 @@ from PIL import Image
 
 from analysis import export
 from app.errors import UserError
-from app.state import AppState, Selection
+from app.state import AppState, Selection, SharedInputs
 
 
 @dataclass
@@ -34,8 +38,9 @@ class Controls:
     _pending: list[tuple[Callable[..., Any], list[Any]]] = field(default_factory=list)
 
     def shared(self) -> list[gr.components.Component]:
-        """The inputs every image endpoint starts with, in the handlers' order."""
-        return [self.image, self.threshold, self.size, self.model, self.max_detections]
+        """The inputs every image endpoint starts with: the components named by the fields of
+        :class:`~app.state.SharedInputs`, in that order."""
+        return [getattr(self, name) for name in SHARED]
 
     def after_result(
         self, fn: Callable[[Selection], Any], outputs: list[gr.components.Component]
@@ -44,9 +49,9 @@ class Controls:
         changed) to update ``outputs`` (pickers). It reads the cached forward pass only; a
         failure or a missing result leaves ``outputs`` unchanged."""
 
-        def run(state_select: Callable[..., Selection | None], *shared: Any) -> Any:
+        def run(state_cached: Callable[[SharedInputs], Selection | None], *shared: Any) -> Any:
             try:
-                sel = state_select(*shared)
+                sel = state_cached(SharedInputs(*shared))
                 return fn(sel) if sel is not None else skip(len(outputs))
             except Exception:
                 return skip(len(outputs))
@@ -60,6 +65,61 @@ class Controls:
             fn = functools.partial(run, state.cached)
             for event in self.result_events:
                 event.success(fn, inputs=self.shared(), outputs=outputs, api_visibility="private")
+
+
+SHARED: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SharedInputs))
+"""The shared controls' names, in the order every image endpoint takes their values first."""
+
+
+def shared_inputs(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A handler ``fn(state, inputs: SharedInputs, *rest)`` as the endpoint
+    ``(state, image, threshold, size, model, max_detections, *rest)``: the values of the
+    shared controls (:data:`SHARED`) come first and are packed into ``inputs``. The endpoint's
+    signature (which gradio reads) lists them, then ``fn``'s own parameters."""
+    try:  # resolved now, in fn's module (gradio looks for gr.Request and gr.EventData hints)
+        resolved = typing.get_type_hints(fn)
+    except NameError:
+        resolved = {}
+    params = [
+        p.replace(annotation=resolved.get(p.name, p.annotation))
+        for p in inspect.signature(fn).parameters.values()
+    ]
+    hints = typing.get_type_hints(SharedInputs)
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[name])
+        for name in SHARED
+    ]
+    signature = inspect.Signature([params[0], *shared, *params[2:]])
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        state = values.pop(params[0].name)
+        inputs = SharedInputs(*(values.pop(name) for name in SHARED))
+        return fn(state, inputs, **values)
+
+    del run.__wrapped__  # gradio and inspect read the endpoint's signature, not fn's
+    run.__signature__ = signature  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return run
+
+
+def selection(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A handler ``fn(state, sel: Selection, *rest)`` as the endpoint
+    ``(state, image, threshold, size, model, max_detections, *rest)``: see
+    :func:`shared_inputs`; ``sel`` is :meth:`AppState.select` of the shared values (the
+    forward pass run or reused, the threshold applied), which reports progress when ``fn``
+    takes a ``progress`` parameter."""
+    takes_progress = "progress" in inspect.signature(fn).parameters
+
+    @functools.wraps(fn)
+    def run(state: AppState, inputs: SharedInputs, *args: Any, **kwargs: Any) -> Any:
+        progress = kwargs.get("progress") if takes_progress else None
+        return fn(state, state.select(inputs, progress), *args, **kwargs)
+
+    return shared_inputs(run)
 
 
 def bind(state: AppState, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,6 +12,8 @@ distributions for a model trained without them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import gradio as gr
 import plotly.graph_objects as go
 
@@ -19,8 +21,8 @@ import analysis
 from analysis import figures
 from app.checks import first_int
 from app.errors import UserError, user_errors
-from app.state import AppState, Selection
-from app.tabs.common import Controls, bind
+from app.state import AppState, Selection, SharedInputs
+from app.tabs.common import Controls, bind, shared_inputs
 from dfine.nn.decoder import NoDistributionsError
 
 NONE_CHOICE = ("(no second model)", "")
@@ -55,37 +57,27 @@ def _objects(state: AppState, sel: Selection):
 
 
 def _pair(
-    state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
-    other: str | None,
-    progress: gr.Progress | None,
+    state: AppState, inputs: SharedInputs, other: str | None, progress: gr.Progress | None
 ) -> tuple[Selection, Selection]:
-    first = state.select(image, threshold, size, model, max_detections, progress)
-    second = state.select(image, threshold, size, other, max_detections, progress)
+    first = state.select(inputs, progress)
+    second = state.select(dataclasses.replace(inputs, model=other), progress)
     if first.model.entry.key == second.model.entry.key:
         raise UserError("The second model is the first one; choose another model to compare.")
     return first, second
 
 
 @user_errors
+@shared_inputs
 def compare_refinement(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    inputs: SharedInputs,
     other: str | None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> go.Figure:
     """Per-layer IoU of both models' matched queries with the same objects."""
     if not other:
         return figures.message_figure(CHOOSE_TEXT)
-    first, second = _pair(state, image, threshold, size, model, max_detections, other, progress)
+    first, second = _pair(state, inputs, other, progress)
     objects, labels, reference = _objects(state, first)
     cmp = analysis.compare_refinement(
         [first.result.trace, second.result.trace],
@@ -99,13 +91,10 @@ def compare_refinement(
 
 
 @user_errors
+@shared_inputs
 def compare_distributions(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    inputs: SharedInputs,
     detection: str | int | None,
     other: str | None,
     edge: str,
@@ -116,7 +105,7 @@ def compare_distributions(
         return figures.message_figure(CHOOSE_TEXT)
     if edge not in analysis.EDGES:
         raise UserError(f"The edge must be one of {', '.join(analysis.EDGES)}, got {edge!r}.")
-    first, second = _pair(state, image, threshold, size, model, max_detections, other, progress)
+    first, second = _pair(state, inputs, other, progress)
     first.require_detections()
     index = first_int(detection, "detection")
     index = 0 if index is None else first.check_detection(index)

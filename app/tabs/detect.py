@@ -17,47 +17,37 @@ from app.errors import user_errors
 from app.examples import photo_examples, synth_examples
 from app.models import LoadedModel
 from app.paths import DEFAULT_MAX_DETECTIONS, INPUT_SIZES
-from app.state import AppState, Selection
+from app.state import AppState, Selection, SharedInputs
 from app.summaries import detect_summary, model_note
-from app.tabs.common import Controls, bind, skip
+from app.tabs.common import Controls, bind, selection, shared_inputs, skip
 
 DetectOutputs = tuple[Image.Image, pd.DataFrame, str, str]
 
 
 @user_errors
+@selection
 def detect(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
 ) -> DetectOutputs:
     """Annotated image, detections table (pixels), JSON file, summary with speed."""
-    sel = state.select(image, threshold, size, model, max_detections, progress)
-    return _outputs(state, sel, image)
+    return _outputs(state, sel)
 
 
 @user_errors
-def refilter(
-    state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
-) -> DetectOutputs | tuple[Any, ...]:
+@shared_inputs
+def refilter(state: AppState, inputs: SharedInputs) -> DetectOutputs | tuple[Any, ...]:
     """What :func:`detect` shows for new threshold / limit values, from the cached forward
     pass only; nothing changes while there is no result for these inputs yet."""
-    sel = state.cached(image, threshold, size, model, max_detections)
-    return skip(4) if sel is None else _outputs(state, sel, image)
+    sel = state.cached(inputs)
+    return skip(4) if sel is None else _outputs(state, sel)
 
 
-def _outputs(state: AppState, sel: Selection, image: str | None) -> DetectOutputs:
+def _outputs(state: AppState, sel: Selection) -> DetectOutputs:
     dets = sel.detections
     annotated = dets.plot() if len(dets) else Image.fromarray(sel.result.image)
-    json_path = state.outputs.path(f"detections_{Path(str(image)).stem}.json")
+    json_path = state.outputs.path(f"detections_{Path(str(sel.inputs.image)).stem}.json")
     dets.to_json(json_path)
     example = state.examples.find(sel.digest) is not None
     return annotated, tables.detections(dets), str(json_path), detect_summary(sel, example)

@@ -4,8 +4,8 @@ the ±kσ uncertainty overlay and the edge statistics. Endpoints ``/distribution
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -18,20 +18,26 @@ from analysis import figures
 from app import tables, texts
 from app.checks import SIGMA_RANGE, check_sigma, first_int
 from app.errors import UserError, user_errors
-from app.state import AppState, Selection
+from app.state import AppState, Selection, SharedInputs
 from app.summaries import detection_label, distribution_title
 from app.tabs import compare
-from app.tabs.common import Controls, bind, figure_export_row, on_open, quietly, save_figure
+from app.tabs.common import (
+    Controls,
+    bind,
+    figure_export_row,
+    on_open,
+    quietly,
+    save_figure,
+    selection,
+    shared_inputs,
+)
 
 
 @user_errors
+@selection
 def distributions(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     detection: str | int | None,
     sigma_scale: float,
     overlay_all: bool = True,
@@ -41,7 +47,6 @@ def distributions(
 ) -> tuple[go.Figure, Image.Image, pd.DataFrame]:
     """The four edges × layers figure (x: pixels or bin index; range: the probability mass
     or the full W(n) range), the ±kσ overlay, the stats."""
-    sel = state.select(image, threshold, size, model, max_detections, progress)
     if (why := compare.no_distributions(sel, "The Distributions tab")) is not None:
         return figures.message_figure(why), sel.result.image, pd.DataFrame({"note": [why]})
     index, dist = edge_distributions(sel, detection)
@@ -62,20 +67,16 @@ def distributions(
 
 
 @user_errors
+@selection
 def export_figure(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     detection: str | int | None,
     fmt: str,
     x_range: str = "mass",
     axis: str = "px",
 ) -> str:
     """The distributions figure shown, as a PNG or SVG file (the same plotly figure)."""
-    sel = state.select(image, threshold, size, model, max_detections)
     index, dist = edge_distributions(sel, detection)
     x_range, axis = _check_view(x_range, axis)
     fig = figures.distribution_figure(
@@ -111,18 +112,14 @@ def edge_distributions(
 
 
 @user_errors
+@selection
 def nearest_detection(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     point: Sequence[float],
 ) -> str:
     """The picker label of the detection at image pixel ``point`` (x, y): the smallest box
     containing it, else the box whose edge is nearest."""
-    sel = state.select(image, threshold, size, model, max_detections)
     sel.require_detections()
     return detection_label(nearest_box(sel.detections.boxes, point), sel.detections)
 
@@ -145,6 +142,13 @@ def picker(sel: Selection) -> dict:
     """After a new result: the detection picker's choices, the first chosen."""
     labels = [detection_label(i, sel.detections) for i in range(len(sel.detections))]
     return gr.update(choices=labels, value=labels[0] if labels else None)
+
+
+def select_box(state: AppState, inputs: SharedInputs, evt: gr.SelectData) -> tuple[str, gr.Tabs]:
+    """A click at ``evt.index`` (x, y) on the annotated image or the overlay: the picker label
+    of the detection there, and this tab opened."""
+    label = nearest_detection(state, *dataclasses.astuple(inputs), evt.index)
+    return label, gr.Tabs(selected="distributions")
 
 
 def build(state: AppState, controls: Controls) -> None:
@@ -204,21 +208,7 @@ def build(state: AppState, controls: Controls) -> None:
         api_name="distributions_figure",
     )
 
-    def select_box(*args: Any) -> tuple[str, Any]:
-        *shared, evt = args
-        label = nearest_detection(state, *shared, evt.index)
-        return label, gr.Tabs(selected="distributions")
-
-    def on_click(
-        image: str | None,
-        threshold: float,
-        size: int,
-        model: str,
-        max_dets: int,
-        evt: gr.SelectData,
-    ) -> tuple[str, Any]:
-        return quietly(select_box, 2)(image, threshold, size, model, max_dets, evt)
-
+    on_click = quietly(bind(state, shared_inputs(select_box)), 2)
     for source in (controls.annotated, overlay):
         source.select(
             on_click,

@@ -21,19 +21,16 @@ from app.ground_truth import GroundTruth
 from app.state import AppState, Selection
 from app.summaries import compact, golsd_summary, query_choices, query_label, targets_image
 from app.tabs import compare
-from app.tabs.common import Controls, bind, on_open, quietly
+from app.tabs.common import Controls, bind, on_open, quietly, selection
 
 TARGET_MODES = ("auto", "annotations", "pseudo")
 
 
 @user_errors
+@selection
 def golsd(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     targets: str,
     query: str | int | None,
     edge: str,
@@ -42,7 +39,6 @@ def golsd(
     """Summary, the targets drawn on the image, the query shown (``"query 12: …"``), teacher
     vs student distributions of its edge, its KL per layer, the loss split and the
     weights of the top queries."""
-    sel = state.select(image, threshold, size, model, max_detections, progress)
     if (why := compare.no_distributions(sel, "GO-LSD")) is not None:
         empty = figures.message_figure(why)
         return why, sel.result.image, "", empty, empty, empty, pd.DataFrame({"note": [why]})
@@ -71,18 +67,14 @@ def golsd(
 
 
 @user_errors
+@selection
 def queries(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     targets: str,
     query: str | None,
 ) -> dict:
     """The query picker's choices: the top contributors to the loss and the query shown."""
-    sel = state.select(image, threshold, size, model, max_detections)
     report, truth = report_for(state, sel, str(targets or "auto"))
     names = truth.names if truth is not None else sel.model.class_names
     q = first_int(query, "query")

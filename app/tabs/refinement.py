@@ -20,27 +20,23 @@ from app.paths import MAX_STAGES
 from app.state import AppState, Selection
 from app.summaries import detection_label
 from app.tabs import compare
-from app.tabs.common import Controls, bind, on_open
+from app.tabs.common import Controls, bind, on_open, selection
 
 DEFAULT_SELECTION = 5
 """How many detections are followed when none is chosen (the highest-scoring ones)."""
 
 
 @user_errors
+@selection
 def trace(
     state: AppState,
-    image: str | None,
-    threshold: float,
-    size: int | str,
-    model: str | None,
-    max_detections: int,
+    sel: Selection,
     detections: Sequence[str] | str | None,
     stage: int | float,
     progress: gr.Progress = gr.Progress(),  # noqa: B008
 ) -> tuple[Image.Image, go.Figure, pd.DataFrame]:
     """The chosen detections at one stage (previous stage ghosted), the IoU-to-final and
     edge-movement chart, and the per-stage table."""
-    sel = state.select(image, threshold, size, model, max_detections, progress)
     sel.require_detections()
     picked = picked_detections(sel, detections)
     stage_i = check_stage(stage, len(analysis.refinement_stages(sel.result.trace)))

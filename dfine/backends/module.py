@@ -35,9 +35,16 @@ class BackendModel(nn.Module):
 
     @classmethod
     def load(
-        cls, weights: str | os.PathLike, backend: str, device: str | torch.device = "cpu"
+        cls,
+        weights: str | os.PathLike,
+        backend: str,
+        device: str | torch.device = "cpu",
+        precision: str | None = None,
     ) -> BackendModel:
-        return cls(create_backend(backend, weights, device=str(device)))
+        """``weights`` through ``backend``; ``precision``: see :mod:`dfine.precision` (default:
+        the file's own)."""
+        options = {"precision": precision} if precision is not None else {}
+        return cls(create_backend(backend, weights, device=str(device), **options))
 
     def detect(
         self, images: torch.Tensor, orig_sizes: torch.Tensor

@@ -29,13 +29,13 @@ from dfine.export import read_metadata
 from dfine.precision import (
     FDR_PARTS,
     HEAD_PARTS,
+    OPENVINO_PRECISIONS,
     check_precision,
     keep_in_f32,
     normalize_precision,
     split_model,
 )
 
-PRECISIONS = ("f32", "bf16", "int8")
 HINTS = ("latency", "throughput")
 MIXED = ("split", "mark", "none")
 OPENVINO_DEVICES = ("CPU", "GPU", "NPU", "AUTO")
@@ -93,7 +93,7 @@ class OpenVINOBackend(Backend):
             meta = self._init_from_onnx(weights, size)
         stored = normalize_precision(meta.get("precision", "f32"))
         self.precision = normalize_precision(precision or stored)
-        check_precision(self.precision, PRECISIONS)
+        check_precision(self.precision, OPENVINO_PRECISIONS)
         if stored in ("int8", "bf16") and self.precision != stored:
             raise ValueError(
                 f"{self.path} was exported with precision {stored}; pass precision='{stored}' "

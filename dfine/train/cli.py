@@ -11,7 +11,7 @@ import textwrap
 from dfine import webapp
 from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
-from dfine.guard import evaluate_file
+from dfine.precision import OPENVINO_PRECISIONS
 from dfine.sources import default_backend
 from dfine.train import dist
 from dfine.train.checkpoints import BEST, FINAL, describe_outputs
@@ -122,20 +122,8 @@ def cmd_val(args: argparse.Namespace) -> int:
             )
         # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
         return webapp.load_module("analysis.evaluation.cli").run_report(args)
-    if args.precision:
-        metrics = evaluate_file(
-            args.weights,
-            args.data,
-            backend=runtime if runtime != "torch" else "openvino",
-            precision=args.precision,
-            progress=not args.quiet,
-        )
-        print(
-            json.dumps(metrics, indent=2)
-            if args.json
-            else "\n".join(f"{name:>6}: {value:.4f}" for name, value in metrics.items())
-        )
-        return 0
+    if args.precision and runtime == "torch":  # a checkpoint: reduced through OpenVINO
+        runtime = "openvino"
     metrics = validate(
         args.weights,
         args.data,
@@ -147,6 +135,7 @@ def cmd_val(args: argparse.Namespace) -> int:
         coco_lib=args.coco_lib,
         progress=not args.quiet,
         backend=runtime,
+        precision=args.precision,
     )
     if not dist.is_main():
         return 0
@@ -309,7 +298,7 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=["f32", "bf16", "int8"],
+        choices=OPENVINO_PRECISIONS,
         help="evaluate at this precision (OpenVINO; bf16: backbone + encoder reduced, decoder "
         "f32; an exported .xml runs at its own precision by default)",
     )

@@ -230,20 +230,27 @@ def validate(
     coco_lib: str = "auto",
     progress: bool = True,
     backend: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, float]:
-    """COCO metrics of ``weights`` (a checkpoint, zoo name or exported ``.onnx``) on the val
-    split of ``data``. ``backend``: the inference runtime — ``torch``, ``onnxruntime``,
-    ``openvino`` or ``tensorrt`` (default: from the file, see
-    :func:`dfine.sources.default_backend`); ``coco_lib``: the COCO evaluation library
-    (``dfine.train.evaluate.COCO_LIBS``)."""
+    """COCO metrics of ``weights`` (a checkpoint, zoo name, exported ``.onnx`` or OpenVINO
+    ``.xml``) on the val split of ``data``. ``backend``: the inference runtime — ``torch``,
+    ``onnxruntime``, ``openvino`` or ``tensorrt`` (default: from the file, see
+    :func:`dfine.sources.default_backend`); ``precision``: the runtime's precision (see
+    :mod:`dfine.precision`; default: the file's own); ``coco_lib``: the COCO evaluation
+    library (``dfine.train.evaluate.COCO_LIBS``)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
         backend = backend or default_backend(weights)
         if backend == "torch":
+            if precision not in (None, "f32"):
+                raise ValueError(
+                    f"the torch backend runs f32; --precision {precision} needs a runtime that "
+                    "reduces precision (--backend openvino)"
+                )
             model = load_model(weights, device=device_)
         else:
-            model = BackendModel.load(weights, backend, device=device_)
+            model = BackendModel.load(weights, backend, device=device_, precision=precision)
         split = resolve_split(data, "val", images)
         size = size or model.config.eval_size[0]
         if backend != "torch" and (size, size) != tuple(model.config.eval_size):
