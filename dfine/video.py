@@ -649,8 +649,8 @@ def detect_video(
 ) -> Iterator[Detections]:
     """Run ``detector`` on the frames of ``source``; one :class:`Detections` per kept frame,
     with ``frame_index``, ``time_s``, the frame as ``image`` and (``track=True``)
-    ``track_id``. ``batch`` frames go through the model at once (ONNX Runtime and OpenVINO
-    with a dynamic-batch export gain ~10 % per frame at 4; torch on CPU does not); tracking
+    ``track_id``. ``batch`` frames go through the model at once (``dfine predict`` uses 4: the
+    fastest of 1/4/8 end to end for torch and OpenVINO on 2 CPU cores, by 5-15 %); tracking
     stays frame by frame. See :meth:`dfine.predict.Detector.video`."""
     if batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch}")

@@ -193,6 +193,7 @@ def test_interrupted_run_leaves_no_files(clip, tmp_path):
 
 
 def test_predict_video_on_onnxruntime(clip, tmp_path):
+    """A fixed-batch (1) export runs with the default --batch: one frame per pass."""
     pytest.importorskip("onnxruntime")
     from dfine.export import export_onnx
 
@@ -208,11 +209,14 @@ def test_predict_video_on_onnxruntime(clip, tmp_path):
 
 
 def test_predict_video_batch_matches_single(clip, tmp_path):
-    """``--batch 4``: frames share a forward pass (6 frames: chunks of 4 and 2); the JSON is
-    the single-frame one up to float rounding."""
+    """The default ``--batch 4``: frames share a forward pass (6 frames: chunks of 4 and 2);
+    the JSON is the single-frame one up to float rounding."""
+    from dfine.video_cli import DEFAULT_BATCH
+
+    assert DEFAULT_BATCH == 4
     args = ["predict", str(clip), "-w", str(DEMO), "-q"]
-    assert main([*args, "-o", str(tmp_path / "one")]) == 0
-    assert main([*args, "-o", str(tmp_path / "four"), "--batch", "4"]) == 0
+    assert main([*args, "-o", str(tmp_path / "one"), "--batch", "1"]) == 0
+    assert main([*args, "-o", str(tmp_path / "four")]) == 0
     one = json.loads((tmp_path / "one" / "moving.json").read_text())["frames"]
     four = json.loads((tmp_path / "four" / "moving.json").read_text())["frames"]
     assert [f["index"] for f in four] == list(range(6))
@@ -228,9 +232,12 @@ def test_predict_video_batch_matches_single(clip, tmp_path):
 def test_predict_batch_on_a_fixed_batch_export_is_one_line(clip, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from dfine.export import export_onnx
+    from dfine.predict import Detector
+    from dfine.video_cli import fixed_batch
 
     onnx = tmp_path / "b1.onnx"
     export_onnx(DEMO, onnx, batch=1, check_parity=False)
+    assert fixed_batch(Detector(onnx)) == 1 and fixed_batch(Detector(DEMO)) is None
     out = tmp_path / "out"
     rc = main(["predict", str(clip), "-w", str(onnx), "-o", str(out), "--batch", "4"])
     assert rc == 2
