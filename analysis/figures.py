@@ -444,8 +444,10 @@ def edge_comparison_figure(cmp: EdgeComparison) -> go.Figure:
         template=TEMPLATE,
         barmode="overlay",
         bargap=0,
-        height=220 * n + 160,
-        title=f"The {cmp.edge} edge of the same object ({cmp.reference}) per layer · {queries}",
+        height=220 * n + 180,
+        margin={"t": 110},
+        title=f"The {cmp.edge} edge of the same object ({cmp.reference}) per layer"
+        f"<br><sup>{queries}</sup>",
     )
     return fig
 
