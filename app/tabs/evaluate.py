@@ -447,6 +447,6 @@ def build(state: AppState, controls: Controls) -> None:
         inputs=clicks,
         outputs=[controls.image, controls.tabs],
         api_visibility="private",
-    ).success(annotated, inputs=controls.shared(), outputs=controls.annotated,
-              api_visibility="private")  # fmt: skip
+    ).success(annotated, inputs=[*controls.shared(), controls.show_truth],
+              outputs=controls.annotated, api_visibility="private")  # fmt: skip
     controls.result_events.append(opened)  # the analysis tabs' pickers follow
