@@ -2,7 +2,7 @@
 clip, run it, the annotated video plays, the frame slider changes the shown detections, and
 "open this frame in the analysis tabs" fills the Refinement tab; the live webcam, fed by
 Chromium's fake camera with the synthetic clip, streams frames with detections and drops the
-frames that arrive while the model is busy."""
+frames that arrive while the model is busy, and another user's video waits for the stream."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+client_lib = pytest.importorskip("gradio_client")
+
+from gradio_client.utils import Status  # noqa: E402
 
 from app.tabs.video import VideoTab  # noqa: E402
 from dfine.data.synth_video import render_clip, write_synth_video  # noqa: E402
@@ -201,14 +204,22 @@ def test_webcam_streams_detections_and_drops_frames(url, tmp_path):
             assert _rate(text) > 0 and "ms/frame" in text, text
             assert all(n in text for n in ("green triangle", "purple ring", "orange cross")), text
             page.wait_for_selector("#webcam-output img", state="visible")
-            first = page.locator("#webcam-output img").get_attribute("src")
             calls_before = CALLS.count
-            page.wait_for_function(
-                f"() => document.querySelector('#webcam-output img').src !== {first!r}"
-            )
-            assert CALLS.count > calls_before  # the output image keeps updating
+            for _ in range(2):  # the output image keeps updating, from newly answered frames
+                shown = page.locator("#webcam-output img").get_attribute("src")
+                page.wait_for_function(
+                    f"() => document.querySelector('#webcam-output img').src !== {shown!r}"
+                )
+            # (the first change may come from the frame in flight; the second cannot)
+            assert CALLS.count > calls_before
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "video_03_webcam.png"), full_page=True)
+
+            # a video run from another user waits: the webcam holds the video queue's one slot
+            clip, _ = write_synth_video(tmp_path / "other_user.webm", 5)
+            client = client_lib.Client(url, verbose=False)
+            job = client.submit(client_lib.handle_file(str(clip)), 0.5, 320, "default", 25, 1,
+                                False, api_name="/video")  # fmt: skip
 
             # a slow model: frames that arrive while one is in flight are dropped, not queued
             CALLS.delay = 0.5
@@ -220,12 +231,15 @@ def test_webcam_streams_detections_and_drops_frames(url, tmp_path):
             # the browser kept posting a frame every 0.1 s into the one open event; each post
             # replaced the one before, and the handler took the newest when it was free
             assert sent >= 2 * answered, (sent, answered)
+            assert not job.done() and job.status().code == Status.IN_QUEUE, job.status()
             page.locator("#webcam-input button[aria-label='capture photo']").click()  # stop
             stopped = CALLS.count
             page.wait_for_timeout(2500)
             # no backlog of old frames is worked off after the stream stops
             assert CALLS.count - stopped <= 1, (sent, answered, CALLS.count - stopped)
             CALLS.delay = 0.0
+            # the stream gave the slot back: the waiting video runs
+            assert "5 frames" in job.result(timeout=WAIT_MS / 1000)[2]
             print(f"webcam: {sent} frames sent, {answered} answered with a 0.5 s model; {text}")
         finally:
             browser.close()

@@ -192,13 +192,20 @@ def test_interrupted_run_leaves_no_files(clip, tmp_path):
     assert list(out.iterdir()) == []  # no half video, no temporary file
 
 
-def test_predict_video_on_onnxruntime(clip, tmp_path):
-    """A fixed-batch (1) export runs with the default --batch: one frame per pass."""
+@pytest.fixture(scope="module")
+def onnx_b1(clip, tmp_path_factory) -> Path:
+    """The demo model exported with a fixed batch of 1."""
     pytest.importorskip("onnxruntime")
     from dfine.export import export_onnx
 
-    onnx = tmp_path / "demo.onnx"
+    onnx = tmp_path_factory.mktemp("onnx") / "demo.onnx"
     export_onnx(DEMO, onnx, batch=1, check_parity=False)
+    return onnx
+
+
+def test_predict_video_on_onnxruntime(clip, onnx_b1, tmp_path):
+    """A fixed-batch (1) export runs with the default --batch: one frame per pass."""
+    onnx = onnx_b1
     out = tmp_path / "out"
     args = ["predict", str(clip), "-w", str(onnx), "--backend", "onnxruntime", "-o", str(out)]
     assert main([*args, "--max-frames", "3", "-q"]) == 0
@@ -229,14 +236,11 @@ def test_predict_video_batch_matches_single(clip, tmp_path):
     assert count_frames(tmp_path / "four" / "moving.webm") == 6
 
 
-def test_predict_batch_on_a_fixed_batch_export_is_one_line(clip, tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
-    from dfine.export import export_onnx
+def test_predict_batch_on_a_fixed_batch_export_is_one_line(clip, onnx_b1, tmp_path, capsys):
     from dfine.predict import Detector
     from dfine.video_cli import fixed_batch
 
-    onnx = tmp_path / "b1.onnx"
-    export_onnx(DEMO, onnx, batch=1, check_parity=False)
+    onnx = onnx_b1
     assert fixed_batch(Detector(onnx)) == 1 and fixed_batch(Detector(DEMO)) is None
     out = tmp_path / "out"
     rc = main(["predict", str(clip), "-w", str(onnx), "-o", str(out), "--batch", "4"])
