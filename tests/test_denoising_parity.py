@@ -105,6 +105,12 @@ def _losses(fixture, edit=None, grads: bool = False):
     return losses, leaves
 
 
+@pytest.fixture(scope="module")
+def computed(fixture):
+    """Our terms and the inputs with their gradients (one criterion run shared by the tests)."""
+    return _losses(fixture, grads=True)
+
+
 def test_fixture_has_every_denoising_term(fixture):
     _, record = fixture
     terms = record["losses"]
@@ -119,9 +125,9 @@ def test_fixture_has_every_denoising_term(fixture):
     ]
 
 
-def test_every_term_matches_the_reference(fixture):
+def test_every_term_matches_the_reference(fixture, computed):
     _, record = fixture
-    losses, _ = _losses(fixture)
+    losses, _ = computed
     assert set(losses) == set(record["losses"])
     worst = 0.0
     for key, expected in record["losses"].items():
@@ -133,17 +139,17 @@ def test_every_term_matches_the_reference(fixture):
     assert worst <= 1e-5
 
 
-def test_gradients_match_the_reference(fixture):
+def test_gradients_match_the_reference(fixture, computed):
     _, record = fixture
-    _, leaves = _losses(fixture, grads=True)
+    _, leaves = computed
     for key, expected in record["grad_l2_norms"].items():
         got = float(leaves[key].grad.double().norm())
         assert got == pytest.approx(expected, rel=1e-4, abs=1e-9), key
 
 
-def test_moving_a_positive_denoising_box_changes_only_denoising_terms(fixture):
+def test_moving_a_positive_denoising_box_changes_only_denoising_terms(fixture, computed):
     t, record = fixture
-    base, _ = _losses(fixture)
+    base, _ = computed
     counts = record["dn_meta"]["dn_positive_counts"]
     query = int(t["dn_positive_idx"][counts[0] + counts[1] - 1])  # image 1's last positive copy
     assert query >= counts[1]  # (not one of the first queries: the test needs dn_meta)
@@ -157,9 +163,9 @@ def test_moving_a_positive_denoising_box_changes_only_denoising_terms(fixture):
     assert all(k.endswith("_dn_0") for k in changed), changed
 
 
-def test_moving_a_negative_denoising_box_changes_no_term(fixture):
+def test_moving_a_negative_denoising_box_changes_no_term(fixture, computed):
     t, record = fixture
-    base, _ = _losses(fixture)
+    base, _ = computed
     positives = set(t["dn_positive_idx"][: record["dn_meta"]["dn_positive_counts"][0]].tolist())
     query = next(i for i in range(record["dn_meta"]["dn_num_split"][0]) if i not in positives)
 
