@@ -23,7 +23,8 @@ The pattern (a new tab follows it):
 - Add one line below in :func:`build_demo`.
 
 Endpoints: ``/detect``, ``/trace``, ``/distributions``, ``/weighting``, ``/golsd``, ``/model``,
-``/evaluate`` (and ``/distributions_figure``, ``/weighting_figure``).
+``/evaluate``, the two-model comparisons ``/compare_refinement``, ``/compare_distributions``,
+``/evaluate_compare`` (and ``/distributions_figure``, ``/weighting_figure``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import dfine
-from dfine.backends.openvino import OpenVINOBackend
+from dfine.backends.openvino import OpenVINOBackend, shared_core
 from dfine.export import export_onnx
 from dfine.guard import image_files, load_inputs, load_val
 from dfine.postprocess import BatchDetections
@@ -33,12 +33,10 @@ from dfine.train.evaluate import coco_metrics
 
 
 def _variants(onnx: Path, int8: Path, threads: int, hint: str = "latency") -> dict:
-    import openvino as ov
-
     opts = {"threads": threads, "hint": hint}
     out = {
         "f32": OpenVINOBackend(onnx, precision="f32", **opts),
-        "OpenVINO default": _DefaultPrecision(onnx, threads, ov),
+        "OpenVINO default": _DefaultPrecision(onnx, threads),
         "bf16 (all)": OpenVINOBackend(onnx, precision="bf16", mixed="none", **opts),
         "bf16 + FDR keep-in-f32 marks": OpenVINOBackend(
             onnx, precision="bf16", mixed="mark", **opts
@@ -53,8 +51,8 @@ def _variants(onnx: Path, int8: Path, threads: int, hint: str = "latency") -> di
 class _DefaultPrecision:
     """The f32 ONNX compiled with no precision hint: what OpenVINO users get by default."""
 
-    def __init__(self, onnx: Path, threads: int, ov) -> None:
-        core = ov.Core()
+    def __init__(self, onnx: Path, threads: int) -> None:
+        core = shared_core()
         self.compiled = core.compile_model(
             core.read_model(str(onnx)),
             "CPU",

@@ -197,6 +197,7 @@ def _onnx_info(source: str) -> dict:
         "parameters": None,
         "input_size": list(meta["input_size"]),
         "reg_max": None,
+        "ablation": meta.get("ablation"),  # absent from files exported before it was recorded
         "metadata": {
             k: meta[k] for k in ("batch", "precision", "num_top") if meta.get(k) is not None
         },

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dfine.backends.openvino import OpenVINOBackend
+from dfine.backends.openvino import OpenVINOBackend, shared_core
 from dfine.export import export_onnx, read_metadata
 from dfine.files import atomic_write
 from dfine.guard import (
@@ -214,8 +214,6 @@ def export_reduced(
             )
     valset = load_val(val, val_size) if val is not None else None
 
-    import openvino as ov
-
     with tempfile.TemporaryDirectory(prefix="dfine-export-") as tmp:
         tmp = Path(tmp)
         if Path(weights).suffix == ".onnx":
@@ -227,7 +225,7 @@ def export_reduced(
             raise ValueError(f"{weights} is a {meta['precision']} graph; start from f32 weights")
         hw = tuple(meta["input_size"])
         props = _onnx_props(onnx_path)
-        base = ov.Core().read_model(str(onnx_path))
+        base = shared_core().read_model(str(onnx_path))
         if precision == "f32":
             _set_metadata(base, {**props, "precision": "f32", "format": format, "method": "f32"})
             _save_ir(base, path)
@@ -345,10 +343,9 @@ def quantize_unguarded(
     """INT8 IR of ``reduced_parts`` calibrated on ``samples`` (``[1, 3, H, W]`` tensors),
     *without* the accuracy guard: for timing (random weights have no accuracy to guard).
     Use :func:`export_reduced` for anything that is used for its detections."""
-    import openvino as ov
 
     onnx_path, out = Path(onnx_path), Path(out)
-    base = ov.Core().read_model(str(onnx_path))
+    base = shared_core().read_model(str(onnx_path))
     ignored = names_in(graph_parts(base), set(PARTS) - set(reduced_parts))
     model = _quantize_openvino(base, ignored, list(samples), progress=False)
     info = {

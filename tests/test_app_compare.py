@@ -79,7 +79,7 @@ def test_a_model_without_distributions_is_explained_not_failed(client, fdr_key):
     synth = client_lib.handle_file(SYNTH)
     args = (synth, 0.0, 320, fdr_key, 5, False)
     chart, _, stats = call(client, *args, "0", 1.0, True, api_name="/distributions")
-    text = plotly(chart)["layout"]["annotations"][0]["text"]
+    text = plotly(chart)["layout"]["annotations"][0]["text"].replace("<br>", " ")
     assert "--ablate fdr" in text and stats["headers"] == ["note"]
     summary = call(client, *args, "auto", "", "left", api_name="/golsd")[0]
     assert "--ablate fdr" in summary

@@ -125,7 +125,10 @@ def test_missing_backend_package_is_named(monkeypatch, dynamic_onnx):
             raise ImportError("no openvino")
         return real_import(name, *args, **kwargs)
 
+    import dfine.backends.openvino as ov_backend
+
     monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr(ov_backend, "_CORE", [])  # the process's Core, if an earlier test made it
     with pytest.raises(ImportError, match="pip install openvino"):
         create_backend("openvino", dynamic_onnx)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -21,6 +22,7 @@ from dfine.nn.fdr import bbox2distance, distance2bbox, weighting_function
 from tests.conftest import load_tensors, reference_file
 
 
+@functools.cache  # one train-mode forward and backward per model (the tests only read it)
 def _train_losses(name):
     fx = json.loads(reference_file(f"dfine_{name}_train_losses.json").read_text())
     model = dfine.load_model(reference_file(f"dfine_{name}_random_official.pth"))

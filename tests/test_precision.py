@@ -77,12 +77,11 @@ def test_every_node_has_a_part(ov_model):
 def test_split_is_exact_and_keeps_the_decoder_f32(ov_model, onnx_file):
     """Head + tail in f32 equal the whole graph bit for bit; with the head at bf16 the tail
     (every FDR operation) still runs f32 only."""
-    import openvino as ov
-
+    from dfine.backends.openvino import shared_core
     from dfine.precision import runtime_precisions
 
     head, tail, feats = split_model(ov_model)
-    core = ov.Core()
+    core = shared_core()
     cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2}
     full = core.compile_model(ov_model, "CPU", cfg)
     h, t = core.compile_model(head, "CPU", cfg), core.compile_model(tail, "CPU", cfg)

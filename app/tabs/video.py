@@ -100,7 +100,9 @@ goes through D-FINE with the **model, input size, threshold, detection limit and
 Detect tab**; ByteTrack gives each object a track id (`#3` on its box). Move the **frame slider** \
 to see a frame's detections, open that frame in the **analysis tabs**, or pick a **track** to see \
 the σ of its four edge distributions, its score and its box size over time — frames where the \
-uncertainty jumps (occlusion, motion blur, leaving the frame) are marked.
+uncertainty jumps (occlusion, motion blur, leaving the frame) are marked. With tracking on, each \
+frame's one forward pass is traced (for the edge σ); with it off, the plain forward runs and the \
+frame table has no σ.
 """
 
 WEBCAM_TEXT = """\
@@ -277,14 +279,17 @@ class VideoTab:
         out_video = folder / f"{stem}_dfine.webm"
         with VideoWriter(out_video, fps, (info.width, info.height)) as writer:
             for n, frame in enumerate(reader):
-                dets, trace, queries = detector.trace(frame.rgb, threshold=low)
-                queries = queries.cpu().numpy()
-                dets, queries = dets[:max_detections], queries[:max_detections]
-                if tracker is not None:
+                if tracker is not None:  # the track view needs every frame's edge σ: trace
+                    dets, trace, queries = detector.trace(frame.rgb, threshold=low)
+                    queries = queries.cpu().numpy()
+                    dets, queries = dets[:max_detections], queries[:max_detections]
                     dets = tracker.update(dets, frame.time_s)
-                keep = np.flatnonzero(dets.scores > threshold)
-                dets, queries = dets[keep], queries[keep]
-                sigmas.append(edge_sigmas(trace, queries, dets.image_size))
+                    keep = np.flatnonzero(dets.scores > threshold)
+                    dets, queries = dets[keep], queries[keep]
+                    sigmas.append(edge_sigmas(trace, queries, dets.image_size))
+                else:  # no tracks, no track view: the plain forward
+                    dets = detector(frame.rgb, threshold=threshold)[:max_detections]
+                    sigmas.append(None)
                 dets.frame_index, dets.time_s = frame.index, frame.time_s
                 writer.write(np.asarray(dets.plot()))
                 path = folder / f"frame_{n:05d}.jpg"
@@ -440,7 +445,9 @@ def _summary(result: VideoResult, track: bool) -> str:
     lines = [
         f"**{n} frames** processed of {info.frame_count} ({info.width}×{info.height}, "
         f"{info.fps:.2f} fps, codec {info.codec}, stride {run.stride}) in {run.seconds:.1f} s "
-        f"= **{run.fps:.1f} frames/s** (decode + model + trace + track + encode).",
+        f"= **{run.fps:.1f} frames/s** (decode + "
+        + ("traced model + track" if track else "model")
+        + " + encode).",
         f"{count} detections" + (f", {tracks} tracks." if track else " (tracking off)."),
     ]
     if result.note:
@@ -627,7 +634,10 @@ def build(state: AppState, controls: Controls) -> VideoTab:
         outputs=[cam_out, cam_fps, cam_times],
         stream_every=0.1,
         time_limit=tab.caps.webcam_seconds,
-        trigger_mode="always_last",
+        # Frames are dropped by Gradio's stream connection itself: the browser posts every
+        # frame to the one open event, each post replaces the event's input, and the handler
+        # takes the newest when it is free. (trigger_mode="always_last" would defer every
+        # frame until the stream ends: the browser sends one frame and then waits.)
         concurrency_id=QUEUE_ID,
         concurrency_limit=1,
         api_name="webcam",

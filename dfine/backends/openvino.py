@@ -62,6 +62,32 @@ def openvino_device(device: Device) -> str:
     )
 
 
+_CORE_LOCK = threading.Lock()
+_CORE: list = []
+
+
+def shared_core():
+    """The process's one ``openvino.Core``, created on first use and never released.
+
+    Every ``Core`` loads its own CPU plugin, and the plugin replaces the alternate signal stack
+    of the thread that compiles with one it maps (sized for AMX state), putting the previous
+    one back when that ``Core`` is destroyed. Cores destroyed out of creation order (two
+    backends freed first-in first-out, a dict of them going away) leave the thread's
+    alternate stack pointing at unmapped memory, and the next signal handled on it — every
+    Python signal handler runs there (SA_ONSTACK), e.g. torch DataLoader's SIGCHLD handler
+    when a subprocess ends — kills the process with SIGSEGV and no traceback. One ``Core``
+    loads the plugin once and never unmaps its stack (and spares a plugin load per model).
+    """
+    with _CORE_LOCK:
+        if not _CORE:
+            try:
+                import openvino as ov
+            except ImportError as e:
+                raise missing_package("openvino", "openvino", "OpenVINO") from e
+            _CORE.append(ov.Core())
+        return _CORE[0]
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
 
@@ -77,16 +103,12 @@ class OpenVINOBackend(Backend):
         hint: str = "latency",
         requests: int | None = None,
     ) -> None:
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise missing_package("openvino", "openvino", "OpenVINO") from e
         if hint not in HINTS:
             raise ValueError(f"hint must be one of {', '.join(HINTS)}, got {hint!r}")
         if mixed is not None and mixed not in MIXED:
             raise ValueError(f"mixed must be one of {', '.join(MIXED)}, got {mixed!r}")
         self.ov_device = device = openvino_device(device)
-        core = ov.Core()
+        core = shared_core()
         if Path(weights).suffix == ".xml":
             meta = self._init_from_ir(Path(weights), size)
         else:
