@@ -1,8 +1,10 @@
 """Helpers shared by the analysis modules: geometry in original-image pixels, checks, colours.
 
-Conventions (see ``dfine.nn.fdr``): boxes in a ``DecoderTrace`` are normalised ``(cx, cy, w,
-h)`` of the network input, which is the whole image resized without letterbox, so ``x × image
-width`` and ``y × image height`` are original-image pixels. Edge order: left, top, right,
+Conventions (see ``dfine.nn.fdr``): boxes in a ``DecoderTrace`` from ``Detector.trace`` are
+normalised ``(cx, cy, w, h)`` of the original image (for the stretch resize that is the network
+input itself; with ``letterbox=True`` the trace is mapped out of the padded input by the
+detections' own map), so ``x × image width`` and ``y × image height`` are original-image
+pixels. Edge order: left, top, right,
 bottom. An FDR edge offset ``d`` moves an edge *outward* by ``d × w / reg_scale`` (left/right)
 or ``d × h / reg_scale`` (top/bottom) from the reference (pre-head) box.
 """

@@ -6,6 +6,7 @@ nothing is smoothed; GO-LSD figures say whether the targets are pseudo ground tr
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -306,13 +307,18 @@ def _distribution_cell(
     )
 
 
+MESSAGE_WIDTH = 90  # characters per line of a message figure (fits a 1024 px page at 14 px)
+
+
 def message_figure(text: str, title: str = "") -> go.Figure:
     """An empty figure that says ``text``: a tab's answer when there is nothing to plot (e.g.
     the distributions of a model trained without them)."""
     fig = go.Figure()
+    lines = textwrap.wrap(text, MESSAGE_WIDTH, break_on_hyphens=False, break_long_words=False)
     fig.add_annotation(
-        text=text, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, font={"size": 14}
-    )
+        text="<br>".join(lines), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+        font={"size": 14},
+    )  # fmt: skip
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(template=TEMPLATE, height=240, title=title)
@@ -444,8 +450,10 @@ def edge_comparison_figure(cmp: EdgeComparison) -> go.Figure:
         template=TEMPLATE,
         barmode="overlay",
         bargap=0,
-        height=220 * n + 160,
-        title=f"The {cmp.edge} edge of the same object ({cmp.reference}) per layer · {queries}",
+        height=220 * n + 180,
+        margin={"t": 110},
+        title=f"The {cmp.edge} edge of the same object ({cmp.reference}) per layer"
+        f"<br><sup>{queries}</sup>",
     )
     return fig
 

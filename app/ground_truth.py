@@ -10,9 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
+from analysis import _draw
 from app.paths import SYNTH_ANNOTATIONS
 from app.results import file_digest
+from dfine.draw import font
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,22 @@ class GroundTruth:
                 "pseudo": False,
             }
         ]
+
+
+def draw_truth(image: Image.Image, truth: GroundTruth) -> Image.Image:
+    """``image`` with ``truth``'s boxes as dashed white outlines (on a black under-stroke, so
+    they show on any colour) and a legend naming them."""
+    canvas = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(canvas)
+    lw, font_size = _draw.sizes_for(canvas)
+    for box in truth.boxes_xyxy:
+        rect = tuple(float(v) for v in box)
+        _draw.dashed_rectangle(draw, rect, (0, 0, 0), lw + 2, 4 * lw + 4)
+        _draw.dashed_rectangle(draw, rect, (255, 255, 255), lw, 4 * lw + 4)
+    n = len(truth.boxes_xyxy)
+    legend = f"dashed white: ground truth ({n} object{'s' if n != 1 else ''})"
+    _draw.legend(canvas, [legend], font(font_size))
+    return canvas
 
 
 class AnnotatedExamples:

@@ -65,7 +65,7 @@ class LoadedModel:
     model: dfine.DFINE
     num_parameters: int
     file_bytes: int | None
-    _detectors: dict[int, dfine.Detector] = field(default_factory=dict)
+    _detectors: dict[tuple[int, bool], dfine.Detector] = field(default_factory=dict)
     _criterion: DFINECriterion | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,12 +100,16 @@ class LoadedModel:
     def num_layers(self) -> int:
         return self.model.config.decoder.num_layers
 
-    def detector(self, size: int) -> dfine.Detector:
-        """A detector at ``size × size`` returning every query (threshold 0); shares weights."""
+    def detector(self, size: int, letterbox: bool = False) -> dfine.Detector:
+        """A detector at ``size × size`` returning every query (threshold 0); shares weights.
+        ``letterbox``: keep the aspect ratio (grey padding) instead of stretching."""
+        key = (int(size), bool(letterbox))
         with self._lock:
-            if size not in self._detectors:
-                self._detectors[size] = dfine.Detector(self.model, threshold=0.0, size=size)
-            return self._detectors[size]
+            if key not in self._detectors:
+                self._detectors[key] = dfine.Detector(
+                    self.model, threshold=0.0, size=key[0], letterbox=key[1]
+                )
+            return self._detectors[key]
 
     def criterion(self) -> DFINECriterion:
         """The reference loss configuration for this model (GO-LSD analysis)."""

@@ -1,4 +1,4 @@
-"""One forward pass per (image, model, input size), shared by every tab and every user.
+"""One forward pass per (image, model, input size, letterbox), shared by every tab and every user.
 
 ``Detector.trace`` returns the detections of every query and the whole decoder trace at once,
 so the Detect tab's call already holds everything the analysis tabs show: they read it from
@@ -22,7 +22,7 @@ from dfine.detections import Detections
 from dfine.files import file_sha256
 from dfine.nn.decoder import DecoderTrace
 
-CacheKey = tuple[str, str, int]
+CacheKey = tuple[str, str, int, bool]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class TraceResult:
     queries: np.ndarray
     model_key: str
     size: int
+    letterbox: bool = False
 
     @property
     def image(self) -> np.ndarray:
@@ -70,7 +71,8 @@ def file_digest(path: str | Path) -> str:
 
 
 class ResultCache:
-    """A thread-safe LRU of :class:`TraceResult` by ``(image sha256, model key, size)``,
+    """A thread-safe LRU of :class:`TraceResult` by ``(image sha256, model key, size,
+    letterbox)``,
     bounded by entry count and memory; concurrent requests for one key compute it once."""
 
     def __init__(self, max_entries: int = 16, max_bytes: int = 768 * 2**20) -> None:

@@ -42,6 +42,8 @@ class SharedInputs:
     size: int | str
     model: str | None
     max_detections: int
+    letterbox: bool = False
+    """Keep the aspect ratio (grey padding) instead of the reference's stretch resize."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ class AppState:
         size = check_size(inputs.size)
         max_detections = check_max_detections(inputs.max_detections)
         entry = self.store.entry(inputs.model)
+        letterbox = bool(inputs.letterbox)
         digest = file_digest(path)
 
         def compute() -> TraceResult:
@@ -128,12 +131,12 @@ class AppState:
             if progress is not None:
                 progress(0.4, desc="Running D-FINE on the image")
             try:
-                dets, trace, queries = loaded.detector(size).trace(path)
+                dets, trace, queries = loaded.detector(size, letterbox).trace(path)
             except ImageLoadError as e:  # name the file, not the server's folder
                 raise ImageLoadError(str(e).replace(path, Path(path).name)) from None
-            return TraceResult(dets, trace, queries.cpu().numpy(), entry.key, size)
+            return TraceResult(dets, trace, queries.cpu().numpy(), entry.key, size, letterbox)
 
-        result, cached = self.cache.get((digest, entry.key, size), compute)
+        result, cached = self.cache.get((digest, entry.key, size, letterbox), compute)
         loaded = self.store.get(entry.key)
         dets, queries = result.select(threshold, max_detections)
         return Selection(
@@ -148,6 +151,7 @@ class AppState:
         try:
             entry = self.store.entry(inputs.model)
             key = (file_digest(inputs.image), entry.key, check_size(inputs.size))
+            key += (bool(inputs.letterbox),)
         except UserError:
             return None
         if self.cache.peek(key) is None:

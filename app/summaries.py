@@ -82,8 +82,9 @@ def detect_summary(sel: Selection, example: bool = False) -> str:
             f" (showing the top {n} of {int((sel.result.detections.scores > sel.threshold).sum())})"
         )
     lines = [
-        f"{count} · image {w}×{h} px · network input {sel.result.size}×{sel.result.size} px · "
-        f"model: {sel.model.entry.label}",
+        f"{count} · image {w}×{h} px · network input {sel.result.size}×{sel.result.size} px"
+        + (" (letterboxed: aspect ratio kept, grey padding)" if sel.result.letterbox else "")
+        + f" · model: {sel.model.entry.label}",
         speed_text(sel),
     ]
     trained = sel.model.input_size

@@ -20,7 +20,8 @@ Click a box in the result to open its edge distributions. Boxes are in pixels of
 """
 
 SHARED_INPUTS = (
-    "*Uses the image, model, input size, threshold and detection limit of the Detect tab.*"
+    "*Uses the image, model, input size, threshold, detection limit and letterbox of the Detect "
+    "tab.*"
 )
 
 REFINEMENT = f"""\

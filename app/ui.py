@@ -15,7 +15,7 @@ The pattern (a new tab follows it):
 - ``build(state, controls)`` creates the ``gr.Tab`` and wires its events with
   ``app.tabs.common.bind(state, fn)``. ``controls`` (:class:`app.tabs.common.Controls`) are
   the Detect tab's inputs every image tab reads (``controls.shared()`` = image, threshold,
-  input size, model, detection limit); ``controls.after_result(fn, outputs)`` updates a
+  input size, model, detection limit, letterbox); ``controls.after_result(fn, outputs)`` updates a
   tab's pickers whenever the current result changes (Detect pressed, threshold or limit
   moved) from the cached forward pass.
 - The tab's main action gets ``api_name="<endpoint>"``; helper events are
@@ -23,7 +23,8 @@ The pattern (a new tab follows it):
 - Add one line below in :func:`build_demo`.
 
 Endpoints: ``/detect``, ``/trace``, ``/distributions``, ``/weighting``, ``/golsd``, ``/model``,
-``/evaluate`` (and ``/distributions_figure``, ``/weighting_figure``).
+``/evaluate``, the two-model comparisons ``/compare_refinement``, ``/compare_distributions``,
+``/evaluate_compare`` (and ``/distributions_figure``, ``/weighting_figure``).
 """
 
 from __future__ import annotations

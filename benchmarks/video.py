@@ -1,6 +1,7 @@
 """End-to-end video throughput: decode + model + track + draw + encode, frames per second.
 
     python benchmarks/video.py --frames 100 --rounds 2 --out benchmarks/results/video_cpu.md
+    python benchmarks/video.py --frames 20 --rounds 1 --sizes 320 --batch 1 4  # frames per pass
 
 The bundled demo model (D-FINE-N, synthetic shapes) runs on generated clips of moving shapes
 (``dfine.data.synth_video``) at 320x320 and 640x640 input, on the torch backend (deployed) and
@@ -37,12 +38,15 @@ from dfine.video import FrameReader, Tracker, VideoWriter, annotate_video  # noq
 DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"
 
 
-def _detectors(work: Path, sizes: list[int], threads: int) -> dict[tuple[str, int], Detector]:
+def _detectors(
+    work: Path, sizes: list[int], threads: int, batches: list[int]
+) -> dict[tuple[str, int], Detector]:
     dets = {}
     for size in sizes:
         dets["torch", size] = Detector(DEMO, size=size)
         onnx = work / f"demo_{size}.onnx"
-        export_onnx(DEMO, onnx, size=(size, size), batch=1, check_parity=False)
+        batch = 1 if batches == [1] else "dynamic"  # what `dfine predict --backend openvino` uses
+        export_onnx(DEMO, onnx, size=(size, size), batch=batch, check_parity=False)
         dets["openvino", size] = Detector(onnx, backend="openvino", threads=threads)
     return dets
 
@@ -86,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="frames per forward pass to compare (default 1; `dfine predict` uses 4)",
+    )
     parser.add_argument("--out", default=None, help="also write the Markdown report here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -93,9 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dfine-video-bench-"))
     clips = {s: write_synth_video(work / f"clip_{s}.webm", args.frames, (s, s))[0]
              for s in args.sizes}  # fmt: skip
-    detectors = _detectors(work, args.sizes, args.threads)
+    detectors = _detectors(work, args.sizes, args.threads, args.batch)
     variants = [
-        (b, s, tr) for s in args.sizes for b in ("torch", "openvino") for tr in (True, False)
+        (b, s, tr, n)
+        for s in args.sizes
+        for b in ("torch", "openvino")
+        for tr in (True, False)
+        for n in args.batch
     ]
     for (_, s), det in detectors.items():  # warm-up
         for f in FrameReader(clips[s], max_frames=3):
@@ -105,15 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     stages: dict[tuple, list[dict]] = {k: [] for k in detectors}
     for r in range(args.rounds):
         for v in variants if r % 2 == 0 else variants[::-1]:
-            backend, size, track = v
+            backend, size, track, batch = v
             run = annotate_video(detectors[backend, size], clips[size], work / "out.webm",
-                                 track=track, max_frames=args.frames)  # fmt: skip
+                                 track=track, max_frames=args.frames, batch=batch)  # fmt: skip
             fps[v].append(run.fps)
             model_ms[v].append(statistics.mean(
                 d.speed["preprocess"] + d.speed["inference"] + d.speed["postprocess"]
                 for d in run.frames))  # fmt: skip
-            print(f"round {r + 1}: {backend:8s} {size} track={track!s:5s} {run.fps:6.1f} fps",
-                  flush=True)  # fmt: skip
+            print(f"round {r + 1}: {backend:8s} {size} track={track!s:5s} batch={batch} "
+                  f"{run.fps:6.1f} fps", flush=True)  # fmt: skip
         for key, det in detectors.items():
             stages[key].append(_stages(clips[key[1]], det, args.frames, work))
         text = _report(args, variants, fps, model_ms, stages, rounds=r + 1)
@@ -143,15 +158,16 @@ def _report(args, variants, fps, model_ms, stages, rounds: int) -> str:
         f"- load average (1/5/15 min) at the start: {args.load_start}; when this table was "
         f"written: {_load()} ({os.cpu_count()} CPUs)",
         "",
-        "| backend | input | tracking | frames/s (median) | per round | ms/frame | model ms/frame "
-        "| vs torch, same input and tracking |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backend | input | tracking | batch | frames/s (median) | per round | ms/frame "
+        "| model ms/frame | vs torch, same input, tracking and batch |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for v in variants:
-        backend, size, track = v
-        ref = med(fps["torch", size, track])
+        backend, size, track, batch = v
+        ref = med(fps["torch", size, track, batch])
         lines.append(
-            f"| {backend} | {size}² | {'ByteTrack' if track else 'off'} | {med(fps[v]):.1f} "
+            f"| {backend} | {size}² | {'ByteTrack' if track else 'off'} | {batch} "
+            f"| {med(fps[v]):.1f} "
             f"| {' / '.join(f'{x:.1f}' for x in fps[v])} | {1000 / med(fps[v]):.1f} "
             f"| {med(model_ms[v]):.1f} | {med(fps[v]) / ref:.2f}x |"
         )
@@ -166,7 +182,7 @@ def _report(args, variants, fps, model_ms, stages, rounds: int) -> str:
     for (backend, size), rounds in stages.items():
         st = {k: med(r[k] for r in rounds) for k in rounds[0]}
         total = sum(st.values())
-        e2e = 1000 / med(fps[backend, size, True])
+        e2e = 1000 / med(fps[backend, size, True, args.batch[0]])
         lines.append(
             f"| {backend} | {size}² | {st['decode']:.1f} | {st['model']:.1f} | {st['track']:.2f} "
             f"| {st['draw']:.1f} | {st['encode']:.1f} | {total:.1f} | {e2e:.1f} |"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +21,12 @@ import torch
 from tqdm import tqdm
 
 from dfine.backends import create_backend
+from dfine.checkpoint import load_model
 from dfine.export import export_onnx
-from dfine.model import build_model
+from dfine.model import DFINE, build_model
 from dfine.precision import normalize_precision
 from dfine.quantize import quantize_unguarded
+from dfine.sources import default_backend
 
 # FLOPs at 640x640 (2 x multiply-accumulates), as quoted for the reference models.
 REFERENCE_GFLOPS = {"n": 7.2, "s": 25.2, "m": 56.7, "l": 91.0, "x": 202.5}
@@ -66,6 +69,7 @@ class Row:
     median_ms: float
     p90_ms: float
     floor_ms: float
+    input_hw: tuple[int, int] = (640, 640)
 
     @property
     def per_image_ms(self) -> float:
@@ -125,66 +129,176 @@ def _runner(
 
 
 def run_benchmark(
-    backends: Sequence[str] = ("torch-eager", "torch", "onnxruntime", "openvino"),
+    backends: Sequence[str] | None = None,
     sizes: Sequence[str] = ("n", "s"),
     batches: Sequence[int] = (1,),
-    input_size: int = 640,
+    input_size: int | None = None,
     threads: int = 2,
     warmup: int = 3,
     iters: int = 10,
     progress: bool = True,
-    precisions: Sequence[str] = ("f32",),
+    precisions: Sequence[str] | None = None,
     throughput: bool = False,
+    weights: str | os.PathLike | None = None,
+    matmul_sizes: Sequence[int] = (1024, 2048, 4096),
 ) -> tuple[list[Row], float]:
     """Time every combination; returns the rows and the measured sgemm GFLOP/s.
-    ``precisions`` other than f32 add openvino rows (``openvino-bf16``, ``openvino-int8``).
+
+    ``weights``: ``None`` times random-init models of every ``sizes`` at ``input_size``
+    (default 640); otherwise one model from any source :class:`~dfine.Detector` takes — a
+    checkpoint, Hugging Face folder or zoo name (timed on every ``backends``, at its own
+    input size unless ``input_size`` is given) or an exported ``.onnx`` / OpenVINO ``.xml``
+    (timed on ``backends``, default the runtime the file is for, at its export size).
+    ``precisions`` other than f32 add openvino rows (``openvino-bf16``, ``openvino-int8``);
+    for an exported file they are passed to its runtime (default: the file's own).
     ``throughput``: openvino rows also in throughput mode (THROUGHPUT hint, ``iters`` batches
-    in flight on parallel infer requests; the median is the wall time per batch)."""
+    in flight on parallel infer requests; the median is the wall time per batch).
+    ``matmul_sizes``: the square sgemm sizes the FLOP floor's throughput is measured on."""
     torch.set_num_threads(threads)
-    peak = matmul_gflops()
     rows: list[Row] = []
-    precisions = [normalize_precision(p) for p in precisions]
-    combos = [(s, b, "f32", False) for s in sizes for b in backends]
-    if "openvino" in backends:
-        combos += [(s, "openvino", p, False) for s in sizes for p in precisions if p != "f32"]
-        if throughput:
-            combos += [(s, "openvino", p, True) for s in sizes for p in precisions]
-    bar = tqdm(combos, desc="benchmark", disable=not progress)
-    hw = (input_size, input_size)
     with tempfile.TemporaryDirectory() as tmp:
-        models = {}
-        for size, backend, precision, many in bar:
-            label = backend + ("" if precision == "f32" else f"-{precision}")
-            label += " (throughput)" if many else ""
-            bar.set_postfix_str(f"{size.upper()} {label}")
-            model = models.setdefault(size, build_model(size).eval())
-            run = _runner(backend, model, hw, threads, Path(tmp), precision, many)
-            floor = REFERENCE_GFLOPS[size] * (input_size / 640) ** 2 / peak * 1000
+        if weights is not None and Path(weights).suffix.lower() in EXPORTED_SUFFIXES:
+            jobs = list(_exported_jobs(weights, backends, input_size, threads, precisions))
+        else:  # the weights are read (and bad ones reported) before anything is timed
+            jobs = list(
+                _model_jobs(
+                    weights, backends, sizes, input_size, threads, precisions, throughput, Path(tmp)
+                )
+            )
+        peak = matmul_gflops(matmul_sizes)
+        bar = tqdm(jobs, desc="benchmark", disable=not progress)
+        for label, size, hw, many, make_run in bar:
+            bar.set_postfix_str(f"{size} {label}")
+            run = make_run()
+            gflops = REFERENCE_GFLOPS.get(size.lower(), float("nan"))
+            floor = gflops * hw[0] * hw[1] / 640**2 / peak * 1000
             for batch in batches:
                 x = torch.rand(batch, 3, *hw)
-                sizes_t = torch.tensor([[input_size, input_size]] * batch)
+                sizes_t = torch.tensor([[hw[1], hw[0]]] * batch)
                 if many:
                     work = [(x, sizes_t)] * iters
                     total = time_call(lambda w=work, run=run: run(w), 1, 3)
                     times = [t / iters for t in total]
                 else:
                     times = time_call(lambda x=x, s=sizes_t, run=run: run(x, s), warmup, iters)
-                rows.append(
-                    Row(label, size.upper(), batch, statistics.median(times), p90(times), floor)
-                )
+                median = statistics.median(times)
+                rows.append(Row(label, size, batch, median, p90(times), floor, hw))
     return rows, peak
 
 
-def markdown(rows: Sequence[Row], peak: float, input_size: int, threads: int, iters: int) -> str:
+DEFAULT_BACKENDS = ("torch-eager", "torch", "onnxruntime", "openvino")
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+
+# (row label, model size, input (h, w), throughput mode, build the timed callable)
+Job = tuple[str, str, tuple[int, int], bool, Callable[[], Callable]]
+
+
+def _model_jobs(
+    weights: str | os.PathLike | None,
+    backends: Sequence[str] | None,
+    sizes: Sequence[str],
+    input_size: int | None,
+    threads: int,
+    precisions: Sequence[str] | None,
+    throughput: bool,
+    workdir: Path,
+) -> Iterator[Job]:
+    """Random-init models of ``sizes`` (``weights`` None) or the one model ``weights`` loads."""
+    backends = list(backends or DEFAULT_BACKENDS)
+    precisions = [normalize_precision(p) for p in precisions or ["f32"]]
+    models: dict[str, Callable[[], DFINE]] = {}
+    if weights is None:
+        for size in sizes:
+            models[size] = lambda size=size: build_model(size).eval()
+    else:
+        loaded = load_model(weights).eval()  # fails here, before any timing, if unreadable
+        models[loaded.config.size] = lambda: loaded
+    combos = [(s, b, "f32", False) for s in models for b in backends]
+    if "openvino" in backends:
+        combos += [(s, "openvino", p, False) for s in models for p in precisions if p != "f32"]
+        if throughput:
+            combos += [(s, "openvino", p, True) for s in models for p in precisions]
+    built: dict[str, DFINE] = {}
+    for size, backend, precision, many in combos:
+        label = backend + ("" if precision == "f32" else f"-{precision}")
+        label += " (throughput)" if many else ""
+        model = built.setdefault(size, models[size]())
+        hw = (input_size, input_size) if input_size else _own_size(model, weights)
+
+        def make(backend=backend, model=model, hw=hw, precision=precision, many=many):
+            return _runner(backend, model, hw, threads, workdir, precision, many)
+
+        yield label, size.upper(), hw, many, make
+
+
+def _own_size(model: DFINE, weights: object) -> tuple[int, int]:
+    """A random-init model: 640²; a loaded one: the input size it was trained at."""
+    if weights is None:
+        return (640, 640)
+    h, w = model.config.eval_size
+    return (int(h), int(w))
+
+
+def _exported_jobs(
+    weights: str | os.PathLike,
+    backends: Sequence[str] | None,
+    input_size: int | None,
+    threads: int,
+    precisions: Sequence[str] | None,
+) -> Iterator[Job]:
+    """An exported file on each runtime of ``backends`` (default: the one it is for)."""
+    from dfine.export import read_metadata
+
+    backends = list(backends or [default_backend(weights)])
+    torchy = [b for b in backends if b.startswith("torch")]
+    if torchy:
+        raise ValueError(
+            f"{Path(weights).name} is an exported model: it runs on onnxruntime, openvino or "
+            f"tensorrt, not {torchy[0]}; time a checkpoint (.pth/.safetensors) for torch"
+        )
+    meta = read_metadata(weights)
+    hw = tuple(int(v) for v in meta["input_size"])
+    if input_size and (input_size, input_size) != hw:
+        raise ValueError(
+            f"{Path(weights).name} was exported at {hw[0]}x{hw[1]}; its input size is fixed "
+            f"(leave out --input, or export again with --size {input_size})"
+        )
+    size = str(meta.get("size") or "?").upper()
+    for backend in backends:
+        for precision in precisions or [None]:
+            label = backend + ("" if precision in (None, "f32") else f"-{precision}")
+            options: dict = {"threads": threads} if backend != "tensorrt" else {}
+            if precision is not None:
+                options["precision"] = normalize_precision(precision)
+
+            def make(backend=backend, options=options):
+                return create_backend(backend, weights, **options).detect
+
+            yield label, size, hw, False, make
+
+
+def markdown(
+    rows: Sequence[Row],
+    peak: float,
+    input_size: int | None,
+    threads: int,
+    iters: int,
+    weights: str | os.PathLike | None = None,
+) -> str:
+    """The rows as a Markdown table with how they were measured (``weights``: what was timed;
+    ``None``: random-init models)."""
+    inputs = sorted({f"{r.input_hw[0]}x{r.input_hw[1]}" for r in rows})
+    shown = ", ".join(inputs) or f"{input_size or 640}x{input_size or 640}"
+    timed = "random-init weights" if weights is None else f"weights `{weights}`"
     lines = [
-        f"# Inference benchmark, {input_size}x{input_size}, {threads} threads",
+        f"# Inference benchmark, {shown}, {threads} threads",
         "",
         f"- date: {dt.date.today().isoformat()}; torch {torch.__version__}; "
         f"{platform.machine()}; CPU capability {torch.backends.cpu.get_cpu_capability()}",
         f"- fp32 matmul throughput (best square sgemm of 1024/2048/4096, same run): **{peak:.1f} GFLOP/s**",
         "- floor = the model's FLOPs (reference figures) / that throughput, per image;"
         " ratio = per-image median / floor",
-        f"- median and p90 of {iters} timed runs; random-init weights; torch-eager = the"
+        f"- median and p90 of {iters} timed runs; {timed}; torch-eager = the"
         " reference's arithmetic, torch = `model.deploy()`, onnxruntime/openvino = exported"
         " ONNX with in-graph postprocessing (fp32); openvino-bf16/-int8 = backbone + encoder"
         " reduced, decoder f32; (throughput) = THROUGHPUT hint, batches on parallel requests",

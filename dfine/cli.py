@@ -22,8 +22,8 @@ from dfine.data.cli import register_cli as register_data
 from dfine.export import export_onnx, read_metadata
 from dfine.io import ImageLoadError
 from dfine.model import DFINE
-from dfine.precision import OPENVINO_PRECISIONS, PRECISIONS, normalize_precision
 from dfine.precision import PARTS as PRECISION_PARTS
+from dfine.precision import PRECISIONS, normalize_precision
 from dfine.predict import Detector
 from dfine.quantize import export_reduced
 from dfine.resources import demo_weights
@@ -197,6 +197,7 @@ def _onnx_info(source: str) -> dict:
         "parameters": None,
         "input_size": list(meta["input_size"]),
         "reg_max": None,
+        "ablation": meta.get("ablation"),  # absent from files exported before it was recorded
         "metadata": {
             k: meta[k] for k in ("batch", "precision", "num_top") if meta.get(k) is not None
         },
@@ -268,6 +269,7 @@ def _export_reduced(args: argparse.Namespace, precision: str) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     rows, peak = run_benchmark(
+        weights=args.weights,
         backends=args.backends,
         sizes=args.sizes,
         batches=args.batch,
@@ -278,7 +280,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         precisions=args.precision,
         throughput=args.throughput,
     )
-    text = markdown(rows, peak, args.input, args.threads, args.iters)
+    text = markdown(rows, peak, args.input, args.threads, args.iters, args.weights)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -508,19 +510,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "benchmark",
         help="latency/throughput of backends x sizes x batch sizes vs the FLOP floor",
-        description="Time inference of random-init models for each backend, model size and "
-        "batch size (warm-up, pinned threads) and print a Markdown table with each size's "
-        "ratio to its FLOP floor.",
+        description="Time inference for each backend, model size and batch size (warm-up, "
+        "pinned threads) and print a Markdown table with each size's ratio to its FLOP floor. "
+        "Without --weights: random-init models of --sizes; with --weights: that model.",
+    )
+    p.add_argument(
+        "--weights",
+        "-w",
+        default=None,
+        help="time this model instead of random-init ones: a checkpoint (.pth, .safetensors), "
+        "Hugging Face folder or model-zoo name (every --backends, at its own input size) or an "
+        "exported .onnx / OpenVINO .xml (at its export size; default backend: the file's "
+        "runtime). --sizes is then not used",
     )
     p.add_argument(
         "--backends",
+        "--backend",
         nargs="+",
-        default=["torch-eager", "torch", "onnxruntime", "openvino"],
+        default=None,
         choices=["torch-eager", "torch", "onnxruntime", "openvino", "tensorrt"],
+        metavar="BACKEND",
+        help="what to time: torch-eager, torch, onnxruntime, openvino, tensorrt (default: "
+        "torch-eager torch onnxruntime openvino; for an exported "
+        "--weights file: onnxruntime for .onnx, openvino for .xml)",
     )
     p.add_argument("--sizes", nargs="+", default=["n", "s"], choices=list("nsmlx"))
     p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes (default 1)")
-    p.add_argument("--input", type=int, default=640, help="square input size (default 640)")
+    p.add_argument(
+        "--input",
+        type=int,
+        default=None,
+        help="square input size (default 640; with --weights: the model's own)",
+    )
     p.add_argument(
         "--threads", type=int, default=2, help="CPU threads for every backend (default 2)"
     )
@@ -529,10 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         nargs="+",
-        default=["f32"],
-        choices=OPENVINO_PRECISIONS,
+        default=None,
+        choices=PRECISIONS,
         help="openvino precisions to time (default f32; bf16/int8: backbone + encoder reduced, "
-        "decoder f32; int8 calibrated on random images: timing only)",
+        "decoder f32; int8 calibrated on random images: timing only); for an exported "
+        "--weights file: the precision its runtime runs (default: the file's own)",
     )
     p.add_argument(
         "--throughput",

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dfine.checkpoint import load_model
+from dfine.config import ABLATIONS
 from dfine.files import atomic_write
 from dfine.io import load_image
 from dfine.model import DFINE
@@ -147,6 +148,7 @@ def export_onnx(
         "batch": str(batch),
         "precision": "fp16" if half else "fp32",
         "num_top": str(min(num_top, net.config.decoder.num_queries * net.num_classes)),
+        "ablation": net.config.decoder.ablation,
     }
 
     def write(tmp: Path) -> None:
@@ -201,7 +203,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
     """The dfine metadata stored in an exported ONNX file or OpenVINO IR (``.xml``): model
     size, classes, input size, postprocessing, batch, ``precision`` (``f32``, ``fp16``,
     ``bf16``, ``int8``) and, for reduced precision, how it was made and what the accuracy
-    guard measured (``guard``, a dict)."""
+    guard measured (``guard``, a dict); ``ablation`` (``none``, ``golsd`` or ``fdr``, see
+    :data:`dfine.config.ABLATIONS`) when the file records it (exports since it is)."""
     if Path(path).suffix == ".xml":
         return _read_ir_metadata(Path(path))
     import onnx
@@ -228,12 +231,17 @@ def _parse_metadata(props: dict[str, str], where: str) -> dict:
         # files exported before num_top was recorded kept the default 300 (or fewer pairs)
         "num_top": int(props.get("num_top", 300)),
     }
-    for key in ("method", "format", "mixed", "head_precision"):
+    for key in ("method", "format", "mixed", "head_precision", "ablation"):
         if key in props:
             meta[key] = props[key]
     for key in ("guard", "reduced_parts", "calibration", "attempts"):
         if key in props:
             meta[key] = json.loads(props[key])
+    if meta.get("ablation", "none") not in ABLATIONS:
+        raise ValueError(
+            f"{where}: its ablation metadata must be one of {', '.join(ABLATIONS)}, "
+            f"got {meta['ablation']!r}"
+        )
     return meta
 
 

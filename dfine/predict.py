@@ -7,6 +7,7 @@ dets.plot().save("street_pred.jpg")
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -108,23 +109,61 @@ class Detector:
         self, image: ImageSource, color_order: str = "RGB"
     ) -> tuple[np.ndarray, torch.Tensor]:
         """Decode and orient the image, resize it to the input size: ``(rgb, [1, 3, h, w])``."""
+        rgb, x, _ = self._prepare(image, color_order)
+        return rgb, x
+
+    def _prepare(
+        self, image: ImageSource, color_order: str
+    ) -> tuple[np.ndarray, torch.Tensor, Letterbox | None]:
+        """The decoded image, its input tensor and (letterbox only) the map back."""
         rgb = load_image(image, color_order=color_order)
         if self.letterbox:
-            return rgb, letterbox_tensor(rgb, self.size)[0]
-        return rgb, to_input_tensor(rgb, self.size)
+            return (rgb, *letterbox_tensor(rgb, self.size))
+        return rgb, to_input_tensor(rgb, self.size), None
+
+    def _box_sizes(self, rgbs: list[np.ndarray]) -> torch.Tensor:
+        """``[B, 2]`` the ``(w, h)`` the backend scales its boxes to: the original image's, or
+        the input size when letterboxing (the boxes are mapped back afterwards)."""
+        if self.letterbox:
+            return torch.tensor([[self.size[1], self.size[0]]] * len(rgbs))
+        return torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs])
 
     def _inputs(
         self, images: list[ImageSource], color_order: str
     ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor, list[Letterbox] | None]:
-        """Decoded images, the input batch, the sizes the backend scales its boxes to
-        (original ``(w, h)``; the input size when letterboxing) and the letterbox maps."""
-        rgbs = [load_image(im, color_order=color_order) for im in images]
-        if not self.letterbox:
-            batch = torch.cat([to_input_tensor(r, self.size) for r in rgbs])
-            return rgbs, batch, torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs]), None
-        tensors, maps = zip(*(letterbox_tensor(r, self.size) for r in rgbs))
-        sizes = torch.tensor([[self.size[1], self.size[0]]] * len(rgbs))
-        return rgbs, torch.cat(tensors), sizes, list(maps)
+        """Decoded images, the input batch, the sizes the backend scales its boxes to and the
+        letterbox maps (``None`` for the stretch resize)."""
+        rgbs, tensors, maps = zip(*(self._prepare(im, color_order) for im in images))
+        rgbs = list(rgbs)
+        return (
+            rgbs,
+            torch.cat(tensors),
+            self._box_sizes(rgbs),
+            (list(maps) if self.letterbox else None),
+        )
+
+    def _kept(
+        self,
+        results: BatchDetections,
+        n: int,
+        image_size: tuple[int, int],
+        threshold: float,
+        lb: Letterbox | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``n``'s kept detections among the top ``max_detections``: the mask (score
+        above ``threshold``; with a letterbox also some area inside the image, not only in
+        the padding) and every box in original pixels, clipped to the image ``(w, h)``."""
+        scores = results.scores[n, : self.max_detections]
+        boxes = results.boxes[n, : self.max_detections].clone()
+        if lb is not None:
+            boxes = lb.to_original(boxes)
+        w, h = image_size
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)  # the reference leaves boxes unclipped
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        keep = scores > threshold
+        if lb is not None:
+            keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return keep, boxes
 
     def _detections(
         self,
@@ -138,16 +177,11 @@ class Detector:
         letterbox ``maps`` the boxes come in input pixels and are mapped back first."""
         dets = []
         for n, rgb in enumerate(rgbs):
-            keep = results.scores[n, : self.max_detections] > threshold
             h, w = rgb.shape[:2]
-            boxes = results.boxes[n, : self.max_detections][keep].clone()
-            if maps is not None:
-                boxes = maps[n].to_original(boxes)
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)  # the reference leaves boxes unclipped
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            keep, boxes = self._kept(results, n, (w, h), threshold, maps and maps[n])
             dets.append(
                 Detections(
-                    boxes=boxes.numpy(),
+                    boxes=boxes[keep].numpy(),
                     scores=results.scores[n, : self.max_detections][keep].numpy(),
                     labels=results.labels[n, : self.max_detections][keep].numpy(),
                     class_names=self.class_names,
@@ -240,30 +274,52 @@ class Detector:
 
         Returns ``(detections, trace, query_index)`` where ``query_index [N]`` is the decoder
         query each detection came from, so ``trace.boxes[:, 0, query_index]`` are the boxes of
-        every layer for the returned detections.
+        every layer for the returned detections. The trace's boxes are normalised to the
+        original image either way: with ``letterbox=True`` they are mapped out of the padded
+        input by the same map as the detections' boxes.
         """
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
-        if self.letterbox:
-            raise ValueError(
-                "trace() needs the stretch resize (its layer-by-layer boxes are relative to "
-                "the whole image): use a Detector without letterbox=True"
-            )
         t0 = time.perf_counter()
-        rgb, x = self.preprocess(image, color_order)
+        rgb, x, lb = self._prepare(image, color_order)
         t1 = time.perf_counter()
         trace = self.model.trace(x.to(self.device))
         t2 = time.perf_counter()
-        sizes = torch.tensor([[rgb.shape[1], rgb.shape[0]]], device=trace.boxes.device)
+        sizes = self._box_sizes([rgb]).to(trace.boxes.device)
         top = topk_detections(trace.logits[-1], trace.boxes[-1], sizes, self.max_detections)
         results = top.cpu()
-        det = self._detections(results, [rgb], threshold, keep_image=True)[0]
-        keep = results.scores[0, : self.max_detections] > threshold
+        maps = None if lb is None else [lb]
+        det = self._detections(results, [rgb], threshold, keep_image=True, maps=maps)[0]
+        keep, _ = self._kept(results, 0, det.image_size, threshold, lb)
+        if lb is not None:
+            trace = _trace_to_original(trace, lb, det.image_size)
         det.speed = {
             "preprocess": (t1 - t0) * 1000,
             "inference": (t2 - t1) * 1000,
             "postprocess": (time.perf_counter() - t2) * 1000,
         }
         return det, trace, results.queries[0, : self.max_detections][keep]
+
+
+def _trace_to_original(
+    trace: DecoderTrace, lb: Letterbox, image_size: tuple[int, int]
+) -> DecoderTrace:
+    """A letterboxed image's trace with every box (b0, pre-head, every layer) normalised to
+    the original image instead of the padded input, by :meth:`Letterbox.to_original_normalized`
+    (the map ``Detector`` applies to its boxes): ``x × image width`` is then an original
+    pixel, and an FDR edge offset ``d × w / reg_scale`` is in original-image units too, as
+    for the stretch resize."""
+
+    def remap(boxes: torch.Tensor | None) -> torch.Tensor | None:
+        if boxes is None:
+            return None
+        return lb.to_original_normalized(boxes, trace.input_size, image_size)
+
+    return dataclasses.replace(
+        trace,
+        init_boxes=remap(trace.init_boxes),
+        pre_boxes=remap(trace.pre_boxes),
+        boxes=remap(trace.boxes),
+    )
 
 
 def _precision_for(backend: str, precision: str) -> str:

@@ -56,6 +56,26 @@ class Letterbox:
         scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
         return (boxes - shift) / scale
 
+    def to_input(self, boxes: torch.Tensor) -> torch.Tensor:
+        """``[..., 4]`` xyxy boxes in original-image pixels → input pixels (the letterbox)."""
+        shift = boxes.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
+        scale = boxes.new_tensor([self.scale_x, self.scale_y, self.scale_x, self.scale_y])
+        return boxes * scale + shift
+
+    def to_original_normalized(
+        self, boxes: torch.Tensor, input_size: tuple[int, int], image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """``[..., 4]`` ``(cx, cy, w, h)`` normalised to the network input ``(h, w)`` →
+        the same normalised to the original image ``(width, height)``: :meth:`to_original`
+        applied in pixels (the one mapping, as ``Detector`` uses it for its boxes)."""
+        h, w = input_size
+        width, height = image_size
+        cx, cy, bw, bh = boxes.unbind(-1)
+        xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], dim=-1)
+        x1, y1, x2, y2 = (self.to_original(xyxy * boxes.new_tensor([w, h, w, h]))).unbind(-1)
+        x1, x2, y1, y2 = x1 / width, x2 / width, y1 / height, y2 / height
+        return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
+
 
 def letterbox_tensor(rgb: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, Letterbox]:
     """``[H, W, 3]`` uint8 RGB → ``[1, 3, h, w]`` float in [0, 1]: resized (PIL bilinear)

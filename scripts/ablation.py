@@ -4,8 +4,12 @@ Trains every variant with every seed on the same seeded synthetic dataset with t
 schedule and step count (``dfine train``; one process per run, ``--parallel`` at a time,
 ``--threads`` each, under ``nice``), evaluates each final model (COCO AP on the val split and
 the per-layer mean IoU of matched queries to ground truth, ``analysis.layer_stats``) and writes
-a Markdown report. Resumable: finished runs are kept, interrupted ones continue from their
-``last.pth`` (``dfine train --resume``); run the same command again.
+a Markdown report with the per-stage AP of every run (``analysis.evaluation``). Resumable:
+finished runs are kept, interrupted ones continue from their ``last.pth`` (``dfine train
+--resume``); run the same command again. Each run folder records its training command
+(``run.json``) and refuses another one (a changed schedule would mix two experiments), and
+is locked while its training runs (a second invocation on the same ``--out`` stops with a
+message instead of training into the same folder).
 
     python scripts/ablation.py --out runs/ablation --results benchmarks/results/ablation_cpu.md
     python scripts/ablation.py --out runs/ablation --report-only   # table from finished runs
@@ -14,6 +18,7 @@ a Markdown report. Resumable: finished runs are kept, interrupted ones continue 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -24,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+READING = "## Reading"
 VARIANTS = ("fdr", "golsd", "none")
 LABELS = {
     "fdr": "`--ablate fdr` (RT-DETR-style baseline: box deltas, L1+GIoU)",
@@ -129,44 +135,117 @@ def _cli(command: list[str]) -> list[str]:
 
 
 def one_run(args: argparse.Namespace, variant: str, seed: int, data: Path) -> dict:
-    """Train (or resume) one run, then evaluate it; the result is cached in ``eval.json``."""
+    """Train (or resume) one run, then evaluate it (COCO AP, per-layer IoU, per-stage AP);
+    the result is cached in ``eval.json``."""
     out = run_dir(args, variant, seed)
-    result = out / "eval.json"
-    if result.exists():
-        return json.loads(result.read_text())
     out.mkdir(parents=True, exist_ok=True)
     command = train_command(args, variant, seed, data)
-    if not (out / "final.safetensors").exists():
-        resume = ["--resume"] if (out / "last.pth").exists() else []
-        with open(out / "stdout.log", "a") as log:
-            log.write(f"$ {shlex.join(command + resume)}\n")
-            log.flush()
-            code = subprocess.call(
-                ["nice", "-n", str(args.nice), *_cli(command + resume)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_env(args),
-                cwd=ROOT,
-            )
-        if code != 0:
-            raise RuntimeError(f"{variant} seed {seed} failed (exit {code}); see {out}/stdout.log")
-    evaluate = [
-        sys.executable, str(Path(__file__).resolve()), "--evaluate-run", str(out),
-        "--data", str(data), *(["--eval-limit", str(args.eval_limit)] if args.eval_limit else []),
-    ]  # fmt: skip
+    with _locked(out) as lock:
+        _check_command(out, command)
+        result = out / "eval.json"
+        record = json.loads(result.read_text()) if result.exists() else None
+        if record is not None and record.get("eval_limit", args.eval_limit) != args.eval_limit:
+            record = None  # evaluated on another number of images: evaluate again
+        if record is None:
+            if not (out / "final.safetensors").exists():
+                resume = ["--resume"] if (out / "last.pth").exists() else []
+                _call(args, lock, _cli(command + resume), f"{variant} seed {seed}")
+            evaluate = [
+                sys.executable, str(Path(__file__).resolve()), "--evaluate-run", str(out),
+                "--data", str(data),
+                *(["--eval-limit", str(args.eval_limit)] if args.eval_limit else []),
+            ]  # fmt: skip
+            _call(args, lock, evaluate, f"evaluating {out}")
+            record = json.loads(result.read_text())
+        if "stage_ap" not in record:
+            stage_ap = [sys.executable, str(Path(__file__).resolve()), "--stage-ap-run", str(out)]
+            _call(args, lock, [*stage_ap, "--data", str(data)], f"per-stage AP of {out}")
+            record = json.loads(result.read_text())
+    print(f"done: {variant} seed {seed}: AP {record['metrics']['AP']:.4f}", flush=True)
+    return record
+
+
+def _call(args: argparse.Namespace, lock: _locked, command: list[str], what: str) -> None:
+    """Run ``command`` under ``nice`` with its output appended to the run's ``stdout.log``;
+    the child inherits the run's lock, so it stays held while the child lives (also when
+    this script is killed)."""
+    out = lock.path.parent
     with open(out / "stdout.log", "a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
         code = subprocess.call(
-            ["nice", "-n", str(args.nice), *evaluate],
+            ["nice", "-n", str(args.nice), *command],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=_env(args),
             cwd=ROOT,
+            pass_fds=(lock.fd,),
         )
     if code != 0:
-        raise RuntimeError(f"evaluating {out} failed (exit {code}); see {out}/stdout.log")
-    record = json.loads(result.read_text())
-    print(f"done: {variant} seed {seed}: AP {record['metrics']['AP']:.4f}", flush=True)
-    return record
+        raise RuntimeError(f"{what} failed (exit {code}); see {out}/stdout.log")
+
+
+class _locked:
+    """An exclusive ``flock`` on ``out/run.lock`` for the duration of a run; another holder
+    (this script run twice, or a training left running by a killed one) is an error."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "run.lock"
+        self.fd = -1
+
+    def __enter__(self) -> _locked:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise RuntimeError(
+                f"{self.path.parent} is in use by another process (a second ablation.py on the "
+                "same --out, or a training a killed one left running); wait for it or stop it"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+def _difference(recorded: list[str], command: list[str]) -> str:
+    """What changed between two training commands, e.g. ``--epochs 4 (the run has 3)``."""
+    if len(recorded) == len(command):
+        changed = [
+            f"{command[i - 1]} {command[i]} (the run has {recorded[i]})"
+            for i in range(1, len(command))
+            if recorded[i] != command[i] and command[i - 1].startswith("--")
+        ]
+        if changed:
+            return ", ".join(changed)
+    return f"the run has: {shlex.join(recorded)}"
+
+
+def _check_command(out: Path, command: list[str]) -> None:
+    """Record ``command`` in ``out/run.json`` the first time; refuse a different one later
+    (the folder holds a run of another schedule or dataset)."""
+    path = out / "run.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())["train_command"]
+        if recorded != command:
+            raise RuntimeError(
+                f"{out} holds a run of another command ({_difference(recorded, command)}); "
+                "use another --out or remove that folder"
+            )
+        return
+    from dfine.files import atomic_write
+
+    text = json.dumps({"train_command": command}, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def epoch_records(path: Path) -> list[dict]:
+    """The run's ``metrics.jsonl`` records, one per epoch in order: the last of an epoch
+    written twice (by a run killed between its record and its checkpoint, then restarted)."""
+    lines = path.read_text().splitlines()
+    by_epoch = {r["epoch"]: r for r in map(json.loads, filter(str.strip, lines))}
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def evaluate_run(out: Path, data: Path, limit: int | None) -> None:
@@ -189,7 +268,7 @@ def evaluate_run(out: Path, data: Path, limit: int | None) -> None:
         transforms=build_val_transforms(size),
     )
     layers = layer_stats(model, dataset, limit)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = epoch_records(out / "metrics.jsonl")
     seconds = sum(r["train_seconds"] for r in records)
     record = {
         "ablation": model.ablation,
@@ -199,6 +278,7 @@ def evaluate_run(out: Path, data: Path, limit: int | None) -> None:
         "steps": records[-1]["global_step"],
         "seconds_per_step": seconds / max(records[-1]["global_step"], 1),
         "final_train_loss": records[-1].get("train_loss"),
+        "eval_limit": limit,
     }
     atomic_write(out / "eval.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
 
@@ -226,16 +306,8 @@ def _add_stage_ap(args: argparse.Namespace, data: Path, jobs: list[tuple[str, in
         if not path.exists() or "stage_ap" in json.loads(path.read_text()):
             return
         command = [sys.executable, str(Path(__file__).resolve()), "--stage-ap-run", str(out)]
-        with open(out / "stdout.log", "a") as log:
-            code = subprocess.call(
-                ["nice", "-n", str(args.nice), *command, "--data", str(data)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_env(args),
-                cwd=ROOT,
-            )
-        if code != 0:
-            raise RuntimeError(f"per-stage AP of {out} failed (exit {code}); see its stdout.log")
+        with _locked(out) as lock:
+            _call(args, lock, [*command, "--data", str(data)], f"per-stage AP of {out}")
         print(f"per-stage AP: {job[0]} seed {job[1]} done", flush=True)
 
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
@@ -256,7 +328,8 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
     lines = [
         "# The paper's ablation at small scale (CPU)",
         "",
-        "D-FINE-N trained from scratch on the seeded synthetic shapes, three variants with the",
+        f"D-FINE-N trained from scratch on the seeded synthetic shapes, {len(variants)} "
+        "variant(s) with the",
         "same data, recipe, schedule, step count and seeds (`scripts/ablation.py`). AP on the",
         f"{args.val_images} val images (COCO AP .50:.95); mean ± half the range over seeds "
         f"{', '.join(map(str, args.seeds))}.",
@@ -312,18 +385,13 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
         shlex.join(data_command(args, data)),
         shlex.join(train_command(args, *example, data)) + "   # per variant and seed",
         f"python scripts/ablation.py {shlex.join(_script_args(args))}   # all runs + this file",
-        *(
-            [f"python scripts/ablation.py {shlex.join(_script_args(args))} --stage-ap"]
-            if _stage_ap_lines(args, variants, records)
-            else []
-        ),
         "```",
         "",
         f"Each run: {args.epochs} epochs × {args.steps_per_epoch} steps of batch "
         f"{args.batch_size} at {args.input_size}² ({args.epochs * args.steps_per_epoch} steps), "
         f"{args.parallel} runs in parallel with {args.threads} thread(s) each under "
-        f"`nice -n {args.nice}`, on a 2-core CPU shared with other work (so the times are "
-        "wall-clock under load, not clean).",
+        f"`nice -n {args.nice}`, on a {os.cpu_count()}-core CPU; the times are wall-clock, "
+        "so other work on the machine lengthens them.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -356,14 +424,21 @@ def _stage_ap_lines(args, variants: list[str], records: dict) -> list[str]:
 
 
 def _script_args(args: argparse.Namespace) -> list[str]:
+    """This script's options that reproduce ``args`` (every one that shapes the runs)."""
     out = ["--out", str(args.out)]
-    for name in ("train_images", "val_images", "epochs", "steps_per_epoch", "batch_size"):
+    if args.data is not None:
+        out += ["--data", str(args.data)]
+    for name in ("train_images", "val_images", "data_seed", "input_size", "epochs",
+                 "steps_per_epoch", "batch_size", "lr_scale"):  # fmt: skip
         out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     out += ["--stop-epoch", str(stop_epoch(args)), "--flat-epochs", str(flat_epochs(args))]
     if args.eval_limit:
         out += ["--eval-limit", str(args.eval_limit)]
+    if list(args.variants) != list(VARIANTS):
+        out += ["--variants", *args.variants]
     out += ["--seeds", *map(str, args.seeds), "--parallel", str(args.parallel)]
-    return [*out, "--threads", str(args.threads), "--results", str(args.results)]
+    out += ["--threads", str(args.threads), "--nice", str(args.nice)]
+    return [*out, "--results", str(args.results)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,11 +482,28 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.parallel) as pool:
             futures = {job: pool.submit(one_run, args, *job, data) for job in jobs}
+            failed = []
             for job, future in futures.items():
-                records[job] = future.result()
+                try:
+                    records[job] = future.result()
+                except RuntimeError as e:  # the others go on; rerun the command to resume
+                    print(f"error: {e}", file=sys.stderr, flush=True)
+                    failed.append(job)
+        if failed:
+            print(f"error: {len(failed)} of {len(jobs)} runs failed; no report written",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         print(f"all runs done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(report(args, data, records))
+    text = report(args, data, records)
+    old = args.results.read_text() if args.results.exists() else ""
+    if READING in old and (args.report_only or args.stage_ap):  # the same runs' reading
+        text += "\n" + old[old.index(READING) :]
+        print(f"kept the {READING.strip()} section of {args.results}: check it against the "
+              "new numbers")  # fmt: skip
+    from dfine.files import atomic_write
+
+    atomic_write(args.results, lambda tmp: tmp.write_text(text))
     print(f"wrote {args.results}")
     return 0
 

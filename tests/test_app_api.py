@@ -28,7 +28,7 @@ PHOTO = ROOT / "assets" / "examples" / "chelsea.jpg"
 SYNTH = ROOT / "assets" / "examples" / "synth" / "000002.jpg"
 TIMEOUT = 120  # seconds, for any single call
 THRESHOLD = 0.1  # the demo model (synthetic shapes) is unsure about a photo: a few pass 0.1
-SHARED = (THRESHOLD, 320, "default", 300)
+SHARED = (THRESHOLD, 320, "default", 300, False)  # False: no letterbox
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_golsd_with_annotations_and_with_pseudo_targets(client):
     coco = json.loads(SYNTH_ANNOTATIONS.read_text())
     count = sum(a["image_id"] == 2 for a in coco["annotations"])
     synth = client_lib.handle_file(SYNTH)
-    out = call(client, synth, 0.5, 320, "default", 25, "auto", "", "top", api_name="/golsd")
+    out = call(client, synth, 0.5, 320, "default", 25, False, "auto", "", "top", api_name="/golsd")
     note, targets, query, dist, kl, _, table = out
     assert note.startswith("### ground truth: annotations") and f"({count} boxes)" in note
     assert query.startswith("query ")
@@ -196,7 +196,9 @@ def test_errors_are_readable(client, tmp_path):
     with pytest.raises(client_lib.exceptions.AppError, match="maximum"):
         call(client, handle, 1.5, 320, "default", 25, api_name="/detect")
     with pytest.raises(client_lib.exceptions.AppError, match="No detections above"):
-        call(client, handle, 0.9, 320, "default", 25, "", 1.0, True, api_name="/distributions")
+        call(
+            client, handle, 0.9, 320, "default", 25, False, "", 1.0, True, api_name="/distributions"
+        )
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(client_lib.exceptions.AppError, match=r"garbage\.pth"):

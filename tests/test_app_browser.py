@@ -368,3 +368,33 @@ def test_layout_at_two_widths(server, browser, width, record_property):
         assert not problems, problems
     finally:
         page.close()
+
+
+def test_letterbox_box_changes_detect(server, page, tmp_path, record_property):
+    """On a tall image, ticking "Keep aspect ratio (letterbox)" detects again: the summary
+    says letterboxed and the table's boxes move; unticking brings the stretched result back."""
+    shots: list[str] = []
+    tall = np.full((560, 320, 3), 114, np.uint8)
+    tall[100:420] = load_image(SYNTH)
+    path = tmp_path / "tall.png"
+    Image.fromarray(tall).save(path)
+    page.locator("#input-image input[type=file]").set_input_files(str(path))
+    page.wait_for_selector("#input-image img", state="visible")
+    page.click("#detect-button")
+    summary = page.locator("#detect-summary")
+    summary.get_by_text("network input").first.wait_for()
+    assert "letterboxed" not in summary.inner_text()
+    stretched = page.locator("#detections-table [role=row]").all_inner_texts()[1:]
+    page.locator("#letterbox input[type=checkbox]").check()
+    summary.get_by_text("letterboxed").first.wait_for()
+    page.wait_for_selector("#annotated img", state="visible")
+    boxed = page.locator("#detections-table [role=row]").all_inner_texts()[1:]
+    assert boxed and boxed != stretched
+    _shot(page, "app_10_letterbox.png", shots)
+    page.locator("#letterbox input[type=checkbox]").uncheck()
+    page.wait_for_function(
+        "() => !document.querySelector('#detect-summary').innerText.includes('letterboxed')",
+        timeout=WAIT_MS,
+    )
+    assert page.locator(".toast-body").count() == 0
+    record_property("letterbox_screenshots", ", ".join(shots))

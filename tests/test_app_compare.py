@@ -21,7 +21,7 @@ from tests.test_app_api import plotly  # noqa: E402
 
 SYNTH = SYNTH_DIR / "000002.jpg"
 TIMEOUT = 180
-SHARED = (0.5, 320, "default", 25)
+SHARED = (0.5, 320, "default", 25, False)  # False: no letterbox
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +77,9 @@ def test_distributions_of_the_same_edge_in_two_models(client, fdr_key):
 
 def test_a_model_without_distributions_is_explained_not_failed(client, fdr_key):
     synth = client_lib.handle_file(SYNTH)
-    args = (synth, 0.0, 320, fdr_key, 5)
+    args = (synth, 0.0, 320, fdr_key, 5, False)
     chart, _, stats = call(client, *args, "0", 1.0, True, api_name="/distributions")
-    text = plotly(chart)["layout"]["annotations"][0]["text"]
+    text = plotly(chart)["layout"]["annotations"][0]["text"].replace("<br>", " ")
     assert "--ablate fdr" in text and stats["headers"] == ["note"]
     summary = call(client, *args, "auto", "", "left", api_name="/golsd")[0]
     assert "--ablate fdr" in summary

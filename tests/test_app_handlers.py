@@ -55,7 +55,7 @@ def state(tmp_path_factory) -> AppState:
 
 
 def _shared(image=IMAGE, threshold=THRESHOLD):
-    return str(image), threshold, SIZE, "default", MAX
+    return str(image), threshold, SIZE, "default", MAX, False  # False: stretch (no letterbox)
 
 
 def _dets(state, image=IMAGE, threshold=THRESHOLD):
@@ -426,8 +426,12 @@ def test_selection_and_shared_inputs_pack_the_shared_values(state):
     values = dict(zip(SHARED, _shared()))
     assert probe(state, extra="y", **values) == n and seen[-1][1] == "y"
     assert raw(state, *_shared()) == (SharedInputs(*_shared()), 7)
+    # letterbox (the last, with a default) may be left out where all after it have defaults
+    assert raw(state, *_shared()[:-1]) == (SharedInputs(*_shared()[:-1]), 7)
     with pytest.raises(TypeError):
-        raw(state, *_shared()[:-1])  # a shared value missing is a bug, not a user error
+        probe(state, *_shared()[:-1], "x")  # here "x" would take its place: no default
+    with pytest.raises(TypeError):
+        raw(state, *_shared()[:-2])  # a shared value missing is a bug, not a user error
 
 
 def test_pickers_and_nearest_detection(state):

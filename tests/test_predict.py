@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from dfine.io import ImageLoadError
 from tests.conftest import reference_file
 
 EXAMPLE = "assets/examples/astronaut.jpg"
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH_IMAGE = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 shapes
+SYNTH_WEIGHTS = ROOT / "assets" / "dfine_n_synth.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -115,32 +119,88 @@ def test_letterbox_maps_boxes_back_exactly():
     detections come back in the original image's pixels."""
     from dfine.preprocess import letterbox_tensor
 
-    root = Path(__file__).resolve().parents[1]
-    square = np.asarray(Image.open(root / "assets/examples/synth/000001.jpg").convert("RGB"))
+    square = np.asarray(Image.open(SYNTH_IMAGE).convert("RGB"))
     wide = np.full((320, 560, 3), 114, np.uint8)  # the example pasted into a wide canvas
     wide[:, 120:440] = square
     x, lb = letterbox_tensor(wide, (320, 320))
     assert x.shape == (1, 3, 320, 320) and (lb.pad_x, lb.pad_y) == (0, 68)  # 183 rows of image
     corners = torch.tensor([[0.0, 0.0, 560.0, 320.0], [120.0, 10.0, 440.0, 300.0]])
-    in_input = corners * torch.tensor([lb.scale_x, lb.scale_y] * 2) + torch.tensor(
-        [lb.pad_x, lb.pad_y] * 2
-    )
-    torch.testing.assert_close(lb.to_original(in_input), corners)
+    in_input = lb.to_input(corners)
     torch.testing.assert_close(in_input[0], torch.tensor([0.0, 68.0, 320.0, 251.0]))  # full width
+    torch.testing.assert_close(lb.to_original(in_input), corners)  # original → input → back
+    inside = torch.tensor([[10.0, 70.0, 200.0, 250.0]])  # input pixels → original → back
+    torch.testing.assert_close(lb.to_input(lb.to_original(inside)), inside)
+    # the normalised form is the same map: input-normalised cxcywh → original-normalised
+    cxcywh = torch.tensor([[0.5, (68 + 183 / 2) / 320, 1.0, 183 / 320]])  # the whole image
+    torch.testing.assert_close(
+        lb.to_original_normalized(cxcywh, (320, 320), (560, 320)),
+        torch.tensor([[0.5, 0.5, 1.0, 1.0]]),
+    )
 
     # end to end: letterboxing the wide image into 320x576 (scale 1, 8 px of grey each side)
     # is the stretch resize of the image padded by hand, so the boxes differ by the pad only
-    weights = root / "assets" / "dfine_n_synth.safetensors"
-    boxed = dfine.Detector(weights, threshold=0.3, size=(320, 576), letterbox=True)
+    boxed = dfine.Detector(SYNTH_WEIGHTS, threshold=0.3, size=(320, 576), letterbox=True)
     found = boxed(wide)
     padded = np.pad(wide, ((0, 0), (8, 8), (0, 0)), constant_values=114)
-    ref = dfine.Detector(weights, threshold=0.3, size=(320, 576))(padded)
+    ref = dfine.Detector(SYNTH_WEIGHTS, threshold=0.3, size=(320, 576))(padded)
     assert boxed.letterbox and len(found) == len(ref) >= 6
     expected = np.clip(ref.boxes - np.array([8, 0, 8, 0]), 0, [560, 320, 560, 320])
     np.testing.assert_allclose(found.boxes, expected, atol=1e-3)
     np.testing.assert_array_equal(found.labels, ref.labels)
-    with pytest.raises(ValueError, match="stretch resize"):
-        boxed.trace(wide)
+
+
+def _truth_xyxy(image_id: int) -> np.ndarray:
+    coco = json.loads((SYNTH_IMAGE.parent / "instances_val.json").read_text())
+    boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == image_id]
+    xywh = np.array(boxes, dtype=np.float64)
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+
+
+def test_letterbox_finds_known_boxes_in_a_scaled_padded_image():
+    """The example scaled ×2 and padded to 640×1120 (a known aspect): letterboxed into
+    320×576 (scale 1/2, 8 px of grey left and right) the network sees the example itself, so
+    the true boxes, in the big image's pixels, are found where they are (a wrong scale or
+    offset would move the 32 px ones off their truth)."""
+    from analysis._common import pairwise_iou
+
+    big = np.asarray(Image.open(SYNTH_IMAGE).convert("RGB").resize((640, 640), Image.NEAREST))
+    wide = np.full((640, 1120, 3), 114, np.uint8)
+    wide[:, 240:880] = big
+    truth = (_truth_xyxy(1) * 2) + np.array([240, 0, 240, 0])
+    det = dfine.Detector(SYNTH_WEIGHTS, threshold=0.5, size=(320, 576), letterbox=True)
+    found = det(wide)
+    assert found.image_size == (1120, 640) and len(found) >= 5
+    best = pairwise_iou(truth[:, None], found.boxes[None]).max(axis=1)  # per true box
+    assert (best > 0.75).sum() >= 5, best  # the model misses one small shape when padded
+
+
+@pytest.mark.parametrize("size", [320, (320, 576)])
+def test_letterbox_trace_equals_predict(size):
+    """Under letterbox the trace's final-layer boxes (mapped out of the padding by the same
+    map) are the detections' boxes, and every layer's boxes are in original pixels."""
+    import analysis
+
+    square = np.asarray(Image.open(SYNTH_IMAGE).convert("RGB"))
+    tall = np.full((560, 320, 3), 114, np.uint8)  # non-square, the padding goes left/right
+    tall[100:420] = square
+    det = dfine.Detector(SYNTH_WEIGHTS, threshold=0.2, size=size, letterbox=True)
+    found = det.predict([tall])[0]
+    traced, trace, queries = det.trace(tall)
+    assert len(found) == len(traced) >= 4 and traced.image_size == (320, 560)
+    np.testing.assert_allclose(traced.boxes, found.boxes, atol=1e-3)
+    np.testing.assert_allclose(traced.scores, found.scores, atol=1e-5)
+    ref = analysis.refinement(trace, queries, traced.image_size, traced.labels)
+    last = np.clip(ref.boxes_xyxy[-1], 0, [320, 560, 320, 560])
+    np.testing.assert_allclose(last, found.boxes, atol=1e-3)
+    # the edge distributions' pixel scale is the original image's: their expected edge is the
+    # final box edge
+    dist = analysis.edge_distributions(trace, int(queries[0]), traced.image_size)
+    np.testing.assert_allclose(
+        np.clip(dist.edge_positions_px[-1], 0, [320, 560, 320, 560]), found.boxes[0], atol=1e-2
+    )
+    # no box lies wholly in the padding, and the stretch default is unchanged
+    assert (found.boxes[:, 2] > found.boxes[:, 0]).all()
+    assert not dfine.Detector(SYNTH_WEIGHTS).letterbox
 
 
 def test_postprocess_threshold():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ pytest.importorskip("gradio")
 import gradio as gr
 
 from analysis.tracks import TrackSeries, track_series, uncertainty_jumps
+from app.errors import UserError
 from app.tabs.video import VideoCaps, VideoTab
 from dfine.data.synth_video import render_clip, write_synth_video
 from dfine.detections import Detections
@@ -115,6 +117,55 @@ def test_bad_videos_are_one_clear_gr_error(tab, tmp_path):
         big.video(str(clip), 0.5, 320, "default", 25, 1, True, progress=NoProgress())
 
 
+def test_untracked_run_uses_the_plain_forward(tab, clip, monkeypatch):
+    """Without tracking there is no track view, so no frame is traced (the plain forward);
+    with tracking every frame is traced once, for detection and its edge σ together."""
+    from dfine.predict import Detector
+
+    traced = []
+    real_trace = Detector.trace
+    monkeypatch.setattr(
+        Detector, "trace", lambda self, *a, **k: traced.append(1) or real_trace(self, *a, **k)
+    )
+    out = tab.video(str(clip[0]), 0.5, 320, "default", 25, 2, False, progress=NoProgress())
+    assert traced == [] and out[4]["choices"] == []
+    assert "tracking off" in out[2] and "traced" not in out[2]
+    table = tab.frame(out[5], 1)[1]
+    assert len(table) == 3 and not any(c.startswith("σ") for c in table.columns)
+    assert set(table["track"]) == {""}
+    with pytest.raises(gr.Error, match="no tracks"):
+        tab.track(out[5], None)
+    out = tab.video(str(clip[0]), 0.5, 320, "default", 25, 2, True, progress=NoProgress())
+    assert len(traced) == 4 and "traced model + track" in out[2]  # frames 0, 2, 4, 6
+
+
+def test_run_folders_are_removed_on_failure_and_eviction(tab, tmp_path):
+    root = Path(tab.state.outputs.root)
+    before = {p.name for p in root.glob("video-*")}
+    data = write_synth_video(tmp_path / "full.webm", 12, (160, 120))[0].read_bytes()
+    cut = tmp_path / "cut.webm"
+    cut.write_bytes(data[: len(data) // 2])  # opens, then decoding stops half way
+    long = VideoTab(tab.state, VideoCaps(max_frames=30))
+    with pytest.raises(gr.Error, match="decoding stopped after"):
+        long.video(str(cut), 0.5, 320, "default", 25, 1, False, progress=NoProgress())
+    assert {p.name for p in root.glob("video-*")} == before  # nothing half-written is kept
+    assert not list(tmp_path.glob(".*tmp*"))  # nor a temporary video next to the input
+
+    from app.tabs.video import VideoRuns
+
+    runs = VideoRuns(tmp_path / "runs", max_runs=2)
+    (tmp_path / "runs").mkdir()
+    made = []
+    for _ in range(3):
+        run_id, folder = runs.folder()
+        (folder / "frame_00000.jpg").write_bytes(b"x")
+        runs.add(SimpleNamespace(run_id=run_id, folder=folder))
+        made.append((run_id, folder))
+    assert not made[0][1].exists() and made[1][1].exists() and made[2][1].exists()
+    with pytest.raises(UserError, match="no longer on the server"):
+        runs.get(made[0][0])
+
+
 def test_caps_from_environment(monkeypatch):
     monkeypatch.setenv("DFINE_VIDEO_MAX_FRAMES", "42")
     monkeypatch.setenv("DFINE_VIDEO_MAX_SECONDS", "7")
@@ -147,11 +198,16 @@ def test_webcam_event_drops_frames_and_shares_the_queue():
     demo = build_demo(str(DEMO))
     deps = {d["api_name"]: d for d in demo.config["dependencies"] if d.get("api_name")}
     cam, video = deps["webcam"], deps["video"]
-    assert cam["trigger_mode"] == "always_last"  # a busy model drops frames, never queues them
+    # one open stream event: each frame the browser posts replaces the one before, and the
+    # handler takes the newest when it is free (tests/test_video_browser.py measures it);
+    # "always_last" would defer every frame after the first until the stream ends
+    assert cam["connection"] == "stream" and cam["trigger_mode"] == "multiple"
     assert cam["stream_every"] == pytest.approx(0.1) and cam["time_limit"] > 0
     fns = demo.fns
-    ids = {fns[d["id"]].concurrency_id for d in (cam, video)}
-    assert ids == {"dfine-video"}
+    # the webcam and the video runs share one queue slot: a webcam holds it for at most its
+    # time limit, and waits while someone's video runs
+    assert {fns[d["id"]].concurrency_id for d in (cam, video)} == {"dfine-video"}
+    assert {fns[d["id"]].concurrency_limit for d in (cam, video)} == {1}
     assert {"video", "track", "video_frame"} <= set(deps)
     assert deps["track"]["api_visibility"] == "public"  # not taken by a private event
 

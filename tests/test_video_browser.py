@@ -1,12 +1,20 @@
 """The Video tab in a real browser (Debian's Chromium via Playwright): upload a generated
 clip, run it, the annotated video plays, the frame slider changes the shown detections, and
-"open this frame in the analysis tabs" fills the Refinement tab."""
+"open this frame in the analysis tabs" fills the Refinement tab; the live webcam, fed by
+Chromium's fake camera with the synthetic clip, streams frames with detections and drops the
+frames that arrive while the model is busy."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import threading
+import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
@@ -15,14 +23,40 @@ if not CHROMIUM.exists():
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
-from dfine.data.synth_video import write_synth_video  # noqa: E402
+from app.tabs.video import VideoTab  # noqa: E402
+from dfine.data.synth_video import render_clip, write_synth_video  # noqa: E402
 from tests.app_util import serve  # noqa: E402
+
+pytestmark = [pytest.mark.server, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"
 ARTIFACTS = ROOT / "test-artifacts"
 WAIT_MS = 120_000
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+class WebcamCalls:
+    """Wraps ``VideoTab.webcam`` (before the app is built): counts the frames it answers and,
+    with ``delay`` set, makes the model look slow."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.delay = 0.0
+        self.lock = threading.Lock()
+
+    def wrap(self, handler):
+        @functools.wraps(handler)
+        def webcam(*args, **kwargs):
+            with self.lock:
+                self.count += 1
+            time.sleep(self.delay)
+            return handler(*args, **kwargs)
+
+        return webcam
+
+
+CALLS = WebcamCalls()
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +66,7 @@ def url(module_monkeypatch):
     from app import build_demo
 
     module_monkeypatch.setenv("DFINE_VIDEO_MAX_FRAMES", "5")  # the tab reads it when built
+    module_monkeypatch.setattr(VideoTab, "webcam", CALLS.wrap(VideoTab.webcam))
     demo = build_demo(str(DEMO))
     demo.queue(default_concurrency_limit=2, max_size=20)
     with serve(demo) as address:
@@ -101,5 +136,96 @@ def test_video_tab_plays_slides_and_opens_in_analysis(url, tmp_path):
             src = page.locator("#input-image img").first.get_attribute("src")
             assert "frame4" in src  # the Detect tab now holds that frame
             page.screenshot(path=str(ARTIFACTS / "video_02_refinement.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
+    """RGB frames as a raw YUV4MPEG2 file, the format Chromium's fake camera plays (looped)."""
+    height, width = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            f.write(b"FRAME\n" + cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+def _rate(text: str) -> float:
+    """The rate R of the webcam status line "**R frames/s** shown · ..."."""
+    found = re.search(r"([0-9.]+) frames/s shown", text)
+    assert found, text
+    return float(found.group(1))
+
+
+def test_webcam_streams_detections_and_drops_frames(url, tmp_path):
+    frames, _, _ = render_clip(25, 320, 320, num_objects=3, seed=0)
+    camera = write_y4m(tmp_path / "camera.y4m", frames)
+    args = [
+        *ARGS,
+        "--use-fake-ui-for-media-stream",  # allow the camera without asking
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+    ]
+    posts: list[float] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        page.on(
+            "request",
+            lambda r: (
+                posts.append(time.monotonic())
+                if r.method == "POST" and "/stream/" in r.url and not r.url.endswith("/close")
+                else None
+            ),
+        )
+        try:
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Video").click()
+            page.get_by_text("Live webcam").click()
+            page.get_by_text("Click to Access Webcam").click()
+            page.wait_for_function(
+                "() => { const v = document.querySelector('#webcam-input video');"
+                " return v && v.readyState >= 2 && v.videoWidth === 320; }"
+            )
+            CALLS.count, CALLS.delay = 0, 0.0
+            page.locator("#webcam-input button[aria-label='capture photo']").click()
+
+            # the stream runs: the measured rate appears and the detections are drawn
+            status = page.locator("#webcam-fps")
+            page.wait_for_function(
+                "() => { const m = document.querySelector('#webcam-fps').innerText"
+                ".match(/([0-9.]+) frames\\/s shown/); return m && parseFloat(m[1]) > 0; }"
+            )
+            text = status.inner_text()
+            assert _rate(text) > 0 and "ms/frame" in text, text
+            assert all(n in text for n in ("green triangle", "purple ring", "orange cross")), text
+            page.wait_for_selector("#webcam-output img", state="visible")
+            first = page.locator("#webcam-output img").get_attribute("src")
+            calls_before = CALLS.count
+            page.wait_for_function(
+                f"() => document.querySelector('#webcam-output img').src !== {first!r}"
+            )
+            assert CALLS.count > calls_before  # the output image keeps updating
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "video_03_webcam.png"), full_page=True)
+
+            # a slow model: frames that arrive while one is in flight are dropped, not queued
+            CALLS.delay = 0.5
+            page.wait_for_timeout(1000)  # let the frame in flight finish
+            posts_start, calls_start = len(posts), CALLS.count
+            page.wait_for_timeout(4000)
+            sent, answered = len(posts) - posts_start, CALLS.count - calls_start
+            assert 3 <= answered <= 4.0 / 0.5 + 1, (sent, answered)  # one frame per 0.5 s
+            # the browser kept posting a frame every 0.1 s into the one open event; each post
+            # replaced the one before, and the handler took the newest when it was free
+            assert sent >= 2 * answered, (sent, answered)
+            page.locator("#webcam-input button[aria-label='capture photo']").click()  # stop
+            stopped = CALLS.count
+            page.wait_for_timeout(2500)
+            # no backlog of old frames is worked off after the stream stops
+            assert CALLS.count - stopped <= 1, (sent, answered, CALLS.count - stopped)
+            CALLS.delay = 0.0
+            print(f"webcam: {sent} frames sent, {answered} answered with a 0.5 s model; {text}")
         finally:
             browser.close()

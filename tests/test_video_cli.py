@@ -193,6 +193,7 @@ def test_interrupted_run_leaves_no_files(clip, tmp_path):
 
 
 def test_predict_video_on_onnxruntime(clip, tmp_path):
+    """A fixed-batch (1) export runs with the default --batch: one frame per pass."""
     pytest.importorskip("onnxruntime")
     from dfine.export import export_onnx
 
@@ -205,3 +206,44 @@ def test_predict_video_on_onnxruntime(clip, tmp_path):
     assert [f["index"] for f in record["frames"]] == [0, 1, 2]
     names = {d["name"] for d in record["frames"][1]["detections"] if d["track_id"] >= 0}
     assert names == {"green triangle", "orange cross", "purple ring"}
+
+
+def test_predict_video_batch_matches_single(clip, tmp_path):
+    """The default ``--batch 4``: frames share a forward pass (6 frames: chunks of 4 and 2);
+    the JSON is the single-frame one up to float rounding."""
+    from dfine.video_cli import DEFAULT_BATCH
+
+    assert DEFAULT_BATCH == 4
+    args = ["predict", str(clip), "-w", str(DEMO), "-q"]
+    assert main([*args, "-o", str(tmp_path / "one"), "--batch", "1"]) == 0
+    assert main([*args, "-o", str(tmp_path / "four")]) == 0
+    one = json.loads((tmp_path / "one" / "moving.json").read_text())["frames"]
+    four = json.loads((tmp_path / "four" / "moving.json").read_text())["frames"]
+    assert [f["index"] for f in four] == list(range(6))
+    for a, b in zip(one, four):
+        assert [d["name"] for d in a["detections"]] == [d["name"] for d in b["detections"]]
+        assert [d["track_id"] for d in a["detections"]] == [d["track_id"] for d in b["detections"]]
+        np.testing.assert_allclose(
+            [d["box"] for d in a["detections"]], [d["box"] for d in b["detections"]], atol=0.05
+        )
+    assert count_frames(tmp_path / "four" / "moving.webm") == 6
+
+
+def test_predict_batch_on_a_fixed_batch_export_is_one_line(clip, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from dfine.export import export_onnx
+    from dfine.predict import Detector
+    from dfine.video_cli import fixed_batch
+
+    onnx = tmp_path / "b1.onnx"
+    export_onnx(DEMO, onnx, batch=1, check_parity=False)
+    assert fixed_batch(Detector(onnx)) == 1 and fixed_batch(Detector(DEMO)) is None
+    out = tmp_path / "out"
+    rc = main(["predict", str(clip), "-w", str(onnx), "-o", str(out), "--batch", "4"])
+    assert rc == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == (
+        "error: --batch 4: this model file has a fixed batch of 1; export it with a dynamic "
+        "batch (dfine export W, the default) or drop --batch"
+    )
+    assert list(out.iterdir()) == []

@@ -8,7 +8,7 @@ the report lacks its data (e.g. no per-layer analysis).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 try:
     import plotly.graph_objects as go
@@ -59,6 +59,49 @@ def stage_ap_figure(report: DatasetReport) -> go.Figure | None:
         legend={"orientation": "h", "y": -0.25},
     )
     return fig
+
+
+def stage_ap_comparison_figure(
+    reports: Sequence[DatasetReport], names: Sequence[str]
+) -> go.Figure | None:
+    """Per-stage AP of several models on the same data (one colour per model; AP solid, AP50
+    dashed, AP75 dotted; each stage with its own scores). Stages a model lacks (the pre-head
+    of an ``--ablate fdr`` model) are gaps on the shared stage axis. None without stages."""
+    if len(reports) != len(names):
+        raise ValueError(f"{len(reports)} reports but {len(names)} names")
+    if not any(r.stages for r in reports):
+        return None
+    order = sorted({s.name for r in reports for s in r.stages}, key=_stage_rank)
+    fig = go.Figure()
+    colors = S.DETECTION_COLORS
+    for i, (r, name) in enumerate(zip(reports, names)):
+        by_name = {s.name: s for s in r.stages}
+        for key, dash in (("AP", "solid"), ("AP50", "dash"), ("AP75", "dot")):
+            fig.add_scatter(
+                x=order, y=[getattr(by_name[n], key) if n in by_name else None for n in order],
+                name=key, legendgroup=name, legendgrouptitle_text=name, mode="lines+markers",
+                connectgaps=True, line={"color": colors[i % len(colors)], "dash": dash},
+                hovertemplate=f"{name}<br>%{{x}}: {key} %{{y:.4f}}<extra></extra>",
+            )  # fmt: skip
+    fig.update_layout(
+        **{**LAYOUT, "width": None},  # the app's width (this figure is not exported)
+        title="COCO AP of every stage: the models side by side (own scores)",
+        xaxis={
+            "title": "stage (encoder proposals b0 → pre-head → decoder layers)",
+            "categoryorder": "array",
+            "categoryarray": order,
+        },
+        yaxis={"title": "AP (0–1)", "rangemode": "tozero"},
+        legend={"groupclick": "toggleitem"},
+    )
+    return fig
+
+
+def _stage_rank(name: str) -> tuple[int, int]:
+    """Pipeline order of ``collect.stage_names``: encoder, pre-head, layer 1, layer 2, …"""
+    if name in ("encoder", "pre-head"):
+        return (0, ("encoder", "pre-head").index(name))
+    return (1, int(name.split()[-1]))
 
 
 def reliability_figure(report: DatasetReport) -> go.Figure | None:

@@ -24,7 +24,8 @@ from app.state import AppState, Selection, SharedInputs
 @dataclass
 class Controls:
     """The Detect tab's components that the other tabs read, and the events after which the
-    current selection (image, model, size, threshold, detection limit) has a new result."""
+    current selection (image, model, size, threshold, detection limit, letterbox) has a new
+    result."""
 
     image: gr.Image
     threshold: gr.Slider
@@ -34,6 +35,8 @@ class Controls:
     annotated: gr.Image
     tabs: gr.Tabs
     model_note: gr.Markdown | None = None
+    letterbox: gr.Checkbox | None = None
+    show_truth: gr.Checkbox | None = None  # Detect only: draw the ground truth
     result_events: list[Any] = field(default_factory=list)
     _pending: list[tuple[Callable[..., Any], list[Any]]] = field(default_factory=list)
 
@@ -85,10 +88,23 @@ def shared_inputs(fn: Callable[..., Any]) -> Callable[..., Any]:
         for p in inspect.signature(fn).parameters.values()
     ]
     hints = typing.get_type_hints(SharedInputs)
-    shared = [
-        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[name])
-        for name in SHARED
-    ]
+    defaults = {f.name: f.default for f in dataclasses.fields(SharedInputs)}
+    # a shared value keeps its field's default where everything after it has one too (e.g.
+    # letterbox on /detect, whose own parameters all have defaults), so callers may omit it
+    optional = all(p.default is not inspect.Parameter.empty for p in params[2:])
+    shared = []
+    for name in reversed(SHARED):
+        default = defaults[name] if optional else dataclasses.MISSING
+        optional = optional and default is not dataclasses.MISSING
+        shared.insert(
+            0,
+            inspect.Parameter(
+                name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=hints[name],
+                default=inspect.Parameter.empty if default is dataclasses.MISSING else default,
+            ),
+        )
     signature = inspect.Signature([params[0], *shared, *params[2:]])
 
     @functools.wraps(fn)

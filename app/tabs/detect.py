@@ -1,6 +1,7 @@
-"""The Detect tab: image, model, input size, threshold and detection limit (the inputs every
-image tab shares), and the detections. Endpoint ``/detect``; moving the threshold or the
-limit re-filters the current result at once, without a new forward pass."""
+"""The Detect tab: image, model, input size, threshold, detection limit and letterbox (the
+inputs every image tab shares), and the detections. Endpoint ``/detect``; moving the threshold
+or the limit re-filters the current result at once, without a new forward pass; toggling the
+letterbox box detects again."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from app import tables, texts
 from app.components import raw_image
 from app.errors import user_errors
 from app.examples import photo_examples, synth_examples
+from app.ground_truth import draw_truth
 from app.models import LoadedModel
 from app.paths import DEFAULT_MAX_DETECTIONS, INPUT_SIZES
 from app.state import AppState, Selection, SharedInputs
 from app.summaries import detect_summary, model_note
-from app.tabs.common import Controls, bind, selection, shared_inputs, skip
+from app.tabs.common import SHARED, Controls, bind, selection, shared_inputs, skip
 
 DetectOutputs = tuple[Image.Image, pd.DataFrame, str, str]
 
@@ -29,28 +31,54 @@ DetectOutputs = tuple[Image.Image, pd.DataFrame, str, str]
 def detect(
     state: AppState,
     sel: Selection,
+    ground_truth: bool = False,
     progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
 ) -> DetectOutputs:
-    """Annotated image, detections table (pixels), JSON file, summary with speed."""
-    return _outputs(state, sel)
+    """Annotated image (``ground_truth``: with the image's annotations dashed, when it has
+    some), detections table (pixels), JSON file, summary with speed."""
+    return _outputs(state, sel, ground_truth)
+
+
+@shared_inputs
+def redetect(
+    state: AppState,
+    inputs: SharedInputs,
+    ground_truth: bool = False,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+) -> DetectOutputs | tuple[Any, ...]:
+    """:func:`detect` after the letterbox box is toggled; nothing while there is no image."""
+    if inputs.image is None or not str(inputs.image).strip():
+        return skip(4)
+    values = [getattr(inputs, name) for name in SHARED]
+    return detect(state, *values, ground_truth, progress)
 
 
 @user_errors
 @shared_inputs
-def refilter(state: AppState, inputs: SharedInputs) -> DetectOutputs | tuple[Any, ...]:
-    """What :func:`detect` shows for new threshold / limit values, from the cached forward
-    pass only; nothing changes while there is no result for these inputs yet."""
+def refilter(
+    state: AppState, inputs: SharedInputs, ground_truth: bool = False
+) -> DetectOutputs | tuple[Any, ...]:
+    """What :func:`detect` shows for new threshold / limit / ground-truth values, from the
+    cached forward pass only; nothing changes while there is no result for these inputs yet."""
     sel = state.cached(inputs)
-    return skip(4) if sel is None else _outputs(state, sel)
+    return skip(4) if sel is None else _outputs(state, sel, ground_truth)
 
 
-def _outputs(state: AppState, sel: Selection) -> DetectOutputs:
+def _outputs(state: AppState, sel: Selection, ground_truth: bool = False) -> DetectOutputs:
     dets = sel.detections
     annotated = dets.plot() if len(dets) else Image.fromarray(sel.result.image)
     json_path = state.outputs.path(f"detections_{Path(str(sel.inputs.image)).stem}.json")
     dets.to_json(json_path)
-    example = state.examples.find(sel.digest) is not None
-    return annotated, tables.detections(dets), str(json_path), detect_summary(sel, example)
+    truth = state.examples.find(sel.digest)
+    summary = detect_summary(sel, truth is not None)
+    if ground_truth and truth is not None and truth.image_size == sel.result.image_size:
+        annotated = draw_truth(annotated, truth)
+        n = len(truth.labels)
+        summary += (
+            f"\n\nDashed white boxes: this image's ground truth ({n} object"
+            f"{'s' if n != 1 else ''}, from {truth.file_name}'s annotations)."
+        )
+    return annotated, tables.detections(dets), str(json_path), summary
 
 
 ZOO_INPUT_SIZE = 640
@@ -114,6 +142,21 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
                         + (" For the fixture use ≈0.02." if default.entry.is_fixture else ""),
                         elem_id="threshold",
                     )
+                letterbox = gr.Checkbox(
+                    False,
+                    label="Keep aspect ratio (letterbox)",
+                    info="Fit the image into the input size and pad with grey instead of "
+                    "stretching it (boxes are mapped back to the image's pixels). Off: the "
+                    "reference's stretch resize.",
+                    elem_id="letterbox",
+                )
+                show_truth = gr.Checkbox(
+                    True,
+                    label="Draw the ground truth (dashed white) when the image has annotations",
+                    info="The synthetic examples and images opened from an evaluation have "
+                    "annotations.",
+                    elem_id="show-truth",
+                )
                 max_dets = gr.Slider(
                     1,
                     300,
@@ -144,19 +187,22 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
                 )
                 json_file = gr.File(label="Detections JSON", height=90, elem_id="detections-json")
     controls = Controls(image, threshold, size, model, max_dets, annotated, tabs)
+    controls.letterbox, controls.show_truth = letterbox, show_truth
     outputs = [annotated, table, json_file, summary]
-    pressed = button.click(
-        bind(state, detect), inputs=controls.shared(), outputs=outputs, api_name="detect"
-    )
+    inputs = [*controls.shared(), show_truth]
+    pressed = button.click(bind(state, detect), inputs=inputs, outputs=outputs, api_name="detect")
     moved = gr.on(
-        [threshold.release, max_dets.release],
+        [threshold.release, max_dets.release, show_truth.input],
         bind(state, refilter),
-        inputs=controls.shared(),
+        inputs=inputs,
         outputs=outputs,
         api_visibility="private",
         show_progress="hidden",
     )
-    controls.result_events += [pressed, moved]
+    toggled = letterbox.input(
+        bind(state, redetect), inputs=inputs, outputs=outputs, api_visibility="private"
+    )
+    controls.result_events += [pressed, moved, toggled]
     model.input(
         bind(state, model_defaults),
         inputs=model,

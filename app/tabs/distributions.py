@@ -181,7 +181,7 @@ def build(state: AppState, controls: Controls) -> None:
         plot = gr.Plot(label="Edge distributions", elem_id="dist-plot")
         with gr.Row():
             overlay = gr.Image(
-                label="Uncertainty overlay (every edge a ±kσ band; click a box to pick it)",
+                label="Uncertainty: ±kσ band per edge (click a box)",
                 height=480,
                 elem_id="uncertainty-overlay",
             )

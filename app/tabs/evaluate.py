@@ -17,6 +17,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +29,16 @@ import pandas as pd
 
 from analysis.evaluation import DatasetReport, EvalSettings, evaluate_dataset
 from analysis.evaluation.errors import GALLERY_KINDS
-from analysis.evaluation.figures import FIGURES
+from analysis.evaluation.figures import FIGURES, stage_ap_comparison_figure
 from analysis.evaluation.thumbnails import caption, thumbnail
+from analysis.figures import message_figure
 from app.archive import LIMITS_TEXT, extract_zip, find_dataset
 from app.errors import UserError, user_errors
 from app.ground_truth import GroundTruth
 from app.results import file_digest
 from app.state import AppState
 from app.tabs.common import Controls, bind
+from app.tabs.compare import NONE_CHOICE
 from app.tabs.detect import detect
 from dfine.data.synth import make_synthetic_dataset
 from dfine.zoo import cache_dir
@@ -156,6 +161,20 @@ def evaluate(
             raise UserError("The evaluation was cancelled.")
         progress((done, total), desc="Evaluating", unit="images")
 
+    with dataset(source, dataset_zip, progress) as (data, images):
+        report = evaluate_dataset(
+            entry.source, data, images=images, settings=settings, on_batch=on_batch
+        )
+        return _outputs(state, report)  # while an upload's folder exists: thumbnails, copies
+
+
+@contextmanager
+def dataset(
+    source: str, dataset_zip: str | None, progress: gr.Progress
+) -> Iterator[tuple[Path, Path | None]]:
+    """The chosen data as ``(annotations or folder, images folder or None)`` for
+    :func:`evaluate_dataset`: the bundled split, or the uploaded zip checked and extracted
+    into a temporary folder that is removed on exit."""
     if source == UPLOAD:
         if not dataset_zip:
             raise UserError("Upload a zip of the dataset first (or pick the bundled split).")
@@ -163,14 +182,87 @@ def evaluate(
             progress(0, desc="Checking the zip")
             extract_zip(dataset_zip, tmp)
             found = find_dataset(tmp)
-            report = evaluate_dataset(
-                entry.source, found.annotations, images=found.images, settings=settings,
-                on_batch=on_batch,
-            )  # fmt: skip
-            return _outputs(state, report)  # while the folder exists: thumbnails, copies
+            yield found.annotations, found.images
+        return
     progress(0, desc="Preparing the bundled split")
-    report = evaluate_dataset(entry.source, bundled_split(), settings=settings, on_batch=on_batch)
-    return _outputs(state, report)
+    yield bundled_split(), None
+
+
+COMPARE_COLUMNS = ["model", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"]
+CHOOSE_TEXT = "Choose a second model to evaluate it beside the first on the same data."
+
+
+@user_errors
+def compare(
+    state: AppState,
+    source: str,
+    dataset_zip: str | None,
+    model: str | None,
+    other: str | None,
+    threshold: float,
+    per_layer: bool,
+    calibration: bool,
+    request: gr.Request = None,  # type: ignore[assignment]
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's idiom)
+) -> tuple[str, pd.DataFrame, Any]:
+    """``/evaluate_compare``: the first model (Detect's picker) and ``other`` evaluated on
+    the same data with the same settings (each cached as ``/evaluate``'s): a summary, the
+    COCO AP table (a row per model) and the per-stage AP figure of both."""
+    if not other:
+        return CHOOSE_TEXT, _frame([], COMPARE_COLUMNS), message_figure(CHOOSE_TEXT)
+    entries = [state.store.entry(model), state.store.entry(other)]
+    if entries[0].key == entries[1].key:
+        raise UserError("The second model is the first one; choose another model to compare.")
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"The score threshold must be in [0, 1], got {threshold}.")
+    settings = EvalSettings(
+        threshold=threshold, per_layer=bool(per_layer), calibration=bool(calibration)
+    )
+    stop = _cancel_event(state, request)
+    stop.clear()
+    names = [e.label if len(e.label) <= 40 else e.label[:39] + "…" for e in entries]
+    reports = []
+    with dataset(source, dataset_zip, progress) as (data, images):
+        for i, (entry, name) in enumerate(zip(entries, names)):
+
+            def on_batch(done: int, total: int, i: int = i, name: str = name) -> None:
+                if stop.is_set():
+                    raise UserError("The evaluation was cancelled.")
+                progress((i * total + done, 2 * total), desc=f"Evaluating {name}", unit="images")
+
+            reports.append(
+                evaluate_dataset(
+                    entry.source, data, images=images, settings=settings, on_batch=on_batch
+                )
+            )
+    table = _frame([{"model": n, **r.metrics} for n, r in zip(names, reports)], COMPARE_COLUMNS)
+    figure = stage_ap_comparison_figure(reports, names) or message_figure(
+        "Tick “Per-stage AP” to compare the stages of both models."
+    )
+    return _compare_markdown(reports, names), table, figure
+
+
+def _compare_markdown(reports: list[DatasetReport], names: list[str]) -> str:
+    (a, b), (na, nb) = reports, names
+    delta = b.metrics["AP"] - a.metrics["AP"]
+    lines = [
+        f"**{a.info.get('images')} images**, the same data and settings for both. "
+        f"**{na}**: AP {a.metrics['AP']:.4f} · **{nb}**: AP {b.metrics['AP']:.4f} "
+        f"(second − first: {delta:+.4f})."
+    ]
+    if a.stages and b.stages:
+        lines.append(
+            " · ".join(
+                f"{n}: AP {r.stages[0].AP:.3f} ({r.stages[0].name}) → {r.stages[-1].AP:.3f} "
+                f"({r.stages[-1].name})"
+                for n, r in zip(names, reports)
+            )
+        )
+        heads = [any(s.name == "pre-head" for s in r.stages) for r in reports]
+        if any(heads) and not all(heads):
+            lines.append("A model trained without FDR (`--ablate fdr`) has no pre-head stage.")
+    return "\n\n".join(lines)
 
 
 def _outputs(state: AppState, report: DatasetReport) -> tuple:
@@ -257,6 +349,40 @@ def open_item(state: AppState, clicks: dict | None, evt: gr.SelectData) -> tuple
     return path, gr.Tabs(selected="detect")
 
 
+@dataclass(frozen=True)
+class _CompareRow:
+    button: gr.Button
+    summary: gr.Markdown
+    table: gr.Dataframe
+    plot: gr.Plot
+
+
+def _compare_row(state: AppState) -> tuple[gr.Dropdown, _CompareRow]:
+    """The "compare with a second model" controls and outputs (their choices follow the
+    loaded and uploaded models each time the accordion opens)."""
+    with gr.Accordion("Compare with a second model (same data, same settings)", open=False) as acc:
+        with gr.Row():
+            other = gr.Dropdown(
+                choices=[NONE_CHOICE, *state.store.choices()], value="", allow_custom_value=True,
+                label="Second model (any loaded, zoo or uploaded model; e.g. an --ablate variant)",
+                scale=3, elem_id="evaluate-compare-model",
+            )  # fmt: skip
+            button = gr.Button("Evaluate both", scale=1, elem_id="evaluate-compare-button")
+        row = _CompareRow(
+            button,
+            gr.Markdown(elem_id="evaluate-compare-summary"),
+            gr.Dataframe(label="COCO AP of both models", interactive=False,
+                         elem_id="evaluate-compare-table"),
+            gr.Plot(label="Per-stage AP of both models", elem_id="evaluate-compare-plot"),
+        )  # fmt: skip
+    acc.expand(
+        lambda: gr.update(choices=[NONE_CHOICE, *state.store.choices()]),
+        outputs=other,
+        api_visibility="private",
+    )
+    return other, row
+
+
 def build(state: AppState, controls: Controls) -> None:
     """The Evaluate tab."""
     with gr.Tab("Evaluate", id="evaluate"):
@@ -276,6 +402,7 @@ def build(state: AppState, controls: Controls) -> None:
             calibration = gr.Checkbox(value=True, label="Edge-σ calibration", scale=1)
             run = gr.Button("Evaluate", variant="primary", scale=1, elem_id="evaluate-button")
             stop = gr.Button("Cancel", scale=1, elem_id="evaluate-cancel")
+        other, compared = _compare_row(state)
         summary = gr.Markdown(elem_id="evaluate-summary")
         gallery = gr.Gallery(
             label="Error gallery (click: open in Detect)", columns=6, height=300,
@@ -298,7 +425,18 @@ def build(state: AppState, controls: Controls) -> None:
         concurrency_limit=1,
         concurrency_id="evaluate",
     )
-    stop.click(bind(state, cancel), outputs=summary, cancels=[event], api_visibility="private")
+    compare_event = compared.button.click(
+        bind(state, compare),
+        inputs=[source, upload, controls.model, other, threshold, per_layer, calibration],
+        outputs=[compared.summary, compared.table, compared.plot],
+        api_name="evaluate_compare",
+        concurrency_limit=1,
+        concurrency_id="evaluate",
+    )
+    stop.click(
+        bind(state, cancel), outputs=summary, cancels=[event, compare_event],
+        api_visibility="private",
+    )  # fmt: skip
     upload.upload(lambda _: UPLOAD, inputs=upload, outputs=source, api_visibility="private")
 
     def annotated(*shared: Any) -> Any:
@@ -309,6 +447,6 @@ def build(state: AppState, controls: Controls) -> None:
         inputs=clicks,
         outputs=[controls.image, controls.tabs],
         api_visibility="private",
-    ).success(annotated, inputs=controls.shared(), outputs=controls.annotated,
-              api_visibility="private")  # fmt: skip
+    ).success(annotated, inputs=[*controls.shared(), controls.show_truth],
+              outputs=controls.annotated, api_visibility="private")  # fmt: skip
     controls.result_events.append(opened)  # the analysis tabs' pickers follow

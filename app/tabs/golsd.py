@@ -92,7 +92,8 @@ def report_for(
             "This image has no annotations: only the synthetic examples do. Pick one of "
             "them, or choose 'pseudo ground truth' to use the model's own detections."
         )
-    key: tuple[Any, ...] = (sel.digest, sel.result.model_key, sel.result.size, truth is None)
+    r = sel.result
+    key: tuple[Any, ...] = (sel.digest, r.model_key, r.size, r.letterbox, truth is None)
     key += (sel.threshold, sel.max_detections) if truth is None else ()
 
     def compute() -> analysis.GOLSDReport:

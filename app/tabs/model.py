@@ -89,8 +89,9 @@ def build(state: AppState, controls: Controls) -> None:
                 label="…or upload a checkpoint (.pth / .safetensors; takes precedence)",
                 file_types=list(CHECKPOINT_SUFFIXES),
                 scale=2,
+                elem_id="model-upload",
             )
-        button = gr.Button("Load and select this model", variant="primary")
+        button = gr.Button("Load and select this model", variant="primary", elem_id="model-load")
         info = gr.Markdown(model_markdown(default), label="Model info", elem_id="model-info")
         key = gr.Textbox(
             default.entry.key,

@@ -103,7 +103,7 @@ def build(state: AppState, controls: Controls) -> None:
             button = gr.Button("Show refinement", variant="primary", scale=1)
         with gr.Row():
             overlay = gr.Image(
-                label="Boxes at the chosen stage (dashed: previous stage)",
+                label="Chosen stage (dashed: the one before)",
                 height=480,
                 elem_id="refinement-overlay",
             )

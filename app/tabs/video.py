@@ -96,11 +96,13 @@ class VideoCaps:
 TEXT = """\
 ### Video: detections, tracks and their uncertainty through time
 Upload a video (mp4, mov, webm, avi, mkv) and press **Run on the video**. Every processed frame \
-goes through D-FINE with the **model, input size, threshold and detection limit of the Detect \
-tab**; ByteTrack gives each object a track id (`#3` on its box). Move the **frame slider** to \
-see a frame's detections, open that frame in the **analysis tabs**, or pick a **track** to see \
-the σ of its four edge distributions, its score and its box size over time — frames where \
-the uncertainty jumps (occlusion, motion blur, leaving the frame) are marked.
+goes through D-FINE with the **model, input size, threshold, detection limit and letterbox of the \
+Detect tab**; ByteTrack gives each object a track id (`#3` on its box). Move the **frame slider** \
+to see a frame's detections, open that frame in the **analysis tabs**, or pick a **track** to see \
+the σ of its four edge distributions, its score and its box size over time — frames where the \
+uncertainty jumps (occlusion, motion blur, leaving the frame) are marked. With tracking on, each \
+frame's one forward pass is traced (for the edge σ); with it off, the plain forward runs and the \
+frame table has no σ.
 """
 
 WEBCAM_TEXT = """\
@@ -184,6 +186,7 @@ class VideoTab:
         max_detections: int,
         stride: int | float = 1,
         track: bool = True,
+        letterbox: bool = False,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's idiom)
     ) -> tuple[str, str, str, dict, dict, str]:
         """Annotated video (WebM), JSON of every frame, summary, the frame slider's range,
@@ -212,7 +215,7 @@ class VideoTab:
         if not self.state.store.is_loaded(entry.key):
             progress(0.0, desc=f"Loading {entry.label}")
         loaded = self.state.store.get(entry.key)
-        detector = loaded.detector(size)
+        detector = loaded.detector(size, letterbox)
         run_id, folder = self.runs.folder()
         try:
             result = self._process(
@@ -276,14 +279,17 @@ class VideoTab:
         out_video = folder / f"{stem}_dfine.webm"
         with VideoWriter(out_video, fps, (info.width, info.height)) as writer:
             for n, frame in enumerate(reader):
-                dets, trace, queries = detector.trace(frame.rgb, threshold=low)
-                queries = queries.cpu().numpy()
-                dets, queries = dets[:max_detections], queries[:max_detections]
-                if tracker is not None:
+                if tracker is not None:  # the track view needs every frame's edge σ: trace
+                    dets, trace, queries = detector.trace(frame.rgb, threshold=low)
+                    queries = queries.cpu().numpy()
+                    dets, queries = dets[:max_detections], queries[:max_detections]
                     dets = tracker.update(dets, frame.time_s)
-                keep = np.flatnonzero(dets.scores > threshold)
-                dets, queries = dets[keep], queries[keep]
-                sigmas.append(edge_sigmas(trace, queries, dets.image_size))
+                    keep = np.flatnonzero(dets.scores > threshold)
+                    dets, queries = dets[keep], queries[keep]
+                    sigmas.append(edge_sigmas(trace, queries, dets.image_size))
+                else:  # no tracks, no track view: the plain forward
+                    dets = detector(frame.rgb, threshold=threshold)[:max_detections]
+                    sigmas.append(None)
                 dets.frame_index, dets.time_s = frame.index, frame.time_s
                 writer.write(np.asarray(dets.plot()))
                 path = folder / f"frame_{n:05d}.jpg"
@@ -405,6 +411,7 @@ class VideoTab:
         size: int | str,
         model: str | None,
         times: list[float] | None = None,
+        letterbox: bool = False,
     ) -> tuple[np.ndarray | None, str, list[float]]:
         """One streamed webcam frame → the frame with its detections, the measured rate
         (frames answered per second over the last ones) and the updated timestamps."""
@@ -421,7 +428,7 @@ class VideoTab:
                 f"The webcam frame is {frame.shape[1]}x{frame.shape[0]}, above this server's "
                 f"{self.caps.max_pixels / 1e6:.1f} MP limit."
             )
-        detector = self.state.store.get(model).detector(size)
+        detector = self.state.store.get(model).detector(size, letterbox)
         dets = detector(np.ascontiguousarray(frame[..., :3]), threshold=threshold)
         times = [*times[-19:], time.time()]
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
@@ -438,7 +445,9 @@ def _summary(result: VideoResult, track: bool) -> str:
     lines = [
         f"**{n} frames** processed of {info.frame_count} ({info.width}×{info.height}, "
         f"{info.fps:.2f} fps, codec {info.codec}, stride {run.stride}) in {run.seconds:.1f} s "
-        f"= **{run.fps:.1f} frames/s** (decode + model + trace + track + encode).",
+        f"= **{run.fps:.1f} frames/s** (decode + "
+        + ("traced model + track" if track else "model")
+        + " + encode).",
         f"{count} detections" + (f", {tracks} tracks." if track else " (tracking off)."),
     ]
     if result.note:
@@ -498,8 +507,8 @@ def build(state: AppState, controls: Controls) -> VideoTab:
                     )
                 run = gr.Button("Run on the video", variant="primary", elem_id="video-button")
                 gr.Markdown(
-                    "*Uses the model, input size, threshold and detection limit of the Detect "
-                    "tab.*",
+                    "*Uses the model, input size, threshold, detection limit and letterbox of "
+                    "the Detect tab.*",
                     elem_classes="dfine-note",
                 )
             with gr.Column(scale=1):
@@ -563,7 +572,7 @@ def build(state: AppState, controls: Controls) -> VideoTab:
     track_outputs = [track_plot, track_table, track_text]
     event = run.click(
         tab.video,
-        inputs=[video_in, *shared, stride, track],
+        inputs=[video_in, *shared, stride, track, controls.letterbox],
         outputs=[video_out, json_file, summary, position, track_pick, run_id],
         api_name="video",
         concurrency_id=QUEUE_ID,
@@ -614,11 +623,21 @@ def build(state: AppState, controls: Controls) -> VideoTab:
     )
     cam.stream(
         tab.webcam,
-        inputs=[cam, controls.threshold, controls.size, controls.model, cam_times],
+        inputs=[
+            cam,
+            controls.threshold,
+            controls.size,
+            controls.model,
+            cam_times,
+            controls.letterbox,
+        ],
         outputs=[cam_out, cam_fps, cam_times],
         stream_every=0.1,
         time_limit=tab.caps.webcam_seconds,
-        trigger_mode="always_last",
+        # Frames are dropped by Gradio's stream connection itself: the browser posts every
+        # frame to the one open event, each post replaces the event's input, and the handler
+        # takes the newest when it is free. (trigger_mode="always_last" would defer every
+        # frame until the stream ends: the browser sends one frame and then waits.)
         concurrency_id=QUEUE_ID,
         concurrency_limit=1,
         api_name="webcam",

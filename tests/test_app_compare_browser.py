@@ -1,0 +1,230 @@
+"""Two models side by side in a real browser (Debian's Chromium via Playwright): upload an
+``--ablate golsd`` and an ``--ablate fdr`` checkpoint in the Model tab, go back to the bundled
+demo model, and pick each as the second model in the Refinement, Distributions and Evaluate
+tabs' compare controls: both models' per-layer IoU curves, the same edge's distributions per
+layer in both (the fdr model: its box edge and a plain note that it has no distributions, no
+error), and both models' COCO AP and per-stage AP on the same split; with the fdr model as
+the first model, the Distributions tab explains that it has none. The ablated models are
+random-initialised D-FINE-N checkpoints of each variant (the demo's 8 classes, metadata as
+``dfine train --ablate`` writes it). Screenshots go to ``test-artifacts/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
+pytest.importorskip("gradio", reason="the app needs gradio")
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+
+import dfine  # noqa: E402
+from app.paths import BUNDLED_WEIGHTS, SYNTH_DIR  # noqa: E402
+from tests.app_util import load_app_py, serve  # noqa: E402
+from tests.test_app_browser import _TEXT_BOXES  # noqa: E402
+
+pytestmark = [pytest.mark.server, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+SYNTH = SYNTH_DIR / "000002.jpg"  # annotated: the IoU curves are against its ground truth
+WAIT_MS = 90_000  # every browser wait is bounded by this
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+LAYERS = ["layer 1", "layer 2", "layer 3"]
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory) -> dict[str, Path]:
+    """``variant_golsd.safetensors`` and ``variant_fdr.safetensors``: random D-FINE-N."""
+    folder = tmp_path_factory.mktemp("variants")
+    names = dfine.load_model(BUNDLED_WEIGHTS).class_names
+    out = {}
+    for ablation in ("golsd", "fdr"):
+        torch.manual_seed(0)
+        model = dfine.build_model("n", num_classes=8, class_names=names, ablation=ablation)
+        out[ablation] = dfine.save_model(model.eval(), folder / f"variant_{ablation}.safetensors")
+        assert dfine.load_model(out[ablation]).ablation == ablation
+    return out
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory) -> Path:
+    """The 4 annotated synthetic examples as a COCO-layout zip (a fast Evaluate split)."""
+    path = tmp_path_factory.mktemp("split") / "synth4.zip"
+    coco = json.loads((SYNTH_DIR / "instances_val.json").read_text())
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("annotations/instances_val.json", json.dumps(coco))
+        for im in coco["images"]:
+            zf.write(SYNTH_DIR / im["file_name"], f"val/{im['file_name']}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:  # a fresh evaluation cache
+        mp.setenv("DFINE_HOME", str(tmp_path_factory.mktemp("dfine_home_compare_browser")))
+        demo = load_app_py("dfine_app_compare_browser").create_demo(str(BUNDLED_WEIGHTS))
+        demo.queue(default_concurrency_limit=2, max_size=20)
+        with serve(demo) as address:
+            yield address
+
+
+def _pick(page, selector: str, text: str) -> None:
+    """Choose the option containing ``text`` in the dropdown ``selector``."""
+    page.locator(f"{selector} input").click()
+    page.get_by_role("option").filter(has_text=text).first.click()
+
+
+def _open_compare(page, label: str = "Compare with a second model") -> None:
+    page.locator(f"button:visible:has-text('{label}')").first.click()
+
+
+def _plot_data(page, selector: str, js: str, until_js: str):
+    """``js`` (a function of the plot's ``_fullData``) once ``until_js`` holds for it."""
+    page.wait_for_function(
+        f"() => {{ const el = document.querySelector('{selector} .js-plotly-plot');"
+        f" if (!el || !el._fullData) return false; const d = el._fullData; return {until_js}; }}",
+        timeout=WAIT_MS,
+    )
+    return page.locator(f"{selector} .js-plotly-plot").evaluate(
+        f"el => {{ const d = el._fullData; return {js}; }}"
+    )
+
+
+def _shot(page, name: str, shots: list[str]) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(500)  # let plotly finish its layout
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    shots.append(str(ARTIFACTS / name))
+
+
+def _layout_problems(page) -> dict:
+    return {f["id"]: f["problems"] for f in page.evaluate(_TEXT_BOXES) if f["problems"]}
+
+
+def test_compare_two_models_in_refinement_distributions_and_evaluate(
+    url, variants, split, record_property
+):
+    shots: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(url, wait_until="domcontentloaded", timeout=WAIT_MS)
+            page.wait_for_selector("#detect-button", state="visible")
+
+            # the two ablated checkpoints, uploaded in the Model tab
+            page.get_by_role("tab", name="Model").click()
+            for ablation in ("golsd", "fdr"):
+                page.locator("#model-upload input[type=file]").set_input_files(
+                    str(variants[ablation])
+                )
+                page.locator("#model-upload").get_by_text(variants[ablation].name).first.wait_for()
+                page.click("#model-load")
+                page.locator("#model-info").get_by_text(f"variant_{ablation}").first.wait_for()
+                page.locator("#model-info").get_by_text(ablation).first.wait_for()
+                page.locator("#model-upload button[aria-label='Clear']").click()  # for the next
+
+            # back to the demo model, on an annotated example
+            page.get_by_role("tab", name="Detect").click()
+            _pick(page, "#model", "Default")
+            page.locator("#input-image input[type=file]").set_input_files(str(SYNTH))
+            page.wait_for_selector("#input-image img", state="visible")
+            page.click("#detect-button")
+            page.wait_for_function(
+                "() => Number(document.querySelector('#detections-table [role=grid]')"
+                "?.getAttribute('aria-rowcount')) > 1",
+                timeout=WAIT_MS,
+            )
+
+            # Refinement: per-layer IoU curves of both models
+            page.get_by_role("tab", name="Refinement").click()
+            _open_compare(page)
+            means = "d.filter(t => t.type === 'scatter' && t.showlegend !== false)"
+            curves = {}
+            for ablation in ("golsd", "fdr"):
+                _pick(page, "#compare-refinement-model", f"variant_{ablation}")
+                curves[ablation] = _plot_data(
+                    page, "#compare-refinement-plot",
+                    f"{means}.map(t => ({{name: t.name, x: Array.from(t.x), y: Array.from(t.y)}}))",
+                    f"{means}.length === 2 && {means}[1].name.includes('variant_{ablation}')",
+                )  # fmt: skip
+                _shot(page, f"compare_1_refinement_{ablation}.png", shots)
+            demo, golsd = curves["golsd"]
+            assert demo["name"].startswith("Default")
+            ytitle = page.locator("#compare-refinement-plot .g-ytitle").text_content()
+            assert "ground truth" in ytitle, ytitle
+            assert demo["x"] == golsd["x"] == ["pre-head", *LAYERS]
+            assert demo["y"][-1] > 0.8  # the trained model's boxes on the ground truth
+            assert curves["fdr"][1]["x"] == LAYERS  # no pre-head without FDR
+            assert all(0 <= v <= 1 for c in curves.values() for t in c for v in t["y"])
+            problems = _layout_problems(page)
+
+            # Distributions: the same edge per layer in both models
+            page.get_by_role("tab", name="Distributions").click()
+            page.locator("#dist-plot .gtitle").filter(has_text="detection 0 ").first.wait_for()
+            _open_compare(page)
+            bars = "d.filter(t => t.type === 'bar')"
+            for ablation, count in (("golsd", 6), ("fdr", 3)):
+                _pick(page, "#compare-distributions-model", f"variant_{ablation}")
+                got = _plot_data(
+                    page, "#compare-dist-plot",
+                    f"{bars}.map(t => ({{name: t.name, sum: Array.from(t.y).reduce((a, b) => a + b, 0)}}))",
+                    f"d.some(t => (t.name || '').includes('variant_{ablation}'))",
+                )  # fmt: skip
+                assert len(got) == count, got  # 3 layers of the demo (+ 3 of golsd)
+                assert all(abs(b["sum"] - 1) < 1e-3 for b in got)  # probability distributions
+                assert sum("variant_golsd" in b["name"] for b in got) == (count - 3)
+                _shot(page, f"compare_2_distributions_{ablation}.png", shots)
+            note = page.locator("#compare-dist-plot .annotation-text").all_text_contents()
+            assert any("box edge only" in t for t in page.locator(
+                "#compare-dist-plot .legendtext").all_text_contents())  # fmt: skip
+            assert any("no distributions" in t or "without FDR" in t for t in note), note
+            assert page.locator(".toast-body").count() == 0  # explained, not an error
+            problems.update(_layout_problems(page))
+
+            # Evaluate: both models on the same (uploaded) split
+            page.get_by_role("tab", name="Evaluate").click()
+            page.locator("#evaluate-zip input[type=file]").set_input_files(str(split))
+            page.locator("#evaluate-zip").get_by_text(split.name).first.wait_for()
+            _open_compare(page)
+            _pick(page, "#evaluate-compare-model", "variant_fdr")
+            page.click("#evaluate-compare-button")
+            page.locator("#evaluate-compare-summary").get_by_text("4 images").first.wait_for()
+            rows = page.locator("#evaluate-compare-table [role=row]").all_inner_texts()
+            assert len(rows) == 3 and "Default" in rows[1] and "variant_fdr" in rows[2], rows
+            lines = _plot_data(
+                page,
+                "#evaluate-compare-plot",
+                "d.map(t => t.legendgroup + ': ' + t.name)",
+                "d.length === 6",
+            )
+            assert sum("variant_fdr" in n for n in lines) == 3
+            _shot(page, "compare_3_evaluate.png", shots)
+            problems.update(_layout_problems(page))
+            assert page.locator(".toast-body").count() == 0
+
+            # the fdr model as the first model: Distributions explains, nothing fails
+            page.get_by_role("tab", name="Detect").click()
+            _pick(page, "#model", "variant_fdr")
+            page.click("#detect-button")
+            page.locator("#detect-summary").get_by_text("detection").first.wait_for()
+            page.get_by_role("tab", name="Distributions").click()
+            page.locator("#dist-plot .annotation-text").filter(
+                has_text="--ablate fdr"
+            ).first.wait_for()  # "… needs per-edge distributions, but this model was trained …"
+            _shot(page, "compare_4_fdr_distributions.png", shots)
+            assert page.locator(".toast-body").count() == 0
+            problems.update(_layout_problems(page))
+            assert not problems, problems
+        finally:
+            browser.close()
+    record_property("compare_screenshots", ", ".join(shots))
+    print("screenshots:\n" + "\n".join(shots))

@@ -1,0 +1,71 @@
+"""The Detect tab's "Draw the ground truth" box: an annotated image (a synthetic example, or
+one opened from an evaluation) gets its true boxes dashed over the detections, labelled in
+the image and the summary; an image without annotations is left as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("gradio", reason="the app needs gradio")
+
+from app.files import OutputDir
+from app.ground_truth import AnnotatedExamples, GroundTruth
+from app.models import ModelStore
+from app.paths import BUNDLED_WEIGHTS
+from app.results import ResultCache, file_digest
+from app.state import AppState
+from app.tabs import detect
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 annotated shapes
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory) -> AppState:
+    tmp = tmp_path_factory.mktemp("app")
+    store = ModelStore(BUNDLED_WEIGHTS, upload_dir=tmp / "uploads")
+    return AppState(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp / "out"))
+
+
+def _shared(image) -> tuple:
+    return str(image), 0.5, 320, "default", 300, False
+
+
+def test_ground_truth_is_drawn_dashed_and_labelled(state):
+    plain, _, _, summary = detect.detect(state, *_shared(SYNTH))
+    drawn, _table, _, with_truth = detect.detect(state, *_shared(SYNTH), True)
+    assert "ground truth" not in summary
+    assert "Dashed white boxes: this image's ground truth (6 objects" in with_truth
+    a, b = np.asarray(plain).astype(int), np.asarray(drawn).astype(int)
+    truth = state.examples.find(file_digest(SYNTH))
+    x1, y1, x2, _y2 = truth.boxes_xyxy[0].round().astype(int)
+    top_edge = np.abs(a[y1, x1:x2] - b[y1, x1:x2]).sum(-1) > 0
+    assert 0.2 < top_edge.mean() < 0.9  # dashed: some of the edge changed, not all of it
+    assert (b[y1, x1:x2][top_edge] >= 250).all(-1).any()  # white dashes
+    # the threshold's re-filter keeps the choice
+    refiltered = detect.refilter(state, str(SYNTH), 0.9, 320, "default", 300, False, True)
+    assert "ground truth" in refiltered[3]
+
+
+def test_an_evaluated_image_gets_its_truth_and_others_none(state, tmp_path):
+    copy = tmp_path / "opened_from_evaluate.png"  # other bytes than the bundled example
+    Image.open(ROOT / "assets" / "examples" / "synth" / "000002.jpg").save(copy)
+    before = detect.detect(state, *_shared(copy), True)
+    assert "ground truth" not in before[3]  # no annotations known: nothing drawn
+    state.examples.add(  # what the Evaluate tab's gallery click does
+        file_digest(copy),
+        GroundTruth(
+            "opened_from_evaluate.png",
+            (320, 320),
+            np.array([[10.0, 10.0, 100.0, 80.0]]),
+            np.array([0]),
+            ("circle",),
+        ),
+    )
+    after = detect.detect(state, *_shared(copy), True)
+    assert "ground truth (1 object, from opened_from_evaluate.png" in after[3]
+    assert np.abs(np.asarray(after[0]).astype(int) - np.asarray(before[0])).sum() > 0
