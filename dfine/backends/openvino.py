@@ -78,12 +78,12 @@ def shared_core():
     when a subprocess ends — kills the process with SIGSEGV and no traceback. One ``Core``
     loads the plugin once and never unmaps its stack (and spares a plugin load per model).
     """
+    try:  # every call: a missing package is named whether or not a Core exists
+        import openvino as ov
+    except ImportError as e:
+        raise missing_package("openvino", "openvino", "OpenVINO") from e
     with _CORE_LOCK:
         if not _CORE:
-            try:
-                import openvino as ov
-            except ImportError as e:
-                raise missing_package("openvino", "openvino", "OpenVINO") from e
             _CORE.append(ov.Core())
         return _CORE[0]
 
