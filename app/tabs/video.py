@@ -433,7 +433,8 @@ class VideoTab:
         times = [*times[-19:], time.time()]
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         ms = dets.speed.get("inference", 0.0)
-        text = f"**{rate:.1f} frames/s** shown · model {ms:.0f} ms/frame · {dets.summary()}"
+        shown = f"{rate:.1f}" if rate >= 1 else f"{rate:.2g}"  # a slow CPU never reads "0.0"
+        text = f"**{shown} frames/s** shown · model {ms:.0f} ms/frame · {dets.summary()}"
         return np.asarray(dets.plot()), text, times
 
 
