@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from dfine.backends import create_backend
 from dfine.checkpoint import load_model
-from dfine.export import export_onnx
+from dfine.export import export_onnx, read_metadata
 from dfine.model import DFINE, build_model
 from dfine.precision import normalize_precision
 from dfine.quantize import quantize_unguarded
@@ -247,8 +247,6 @@ def _exported_jobs(
     precisions: Sequence[str] | None,
 ) -> Iterator[Job]:
     """An exported file on each runtime of ``backends`` (default: the one it is for)."""
-    from dfine.export import read_metadata
-
     backends = list(backends or [default_backend(weights)])
     torchy = [b for b in backends if b.startswith("torch")]
     if torchy:
