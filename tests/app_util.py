@@ -47,3 +47,32 @@ def serve(demo) -> Iterator[str]:
 def call(client, *args, api_name: str, timeout: float):
     """``client.predict`` with a bound on the wait."""
     return client.submit(*args, api_name=api_name).result(timeout=timeout)
+
+
+def ablated_checkpoint(path: Path, ablation: str) -> Path:
+    """A random-init D-FINE-N of the ``ablation`` variant with the demo model's 8 classes,
+    saved to ``path`` (seeded: the same weights every time)."""
+    import torch
+
+    import dfine
+    from app.paths import BUNDLED_WEIGHTS
+
+    torch.manual_seed(0)
+    names = dfine.load_model(BUNDLED_WEIGHTS).class_names
+    model = dfine.build_model("n", num_classes=8, class_names=names, ablation=ablation)
+    return dfine.save_model(model.eval(), path)
+
+
+def synth_split_zip(path: Path) -> Path:
+    """The 4 annotated synthetic examples as a COCO-layout zip (a fast Evaluate split)."""
+    import json
+    import zipfile
+
+    from app.paths import SYNTH_DIR
+
+    coco = json.loads((SYNTH_DIR / "instances_val.json").read_text())
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("annotations/instances_val.json", json.dumps(coco))
+        for im in coco["images"]:
+            zf.write(SYNTH_DIR / im["file_name"], f"val/{im['file_name']}")
+    return path

@@ -8,15 +8,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("gradio", reason="the app needs gradio")
 client_lib = pytest.importorskip("gradio_client", reason="the API test needs gradio_client")
 
-import dfine  # noqa: E402
 from app.paths import BUNDLED_WEIGHTS, SYNTH_DIR  # noqa: E402
+from tests.app_util import ablated_checkpoint, load_app_py, serve  # noqa: E402
 from tests.app_util import call as call_app  # noqa: E402
-from tests.app_util import load_app_py, serve  # noqa: E402
 from tests.test_app_api import plotly  # noqa: E402
 
 SYNTH = SYNTH_DIR / "000002.jpg"
@@ -33,10 +31,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def fdr_key(client, tmp_path_factory):
-    torch.manual_seed(0)
-    names = dfine.load_model(BUNDLED_WEIGHTS).class_names
-    model = dfine.build_model("n", num_classes=8, class_names=names, ablation="fdr").eval()
-    path = dfine.save_model(model, tmp_path_factory.mktemp("fdr") / "rtdetr_style.safetensors")
+    path = ablated_checkpoint(tmp_path_factory.mktemp("fdr") / "rtdetr_style.safetensors", "fdr")
     info, key = call(client, "default", client_lib.handle_file(path), api_name="/model")
     assert "`fdr`" in info and "no distributions" in info
     return key

@@ -10,13 +10,10 @@ random-initialised D-FINE-N checkpoints of each variant (the demo's 8 classes, m
 
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
 CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
@@ -26,7 +23,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwr
 
 import dfine  # noqa: E402
 from app.paths import BUNDLED_WEIGHTS, SYNTH_DIR  # noqa: E402
-from tests.app_util import load_app_py, serve  # noqa: E402
+from tests.app_util import ablated_checkpoint, load_app_py, serve, synth_split_zip  # noqa: E402
 from tests.test_app_browser import _TEXT_BOXES  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
@@ -43,12 +40,9 @@ LAYERS = ["layer 1", "layer 2", "layer 3"]
 def variants(tmp_path_factory) -> dict[str, Path]:
     """``variant_golsd.safetensors`` and ``variant_fdr.safetensors``: random D-FINE-N."""
     folder = tmp_path_factory.mktemp("variants")
-    names = dfine.load_model(BUNDLED_WEIGHTS).class_names
     out = {}
     for ablation in ("golsd", "fdr"):
-        torch.manual_seed(0)
-        model = dfine.build_model("n", num_classes=8, class_names=names, ablation=ablation)
-        out[ablation] = dfine.save_model(model.eval(), folder / f"variant_{ablation}.safetensors")
+        out[ablation] = ablated_checkpoint(folder / f"variant_{ablation}.safetensors", ablation)
         assert dfine.load_model(out[ablation]).ablation == ablation
     return out
 
@@ -56,13 +50,7 @@ def variants(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> Path:
     """The 4 annotated synthetic examples as a COCO-layout zip (a fast Evaluate split)."""
-    path = tmp_path_factory.mktemp("split") / "synth4.zip"
-    coco = json.loads((SYNTH_DIR / "instances_val.json").read_text())
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("annotations/instances_val.json", json.dumps(coco))
-        for im in coco["images"]:
-            zf.write(SYNTH_DIR / im["file_name"], f"val/{im['file_name']}")
-    return path
+    return synth_split_zip(tmp_path_factory.mktemp("split") / "synth4.zip")
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,18 @@ with ``/evaluate``, and the per-stage AP figure of both (the fdr model has no pr
 
 from __future__ import annotations
 
-import json
-import zipfile
-
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("gradio", reason="the app needs gradio")
 client_lib = pytest.importorskip("gradio_client", reason="the API test needs gradio_client")
 
-import dfine  # noqa: E402
 from analysis.evaluation import DatasetReport  # noqa: E402
 from analysis.evaluation.figures import stage_ap_comparison_figure  # noqa: E402
 from analysis.evaluation.stages import StageResult  # noqa: E402
-from app.paths import BUNDLED_WEIGHTS, SYNTH_DIR  # noqa: E402
+from app.paths import BUNDLED_WEIGHTS  # noqa: E402
+from tests.app_util import ablated_checkpoint, load_app_py, serve, synth_split_zip  # noqa: E402
 from tests.app_util import call as call_app  # noqa: E402
-from tests.app_util import load_app_py, serve  # noqa: E402
 from tests.test_app_api import plotly  # noqa: E402
 
 TIMEOUT = 300
@@ -40,21 +35,13 @@ def client(tmp_path_factory):
 @pytest.fixture(scope="module")
 def split(tmp_path_factory):
     """The 4 annotated synthetic examples as a COCO-layout zip."""
-    path = tmp_path_factory.mktemp("split") / "synth4.zip"
-    coco = json.loads((SYNTH_DIR / "instances_val.json").read_text())
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("annotations/instances_val.json", json.dumps(coco))
-        for im in coco["images"]:
-            zf.write(SYNTH_DIR / im["file_name"], f"val/{im['file_name']}")
+    path = synth_split_zip(tmp_path_factory.mktemp("split") / "synth4.zip")
     return client_lib.handle_file(str(path))
 
 
 @pytest.fixture(scope="module")
 def fdr_key(client, tmp_path_factory):
-    torch.manual_seed(0)
-    names = dfine.load_model(BUNDLED_WEIGHTS).class_names
-    model = dfine.build_model("n", num_classes=8, class_names=names, ablation="fdr").eval()
-    path = dfine.save_model(model, tmp_path_factory.mktemp("fdr") / "rtdetr_style.safetensors")
+    path = ablated_checkpoint(tmp_path_factory.mktemp("fdr") / "rtdetr_style.safetensors", "fdr")
     _, key = call(client, "default", client_lib.handle_file(path), api_name="/model")
     return key
 
