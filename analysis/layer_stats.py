@@ -13,7 +13,7 @@ the decoder layers only and every entropy is ``None``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,40 +27,45 @@ from dfine.loss.matcher import HungarianMatcher
 
 
 @torch.inference_mode()
-def layer_stats(model: torch.nn.Module, dataset: Sequence[Any], limit: int | None = None) -> dict:
+def layer_stats(
+    model: torch.nn.Module,
+    dataset: Sequence[Any],
+    limit: int | None = None,
+    batch_size: int = 8,
+) -> dict:
     """Per-stage mean IoU to ground truth and mean per-edge entropy (nats).
 
     ``dataset[i]`` gives ``(image [3, H, W] normalised as the model expects, target)`` with
     ``target["boxes"]`` normalised cxcywh and ``target["labels"]``, as ``dfine.data`` datasets
-    with validation transforms do. Returns ``stages`` (``pre-head``, ``layer 1`` .. ``layer L``),
+    with validation transforms do. Images are traced ``batch_size`` at a time (consecutive
+    images of one size). Returns ``stages`` (``pre-head``, ``layer 1`` .. ``layer L``),
     ``mean_iou_to_gt`` (one per stage), ``mean_edge_entropy_nats`` (``None`` for the pre-head,
     which has no distributions), ``max_entropy_nats`` (a uniform distribution), ``objects`` and
     ``images``. Without distributions (``--ablate fdr``): no pre-head stage, entropies and
     ``max_entropy_nats`` ``None``.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     matcher = HungarianMatcher()
     has_dists = model.config.decoder.distributions
     max_entropy = float(np.log(model.config.decoder.reg_max + 1)) if has_dists else None
     ious, entropies = [], []
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in range(n):
-        image, target = dataset[i]
-        if len(target["labels"]) == 0:
-            continue
-        trace = model.trace(image.unsqueeze(0))
+    for images, targets in _batches(dataset, n, batch_size):
+        trace = model.trace(torch.stack(images))
         final = {"pred_logits": trace.logits[-1], "pred_boxes": trace.boxes[-1]}
-        ((queries, gts),) = matcher(final, [target])
-        gt_xyxy = box_cxcywh_to_xyxy(target["boxes"][gts])
-        stages = [trace.boxes[layer, 0] for layer in range(trace.num_layers)]
-        if has_dists:
-            stages.insert(0, trace.pre_boxes[0])
-        ious.append(
-            [box_iou(box_cxcywh_to_xyxy(s[queries]), gt_xyxy).diag().numpy() for s in stages]
-        )
-        if has_dists:
-            width, height = image.shape[-1], image.shape[-2]
-            stats = edge_stats(trace, queries.numpy(), (width, height))
-            entropies.append(stats["entropy"].mean(-1))  # [L, M]: mean over the four edges
+        for i, ((queries, gts), target) in enumerate(zip(matcher(final, targets), targets)):
+            gt_xyxy = box_cxcywh_to_xyxy(target["boxes"][gts])
+            stages = [trace.boxes[layer, i] for layer in range(trace.num_layers)]
+            if has_dists:
+                stages.insert(0, trace.pre_boxes[i])
+            ious.append(
+                [box_iou(box_cxcywh_to_xyxy(s[queries]), gt_xyxy).diag().numpy() for s in stages]
+            )
+            if has_dists:
+                width, height = images[i].shape[-1], images[i].shape[-2]
+                stats = edge_stats(trace.select(i), queries.numpy(), (width, height))
+                entropies.append(stats["entropy"].mean(-1))  # [L, M]: mean over the four edges
     if not ious:
         raise ValueError(f"no ground-truth boxes in the first {n} images: nothing to measure")
     iou = np.concatenate(ious, axis=1)  # [stages, objects]
@@ -78,6 +83,26 @@ def layer_stats(model: torch.nn.Module, dataset: Sequence[Any], limit: int | Non
         "mean_edge_entropy_nats": entropy,
         "max_entropy_nats": max_entropy,
     }
+
+
+def _batches(
+    dataset: Sequence[Any], n: int, batch_size: int
+) -> Iterator[tuple[list[torch.Tensor], list[dict]]]:
+    """The first ``n`` items with ground truth, in runs of at most ``batch_size`` images of
+    one size."""
+    images: list[torch.Tensor] = []
+    targets: list[dict] = []
+    for index in range(n):
+        image, target = dataset[index]
+        if len(target["labels"]) == 0:
+            continue
+        if images and (len(images) == batch_size or image.shape != images[0].shape):
+            yield images, targets
+            images, targets = [], []
+        images.append(image)
+        targets.append(target)
+    if images:
+        yield images, targets
 
 
 def markdown(stats: dict) -> str:

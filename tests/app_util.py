@@ -1,4 +1,5 @@
-"""Helpers shared by the tests that launch the app on 127.0.0.1."""
+"""Helpers shared by the tests: the bundled demo model's path, the app launched on 127.0.0.1,
+its endpoints called, small checkpoints and splits made on the fly."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"  # the bundled demo model
 
 
 def free_port() -> int:

@@ -68,3 +68,14 @@ def model_n():
 @pytest.fixture(scope="session")
 def model_n_perturbed():
     return reference_model("n_perturbed")
+
+
+@pytest.fixture(scope="module")
+def demo_detector():
+    """The bundled demo model (D-FINE-N on the synthetic shapes) at threshold 0.5."""
+    from dfine.predict import Detector
+    from tests.app_util import DEMO
+
+    if not DEMO.exists():
+        pytest.skip("demo model assets/dfine_n_synth.safetensors not bundled")
+    return Detector(DEMO, threshold=0.5)

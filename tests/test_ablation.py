@@ -209,6 +209,23 @@ def test_layer_stats_of_a_model_without_distributions(images):
     assert "no distributions" in markdown(stats)
 
 
+def test_layer_stats_batches_skip_empty_images_and_split_on_size():
+    from analysis.layer_stats import _batches
+
+    def item(size: int, objects: int) -> tuple[torch.Tensor, dict]:
+        return torch.zeros(3, size, size), {"labels": torch.zeros(objects, dtype=torch.long)}
+
+    dataset = [item(256, 1), item(256, 0), item(256, 2), item(256, 1), item(288, 1), item(256, 3)]
+    groups = [[(img.shape[-1], len(t["labels"])) for img, t in zip(*b)] for b in
+              _batches(dataset, len(dataset), 2)]  # fmt: skip
+    assert groups == [[(256, 1), (256, 2)], [(256, 1)], [(288, 1)], [(256, 3)]]
+    assert [len(b[0]) for b in _batches(dataset, 3, 8)] == [2]  # only the first n items
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        from analysis.layer_stats import layer_stats
+
+        layer_stats(dfine.build_model("n", num_classes=3), dataset, batch_size=0)
+
+
 def _load_script():
     import importlib.util
     from pathlib import Path

@@ -11,8 +11,8 @@ import dfine
 from dfine.benchmark import markdown, run_benchmark
 from dfine.cli import build_parser, main
 from dfine.export import export_onnx
+from tests.app_util import DEMO
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
 FAST = {"warmup": 0, "iters": 1, "progress": False, "matmul_sizes": (256,)}
 
 

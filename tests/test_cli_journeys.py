@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dfine.cli import main
+from tests.app_util import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"
 IMAGE = ROOT / "assets" / "examples" / "synth" / "000001.jpg"
 
 pytest.importorskip("onnxruntime", reason="the ONNX path needs onnxruntime")

@@ -20,8 +20,8 @@ from dfine.backends.openvino import openvino_device
 from dfine.backends.tensorrt import cuda_device, output_buffers
 from dfine.export import export_onnx, read_metadata
 from dfine.postprocess import BatchDetections, topk_detections
+from tests.app_util import DEMO
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
 SYNTH = Path(__file__).resolve().parents[1] / "assets" / "examples" / "synth_0.jpg"
 
 

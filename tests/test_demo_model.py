@@ -84,3 +84,9 @@ def test_later_layers_refine(model, val_data):
     assert iou[-1] > iou[1] > 0.5, iou  # last layer better than the first
     assert iou[-1] > iou[0], iou  # and than the pre-head
     assert entropy[-1] < entropy[0] < stats["max_entropy_nats"], entropy
+    # traced in batches (the default, 8) or one image at a time: the same statistics
+    single = layer_stats(model, dataset, limit=12, batch_size=1)
+    batched = layer_stats(model, dataset, limit=12, batch_size=5)
+    assert single["objects"] == batched["objects"] and single["stages"] == batched["stages"]
+    for key in ("mean_iou_to_gt", "mean_edge_entropy_nats"):
+        assert batched[key][1:] == pytest.approx(single[key][1:], abs=1e-4), key

@@ -17,8 +17,7 @@ from analysis.evaluation.collect import image_results, stage_names
 from analysis.evaluation.errors import best_f1, confusion_matrix, image_errors
 from analysis.evaluation.matching import greedy_match, iou_matrix
 from dfine.nn.decoder import DecoderTrace
-
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
+from tests.app_util import DEMO
 
 
 # ------------------------------------------------------------------------------ matching

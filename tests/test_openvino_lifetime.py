@@ -28,9 +28,9 @@ if not sys.platform.startswith("linux"):
 
 from dfine.backends.openvino import OpenVINOBackend, shared_core
 from dfine.export import export_onnx
+from tests.app_util import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"
 
 
 class _Stack(ctypes.Structure):

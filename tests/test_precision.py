@@ -4,7 +4,6 @@ f32, the accuracy guard, metadata, Detector(precision=...) and the CLI round tri
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,7 @@ from dfine.guard import (
 from dfine.postprocess import BatchDetections
 from dfine.precision import PARTS, graph_parts, part_of, split_model
 from dfine.predict import Detector
-
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
+from tests.app_util import DEMO
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from dfine.data.synth_video import render_clip, write_synth_video
 from dfine.detections import Detections
 from dfine.video import FrameReader, Tracker, VideoError, VideoWriter, count_frames, probe
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
 FRAMES = 24
 
 
@@ -31,17 +30,8 @@ def clip(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def detector():
-    from dfine.predict import Detector
-
-    if not DEMO.exists():
-        pytest.skip("demo model assets/dfine_n_synth.safetensors not bundled")
-    return Detector(DEMO, threshold=0.5)
-
-
-@pytest.fixture(scope="module")
-def tracked(detector, clip) -> list[Detections]:
-    return list(detector.video(clip[0], track=True))
+def tracked(demo_detector, clip) -> list[Detections]:
+    return list(demo_detector.video(clip[0], track=True))
 
 
 # --------------------------------------------------------------------------- the clip
@@ -211,9 +201,9 @@ def test_video_detects_and_tracks_every_object(tracked, clip):
     assert len(set(main_ids)) == len(main_ids)  # one id per object, none shared
 
 
-def test_video_untracked_has_no_track_ids(detector, clip):
+def test_video_untracked_has_no_track_ids(demo_detector, clip):
     truth = clip[1]
-    dets = list(detector.video(clip[0], track=False, stride=8))
+    dets = list(demo_detector.video(clip[0], track=False, stride=8))
     assert [d.frame_index for d in dets] == [0, 8, 16]
     assert all(d.track_id is None for d in dets)
     for d in dets:
@@ -222,24 +212,24 @@ def test_video_untracked_has_no_track_ids(detector, clip):
             assert row is not None and d.labels[row] == obj["label"]
 
 
-def test_video_rejects_bad_arguments(detector, clip):
+def test_video_rejects_bad_arguments(demo_detector, clip):
     with pytest.raises(ValueError, match="stride must be a positive integer"):
-        detector.video(clip[0], stride=0)
+        demo_detector.video(clip[0], stride=0)
     with pytest.raises(ValueError, match="max_frames must be a positive integer"):
-        detector.video(clip[0], max_frames=0)
+        demo_detector.video(clip[0], max_frames=0)
     with pytest.raises(FileNotFoundError, match="video not found"):
-        detector.video(clip[0].with_name("missing.mp4"))
+        demo_detector.video(clip[0].with_name("missing.mp4"))
     with pytest.raises(VideoError):
-        detector.video(Path(__file__))
+        demo_detector.video(Path(__file__))
 
 
-def test_video_batched_frames_match_single(detector, clip):
-    single = list(detector.video(clip[0], track=True, max_frames=6))
-    batched = list(detector.video(clip[0], track=True, max_frames=6, batch=4))
+def test_video_batched_frames_match_single(demo_detector, clip):
+    single = list(demo_detector.video(clip[0], track=True, max_frames=6))
+    batched = list(demo_detector.video(clip[0], track=True, max_frames=6, batch=4))
     assert [d.frame_index for d in batched] == list(range(6))
     for a, b in zip(single, batched):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
         assert a.labels.tolist() == b.labels.tolist()
         assert a.track_id.tolist() == b.track_id.tolist()
     with pytest.raises(ValueError, match="batch must be a positive integer"):
-        detector.video(clip[0], batch=0)
+        demo_detector.video(clip[0], batch=0)

@@ -13,9 +13,8 @@ client_lib = pytest.importorskip("gradio_client")
 
 from dfine.data.synth_video import write_synth_video  # noqa: E402
 from dfine.video import count_frames  # noqa: E402
-from tests.app_util import call, serve  # noqa: E402
+from tests.app_util import DEMO, call, serve  # noqa: E402
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
 TIMEOUT = 300
 
 

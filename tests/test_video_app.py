@@ -19,8 +19,8 @@ from app.tabs.video import VideoCaps, VideoTab
 from dfine.data.synth_video import render_clip, write_synth_video
 from dfine.detections import Detections
 from dfine.video import count_frames
+from tests.app_util import DEMO
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
 FRAMES = 8
 
 

@@ -28,12 +28,11 @@ from gradio_client.utils import Status  # noqa: E402
 
 from app.tabs.video import VideoTab  # noqa: E402
 from dfine.data.synth_video import render_clip, write_synth_video  # noqa: E402
-from tests.app_util import serve  # noqa: E402
+from tests.app_util import DEMO, serve  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"
 ARTIFACTS = ROOT / "test-artifacts"
 WAIT_MS = 120_000
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]

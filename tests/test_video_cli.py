@@ -11,8 +11,8 @@ import pytest
 from dfine.cli import main
 from dfine.data.synth_video import write_synth_video
 from dfine.video import MAX_PIXELS, FrameReader, VideoError, VideoWriter, count_frames, probe
+from tests.app_util import DEMO
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 

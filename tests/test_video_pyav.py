@@ -25,7 +25,6 @@ from dfine.video import FrameReader, annotate_video, probe
 
 av = pytest.importorskip("av", reason="PyAV writes the rotation-tagged clip: pip install av")
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "dfine_n_synth.safetensors"
 WIDTH, HEIGHT, FRAMES = 320, 240, 6
 
 
@@ -54,15 +53,6 @@ def rotate_box(box: list[float], k: int, width: int, height: int) -> list[float]
         x1, y1, x2, y2 = y1, width - x2, y2, width - x1
         width, height = height, width
     return [x1, y1, x2, y2]
-
-
-@pytest.fixture(scope="module")
-def detector():
-    if not DEMO.exists():
-        pytest.skip("demo model assets/dfine_n_synth.safetensors not bundled")
-    from dfine.predict import Detector
-
-    return Detector(DEMO, threshold=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +85,11 @@ def test_decoded_frames_are_upright(tmp_path, scene, degrees):
     assert np.abs(strided[1].rgb.astype(int) - upright[4]).mean() < 4
 
 
-def test_rotated_phone_clip_detections_and_json(tmp_path, scene, detector):
+def test_rotated_phone_clip_detections_and_json(tmp_path, scene, demo_detector):
     frames, truth = scene
     clip = write_rotated(tmp_path / "portrait.mp4", frames, -90)  # an upright phone
     k = -1
-    run = annotate_video(detector, clip, tmp_path / "out.webm", tmp_path / "out.json")
+    run = annotate_video(demo_detector, clip, tmp_path / "out.webm", tmp_path / "out.json")
     record = json.loads((tmp_path / "out.json").read_text())
     assert (record["video"]["width"], record["video"]["height"]) == (HEIGHT, WIDTH)  # displayed
     assert probe(tmp_path / "out.webm").width == HEIGHT  # the annotated video is upright too
@@ -160,10 +150,10 @@ def test_variable_frame_rate_keeps_timestamps(tmp_path, suffix):
         np.testing.assert_allclose([f.time_s for f in reader], [0.0, 0.2, 0.5], atol=1e-3)
 
 
-def test_variable_frame_rate_json_times(tmp_path, detector):
+def test_variable_frame_rate_json_times(tmp_path, demo_detector):
     frames, _, _ = render_clip(len(PTS_MS), 320, 320, num_objects=2, seed=2)
     clip = write_vfr(tmp_path / "vfr.mkv", frames, PTS_MS)
-    annotate_video(detector, clip, tmp_path / "out.webm", tmp_path / "out.json", track=True)
+    annotate_video(demo_detector, clip, tmp_path / "out.webm", tmp_path / "out.json", track=True)
     record = json.loads((tmp_path / "out.json").read_text())
     assert [f["time_s"] for f in record["frames"]] == pytest.approx(
         [ms / 1000 for ms in PTS_MS], abs=1e-3
