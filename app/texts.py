@@ -75,6 +75,8 @@ The **default** model is loaded at start-up. Official checkpoints from the D-FIN
 are downloaded on first use (where the server can reach GitHub) and cached; or upload your \
 own `.pth` (reference layout) or `.safetensors` (this project) checkpoint — it is loaded \
 weights-only, never unpickled. The selected model is used by every tab.
+
+**The paper's ablation variants** (`--ablate fdr`: RT-DETR-style box deltas; `--ablate golsd`: FDR without self-distillation) are not bundled: `python scripts/ablation.py --out runs/ablation` in a checkout trains them beside the full model with the same data, schedule and seeds (about 35 min per model on 2 CPU cores; `dfine train --ablate fdr …` trains one). Upload a run's `final.safetensors` here, then pick it as the second model under **Compare with a second model** in the Refinement, Distributions or Evaluate tab.
 """
 
 TARGET_MODES = [

@@ -11,7 +11,11 @@ finished runs are kept, interrupted ones continue from their ``last.pth`` (``dfi
 is locked while its training runs (a second invocation on the same ``--out`` stops with a
 message instead of training into the same folder).
 
-    python scripts/ablation.py --out runs/ablation --results benchmarks/results/ablation_cpu.md
+The defaults are the committed experiment (``benchmarks/results/ablation_cpu.md``): D-FINE-N at
+256² on 2,000 synthetic images, 3 variants x 3 seeds x 800 steps of batch 8, three runs at a
+time with one thread each; about 35 min per run and 2 h in all on an idle 2-core CPU.
+
+    python scripts/ablation.py   # runs/ablation, benchmarks/results/ablation_cpu.md
     python scripts/ablation.py --out runs/ablation --report-only   # table from finished runs
 """
 
@@ -46,31 +50,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("runs/ablation"), help="runs folder")
     p.add_argument("--data", type=Path, help="dataset folder (default OUT/data, made if missing)")
-    p.add_argument("--train-images", type=int, default=1000, help="synthetic train images")
+    p.add_argument("--train-images", type=int, default=2000, help="synthetic train images")
     p.add_argument("--val-images", type=int, default=200, help="synthetic val images")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="training seeds")
+    p.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="none: full D-FINE"
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     p.add_argument("--input-size", type=int, default=256, help="train/eval size (N needs 256+)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--steps-per-epoch", type=int, default=70)
+    p.add_argument("--epochs", type=int, default=4, help="epochs per run")
+    p.add_argument("--steps-per-epoch", type=int, default=200, help="optimiser steps per epoch")
     p.add_argument(
         "--stop-epoch",
         type=int,
-        help="epoch where augmentation stops and the EMA restarts (default: the last; "
-        "= --epochs: never)",
+        help="epochs before augmentation stops and the EMA restarts (default: --epochs - 1, "
+        "so the last epoch trains without augmentation; = --epochs: never)",
     )
     p.add_argument(
-        "--flat-epochs", type=int, help="epochs at the base lr before the cosine (default half)"
+        "--flat-epochs",
+        type=int,
+        help="epochs at the base lr before the cosine (default: half of --epochs)",
     )
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr-scale", type=float, default=0.5)
-    p.add_argument("--parallel", type=int, default=2, help="runs at the same time")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step")
+    p.add_argument("--lr-scale", type=float, default=0.5, help="times the recipe's learning rates")
+    p.add_argument("--parallel", type=int, default=3, help="runs at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--nice", type=int, default=10, help="niceness of the training processes")
-    p.add_argument("--eval-limit", type=int, default=None, help="val images for layer IoU")
     p.add_argument(
-        "--results", type=Path, default=Path("benchmarks/results/ablation_cpu.md"), help="report"
+        "--eval-limit", type=int, default=100, help="val images for the per-layer IoU; 0: all"
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=Path("benchmarks/results/ablation_cpu.md"),
+        help="the Markdown report",
     )
     p.add_argument("--report-only", action="store_true", help="only write the report")
     p.add_argument(
@@ -78,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add per-stage AP (analysis.evaluation) to finished runs that lack it, then report",
     )
+    for action in p._actions:  # every option with a value says its default
+        quiet = (
+            action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        )
+        if not quiet and "default" not in (action.help or ""):
+            action.help = f"{action.help or ''} (default: %(default)s)".strip()
     return p
 
 
@@ -432,8 +451,7 @@ def _script_args(args: argparse.Namespace) -> list[str]:
                  "steps_per_epoch", "batch_size", "lr_scale"):  # fmt: skip
         out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     out += ["--stop-epoch", str(stop_epoch(args)), "--flat-epochs", str(flat_epochs(args))]
-    if args.eval_limit:
-        out += ["--eval-limit", str(args.eval_limit)]
+    out += ["--eval-limit", str(args.eval_limit or 0)]
     if list(args.variants) != list(VARIANTS):
         out += ["--variants", *args.variants]
     out += ["--seeds", *map(str, args.seeds), "--parallel", str(args.parallel)]
@@ -459,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_ap_run(a.stage_ap_run, a.data)
         return 0
     args = build_parser().parse_args(argv)
+    args.eval_limit = args.eval_limit or None  # 0: every val image
     if args.epochs < 1 or args.input_size % 32:
         print("error: --epochs must be >= 1 and --input-size a multiple of 32", file=sys.stderr)
         return 2
