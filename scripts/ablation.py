@@ -33,6 +33,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a checkout's script: dfine and analysis from this checkout
+
+from analysis.evaluation import EvalSettings, evaluate_dataset  # noqa: E402
+from analysis.layer_stats import layer_stats  # noqa: E402
+from dfine.checkpoint import load_model  # noqa: E402
+from dfine.data import CocoDetection, build_val_transforms  # noqa: E402
+from dfine.files import atomic_write  # noqa: E402
+from dfine.train.run import validate  # noqa: E402
+
 READING = "## Reading"
 VARIANTS = ("fdr", "golsd", "none")
 LABELS = {
@@ -253,7 +262,6 @@ def _check_command(out: Path, command: list[str]) -> None:
                 "use another --out or remove that folder"
             )
         return
-    from dfine.files import atomic_write
 
     text = json.dumps({"train_command": command}, indent=2)
     atomic_write(path, lambda tmp: tmp.write_text(text))
@@ -270,12 +278,6 @@ def epoch_records(path: Path) -> list[dict]:
 def evaluate_run(out: Path, data: Path, limit: int | None) -> None:
     """COCO metrics and per-layer IoU of ``out/final.safetensors`` → ``out/eval.json``."""
     import torch
-
-    from analysis.layer_stats import layer_stats
-    from dfine.checkpoint import load_model
-    from dfine.data import CocoDetection, build_val_transforms
-    from dfine.files import atomic_write
-    from dfine.train.run import validate
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     metrics = validate(out / "final.safetensors", data, workers=0, progress=False)
@@ -306,9 +308,6 @@ def stage_ap_run(out: Path, data: Path) -> None:
     """Per-stage COCO AP (encoder, pre-head, every layer; own scores) of ``out``'s final model
     with :func:`analysis.evaluation.evaluate_dataset`, added to ``out/eval.json``."""
     import torch
-
-    from analysis.evaluation import EvalSettings, evaluate_dataset
-    from dfine.files import atomic_write
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     settings = EvalSettings(calibration=False)
@@ -347,8 +346,8 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
     lines = [
         "# The paper's ablation at small scale (CPU)",
         "",
-        f"D-FINE-N trained from scratch on the seeded synthetic shapes, {len(variants)} "
-        "variant(s) with the",
+        "D-FINE-N trained from scratch on the seeded synthetic shapes, "
+        f"{_count(len(variants), 'variant')} with the",
         "same data, recipe, schedule, step count and seeds (`scripts/ablation.py`). AP on the",
         f"{args.val_images} val images (COCO AP .50:.95); mean ± half the range over seeds "
         f"{', '.join(map(str, args.seeds))}.",
@@ -404,11 +403,16 @@ def report(args: argparse.Namespace, data: Path, records: dict[tuple[str, int], 
         shlex.join(data_command(args, data)),
         shlex.join(train_command(args, *example, data)) + "   # per variant and seed",
         f"python scripts/ablation.py {shlex.join(_script_args(args))}   # all runs + this file",
+        *(
+            ["python scripts/ablation.py   # the same: these are its defaults"]
+            if _script_args(args) == _script_args(build_parser().parse_args([]))
+            else []
+        ),
         "```",
         "",
         f"Each run: {args.epochs} epochs × {args.steps_per_epoch} steps of batch "
         f"{args.batch_size} at {args.input_size}² ({args.epochs * args.steps_per_epoch} steps), "
-        f"{args.parallel} runs in parallel with {args.threads} thread(s) each under "
+        f"{args.parallel} runs in parallel with {_count(args.threads, 'thread')} each under "
         f"`nice -n {args.nice}`, on a {os.cpu_count()}-core CPU; the times are wall-clock, "
         "so other work on the machine lengthens them.",
     ]
@@ -440,6 +444,10 @@ def _stage_ap_lines(args, variants: list[str], records: dict) -> list[str]:
             cells.append(_mean_spread(vals) if vals else "—")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _script_args(args: argparse.Namespace) -> list[str]:
@@ -520,7 +528,6 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n" + old[old.index(READING) :]
         print(f"kept the {READING.strip()} section of {args.results}: check it against the "
               "new numbers")  # fmt: skip
-    from dfine.files import atomic_write
 
     atomic_write(args.results, lambda tmp: tmp.write_text(text))
     print(f"wrote {args.results}")

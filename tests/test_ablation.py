@@ -262,6 +262,9 @@ def test_ablation_script_commands_differ_only_in_the_switch_and_report_spread(tm
     assert "| fdr | — | 0.5000 ± 0.0000 | 0.6000 ± 0.0000 |" in text  # no pre-head stage
     assert "10.0 min (350 steps, 1.71 s/step)" in text
     assert "--ablate fdr" in text and "```bash" in text
+    assert "these are its defaults" not in text  # --out and --seeds differ from the defaults
+    defaults = script.build_parser().parse_args([])
+    assert "python scripts/ablation.py   # the same" in script.report(defaults, tmp_path, records)
     assert "Per-stage AP" not in text  # only when every run has it
     for (v, _), r in records.items():
         stages = ["encoder", *(["pre-head"] if v == "none" else []), "layer 1", "layer 2"]
