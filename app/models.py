@@ -86,7 +86,7 @@ class LoadedModel:
     @property
     def default_size(self) -> int:
         """The input size the app starts with for this model: its own, when the app offers it
-        (square multiples of 32 in 320..800), else 640."""
+        (square multiples of 32 in 256..800, :data:`app.paths.INPUT_SIZES`), else 640."""
         size = self.input_size[0]
         return size if size in INPUT_SIZES else 640
 

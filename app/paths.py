@@ -26,7 +26,8 @@ FIXTURE_THRESHOLD = 0.02
 """The fixture's scores are all about 0.05: a threshold that lets some of them through."""
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MAX_DETECTIONS = 25
-INPUT_SIZES = tuple(range(320, 801, 32))
-"""Network input sizes offered (square, pixels; multiples of 32)."""
+INPUT_SIZES = tuple(range(256, 801, 32))
+"""Network input sizes offered (square, pixels; multiples of 32). From 256: the smallest size
+``dfine train`` and ``scripts/ablation.py`` train at, so such a model starts at its own size."""
 MAX_STAGES = 8
 """Stages of the largest official model (encoder b0, pre-head, 6 decoder layers)."""

@@ -148,8 +148,8 @@ def test_detect_zero_detections_says_so(state):
     [
         ({"threshold": 1.5}, "threshold must be between 0 and 1"),
         ({"threshold": -0.1}, "threshold must be between 0 and 1"),
-        ({"size": 333}, "multiple of 32 between 320 and 800"),
-        ({"size": 1024}, "multiple of 32 between 320 and 800"),
+        ({"size": 333}, "multiple of 32 between 256 and 800"),
+        ({"size": 1024}, "multiple of 32 between 256 and 800"),
         ({"max_detections": 0}, "from 1 to 300"),
         ({"model": "dfine_q_coco"}, "Unknown model"),
         ({"image": None}, "Upload an image first"),
@@ -583,3 +583,21 @@ def test_first_impression_says_what_the_model_knows(state):
     assert size == 640 and "download" in note  # a zoo model not loaded yet
     _, size, note = detect.model_defaults(state, "default")
     assert size == 320 and "Knows 8 classes" in note and "COCO model" in note
+
+
+def test_a_model_trained_at_256_starts_at_its_own_size(state, tmp_path):
+    """An ``--ablate`` run's model (trained at 256², scripts/ablation.py's size) is offered and
+    used at 256, without the "trained at another size" warning."""
+    import torch
+
+    from dfine.model import DFINE
+
+    torch.manual_seed(0)
+    names = state.store.get(None).class_names
+    config = dataclasses.replace(dfine.build_model("n", 8).config, eval_size=(256, 256))
+    path = dfine.save_model(DFINE(config, class_names=names).eval(), tmp_path / "m256.safetensors")
+    loaded = state.store.add_upload(path)
+    _, size, _ = detect.model_defaults(state, loaded.entry.key)
+    assert size == 256 == loaded.default_size
+    *_, summary = detect.detect(state, str(IMAGE), 0.0, size, loaded.entry.key, MAX)
+    assert "trained at" not in summary and "network input 256×256 px" in summary
