@@ -375,6 +375,23 @@ def refinement_comparison_figure(cmp: RefinementComparison) -> go.Figure:
     return fig
 
 
+def _edge_comparison_range(cmp: EdgeComparison, target: float) -> list[float]:
+    """The x range of :func:`edge_comparison_figure`: every model's bins that hold
+    ``DISTRIBUTION_MASS`` of each layer's probability (with :func:`mass_range`'s margin), every
+    model's edge and the object's edge."""
+    lo = hi = target
+    for model in cmp.models:
+        lo, hi = min(lo, *model.position_px), max(hi, *model.position_px)
+        if model.has_distributions:
+            order = np.argsort(model.bin_positions_px)
+            left, right = mass_range(
+                model.bin_positions_px[order], model.probs[:, order], DISTRIBUTION_MASS
+            )
+            lo, hi = min(lo, left), max(hi, right)
+    margin = max(0.05 * (hi - lo), 2.0)
+    return [float(lo - margin), float(hi + margin)]
+
+
 def edge_comparison_figure(cmp: EdgeComparison) -> go.Figure:
     """One row per decoder layer: each model's bin probabilities for the edge, placed at the
     image coordinate each bin stands for (one colour per model), and a dotted line at each
@@ -437,6 +454,7 @@ def edge_comparison_figure(cmp: EdgeComparison) -> go.Figure:
         for li in range(n):
             fig.add_vline(x=target, line={"color": "#222", "dash": "dash"}, row=li + 1, col=1)
     queries = ", ".join(f"{m.model}: query {m.query}" for m in cmp.models)
+    fig.update_xaxes(range=_edge_comparison_range(cmp, target))
     fig.update_xaxes(title_text=f"{cmp.edge} edge position (px of the original image)", row=n)
     for li in range(n):
         fig.update_yaxes(title_text=S.PROB_AXIS, row=li + 1, col=1)

@@ -74,6 +74,16 @@ def test_edge_comparison_places_both_models_on_the_image_axis(setup):
     bars = [t for t in fig.data if t.type == "bar"]
     assert len(bars) == 2 * 3  # two models with distributions × three layers
     assert any("box edge only" in (t.name or "") for t in fig.data)
+    # zoomed to where the probability is (not W(n)'s whole span), every edge line inside
+    lo, hi = fig.layout.xaxis.range
+    span = a.bin_positions_px.max() - a.bin_positions_px.min()
+    assert hi - lo < 0.8 * span
+    for m in cmp.models:
+        assert lo < m.position_px.min() and m.position_px.max() < hi
+    assert lo < objects[0, 0] < hi
+    order = np.argsort(a.bin_positions_px)
+    inside = (a.bin_positions_px[order] > lo) & (a.bin_positions_px[order] < hi)
+    assert (a.probs[:, order][:, inside].sum(-1) > 0.99).all()
     with pytest.raises(ValueError, match="edge"):
         analysis.compare_edge([trace_demo], ["a"], objects[0], labels[0], size, "middle")
 
