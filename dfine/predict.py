@@ -175,21 +175,33 @@ class Detector:
     ) -> list[Detections]:
         """Threshold, cap and clip the backend's detections of a batch (CPU tensors); with
         letterbox ``maps`` the boxes come in input pixels and are mapped back first."""
-        dets = []
-        for n, rgb in enumerate(rgbs):
-            h, w = rgb.shape[:2]
-            keep, boxes = self._kept(results, n, (w, h), threshold, maps and maps[n])
-            dets.append(
-                Detections(
-                    boxes=boxes[keep].numpy(),
-                    scores=results.scores[n, : self.max_detections][keep].numpy(),
-                    labels=results.labels[n, : self.max_detections][keep].numpy(),
-                    class_names=self.class_names,
-                    image_size=(w, h),
-                    image=rgb if keep_image else None,
-                )
-            )
-        return dets
+        return [
+            self._detection(results, n, rgb, threshold, keep_image, maps and maps[n])[0]
+            for n, rgb in enumerate(rgbs)
+        ]
+
+    def _detection(
+        self,
+        results: BatchDetections,
+        n: int,
+        rgb: np.ndarray,
+        threshold: float,
+        keep_image: bool,
+        lb: Letterbox | None,
+    ) -> tuple[Detections, torch.Tensor]:
+        """Image ``n``'s :class:`Detections` and the mask of the top ``max_detections`` they
+        keep (see :meth:`_kept`)."""
+        h, w = rgb.shape[:2]
+        keep, boxes = self._kept(results, n, (w, h), threshold, lb)
+        det = Detections(
+            boxes=boxes[keep].numpy(),
+            scores=results.scores[n, : self.max_detections][keep].numpy(),
+            labels=results.labels[n, : self.max_detections][keep].numpy(),
+            class_names=self.class_names,
+            image_size=(w, h),
+            image=rgb if keep_image else None,
+        )
+        return det, keep
 
     # ------------------------------------------------------------------ public
     def __call__(
@@ -287,9 +299,7 @@ class Detector:
         sizes = self._box_sizes([rgb]).to(trace.boxes.device)
         top = topk_detections(trace.logits[-1], trace.boxes[-1], sizes, self.max_detections)
         results = top.cpu()
-        maps = None if lb is None else [lb]
-        det = self._detections(results, [rgb], threshold, keep_image=True, maps=maps)[0]
-        keep, _ = self._kept(results, 0, det.image_size, threshold, lb)
+        det, keep = self._detection(results, 0, rgb, threshold, keep_image=True, lb=lb)
         if lb is not None:
             trace = _trace_to_original(trace, lb, det.image_size)
         det.speed = {
