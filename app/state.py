@@ -21,8 +21,8 @@ from app.checks import check_image, check_max_detections, check_size, check_thre
 from app.errors import UserError
 from app.files import OutputDir
 from app.ground_truth import AnnotatedExamples
-from app.models import DEFAULT_KEY, LoadedModel, ModelStore
-from app.results import ResultCache, TraceResult, file_digest
+from app.models import DEFAULT_KEY, LoadedModel, ModelEntry, ModelStore
+from app.results import CacheKey, ResultCache, TraceResult, file_digest
 from dfine.detections import Detections
 from dfine.io import ImageLoadError
 
@@ -118,11 +118,9 @@ class AppState:
         """Check the shared inputs, run (or reuse) the forward pass, apply the threshold."""
         path = check_image(inputs.image)
         threshold = check_threshold(inputs.threshold)
-        size = check_size(inputs.size)
         max_detections = check_max_detections(inputs.max_detections)
-        entry = self.store.entry(inputs.model)
-        letterbox = bool(inputs.letterbox)
-        digest = file_digest(path)
+        key, entry = self._cache_key(path, inputs)
+        digest, _, size, letterbox = key
 
         def compute() -> TraceResult:
             if progress is not None and not self.store.is_loaded(entry.key):
@@ -136,7 +134,7 @@ class AppState:
                 raise ImageLoadError(str(e).replace(path, Path(path).name)) from None
             return TraceResult(dets, trace, queries.cpu().numpy(), entry.key, size, letterbox)
 
-        result, cached = self.cache.get((digest, entry.key, size, letterbox), compute)
+        result, cached = self.cache.get(key, compute)
         loaded = self.store.get(entry.key)
         dets, queries = result.select(threshold, max_detections)
         return Selection(
@@ -149,14 +147,20 @@ class AppState:
         if inputs.image is None or not str(inputs.image).strip():
             return None
         try:
-            entry = self.store.entry(inputs.model)
-            key = (file_digest(inputs.image), entry.key, check_size(inputs.size))
-            key += (bool(inputs.letterbox),)
+            key, _ = self._cache_key(inputs.image, inputs)
         except UserError:
             return None
         if self.cache.peek(key) is None:
             return None
         return self.select(inputs)
+
+    def _cache_key(self, path: str | Path, inputs: SharedInputs) -> tuple[CacheKey, ModelEntry]:
+        """The forward pass ``inputs`` need — image file digest, model key, checked input
+        size, letterbox — and the model's entry (a :class:`UserError` for a bad size or
+        model)."""
+        size = check_size(inputs.size)
+        entry = self.store.entry(inputs.model)
+        return (file_digest(path), entry.key, size, bool(inputs.letterbox)), entry
 
     def warm(self, images: Sequence[str | Path]) -> int:
         """Run the default model once on ``images`` (the bundled examples) at its default input
