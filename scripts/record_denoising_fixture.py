@@ -151,9 +151,10 @@ def make_outputs(ref, rcp, targets, dn_unact, dn_meta, g) -> dict[str, torch.Ten
     return {k: v.detach().contiguous().clone() for k, v in result.items()}
 
 
-def assemble(t: dict[str, torch.Tensor], dn_meta: dict) -> dict:
-    """The reference decoder's training output dictionary from the split tensors."""
-    last = NUM_LAYERS - 1
+def assemble(t: dict[str, torch.Tensor], dn_meta: dict, layers: int = NUM_LAYERS) -> dict:
+    """The reference decoder's training output dictionary from the split tensors (the
+    fixture's layout; ``tests/test_denoising_parity.py`` feeds our criterion the same)."""
+    last = layers - 1
 
     def layer(prefix: str, i: int) -> dict:
         return {
@@ -176,7 +177,7 @@ def assemble(t: dict[str, torch.Tensor], dn_meta: dict) -> dict:
         "enc_aux_outputs": [{"pred_logits": t["enc_logits"], "pred_boxes": t["enc_boxes"]}],
         "pre_outputs": {"pred_logits": t["pre_logits"], "pred_boxes": t["pre_boxes"]},
         "enc_meta": {"class_agnostic": False},
-        "dn_outputs": [layer("dn_", i) for i in range(NUM_LAYERS)],
+        "dn_outputs": [layer("dn_", i) for i in range(layers)],
         "dn_pre_outputs": {"pred_logits": t["dn_pre_logits"], "pred_boxes": t["dn_pre_boxes"]},
         "dn_meta": dn_meta,
     }

@@ -20,12 +20,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_app_py(module_name: str = "dfine_app_main"):
-    """The repository's ``app.py`` as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location(module_name, ROOT / "app.py")
+def load_script(path: str, module_name: str):
+    """The repository's script ``path`` (relative to the root, e.g. ``scripts/ablation.py``)
+    as a module named ``module_name``: scripts are files, not packages."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_app_py(module_name: str = "dfine_app_main"):
+    """The repository's ``app.py`` as a module (it is a script, not a package)."""
+    return load_script("app.py", module_name)
 
 
 @contextmanager

@@ -227,14 +227,9 @@ def test_layer_stats_batches_skip_empty_images_and_split_on_size():
 
 
 def _load_script():
-    import importlib.util
-    from pathlib import Path
+    from tests.app_util import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "ablation.py"
-    spec = importlib.util.spec_from_file_location("ablation_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/ablation.py", "ablation_script")
 
 
 def test_ablation_script_commands_differ_only_in_the_switch_and_report_spread(tmp_path):

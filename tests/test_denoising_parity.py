@@ -18,23 +18,13 @@ from safetensors.torch import load_file
 from dfine.loss import build_criterion
 from dfine.loss.criterion import denoising_indices
 from dfine.nn.denoising import contrastive_denoising_group
+from tests.app_util import load_script
 from tests.conftest import FIXTURES
 
 NAME = "dfine_denoising_losses"
-GRAD_KEYS = (
-    "logits",
-    "boxes",
-    "corners",
-    "pre_logits",
-    "pre_boxes",
-    "enc_logits",
-    "enc_boxes",
-    "dn_logits",
-    "dn_boxes",
-    "dn_corners",
-    "dn_pre_logits",
-    "dn_pre_boxes",
-)
+# the recorder's own layout of the fixture's tensors, so both criteria get one dictionary
+RECORDER = load_script("scripts/record_denoising_fixture.py", "record_denoising_fixture")
+GRAD_KEYS = RECORDER.GRAD_KEYS  # the inputs whose gradient norms the fixture holds
 
 
 @pytest.fixture(scope="module")
@@ -60,37 +50,6 @@ def _dn_meta(t: dict[str, torch.Tensor], record: dict) -> dict:
     }
 
 
-def _outputs(t: dict[str, torch.Tensor], meta: dict, layers: int) -> dict:
-    """A train-mode output dictionary in the decoder's layout (see ``_forward_train``)."""
-    last = layers - 1
-
-    def layer(prefix: str, i: int) -> dict:
-        return {
-            "pred_logits": t[prefix + "logits"][i],
-            "pred_boxes": t[prefix + "boxes"][i],
-            "pred_corners": t[prefix + "corners"][i],
-            "ref_points": t[prefix + "refs"],
-            "teacher_corners": t[prefix + "corners"][last],
-            "teacher_logits": t[prefix + "logits"][last],
-        }
-
-    return {
-        "pred_logits": t["logits"][last],
-        "pred_boxes": t["boxes"][last],
-        "pred_corners": t["corners"][last],
-        "ref_points": t["refs"],
-        "up": t["up"],
-        "reg_scale": t["reg_scale"],
-        "aux_outputs": [layer("", i) for i in range(last)],
-        "enc_aux_outputs": [{"pred_logits": t["enc_logits"], "pred_boxes": t["enc_boxes"]}],
-        "enc_meta": {"class_agnostic": False},
-        "pre_outputs": {"pred_logits": t["pre_logits"], "pred_boxes": t["pre_boxes"]},
-        "dn_outputs": [layer("dn_", i) for i in range(layers)],
-        "dn_pre_outputs": {"pred_logits": t["dn_pre_logits"], "pred_boxes": t["dn_pre_boxes"]},
-        "dn_meta": meta,
-    }
-
-
 def _losses(fixture, edit=None, grads: bool = False):
     t, record = fixture
     leaves = {k: v.clone().requires_grad_(grads and k in GRAD_KEYS) for k, v in t.items()}
@@ -98,7 +57,7 @@ def _losses(fixture, edit=None, grads: bool = False):
         with torch.no_grad():
             edit(leaves)
     criterion = build_criterion(num_classes=record["num_classes"])
-    outputs = _outputs(leaves, _dn_meta(leaves, record), record["num_layers"])
+    outputs = RECORDER.assemble(leaves, _dn_meta(leaves, record), record["num_layers"])
     losses = criterion(outputs, _targets(leaves))
     if grads:
         sum(losses.values()).backward()
@@ -235,7 +194,7 @@ def test_fixture_layout_is_our_decoders_training_output(fixture):
     targets = _targets(t)
     with torch.no_grad():
         ours = model(torch.rand(len(targets), 3, 128, 128), targets)
-    theirs = _outputs(t, _dn_meta(t, record), record["num_layers"])
+    theirs = RECORDER.assemble(t, _dn_meta(t, record), record["num_layers"])
     assert _layout(ours) == _layout(theirs)
     assert set(ours["dn_meta"]) == set(theirs["dn_meta"])
     assert ours["dn_meta"]["dn_num_split"] == theirs["dn_meta"]["dn_num_split"]
