@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ablation import _load_script
+from tests.app_util import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablation.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    return _load_script()
+    return load_script("scripts/ablation.py", "ablation_script")
 
 
 def test_printed_command_reproduces_every_option_that_shapes_the_runs(script, tmp_path):
