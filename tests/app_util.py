@@ -13,6 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"  # the bundled demo model
 
 
+def app_state(tmp: Path, weights: Path | None = None):
+    """A fresh ``AppState`` whose default model is ``weights`` (the bundled demo model), with
+    uploads and outputs under ``tmp`` and empty caches."""
+    from app.files import OutputDir
+    from app.ground_truth import AnnotatedExamples
+    from app.models import ModelStore
+    from app.paths import BUNDLED_WEIGHTS
+    from app.results import ResultCache
+    from app.state import AppState
+
+    store = ModelStore(weights or BUNDLED_WEIGHTS, upload_dir=tmp / "uploads")
+    return AppState(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp / "out"))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as s:

@@ -24,11 +24,10 @@ from app import models as app_models  # noqa: E402
 from app import tables  # noqa: E402
 from app.checks import first_int  # noqa: E402
 from app.errors import UserError, user_errors  # noqa: E402
-from app.files import OutputDir  # noqa: E402
 from app.ground_truth import AnnotatedExamples  # noqa: E402
 from app.models import ModelStore  # noqa: E402
-from app.paths import BUNDLED_WEIGHTS, FIXTURE_BANNER, FIXTURE_WEIGHTS, SYNTH_ANNOTATIONS  # noqa: E402
-from app.results import ResultCache, file_digest  # noqa: E402
+from app.paths import FIXTURE_BANNER, FIXTURE_WEIGHTS, SYNTH_ANNOTATIONS  # noqa: E402
+from app.results import file_digest  # noqa: E402
 from app.state import AppState, SharedInputs  # noqa: E402
 from app.summaries import detection_label  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
@@ -37,6 +36,7 @@ from app.tabs.common import SHARED, Controls, bind, quietly, selection, shared_i
 from app.tabs.distributions import nearest_box  # noqa: E402
 from dfine.io import load_image  # noqa: E402
 from dfine.zoo import ZooDownloadError  # noqa: E402
+from tests.app_util import app_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 shapes, all found at 0.5
@@ -50,8 +50,7 @@ MAX = 300
 @pytest.fixture(scope="module")
 def state(tmp_path_factory) -> AppState:
     tmp = tmp_path_factory.mktemp("app")
-    store = ModelStore(BUNDLED_WEIGHTS, upload_dir=tmp / "uploads")
-    return AppState(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp / "out"))
+    return app_state(tmp)
 
 
 def _shared(image=IMAGE, threshold=THRESHOLD):
@@ -477,11 +476,10 @@ def test_default_model_prefers_the_bundled_weights(monkeypatch, tmp_path):
 
 
 def test_warm_answers_first_example_clicks_from_the_cache(tmp_path):
-    store = ModelStore(BUNDLED_WEIGHTS, upload_dir=tmp_path / "u")
-    s = AppState(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp_path / "out"))
+    s = app_state(tmp_path)
     assert s.warm([IMAGE, SYNTH]) == 2
     assert s.warm([IMAGE, SYNTH]) == 0  # both cached now
-    *_, summary = detect.detect(s, str(SYNTH), THRESHOLD, store.get("default").default_size,
+    *_, summary = detect.detect(s, str(SYNTH), THRESHOLD, s.store.get("default").default_size,
                                 "default", MAX)  # fmt: skip
     assert "reused" in summary
     with pytest.raises(UserError):

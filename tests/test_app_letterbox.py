@@ -16,14 +16,11 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the app needs gradio")
 
 import dfine
-from app.files import OutputDir
-from app.ground_truth import AnnotatedExamples
-from app.models import ModelStore
 from app.paths import BUNDLED_WEIGHTS
-from app.results import ResultCache
 from app.state import AppState, SharedInputs
 from app.summaries import detection_label
 from app.tabs import compare, detect, distributions, golsd, refinement
+from tests.app_util import app_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 shapes
@@ -35,8 +32,7 @@ BOX_COLUMNS = ["x1 (px)", "y1 (px)", "x2 (px)", "y2 (px)"]
 @pytest.fixture(scope="module")
 def state(tmp_path_factory) -> AppState:
     tmp = tmp_path_factory.mktemp("app")
-    store = ModelStore(BUNDLED_WEIGHTS, upload_dir=tmp / "uploads")
-    return AppState(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp / "out"))
+    return app_state(tmp)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,11 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the app needs gradio")
 
-from app.files import OutputDir
-from app.ground_truth import AnnotatedExamples, GroundTruth
-from app.models import ModelStore
-from app.paths import BUNDLED_WEIGHTS
-from app.results import ResultCache, file_digest
+from app.ground_truth import GroundTruth
+from app.results import file_digest
 from app.state import AppState
 from app.tabs import detect
+from tests.app_util import app_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 annotated shapes
@@ -27,8 +25,7 @@ SYNTH = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 annotated sha
 @pytest.fixture(scope="module")
 def state(tmp_path_factory) -> AppState:
     tmp = tmp_path_factory.mktemp("app")
-    store = ModelStore(BUNDLED_WEIGHTS, upload_dir=tmp / "uploads")
-    return AppState(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp / "out"))
+    return app_state(tmp)
 
 
 def _shared(image) -> tuple:

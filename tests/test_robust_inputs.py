@@ -283,22 +283,21 @@ def test_cli_predict_on_only_bad_images_fails_naming_each(image_dir, tmp_path):
 gr = pytest.importorskip("gradio", reason="the app needs gradio")
 client_lib = pytest.importorskip("gradio_client", reason="the API test needs gradio_client")
 
-from app.files import OutputDir  # noqa: E402
-from app.ground_truth import AnnotatedExamples  # noqa: E402
-from app.models import ModelStore  # noqa: E402
-from app.results import ResultCache  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.tables import DETECTION_COLUMNS  # noqa: E402
 from app.tabs import detect  # noqa: E402
+from tests.app_util import (  # noqa: E402
+    app_state,
+    load_app_py,
+    serve,
+)
 from tests.app_util import call as call_app  # noqa: E402
-from tests.app_util import load_app_py, serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def handlers(tmp_path_factory) -> AppState:
     tmp = tmp_path_factory.mktemp("robust_app")
-    store = ModelStore(FIXTURE, upload_dir=tmp / "uploads")
-    return AppState(store, ResultCache(), AnnotatedExamples(), OutputDir(tmp / "out"))
+    return app_state(tmp, FIXTURE)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
