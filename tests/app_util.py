@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: the bundled demo model's path, the app launched on 127.0.0.1,
+"""Helpers shared by the tests: the bundled demo model's and first synthetic example's paths, the app launched on 127.0.0.1,
 its endpoints called, small checkpoints and splits made on the fly."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"  # the bundled demo model
+SYNTH_EXAMPLE = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 annotated shapes
 
 
 def app_state(tmp: Path, weights: Path | None = None):

@@ -14,6 +14,7 @@ import analysis
 import dfine
 from analysis import figures
 from analysis.refinement import STAGE_PRE
+from tests.app_util import DEMO
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ROOT / "assets" / "examples" / "synth"
@@ -22,7 +23,7 @@ SYNTH = ROOT / "assets" / "examples" / "synth"
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    demo = dfine.load_model(ROOT / "assets" / "dfine_n_synth.safetensors")
+    demo = dfine.load_model(DEMO)
     fdr = dfine.build_model("n", num_classes=8, ablation="fdr").eval()
     coco = json.loads((SYNTH / "instances_val.json").read_text())
     image = coco["images"][0]

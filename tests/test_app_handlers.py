@@ -36,10 +36,10 @@ from app.tabs.common import SHARED, Controls, bind, quietly, selection, shared_i
 from app.tabs.distributions import nearest_box  # noqa: E402
 from dfine.io import load_image  # noqa: E402
 from dfine.zoo import ZooDownloadError  # noqa: E402
-from tests.app_util import app_state  # noqa: E402
+from tests.app_util import SYNTH_EXAMPLE, app_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 shapes, all found at 0.5
+IMAGE = SYNTH_EXAMPLE  # 6 shapes, all found at 0.5
 SYNTH = ROOT / "assets" / "examples" / "synth" / "000002.jpg"
 PHOTO = ROOT / "assets" / "examples" / "astronaut.jpg"  # no shapes: nothing above 0.5
 SIZE = 320  # the demo model's own input size

@@ -20,10 +20,9 @@ from app.paths import BUNDLED_WEIGHTS
 from app.state import AppState, SharedInputs
 from app.summaries import detection_label
 from app.tabs import compare, detect, distributions, golsd, refinement
-from tests.app_util import app_state
+from tests.app_util import SYNTH_EXAMPLE, app_state
 
-ROOT = Path(__file__).resolve().parents[1]
-SYNTH = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 shapes
+SYNTH = SYNTH_EXAMPLE  # 6 shapes
 THRESHOLD = 0.4
 W, H = 320, 560  # the tall test image: letterboxing pads it left and right
 BOX_COLUMNS = ["x1 (px)", "y1 (px)", "x2 (px)", "y2 (px)"]

@@ -16,10 +16,10 @@ from app.ground_truth import GroundTruth
 from app.results import file_digest
 from app.state import AppState
 from app.tabs import detect
-from tests.app_util import app_state
+from tests.app_util import SYNTH_EXAMPLE, app_state
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTH = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 annotated shapes
+SYNTH = SYNTH_EXAMPLE  # 6 annotated shapes
 
 
 @pytest.fixture(scope="module")

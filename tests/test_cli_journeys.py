@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from dfine.cli import main
-from tests.app_util import DEMO
+from tests.app_util import DEMO, SYNTH_EXAMPLE
 
-ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ROOT / "assets" / "examples" / "synth" / "000001.jpg"
+IMAGE = SYNTH_EXAMPLE
 
 pytest.importorskip("onnxruntime", reason="the ONNX path needs onnxruntime")
 

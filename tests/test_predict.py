@@ -13,12 +13,12 @@ from PIL import Image
 
 import dfine
 from dfine.io import ImageLoadError
+from tests.app_util import DEMO, SYNTH_EXAMPLE
 from tests.conftest import reference_file
 
 EXAMPLE = "assets/examples/astronaut.jpg"
-ROOT = Path(__file__).resolve().parents[1]
-SYNTH_IMAGE = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 shapes
-SYNTH_WEIGHTS = ROOT / "assets" / "dfine_n_synth.safetensors"
+SYNTH_IMAGE = SYNTH_EXAMPLE  # 6 shapes
+SYNTH_WEIGHTS = DEMO
 
 
 @pytest.fixture(scope="module")
