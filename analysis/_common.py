@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dfine.detections import PALETTE
+from dfine.errors import InvalidArgumentError
 from dfine.nn.decoder import DecoderTrace
 
 EDGES: tuple[str, str, str, str] = ("left", "top", "right", "bottom")
@@ -30,13 +31,15 @@ def check_image_size(image_size: Sequence[int]) -> ImageSize:
     """``(width, height)`` as two positive ints."""
     size = tuple(int(v) for v in image_size)
     if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"image_size must be (width, height) of positive ints, got {image_size}")
+        raise InvalidArgumentError(
+            f"image_size must be (width, height) of positive ints, got {image_size}"
+        )
     return size  # type: ignore[return-value]
 
 
 def check_single_image(trace: DecoderTrace) -> None:
     if trace.boxes.shape[1] != 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the trace holds {trace.boxes.shape[1]} images; pass one image's trace "
             "(trace.select(i))"
         )
@@ -49,17 +52,19 @@ def check_queries(
     q = np.asarray(queries.cpu() if isinstance(queries, torch.Tensor) else queries)
     q = q.reshape(-1)
     if q.size and not np.issubdtype(q.dtype, np.integer):
-        raise ValueError(f"query indices must be integers, got dtype {q.dtype}")
+        raise InvalidArgumentError(f"query indices must be integers, got dtype {q.dtype}")
     q = q.astype(np.int64)
     if q.size and (q.min() < 0 or q.max() >= num_queries):
-        raise ValueError(f"query indices must lie in [0, {num_queries}), got {q.tolist()}")
+        raise InvalidArgumentError(
+            f"query indices must lie in [0, {num_queries}), got {q.tolist()}"
+        )
     return q
 
 
 def check_layer(layer: int, num_layers: int) -> int:
     """A layer index (negative counts from the end) as a non-negative int."""
     if not -num_layers <= layer < num_layers:
-        raise ValueError(f"layer must be in [{-num_layers}, {num_layers}), got {layer}")
+        raise InvalidArgumentError(f"layer must be in [{-num_layers}, {num_layers}), got {layer}")
     return layer % num_layers
 
 

@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 
 from dfine import draw as drawing
 from dfine.draw import Font, font, tag
+from dfine.errors import InvalidArgumentError
 
 __all__ = [
     "Font",
@@ -30,12 +31,12 @@ def to_rgb_image(image: Image.Image | np.ndarray, expected_size: tuple[int, int]
     else:
         array = np.asarray(image)
         if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"image must be uint8 RGB [H, W, 3], got {array.dtype} {list(array.shape)}"
             )
         pil = Image.fromarray(array)
     if pil.size != tuple(expected_size):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the image is {pil.size[0]}x{pil.size[1]} but the detections are for a "
             f"{expected_size[0]}x{expected_size[1]} image"
         )

@@ -8,6 +8,7 @@ from itertools import pairwise
 import numpy as np
 
 from analysis._common import EDGES
+from dfine.errors import InvalidArgumentError
 
 EDGE_COLORS = {"left": "#1f77b4", "top": "#2ca02c", "right": "#d62728", "bottom": "#9467bd"}
 TEACHER_COLOR = "#222222"
@@ -63,10 +64,10 @@ def edge_index(edge: int | str) -> int:
     """An edge given by name or index 0..3 as its index."""
     if isinstance(edge, str):
         if edge not in EDGES:
-            raise ValueError(f"unknown edge {edge!r}; edges: {EDGES}")
+            raise InvalidArgumentError(f"unknown edge {edge!r}; edges: {EDGES}")
         return EDGES.index(edge)
     if not 0 <= int(edge) < 4:
-        raise ValueError(f"edge index must be in 0..3, got {edge}")
+        raise InvalidArgumentError(f"edge index must be in 0..3, got {edge}")
     return int(edge)
 
 

@@ -39,6 +39,7 @@ from analysis._common import (
 from analysis._style import edge_index
 from analysis.distributions import edge_stats
 from analysis.refinement import STAGE_PRE
+from dfine.errors import InvalidArgumentError
 from dfine.loss.matcher import HungarianMatcher
 from dfine.nn.decoder import DecoderTrace
 
@@ -100,7 +101,7 @@ def match_objects(
     to each object (class and box costs on the last layer), int64."""
     num_classes = trace.logits.shape[-1]
     if len(labels) and int(labels.max()) >= num_classes:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the objects use class {int(labels.max())} but a model has only {num_classes} "
             "classes; compare models trained on the same classes"
         )
@@ -132,11 +133,11 @@ def compare_refinement(
     """
     size = check_image_size(image_size)
     if len(traces) != len(model_names) or not traces:
-        raise ValueError(f"{len(traces)} traces for {len(model_names)} model names")
+        raise InvalidArgumentError(f"{len(traces)} traces for {len(model_names)} model names")
     objects = np.asarray(objects_xyxy, dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(labels) != len(objects):
-        raise ValueError(f"{len(labels)} labels for {len(objects)} objects")
+        raise InvalidArgumentError(f"{len(labels)} labels for {len(objects)} objects")
     models = []
     for trace, name in zip(traces, model_names):
         check_single_image(trace)
@@ -219,7 +220,7 @@ def compare_edge(
     box = np.asarray(object_xyxy, dtype=np.float64).reshape(1, 4)
     labels = np.array([int(label)], dtype=np.int64)
     if len(traces) != len(model_names) or not traces:
-        raise ValueError(f"{len(traces)} traces for {len(model_names)} model names")
+        raise InvalidArgumentError(f"{len(traces)} traces for {len(model_names)} model names")
     models = []
     for trace, name in zip(traces, model_names):
         check_single_image(trace)

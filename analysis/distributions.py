@@ -32,6 +32,7 @@ from analysis._common import (
     np64,
 )
 from dfine.detections import Detections
+from dfine.errors import InvalidArgumentError
 from dfine.nn.decoder import DecoderTrace
 
 
@@ -92,7 +93,7 @@ class EdgeDistributions:
             return self.offsets_px[edge]
         if axis == "bin":
             return np.arange(self.probs.shape[-1], dtype=np.float64)
-        raise ValueError(f"axis must be 'px' or 'bin', got {axis!r}")
+        raise InvalidArgumentError(f"axis must be 'px' or 'bin', got {axis!r}")
 
     def bin_bounds(self, edge: int, axis: str = "px") -> np.ndarray:
         """``[R+2]`` the boundaries of the span each bin stands for (half-way to its
@@ -104,7 +105,7 @@ class EdgeDistributions:
         """``(lo, hi)``: the narrowest run of bins ``lo..hi`` (inclusive) that holds at least
         ``mass`` of the probability of ``edge`` at every layer (equal tails cut off)."""
         if not 0.0 < mass <= 1.0:
-            raise ValueError(f"mass must be in (0, 1], got {mass}")
+            raise InvalidArgumentError(f"mass must be in (0, 1], got {mass}")
         tail = (1.0 - mass) / 2
         cdf = np.cumsum(self.probs[:, edge], axis=-1)  # [L, R+1]
         last = cdf.shape[-1] - 1
@@ -122,7 +123,7 @@ class EdgeDistributions:
         if x_range == "full":
             return float(bounds[0]), float(bounds[-1])
         if x_range != "mass":
-            raise ValueError(f"x_range must be 'mass' or 'full', got {x_range!r}")
+            raise InvalidArgumentError(f"x_range must be 'mass' or 'full', got {x_range!r}")
         lo, hi = self.mass_window(edge, mass)
         left, right = float(bounds[lo]), float(bounds[hi + 1])
         if axis == "px":
@@ -234,11 +235,11 @@ def uncertainty_overlay(
     ``layer`` indexes the decoder layers (default the last). Returns an RGB PIL image of the
     detections' image size; pixels away from the boxes, tags and legend are unchanged."""
     if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale}")
+        raise InvalidArgumentError(f"scale must be a positive number, got {scale}")
     size = detections.image_size
     q = check_queries(queries, trace.boxes.shape[2])
     if len(q) != len(detections):
-        raise ValueError(f"{len(q)} queries for {len(detections)} detections")
+        raise InvalidArgumentError(f"{len(q)} queries for {len(detections)} detections")
     lay = check_layer(layer, trace.num_layers)
     base = _draw.to_rgb_image(image_rgb, size)
     st = edge_stats(trace, q, size)

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dfine.errors import InvalidArgumentError, missing
+
 try:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("analysis.figures needs plotly: pip install plotly") from err
+    raise missing("analysis.figures", "plotly") from err
 
 from analysis import _style as S
 from analysis._common import EDGES, class_name
@@ -174,7 +176,9 @@ def refinement_figure(
 
 def _check_detection(ref: Refinement, detection: int) -> int:
     if not 0 <= detection < ref.num_detections:
-        raise ValueError(f"detection must be in 0..{ref.num_detections - 1}, got {detection}")
+        raise InvalidArgumentError(
+            f"detection must be in 0..{ref.num_detections - 1}, got {detection}"
+        )
     return detection
 
 
@@ -208,7 +212,7 @@ def distribution_figure(
     hold ``mass`` of the probability at every layer, plus a margin (a confident edge is then
     readable); ``"full"`` shows the whole W(n) range."""
     if x_range not in ("mass", "full"):
-        raise ValueError(f"x_range must be 'mass' or 'full', got {x_range!r}")
+        raise InvalidArgumentError(f"x_range must be 'mass' or 'full', got {x_range!r}")
     num_layers = dist.num_layers
     titles = [
         f"{layer} · {edge}: E={dist.expected_px[li, e]:+.1f} px, σ={dist.std_px[li, e]:.1f} px"

@@ -35,6 +35,7 @@ from analysis._common import (
 )
 from analysis.refinement import STAGE_ENCODER, STAGE_PRE
 from dfine.detections import Detections
+from dfine.errors import InvalidArgumentError
 from dfine.loss.criterion import (
     DFINECriterion,
     ddf_loss,
@@ -98,7 +99,7 @@ def pseudo_targets(
     ``image_size`` ``(width, height)`` defaults to the detections' own."""
     size = check_image_size(image_size if image_size is not None else detections.image_size)
     if not 0.0 <= float(min_score) <= 1.0:
-        raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+        raise InvalidArgumentError(f"min_score must be in [0, 1], got {min_score}")
     kept = detections.filter(float(min_score))
     boxes = xyxy_px_to_cxcywh(kept.boxes.reshape(-1, 4), size)
     return [
@@ -183,7 +184,7 @@ class GOLSDReport:
     def check_query(self, query: int) -> int:
         """``query`` as an int, or ValueError when it is not a query of this report."""
         if not 0 <= int(query) < self.num_queries:
-            raise ValueError(f"query must be in 0..{self.num_queries - 1}, got {query}")
+            raise InvalidArgumentError(f"query must be in 0..{self.num_queries - 1}, got {query}")
         return int(query)
 
     def match_text(self, query: int) -> str:
@@ -245,10 +246,12 @@ def golsd(
     trace.require_distributions("GO-LSD (distilling the last layer's distributions)")
     targets = _check_targets(targets, trace.logits.shape[-1])
     if trace.num_layers < 2:
-        raise ValueError("GO-LSD needs at least two decoder layers (a teacher and a student)")
+        raise InvalidArgumentError(
+            "GO-LSD needs at least two decoder layers (a teacher and a student)"
+        )
     temp = float(criterion.temperature if temperature is None else temperature)
     if not (math.isfinite(temp) and temp > 0):
-        raise ValueError(f"temperature must be positive, got {temperature}")
+        raise InvalidArgumentError(f"temperature must be positive, got {temperature}")
     size, space = _pixel_space(trace, image_size)
     outputs = criterion_outputs(trace)
     matching = criterion.match_all(outputs, targets)
@@ -259,14 +262,16 @@ def golsd(
 
 def _check_targets(targets: list[dict[str, Any]], num_classes: int) -> list[dict[str, Any]]:
     if not isinstance(targets, list) or len(targets) != 1:
-        raise ValueError("targets must be a list holding one image's {'labels', 'boxes'} dict")
+        raise InvalidArgumentError(
+            "targets must be a list holding one image's {'labels', 'boxes'} dict"
+        )
     t = targets[0]
     labels = torch.as_tensor(t["labels"], dtype=torch.int64).reshape(-1)
     boxes = torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4)
     if len(labels) != len(boxes):
-        raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
+        raise InvalidArgumentError(f"{len(labels)} labels for {len(boxes)} boxes")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"target labels must lie in [0, {num_classes})")
+        raise InvalidArgumentError(f"target labels must lie in [0, {num_classes})")
     return [{**t, "labels": labels, "boxes": boxes}]
 
 

@@ -23,6 +23,7 @@ from torchvision.ops import box_iou
 from analysis._common import layer_names
 from analysis.distributions import edge_stats
 from dfine.box_ops import box_cxcywh_to_xyxy
+from dfine.errors import InvalidArgumentError
 from dfine.loss.matcher import HungarianMatcher
 
 
@@ -45,7 +46,7 @@ def layer_stats(
     ``max_entropy_nats`` ``None``.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
     matcher = HungarianMatcher()
     has_dists = model.config.decoder.distributions
     max_entropy = float(np.log(model.config.decoder.reg_max + 1)) if has_dists else None
@@ -67,7 +68,9 @@ def layer_stats(
                 stats = edge_stats(trace.select(i), queries.numpy(), (width, height))
                 entropies.append(stats["entropy"].mean(-1))  # [L, M]: mean over the four edges
     if not ious:
-        raise ValueError(f"no ground-truth boxes in the first {n} images: nothing to measure")
+        raise InvalidArgumentError(
+            f"no ground-truth boxes in the first {n} images: nothing to measure"
+        )
     iou = np.concatenate(ious, axis=1)  # [stages, objects]
     layers = layer_names(len(trace.boxes))
     if has_dists:

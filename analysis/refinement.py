@@ -32,6 +32,7 @@ from analysis._common import (
     np64,
     pairwise_iou,
 )
+from dfine.errors import InvalidArgumentError
 from dfine.nn.decoder import DecoderTrace
 
 STAGE_ENCODER = "encoder (b0)"
@@ -86,10 +87,10 @@ class Refinement:
         """Index of a stage given by name or by (possibly negative) index."""
         if isinstance(stage, str):
             if stage not in self.stages:
-                raise ValueError(f"unknown stage {stage!r}; stages: {self.stages}")
+                raise InvalidArgumentError(f"unknown stage {stage!r}; stages: {self.stages}")
             return self.stages.index(stage)
         if not -len(self.stages) <= stage < len(self.stages):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"stage must be in [{-len(self.stages)}, {len(self.stages)}), got {stage}"
             )
         return stage % len(self.stages)
@@ -193,9 +194,9 @@ def _labels(labels, trace: DecoderTrace, q: np.ndarray) -> np.ndarray:
     lab = lab.reshape(-1)
     num_classes = trace.logits.shape[-1]
     if lab.shape != q.shape:
-        raise ValueError(f"{lab.shape[0]} labels for {q.shape[0]} queries")
+        raise InvalidArgumentError(f"{lab.shape[0]} labels for {q.shape[0]} queries")
     if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {lab.tolist()}")
+        raise InvalidArgumentError(f"labels must lie in [0, {num_classes}), got {lab.tolist()}")
     return lab
 
 

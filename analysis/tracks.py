@@ -20,6 +20,7 @@ import numpy as np
 from analysis._common import ImageSize, class_name
 from analysis.distributions import edge_stats
 from dfine.detections import Detections
+from dfine.errors import InvalidArgumentError
 from dfine.nn.decoder import DecoderTrace
 
 __all__ = ["TrackSeries", "edge_sigmas", "track_ids", "track_series", "uncertainty_jumps"]
@@ -103,7 +104,7 @@ def track_series(
     ``track_id``), ``sigmas[t]`` their ``[N_t, 4]`` edge σ (``None``: not traced).
     ``k`` and ``min_ratio`` are those of :func:`uncertainty_jumps`."""
     if len(frames) != len(sigmas):
-        raise ValueError(f"{len(frames)} frames but {len(sigmas)} sigma arrays")
+        raise InvalidArgumentError(f"{len(frames)} frames but {len(sigmas)} sigma arrays")
     index, times, scores, boxes, sig, labels = [], [], [], [], [], []
     for dets, sigma in zip(frames, sigmas):
         if dets.track_id is None:
@@ -119,7 +120,7 @@ def track_series(
         labels.append(int(dets.labels[r]))
         sig.append(np.full(4, np.nan) if sigma is None else np.asarray(sigma, np.float64)[r])
     if not index:
-        raise ValueError(f"track {track_id} is in none of the {len(frames)} frames")
+        raise InvalidArgumentError(f"track {track_id} is in none of the {len(frames)} frames")
     label = int(np.bincount(labels).argmax())
     series = TrackSeries(
         track_id=int(track_id),

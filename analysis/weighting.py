@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dfine.errors import InvalidArgumentError
 from dfine.nn.decoder import DecoderTrace, NoDistributionsError
 from dfine.nn.fdr import check_reg_max, weighting_function
 
@@ -100,12 +101,14 @@ def check_parameters(reg_max: int, up: float, reg_scale: float) -> tuple[int, fl
     reg_max = check_reg_max(reg_max)
     lo, hi = REG_MAX_RANGE
     if not lo <= reg_max <= hi:
-        raise ValueError(f"reg_max must be an even whole number in {lo}..{hi}, got {reg_max}")
+        raise InvalidArgumentError(
+            f"reg_max must be an even whole number in {lo}..{hi}, got {reg_max}"
+        )
     up, reg_scale = float(up), float(reg_scale)
     if not (math.isfinite(up) and UP_RANGE[0] < up <= UP_RANGE[1]):
-        raise ValueError(f"up must be in ({UP_RANGE[0]:g}, {UP_RANGE[1]:g}], got {up}")
+        raise InvalidArgumentError(f"up must be in ({UP_RANGE[0]:g}, {UP_RANGE[1]:g}], got {up}")
     if not (math.isfinite(reg_scale) and REG_SCALE_RANGE[0] < reg_scale <= REG_SCALE_RANGE[1]):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"reg_scale must be in ({REG_SCALE_RANGE[0]:g}, {REG_SCALE_RANGE[1]:g}], got {reg_scale}"
         )
     return reg_max, up, reg_scale

@@ -10,10 +10,12 @@ and GO-LSD self-distillation for any image, every tab also a named API endpoint.
 
 from __future__ import annotations
 
+from dfine.errors import missing
+
 try:
     import gradio  # noqa: F401  (fail early, naming the package)
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("the dfine app needs gradio: pip install 'gradio==6.31.0'") from err
+    raise missing("the dfine app", "gradio", "pip install 'dfine[app]'") from err
 
 from app.ui import build_demo, launch_options
 

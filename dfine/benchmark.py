@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from dfine.backends import create_backend
 from dfine.checkpoint import load_model
+from dfine.errors import InvalidArgumentError
 from dfine.export import export_onnx, read_metadata
 from dfine.model import DFINE, build_model
 from dfine.precision import normalize_precision
@@ -98,9 +99,11 @@ def _runner(
     is fine for timing random weights). ``throughput``: openvino with the THROUGHPUT hint; the
     callable then takes a list of batches and runs them on parallel infer requests."""
     if precision != "f32" and backend != "openvino":
-        raise ValueError(f"precision {precision} is benchmarked on openvino only, not {backend}")
+        raise InvalidArgumentError(
+            f"precision {precision} is benchmarked on openvino only, not {backend}"
+        )
     if throughput and backend != "openvino":
-        raise ValueError(f"throughput mode is for openvino only, not {backend}")
+        raise InvalidArgumentError(f"throughput mode is for openvino only, not {backend}")
 
     if backend in ("torch", "torch-eager"):
         net = model if backend == "torch-eager" else copy.deepcopy(model).deploy()
@@ -250,14 +253,14 @@ def _exported_jobs(
     backends = list(backends or [default_backend(weights)])
     torchy = [b for b in backends if b.startswith("torch")]
     if torchy:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{Path(weights).name} is an exported model: it runs on onnxruntime, openvino or "
             f"tensorrt, not {torchy[0]}; time a checkpoint (.pth/.safetensors) for torch"
         )
     meta = read_metadata(weights)
     hw = tuple(int(v) for v in meta["input_size"])
     if input_size and (input_size, input_size) != hw:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{Path(weights).name} was exported at {hw[0]}x{hw[1]}; its input size is fixed "
             f"(leave out --input, or export again with --size {input_size})"
         )

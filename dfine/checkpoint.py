@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from dfine.coco import COCO_CLASSES
+from dfine.errors import InputFileError, InvalidArgumentError
 from dfine.files import atomic_write
 from dfine.hf import is_hf_checkpoint, read_hf_checkpoint
 from dfine.model import DFINE
@@ -58,7 +59,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """Read a checkpoint file into ``(state_dict, metadata)`` without building a model."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputFileError(f"checkpoint not found: {path}")
     # --- Hugging Face (transformers) layout: a directory with config.json, or its weights ---
     if is_hf_checkpoint(path):
         sd, meta = read_hf_checkpoint(path)
@@ -177,7 +178,9 @@ def save_model(
     ``.pth``: the reference checkpoint layout ``{'model': state_dict, 'date': ...}``, loadable by
     the reference code. Written atomically (temporary file, then rename)."""
     if getattr(model, "deployed", False):
-        raise ValueError("a deployed (fused) model has no reference layout; save before deploy()")
+        raise InvalidArgumentError(
+            "a deployed (fused) model has no reference layout; save before deploy()"
+        )
     path = Path(path)
     sd = model.state_dict()
     if path.suffix == ".safetensors":

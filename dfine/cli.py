@@ -19,6 +19,7 @@ from dfine.benchmark import markdown, run_benchmark
 from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
 from dfine.config import ABLATION_NOTES
 from dfine.data.cli import register_cli as register_data
+from dfine.errors import InputFileError, InvalidArgumentError
 from dfine.export import export_onnx, read_metadata
 from dfine.io import ImageLoadError
 from dfine.model import DFINE
@@ -182,7 +183,7 @@ def _checkpoint_info(path: Path) -> dict:
 def _onnx_info(source: str) -> dict:
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX file not found: {source}")
+        raise InputFileError(f"ONNX file not found: {source}")
     meta = read_metadata(path)
     size = (meta["size"] or "?").upper()
     return {
@@ -239,7 +240,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _export_reduced(args: argparse.Namespace, precision: str) -> int:
     if args.batch != "dynamic" or not args.postprocess:
-        raise ValueError(
+        raise InvalidArgumentError(
             "--format openvino and --precision bf16/int8 export a dynamic-batch graph with "
             "postprocessing; drop --batch / --no-postprocess"
         )

@@ -12,6 +12,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from dfine.errors import InvalidArgumentError
+
 __all__ = [
     "COCO_CATEGORY_IDS",
     "COCO_CLASSES",
@@ -87,4 +89,4 @@ def remap_labels_to_coco(labels: ArrayT) -> ArrayT:
 def _check_range(lo: int, hi: int) -> None:
     n = len(COCO_CATEGORY_IDS)
     if lo < 0 or hi >= n:
-        raise ValueError(f"COCO labels must lie in 0..{n - 1}, got values in {lo}..{hi}")
+        raise InvalidArgumentError(f"COCO labels must lie in 0..{n - 1}, got values in {lo}..{hi}")

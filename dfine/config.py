@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from dfine.errors import InvalidArgumentError
+
 # HGNetv2 variants: stem channels (in, mid, out) and per stage
 # (in_ch, mid_ch, out_ch, num_blocks, downsample, light_block, kernel_size, layer_num).
 StageSpec = tuple[int, int, int, int, bool, bool, int, int]
@@ -168,7 +170,7 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         if self.ablation not in ABLATIONS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}"
             )
 
@@ -209,7 +211,7 @@ class ModelConfig:
 
     def with_num_classes(self, num_classes: int) -> ModelConfig:
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise InvalidArgumentError(f"num_classes must be >= 1, got {num_classes}")
         return dataclasses.replace(
             self, decoder=dataclasses.replace(self.decoder, num_classes=num_classes)
         )
@@ -267,7 +269,7 @@ def _preset(size: str) -> ModelConfig:
             encoder=EncoderConfig(hidden_dim=384, dim_feedforward=2048),
             decoder=DecoderConfig(feat_channels=(384, 384, 384), reg_scale=8),
         )
-    raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    raise InvalidArgumentError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
 
 
 SIZES: tuple[str, ...] = ("n", "s", "m", "l", "x")
@@ -279,6 +281,6 @@ def get_config(size: str, num_classes: int = 80, ablation: str = "none") -> Mode
     ablation switch ``ablation`` (``none``, the full model; see :data:`ABLATIONS`)."""
     key = size.lower().removeprefix("dfine_").removeprefix("dfine-")
     if key not in PRESETS:
-        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+        raise InvalidArgumentError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
     cfg = PRESETS[key].with_num_classes(num_classes)
     return cfg if ablation == "none" else cfg.with_ablation(ablation)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dfine import draw as drawing
+from dfine.errors import InvalidArgumentError, missing
 from dfine.files import atomic_write
 from dfine.io import ImageSource, load_image
 
@@ -78,11 +79,13 @@ class Detections:
         if self.boxes.size == 0:
             self.boxes = self.boxes.reshape(0, 4)
         if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
-            raise ValueError(f"boxes must have shape [N, 4], got {self.boxes.shape}")
+            raise InvalidArgumentError(f"boxes must have shape [N, 4], got {self.boxes.shape}")
         n = self.boxes.shape[0]
         self.scores = np.asarray(self.scores, dtype=np.float32)
         if self.scores.shape != (n,):
-            raise ValueError(f"scores must have shape [N] = [{n}], got {self.scores.shape}")
+            raise InvalidArgumentError(
+                f"scores must have shape [N] = [{n}], got {self.scores.shape}"
+            )
         self.labels = _as_labels(self.labels, n)
         self.class_names = tuple(str(c) for c in self.class_names)
         self.image_size = _as_size(self.image_size)
@@ -194,7 +197,7 @@ class Detections:
         if category_ids is not None:
             lookup = np.asarray(category_ids, dtype=np.int64)
             if len(self) and (self.labels.min() < 0 or self.labels.max() >= len(lookup)):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"labels lie in {self.labels.min()}..{self.labels.max()} but category_ids "
                     f"has {len(lookup)} entries"
                 )
@@ -228,10 +231,7 @@ class Detections:
         try:
             import supervision as sv
         except ImportError as e:
-            raise ImportError(
-                "Detections.to_supervision() needs the 'supervision' package: pip install "
-                "supervision"
-            ) from e
+            raise missing("Detections.to_supervision()", "supervision") from e
         return sv.Detections(
             xyxy=self.boxes.astype(np.float32),
             confidence=self.scores.astype(np.float32),
@@ -248,7 +248,7 @@ class Detections:
         atomically."""
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(suffix.lower())
         if fmt is None:
-            raise ValueError(f"crops are saved as .jpg, .png or .webp, not {suffix!r}")
+            raise InvalidArgumentError(f"crops are saved as .jpg, .png or .webp, not {suffix!r}")
         array = self._plot_base(image)
         height, width = array.shape[:2]
         folder = Path(folder)
@@ -332,7 +332,7 @@ class Detections:
         """``[H, W, 3]`` uint8 copy of the image to draw on."""
         if image is None:
             if self.image is None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     "Detections.plot() needs an image: pass one, or keep the original image "
                     "in the Detections (image=...)"
                 )
@@ -340,7 +340,7 @@ class Detections:
         array = load_image(image)
         height, width = array.shape[:2]
         if (width, height) != self.image_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"plot() image is {width}x{height} but the detections are for a "
                 f"{self.image_size[0]}x{self.image_size[1]} image"
             )
@@ -352,17 +352,19 @@ def _as_labels(labels: Any, n: int) -> np.ndarray:
     if array.size == 0:
         array = array.reshape(0)
     if array.shape != (n,):
-        raise ValueError(f"labels must have shape [N] = [{n}], got {array.shape}")
+        raise InvalidArgumentError(f"labels must have shape [N] = [{n}], got {array.shape}")
     is_int = np.issubdtype(array.dtype, np.integer)
     if not is_int and not np.all(np.equal(np.mod(array, 1), 0)):
-        raise ValueError(f"labels must be integers, got dtype {array.dtype}")
+        raise InvalidArgumentError(f"labels must be integers, got dtype {array.dtype}")
     return array.astype(np.int64)
 
 
 def _as_size(size: Any) -> tuple[int, int]:
     size = tuple(int(v) for v in size)
     if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"image_size must be (width, height) of positive ints, got {size}")
+        raise InvalidArgumentError(
+            f"image_size must be (width, height) of positive ints, got {size}"
+        )
     return size  # type: ignore[return-value]
 
 
@@ -370,7 +372,7 @@ def _check_image(image: Any, size: tuple[int, int]) -> np.ndarray:
     image = np.asarray(image)
     expected = (size[1], size[0], 3)
     if image.shape != expected or image.dtype != np.uint8:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"image must be uint8 with shape [H, W, 3] = {list(expected)} (image_size is "
             f"width x height), got {image.dtype} {list(image.shape)}"
         )

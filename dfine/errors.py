@@ -12,9 +12,15 @@ The subclasses also derive from the built-in type a Python caller would expect (
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class DFineError(Exception):
-    """A problem with what the user asked for or gave; ``str(e)`` is the one line to show."""
+    """A problem with what the user asked for or gave; ``str(e)`` is the one line to show.
+
+    ``exit_code`` is the CLI's exit status for it (2; a stopped training run: 3)."""
+
+    exit_code: ClassVar[int] = 2
 
     def __str__(self) -> str:
         return " ".join(super().__str__().split())
@@ -46,6 +52,21 @@ class MissingDependencyError(DFineError, ImportError):
         self.name = package  # ImportError's attribute
 
 
+class PrecisionGuardError(DFineError, ValueError):
+    """A reduced-precision graph (an OpenVINO bf16/int8 export, a TensorRT fp16 engine) lost
+    more accuracy than allowed."""
+
+
 def missing(feature: str, package: str, install: str | None = None) -> MissingDependencyError:
     """The error to raise ``from`` an ``ImportError`` of an optional package."""
     return MissingDependencyError(feature, package, install)
+
+
+def error_text(exc: BaseException) -> str:
+    """The one line shown for ``exc`` (``error: …`` in the CLI, the app's toast): ``str(exc)``
+    on one line; for an error re-raised from a ``DataLoader`` worker, whose message holds the
+    worker's traceback, only the original error's message."""
+    text = str(exc)
+    if "Original Traceback (most recent call last):" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "pkg.SomeError: message"
+    return " ".join(text.split()) or type(exc).__name__

@@ -25,6 +25,7 @@ from torch import nn
 
 from dfine.checkpoint import load_model
 from dfine.config import ABLATIONS
+from dfine.errors import InputFileError, InvalidArgumentError
 from dfine.files import atomic_write
 from dfine.io import load_image
 from dfine.model import DFINE
@@ -121,13 +122,15 @@ def export_onnx(
     import onnx
 
     if opset < 17:
-        raise ValueError(f"opset must be >= 17 (LayerNormalization, GridSample), got {opset}")
+        raise InvalidArgumentError(
+            f"opset must be >= 17 (LayerNormalization, GridSample), got {opset}"
+        )
     if batch != "dynamic" and (not isinstance(batch, int) or batch < 1):
-        raise ValueError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
+        raise InvalidArgumentError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
     net = _prepare(model, half)
     size = tuple(size or net.config.eval_size)
     if len(size) != 2 or any(s % 32 or s < 64 for s in size):
-        raise ValueError(f"size must be (height, width), multiples of 32, got {size}")
+        raise InvalidArgumentError(f"size must be (height, width), multiples of 32, got {size}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 1 if batch == "dynamic" else batch
@@ -212,14 +215,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
     proto = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
     if "input_size" not in props:
-        raise ValueError(f"{path} was not exported by dfine (no input_size metadata)")
+        raise InvalidArgumentError(f"{path} was not exported by dfine (no input_size metadata)")
     return _parse_metadata(props, str(path))
 
 
 def _parse_metadata(props: dict[str, str], where: str) -> dict:
 
     if "input_size" not in props:
-        raise ValueError(f"{where} was not exported by dfine (no input_size metadata)")
+        raise InvalidArgumentError(f"{where} was not exported by dfine (no input_size metadata)")
     meta = {
         "size": props.get("dfine_size"),
         "num_classes": int(props["num_classes"]),
@@ -238,7 +241,7 @@ def _parse_metadata(props: dict[str, str], where: str) -> dict:
         if key in props:
             meta[key] = json.loads(props[key])
     if meta.get("ablation", "none") not in ABLATIONS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{where}: its ablation metadata must be one of {', '.join(ABLATIONS)}, "
             f"got {meta['ablation']!r}"
         )
@@ -249,12 +252,14 @@ def _read_ir_metadata(path: Path) -> dict:
     import xml.etree.ElementTree as ET
 
     if not path.exists():
-        raise FileNotFoundError(f"OpenVINO IR not found: {path}")
+        raise InputFileError(f"OpenVINO IR not found: {path}")
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
-        raise ValueError(f"{path} is not an OpenVINO IR file ({e})") from e
+        raise InvalidArgumentError(f"{path} is not an OpenVINO IR file ({e})") from e
     node = root.find("rt_info/dfine")
     if node is None:
-        raise ValueError(f"{path} was not exported by dfine (no dfine metadata in its rt_info)")
+        raise InvalidArgumentError(
+            f"{path} was not exported by dfine (no dfine metadata in its rt_info)"
+        )
     return _parse_metadata({child.tag: child.get("value", "") for child in node}, str(path))

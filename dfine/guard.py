@@ -29,6 +29,7 @@ from tqdm import tqdm
 from dfine.backends.base import onnx_for
 from dfine.backends.openvino import OpenVINOBackend
 from dfine.data.yolo import YoloDetection
+from dfine.errors import InputFileError, InvalidArgumentError, PrecisionGuardError
 from dfine.io import load_image
 from dfine.postprocess import BatchDetections
 from dfine.predict import to_input_tensor
@@ -44,10 +45,6 @@ DRIFT_MAX_LOST = 0.05  # share of confident f32 detections without a partner (Io
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 Detect = Callable[[torch.Tensor, torch.Tensor], BatchDetections]
-
-
-class PrecisionGuardError(ValueError):
-    """A reduced-precision graph lost more accuracy than allowed."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ def load_val(data: str | os.PathLike, limit: int | None = None) -> ValSet:
         mapping = {i: c for i, c in enumerate(sorted(c["id"] for c in gt["categories"]))}
     ids = sorted(files)[:limit] if limit else sorted(files)
     if not ids:
-        raise ValueError(f"validation set {path} has no images")
+        raise InvalidArgumentError(f"validation set {path} has no images")
     return ValSet(tuple(files[i] for i in ids), tuple(ids), gt, mapping, str(path))
 
 
@@ -101,7 +98,7 @@ def image_files(source: str | os.PathLike, count: int) -> list[Path]:
     train split). Spread evenly over the sorted files."""
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"calibration source not found: {path}")
+        raise InputFileError(f"calibration source not found: {path}")
     files: list[Path] = []
     if path.suffix.lower() == ".json" or (path / "annotations").is_dir():
         for split in ("train", "val"):
@@ -114,7 +111,9 @@ def image_files(source: str | os.PathLike, count: int) -> list[Path]:
     else:
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"no images found in {path} (need a folder of images or a COCO dataset)")
+        raise InvalidArgumentError(
+            f"no images found in {path} (need a folder of images or a COCO dataset)"
+        )
     if len(files) > count:
         files = [files[i] for i in np.linspace(0, len(files) - 1, count).round().astype(int)]
     return files
@@ -219,7 +218,7 @@ def guard_val(
 ) -> GuardResult:
     """AP of ``reduced`` against ``reference`` (f32) on ``val``."""
     if max_ap_drop < 0:
-        raise ValueError(f"max_ap_drop must be >= 0 AP points, got {max_ap_drop}")
+        raise InvalidArgumentError(f"max_ap_drop must be >= 0 AP points, got {max_ap_drop}")
     ref = reference_metrics or evaluate(reference, val, size, progress, "eval f32")
     got = evaluate(reduced, val, size, progress, "eval reduced")
     keys = ("AP", "AP50", "AP75")
@@ -268,7 +267,7 @@ def guard_drift(
         lost += lo
         total += n
     if total == 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the drift guard found no detection scoring >= {DRIFT_MIN_SCORE} on {len(inputs)} sample images; "
             "give --val (a labelled set) or --calibration images where the model detects objects"
         )

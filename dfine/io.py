@@ -23,6 +23,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dfine.errors import InvalidArgumentError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ImageLoadError",
@@ -44,7 +46,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA_MODES = ("RGBA", "RGBa", "RGBX", "LA", "La", "PA", "P")
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InvalidArgumentError):
     """An image could not be read: missing, empty, not an image, corrupt, too large, or an
     array of a shape or dtype that is not an image. The message names the source."""
 
@@ -85,9 +87,11 @@ def load_image(
     in ``[0, 1]`` is scaled by 255 (other ``F`` data is clipped to ``[0, 255]``).
     """
     if color_order not in COLOR_ORDERS:
-        raise ValueError(f"color_order must be one of {COLOR_ORDERS}, got {color_order!r}")
+        raise InvalidArgumentError(
+            f"color_order must be one of {COLOR_ORDERS}, got {color_order!r}"
+        )
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
+        raise InvalidArgumentError(f"max_pixels must be a positive int, got {max_pixels!r}")
     if _is_torch_tensor(source):
         raise TypeError(
             "load_image does not take torch tensors; pass a numpy array "

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
 from dfine.config import ModelConfig, get_config
+from dfine.errors import InvalidArgumentError
 from dfine.nn.backbone import ConvBNAct, HGNetv2
 from dfine.nn.decoder import DecoderTrace, DFINEDecoder, TransformerDecoderLayer
 from dfine.nn.encoder import ConvNorm, HybridEncoder, TransformerEncoderLayer, VGGBlock
@@ -45,10 +46,10 @@ class DFINE(nn.Module):
     def check_input(images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images)
-            raise ValueError(f"images must be a float tensor [B, 3, H, W], got {shape}")
+            raise InvalidArgumentError(f"images must be a float tensor [B, 3, H, W], got {shape}")
         h, w = images.shape[-2:]
         if h % 32 or w % 32 or h < 64 or w < 64:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"input height and width must be multiples of 32 and at least 64, got {h}x{w}; "
                 "resize the image (dfine.Detector does this for you)"
             )

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torchvision.ops import box_convert
 
 from dfine.coco import remap_labels_to_coco
+from dfine.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,6 @@ def postprocess(
     ]
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+            raise InvalidArgumentError(f"threshold must be in [0, 1], got {threshold}")
         results = [{k: v[r["scores"] > threshold] for k, v in r.items()} for r in results]
     return results

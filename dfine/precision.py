@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from dfine.errors import InvalidArgumentError
+
 PRECISIONS = ("f32", "bf16", "int8", "fp16")
 """Every precision a graph runs at (fp16: TensorRT and fp16 ONNX exports)."""
 OPENVINO_PRECISIONS = ("f32", "bf16", "int8")
@@ -69,7 +71,9 @@ def check_precision(precision: str, allowed: Iterable[str] = PRECISIONS) -> str:
     """``precision`` if it is one of ``allowed``, else one clear ``ValueError``."""
     allowed = tuple(allowed)
     if precision not in allowed:
-        raise ValueError(f"precision must be one of {', '.join(allowed)}; got {precision!r}")
+        raise InvalidArgumentError(
+            f"precision must be one of {', '.join(allowed)}; got {precision!r}"
+        )
     return precision
 
 
@@ -130,7 +134,9 @@ def names_in(parts: Mapping[str, str], wanted: Iterable[str]) -> set[str]:
     wanted = set(wanted)
     unknown = wanted - set(PARTS)
     if unknown:
-        raise ValueError(f"unknown graph parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+        raise InvalidArgumentError(
+            f"unknown graph parts {sorted(unknown)}; known: {', '.join(PARTS)}"
+        )
     return {name for name, part in parts.items() if part in wanted}
 
 

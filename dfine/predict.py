@@ -17,6 +17,7 @@ import torch
 
 from dfine.backends import BACKENDS, create_backend
 from dfine.detections import Detections
+from dfine.errors import InvalidArgumentError
 from dfine.io import ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
@@ -73,10 +74,12 @@ class Detector:
     ) -> None:
         backend = backend or default_backend(weights)
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
+            raise InvalidArgumentError(
+                f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}"
+            )
         self.threshold = _check_threshold(threshold)
         if not 1 <= max_detections <= 300:
-            raise ValueError(f"max_detections must be in [1, 300], got {max_detections}")
+            raise InvalidArgumentError(f"max_detections must be in [1, 300], got {max_detections}")
         self.max_detections = int(max_detections)
         hw = None if size is None else parse_size(size, (640, 640))
         if backend == "torch":
@@ -93,7 +96,7 @@ class Detector:
         if names is None:
             names = tuple(f"class {i}" for i in range(num_classes))
         if len(names) != num_classes:
-            raise ValueError(f"{len(names)} class names given for {num_classes} classes")
+            raise InvalidArgumentError(f"{len(names)} class names given for {num_classes} classes")
         self.class_names = tuple(names)
         self.letterbox = bool(letterbox)
 
@@ -337,13 +340,13 @@ def _precision_for(backend: str, precision: str) -> str:
 
     precision = normalize_precision(precision)
     if backend == "torch" and precision != "f32":
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the torch backend runs f32; for {precision} use backend='openvino'"
             + (" or 'tensorrt'" if precision == "fp16" else "")
         )
     if backend == "tensorrt":
         if precision not in ("f32", "fp16"):
-            raise ValueError(f"the tensorrt backend runs f32 or fp16, not {precision}")
+            raise InvalidArgumentError(f"the tensorrt backend runs f32 or fp16, not {precision}")
         return "fp32" if precision == "f32" else precision
     return precision
 
@@ -351,5 +354,5 @@ def _precision_for(backend: str, precision: str) -> str:
 def _check_threshold(threshold: float) -> float:
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        raise InvalidArgumentError(f"threshold must be in [0, 1], got {threshold}")
     return threshold

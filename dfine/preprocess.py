@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dfine.errors import InvalidArgumentError
+
 
 def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
     """``None`` → default; ``640`` → (640, 640); ``(h, w)`` → (h, w). Must be multiples of 32."""
@@ -21,7 +23,9 @@ def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tu
         else tuple(int(s) for s in size)
     )
     if len(hw) != 2 or any(s < 64 or s % 32 for s in hw):
-        raise ValueError(f"input size must be one or two multiples of 32 (>= 64), got {size!r}")
+        raise InvalidArgumentError(
+            f"input size must be one or two multiples of 32 (>= 64), got {size!r}"
+        )
     return hw
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dfine.backends.openvino import OpenVINOBackend, shared_core
+from dfine.errors import InvalidArgumentError, missing
 from dfine.export import export_onnx, read_metadata
 from dfine.files import atomic_write
 from dfine.guard import (
@@ -99,7 +100,7 @@ def _import_nncf():
     try:
         import nncf
     except ImportError as e:
-        raise ImportError("INT8 export needs the 'nncf' package: pip install nncf") from e
+        raise missing("INT8 export", "nncf") from e
     return nncf
 
 
@@ -185,7 +186,7 @@ def export_reduced(
     """
     start = time.perf_counter()
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise InvalidArgumentError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     precision = normalize_precision(precision)
     allowed = OPENVINO_PRECISIONS if format == "openvino" else ()
     if precision not in allowed:
@@ -197,19 +198,23 @@ def export_reduced(
             else "fp16 needs a GPU runtime (TensorRT: Detector(..., backend='tensorrt', "
             "precision='fp16'))"
         )
-        raise ValueError(f"precision {precision} is not available for format {format}: {hint}")
+        raise InvalidArgumentError(
+            f"precision {precision} is not available for format {format}: {hint}"
+        )
     path = Path(path)
     suffix = ".xml" if format == "openvino" else ".onnx"
     if path.suffix != suffix:
-        raise ValueError(f"the {format} output must end with {suffix}, got {path}")
+        raise InvalidArgumentError(f"the {format} output must end with {suffix}, got {path}")
     if precision == "int8" and calibration is None:
-        raise ValueError("--precision int8 needs --calibration DIR (images or a COCO/YOLO dataset)")
+        raise InvalidArgumentError(
+            "--precision int8 needs --calibration DIR (images or a COCO/YOLO dataset)"
+        )
     if calibration_size < 1:
-        raise ValueError(f"calibration_size must be >= 1, got {calibration_size}")
+        raise InvalidArgumentError(f"calibration_size must be >= 1, got {calibration_size}")
     if reduced_parts is not None:
         unknown = set(reduced_parts) - set(PARTS)
         if unknown or not reduced_parts:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"reduced_parts must name some of {', '.join(PARTS)}; got {list(reduced_parts)}"
             )
     valset = load_val(val, val_size) if val is not None else None
@@ -222,7 +227,9 @@ def export_reduced(
             onnx_path = export_onnx(weights, tmp / "f32.onnx", size=size, check_parity=False).path
         meta = read_metadata(onnx_path)
         if meta["precision"] != "f32":
-            raise ValueError(f"{weights} is a {meta['precision']} graph; start from f32 weights")
+            raise InvalidArgumentError(
+                f"{weights} is a {meta['precision']} graph; start from f32 weights"
+            )
         hw = tuple(meta["input_size"])
         props = _onnx_props(onnx_path)
         base = shared_core().read_model(str(onnx_path))

@@ -11,11 +11,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from dfine.errors import InputFileError
+
 DEMO_WEIGHTS_NAME = "dfine_n_synth.safetensors"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-class MissingAssetError(FileNotFoundError):
+class MissingAssetError(InputFileError):
     """A bundled file is absent: the installation is incomplete."""
 
 

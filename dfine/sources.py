@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from dfine import zoo
+from dfine.errors import InputFileError
 from dfine.hf import is_hf_checkpoint
 from dfine.weights import CheckpointError
 
@@ -71,7 +72,7 @@ def resolve(source: str | os.PathLike) -> Path:
                 f"{zoo.get(str(source)).name}, which could not be downloaded. "
             )
             raise zoo.ZooDownloadError(note + str(e)) from None
-    raise FileNotFoundError(
+    raise InputFileError(
         f"checkpoint not found: {source} is not a file and not a model-zoo name (names are like "
         f"{', '.join(zoo.names()[:3])}, ...; list them with `dfine inspect --zoo`)"
     )

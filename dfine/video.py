@@ -36,6 +36,7 @@ import torch
 from torchvision.ops import nms
 
 from dfine.detections import Detections
+from dfine.errors import InputFileError, InvalidArgumentError, missing
 from dfine.files import TMP_SUFFIX, atomic_write
 from dfine.io import ImageLoadError, load_image
 
@@ -83,7 +84,7 @@ FOURCCS = {".webm": "VP80", ".mkv": "VP80", ".avi": "MJPG", ".mp4": "mp4v", ".mo
 making test inputs."""
 
 
-class VideoError(ValueError):
+class VideoError(InvalidArgumentError):
     """A video that cannot be read or written; the message is one line for the user."""
 
 
@@ -91,9 +92,7 @@ def _cv2():
     try:
         import cv2
     except ImportError as e:  # pragma: no cover - opencv is a runtime requirement
-        raise ImportError(
-            "video needs OpenCV: pip install opencv-python (or opencv-python-headless)"
-        ) from e
+        raise missing("video", "opencv-python-headless") from e
     return cv2
 
 
@@ -279,9 +278,11 @@ class FrameReader:
         start: bool = True,
     ) -> None:
         if stride < 1:
-            raise ValueError(f"stride must be a positive integer, got {stride}")
+            raise InvalidArgumentError(f"stride must be a positive integer, got {stride}")
         if max_frames is not None and max_frames < 1:
-            raise ValueError(f"max_frames must be a positive integer or None, got {max_frames}")
+            raise InvalidArgumentError(
+                f"max_frames must be a positive integer or None, got {max_frames}"
+            )
         self.path = Path(source).expanduser()
         self.stride = int(stride)
         self.max_frames = max_frames
@@ -304,7 +305,7 @@ class FrameReader:
     def _open(self, max_pixels: int, folder_fps: float) -> VideoInfo:
         path = self.path
         if not path.exists():
-            raise FileNotFoundError(f"video not found: {path}")
+            raise InputFileError(f"video not found: {path}")
         if path.is_dir():
             self._files = _folder_frames(path)
             if not self._files:
@@ -490,7 +491,7 @@ class Tracker:
         try:
             from trackers import ByteTrackTracker
         except ImportError as e:  # pragma: no cover - a runtime requirement
-            raise ImportError("tracking needs Roboflow's trackers: pip install trackers") from e
+            raise missing("tracking", "trackers") from e
         import supervision as sv
 
         self._sv = sv
@@ -540,7 +541,7 @@ class VideoWriter:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCCS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"cannot write {self.path}: the suffix must be one of {', '.join(FOURCCS)}"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -577,7 +578,9 @@ class VideoWriter:
     def write(self, rgb: np.ndarray) -> None:
         """Append one ``[H, W, 3]`` uint8 RGB frame of the writer's size."""
         if rgb.shape != (self.size[1], self.size[0], 3):
-            raise ValueError(f"frame is {rgb.shape[1]}x{rgb.shape[0]}, the video {self.size}")
+            raise InvalidArgumentError(
+                f"frame is {rgb.shape[1]}x{rgb.shape[0]}, the video {self.size}"
+            )
         if self._error is not None:
             raise self._error
         self._queue.put(np.ascontiguousarray(rgb))
@@ -653,7 +656,7 @@ def detect_video(
     fastest of 1/4/8 end to end for torch and OpenVINO on 2 CPU cores, by 5-15 %); tracking
     stays frame by frame. See :meth:`dfine.predict.Detector.video`."""
     if batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch}")
+        raise InvalidArgumentError(f"batch must be a positive integer, got {batch}")
     thr = detector.threshold if threshold is None else float(threshold)
     reader = FrameReader(
         source,
@@ -748,7 +751,7 @@ class VideoRun:
     def write_json(self) -> Path:
         """Write :meth:`to_dict` (compact JSON) to ``self.json``, atomically."""
         if self.json is None:
-            raise ValueError("this VideoRun has no json path")
+            raise InvalidArgumentError("this VideoRun has no json path")
         text = json.dumps(self.to_dict(), separators=(",", ":")) + "\n"
         return atomic_write(self.json, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

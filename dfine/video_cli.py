@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dfine.argtypes import positive_int
+from dfine.errors import InvalidArgumentError
 from dfine.video import OUTPUT_SUFFIX, FrameReader, VideoError, annotate_video
 
 __all__ = [
@@ -128,7 +129,7 @@ def _batch(detector, asked: int | None) -> int:
     if asked is None:
         return 1 if fixed is not None else DEFAULT_BATCH
     if asked > 1 and fixed is not None:  # (a fixed batch > 1 fails on a video's last chunk)
-        raise ValueError(
+        raise InvalidArgumentError(
             f"--batch {asked}: this model file has a fixed batch of {fixed}; export it with a "
             "dynamic batch (dfine export W, the default) or drop --batch"
         )

@@ -21,13 +21,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from dfine.config import ABLATIONS, ModelConfig, get_config
+from dfine.errors import InvalidArgumentError
 
 METADATA_KEY = "dfine"
 # keys that alias the same tensor in the reference layout
 ALIASES = {"decoder.decoder.up": "decoder.up", "decoder.decoder.reg_scale": "decoder.reg_scale"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InvalidArgumentError):
     """A file that is not a usable D-FINE checkpoint; the message says why and what to do."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch.hub
 
 from dfine.coco import COCO_CLASSES
+from dfine.errors import DFineError, InvalidArgumentError
 from dfine.obj365 import OBJ365_LABEL_NAMES
 
 __all__ = [
@@ -83,7 +84,7 @@ class ZooEntry:
     sha256: str | None = None
 
 
-class ZooDownloadError(RuntimeError):
+class ZooDownloadError(DFineError, RuntimeError):
     """A checkpoint could not be downloaded; the message says where to put it by hand."""
 
 
@@ -178,7 +179,9 @@ def get(name: str) -> ZooEntry:
         return MODELS[key]
     close = difflib.get_close_matches(_normalize(name).replace("d_fine", "dfine"), names(), 3, 0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model-zoo name {name!r}.{hint} Known: {', '.join(names())}")
+    raise InvalidArgumentError(
+        f"unknown model-zoo name {name!r}.{hint} Known: {', '.join(names())}"
+    )
 
 
 def class_names(name: str) -> tuple[str, ...]:
@@ -233,7 +236,7 @@ def _resolve(
             url = _base_url(base_url) + url[len(DEFAULT_BASE_URL) :]
         filename = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
         if not filename:
-            raise ValueError(f"cannot tell a file name from the URL {url!r}; pass dest=")
+            raise InvalidArgumentError(f"cannot tell a file name from the URL {url!r}; pass dest=")
     else:
         entry = get(name_or_url)
         url, sha, label = f"{_base_url(base_url)}/{entry.filename}", entry.sha256, entry.name
@@ -322,7 +325,9 @@ def download_hf(name: str, *, dest: str | os.PathLike[str] | None = None) -> Pat
 
     entry = get(name)
     if entry.hf_repo is None:
-        raise ValueError(f"{entry.name} has no Hugging Face copy; use download({entry.name!r})")
+        raise InvalidArgumentError(
+            f"{entry.name} has no Hugging Face copy; use download({entry.name!r})"
+        )
     folder = Path(dest).expanduser() if dest else cache_dir() / "hf" / entry.hf_repo
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return folder

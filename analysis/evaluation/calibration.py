@@ -20,6 +20,7 @@ from scipy.stats import spearmanr
 
 from analysis.evaluation.collect import ImageResult
 from analysis.evaluation.matching import greedy_match
+from dfine.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def layer_calibration(
     errs, sigmas, units = [], [], []
     for r in results:
         if r.match_sigma is None:
-            raise ValueError("edge σ was not collected (calibration=False)")
+            raise InvalidArgumentError("edge σ was not collected (calibration=False)")
         if len(r.match_gt) == 0:
             continue
         gt = r.gt_boxes[r.match_gt]  # [M, 4]

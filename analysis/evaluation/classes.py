@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from dfine.errors import InvalidArgumentError
+
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
@@ -67,7 +69,9 @@ def pr_curves(ev: Any, iou: float) -> dict[int, np.ndarray]:
     thresholds = np.asarray(ev.params.iouThrs)
     t = int(np.argmin(np.abs(thresholds - iou)))
     if abs(thresholds[t] - iou) > 1e-6:
-        raise ValueError(f"iou must be one of COCO's thresholds {thresholds.tolist()}, got {iou}")
+        raise InvalidArgumentError(
+            f"iou must be one of COCO's thresholds {thresholds.tolist()}, got {iou}"
+        )
     precision = np.asarray(ev.eval["precision"])[t, :, :, 0, -1]  # [R, K]
     return {
         int(cat): np.where(precision[:, k] > -1, precision[:, k], np.nan)

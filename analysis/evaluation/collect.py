@@ -25,6 +25,7 @@ from torchvision.ops import box_convert
 
 from analysis.evaluation.matching import greedy_match
 from dfine.data import build_dataloader
+from dfine.errors import InvalidArgumentError
 from dfine.nn.decoder import DecoderTrace
 
 
@@ -55,11 +56,11 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise InvalidArgumentError(f"threshold must be in [0, 1], got {self.threshold}")
         if not 0.0 < self.match_iou <= 1.0:
-            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
+            raise InvalidArgumentError(f"match_iou must be in (0, 1], got {self.match_iou}")
         if self.num_top < 1 or self.batch_size < 1:
-            raise ValueError("num_top and batch_size must be at least 1")
+            raise InvalidArgumentError("num_top and batch_size must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from dfine.errors import InvalidArgumentError, missing
+
 try:
     import plotly.graph_objects as go
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("analysis.evaluation.figures needs plotly: pip install plotly") from err
+    raise missing("analysis.evaluation.figures", "plotly") from err
 
 from analysis import _style as S
 from analysis.evaluation.report import DatasetReport
@@ -68,7 +70,7 @@ def stage_ap_comparison_figure(
     dashed, AP75 dotted; each stage with its own scores). Stages a model lacks (the pre-head
     of an ``--ablate fdr`` model) are gaps on the shared stage axis. None without stages."""
     if len(reports) != len(names):
-        raise ValueError(f"{len(reports)} reports but {len(names)} names")
+        raise InvalidArgumentError(f"{len(reports)} reports but {len(names)} names")
     if not any(r.stages for r in reports):
         return None
     order = sorted({s.name for r in reports for s in r.stages}, key=_stage_rank)

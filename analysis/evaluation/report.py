@@ -38,6 +38,7 @@ from analysis.evaluation.errors import (
 )
 from analysis.evaluation.stages import StageResult, metrics_of, stage_coco, stage_results
 from dfine.checkpoint import load_model
+from dfine.errors import InvalidArgumentError
 from dfine.files import atomic_write, file_sha256
 from dfine.train.data import resolve_split
 from dfine.train.evaluate import METRIC_NAMES
@@ -95,7 +96,7 @@ class DatasetReport:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DatasetReport:
         if d.get("version") != REPORT_VERSION:
-            raise ValueError(f"report version {d.get('version')} is not {REPORT_VERSION}")
+            raise InvalidArgumentError(f"report version {d.get('version')} is not {REPORT_VERSION}")
         return cls(
             metrics={k: float(d[k]) for k in METRIC_NAMES},
             stages=[StageResult(**s) for s in d["stages"]],
@@ -123,7 +124,7 @@ def build_report(
 ) -> DatasetReport:
     """Every view of the report from one pass's ``results``."""
     if not results:
-        raise ValueError("the dataset has no images: nothing to evaluate")
+        raise InvalidArgumentError("the dataset has no images: nothing to evaluate")
     all_names = list(results[0].stages) or stage_names(num_layers)
     names = all_names if settings.per_layer else all_names[-1:]
     last = len(names) - 1
@@ -226,7 +227,7 @@ def evaluate_dataset(
     settings = settings or EvalSettings()
     t0 = time.perf_counter()
     if str(weights).lower().endswith(".onnx"):
-        raise ValueError(
+        raise InvalidArgumentError(
             "per-stage AP and calibration need the PyTorch model (a .pth or .safetensors "
             "checkpoint); an exported .onnx graph has no decoder trace"
         )
@@ -235,7 +236,9 @@ def evaluate_dataset(
     size = settings.size or model.config.eval_size[0]
     dataset = val_dataset(model, split, size)
     if len(dataset) == 0:
-        raise ValueError(f"{split.annotations}: the dataset has no images: nothing to evaluate")
+        raise InvalidArgumentError(
+            f"{split.annotations}: the dataset has no images: nothing to evaluate"
+        )
     files = [str(dataset.image_path(i)) for i in range(len(dataset))]
     cache_path = None
     key = None

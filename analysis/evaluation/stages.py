@@ -17,6 +17,7 @@ import numpy as np
 
 from analysis.evaluation.collect import ImageResult, StageDetections
 from analysis.evaluation.matching import iou_matrix
+from dfine.errors import InvalidArgumentError
 from dfine.train.evaluate import METRIC_NAMES, coco_eval
 
 
@@ -51,7 +52,7 @@ def coco_array(
     for r in results:
         det: StageDetections | None = r.final if final_scores else r.own
         if det is None:
-            raise ValueError("final-layer scores were not collected (per_layer=False)")
+            raise InvalidArgumentError("final-layer scores were not collected (per_layer=False)")
         boxes = det.boxes[stage]
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
         labels = det.labels[stage]

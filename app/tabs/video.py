@@ -58,9 +58,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+        raise UserError(f"{name} must be a positive integer, got {value!r}") from None
     if number < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
     return number
 
 

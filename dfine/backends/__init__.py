@@ -14,6 +14,7 @@ from dfine.backends.onnxruntime import OnnxRuntimeBackend
 from dfine.backends.openvino import OpenVINOBackend
 from dfine.backends.tensorrt import TensorRTBackend
 from dfine.backends.torch_backend import TorchBackend
+from dfine.errors import InvalidArgumentError
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
@@ -29,7 +30,7 @@ def create_backend(name: str, weights: str | os.PathLike, **options) -> Backend:
         return OpenVINOBackend(weights, **options)
     if name == "tensorrt":
         return TensorRTBackend(weights, **options)
-    raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    raise InvalidArgumentError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
 
 
 __all__ = [

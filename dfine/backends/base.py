@@ -10,6 +10,7 @@ import torch
 
 from dfine import zoo
 from dfine.checkpoint import load_model
+from dfine.errors import InputFileError, InvalidArgumentError
 from dfine.export import export_onnx, read_metadata
 from dfine.files import file_sha256
 from dfine.postprocess import BatchDetections
@@ -46,7 +47,9 @@ class Backend:
         self.path = onnx_for(weights, size)
         meta = read_metadata(self.path)
         if postprocess and not meta["postprocess"]:
-            raise ValueError(f"{self.path} was exported without postprocessing; export it with it")
+            raise InvalidArgumentError(
+                f"{self.path} was exported without postprocessing; export it with it"
+            )
         self.input_size = tuple(meta["input_size"])
         self.num_classes = meta["num_classes"]
         self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
@@ -67,15 +70,9 @@ def torch_device(device: Device, default: str = "cpu") -> torch.device:
     try:
         return torch.device(str(device).strip().lower())
     except RuntimeError as e:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N' (a torch device)"
         ) from e
-
-
-def missing_package(package: str, pip_name: str, purpose: str) -> ImportError:
-    return ImportError(
-        f"the {purpose} backend needs the '{package}' package: pip install {pip_name}"
-    )
 
 
 def as_numpy(x: torch.Tensor | np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -101,7 +98,7 @@ def onnx_for(weights: str | os.PathLike, size: tuple[int, int] | None) -> Path:
     path = Path(weights)
     if path.suffix == ".onnx":
         if not path.exists():
-            raise FileNotFoundError(f"ONNX file not found: {path}")
+            raise InputFileError(f"ONNX file not found: {path}")
         return path
     if not path.exists():
         path = zoo.download(str(weights)) if zoo.is_zoo_name(str(weights)) else path

@@ -12,9 +12,9 @@ from dfine.backends.base import (
     BatchDetections,
     Device,
     as_numpy,
-    missing_package,
     torch_device,
 )
+from dfine.errors import InvalidArgumentError, missing
 from dfine.precision import normalize_precision
 
 
@@ -33,10 +33,12 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise missing_package("onnxruntime", "onnxruntime", "ONNX Runtime") from e
+            raise missing("the ONNX Runtime backend", "onnxruntime") from e
         self.device = torch_device(device)
         if self.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"the ONNX Runtime backend runs on cpu or cuda, not {self.device}")
+            raise InvalidArgumentError(
+                f"the ONNX Runtime backend runs on cpu or cuda, not {self.device}"
+            )
         meta = self._init_from_onnx(weights, size)
         self.precision = _check_precision(self.path, meta["precision"], precision)
         options = ort.SessionOptions()
@@ -46,9 +48,10 @@ class OnnxRuntimeBackend(Backend):
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError(
-                    f"device {self.device} asked for, but this onnxruntime has no CUDA provider: "
-                    "pip install onnxruntime-gpu (and have a CUDA GPU)"
+                raise missing(
+                    f"ONNX Runtime on {self.device}",
+                    "onnxruntime-gpu",
+                    "pip install onnxruntime-gpu (and have a CUDA GPU)",
                 )
             cuda = ("CUDAExecutionProvider", {"device_id": self.device.index or 0})
             providers.insert(0, cuda)
@@ -75,7 +78,7 @@ def _check_precision(path, stored: str, asked: str | None) -> str:
         return stored
     asked = normalize_precision(asked)
     if asked == "bf16":
-        raise ValueError(
+        raise InvalidArgumentError(
             "ONNX Runtime has no bf16 CPU path; use backend='openvino' with precision='bf16'"
         )
     if asked != stored:
@@ -85,5 +88,7 @@ def _check_precision(path, stored: str, asked: str | None) -> str:
             "fp16": "dfine export W --half",
             "f32": "dfine export W",
         }[asked]
-        raise ValueError(f"{path} is a {stored} graph; for {asked} export one with: {how}")
+        raise InvalidArgumentError(
+            f"{path} is a {stored} graph; for {asked} export one with: {how}"
+        )
     return stored

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfine.backends.base import Backend, BatchDetections, Device, as_numpy, missing_package
+from dfine.backends.base import Backend, BatchDetections, Device, as_numpy
+from dfine.errors import InputFileError, InvalidArgumentError, missing
 from dfine.export import read_metadata
 from dfine.precision import (
     FDR_PARTS,
@@ -53,11 +54,11 @@ def openvino_device(device: Device) -> str:
     if name.split(".")[0] in OPENVINO_DEVICES:
         return name
     if name.startswith("CUDA"):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the OpenVINO backend runs on Intel CPU/GPU/NPU, not on CUDA device {device!r}: "
             "use device='cpu' (or 'GPU' for an Intel GPU), or the onnxruntime/tensorrt backend"
         )
-    raise ValueError(
+    raise InvalidArgumentError(
         f"unknown OpenVINO device {device!r}: use one of {', '.join(OPENVINO_DEVICES)} (or 'cpu')"
     )
 
@@ -81,7 +82,7 @@ def shared_core():
     try:  # every call: a missing package is named whether or not a Core exists
         import openvino as ov
     except ImportError as e:
-        raise missing_package("openvino", "openvino", "OpenVINO") from e
+        raise missing("the OpenVINO backend", "openvino") from e
     with _CORE_LOCK:
         if not _CORE:
             _CORE.append(ov.Core())
@@ -104,9 +105,9 @@ class OpenVINOBackend(Backend):
         requests: int | None = None,
     ) -> None:
         if hint not in HINTS:
-            raise ValueError(f"hint must be one of {', '.join(HINTS)}, got {hint!r}")
+            raise InvalidArgumentError(f"hint must be one of {', '.join(HINTS)}, got {hint!r}")
         if mixed is not None and mixed not in MIXED:
-            raise ValueError(f"mixed must be one of {', '.join(MIXED)}, got {mixed!r}")
+            raise InvalidArgumentError(f"mixed must be one of {', '.join(MIXED)}, got {mixed!r}")
         self.ov_device = device = openvino_device(device)
         core = shared_core()
         if Path(weights).suffix == ".xml":
@@ -117,12 +118,12 @@ class OpenVINOBackend(Backend):
         self.precision = normalize_precision(precision or stored)
         check_precision(self.precision, OPENVINO_PRECISIONS)
         if stored in ("int8", "bf16") and self.precision != stored:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{self.path} was exported with precision {stored}; pass precision='{stored}' "
                 f"(or none), or export again with --precision {self.precision}"
             )
         if self.precision == "int8" and stored != "int8":
-            raise ValueError(
+            raise InvalidArgumentError(
                 "precision int8 needs a calibrated model: dfine export WEIGHTS --format openvino "
                 "--precision int8 --calibration IMAGES, then load the .xml"
             )
@@ -155,11 +156,13 @@ class OpenVINOBackend(Backend):
     def _init_from_ir(self, path: Path, size) -> dict:
 
         if not path.exists():
-            raise FileNotFoundError(f"OpenVINO IR not found: {path}")
+            raise InputFileError(f"OpenVINO IR not found: {path}")
         self.path = path
         meta = read_metadata(path)
         if size is not None and tuple(size) != tuple(meta["input_size"]):
-            raise ValueError(f"{path} has a fixed input size {meta['input_size']}; got size {size}")
+            raise InvalidArgumentError(
+                f"{path} has a fixed input size {meta['input_size']}; got size {size}"
+            )
         self.input_size = tuple(meta["input_size"])
         self.num_classes = meta["num_classes"]
         self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None

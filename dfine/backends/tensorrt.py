@@ -21,10 +21,10 @@ from dfine.backends.base import (
     Device,
     backend_cache_dir,
     file_digest,
-    missing_package,
     torch_device,
 )
 from dfine.backends.torch_backend import TorchBackend
+from dfine.errors import InvalidArgumentError, PrecisionGuardError, missing
 from dfine.export import sample_images
 from dfine.files import atomic_write
 from dfine.parity import compare_detections
@@ -36,15 +36,11 @@ FP16_BOX_TOL = 0.01  # max box coordinate difference, as a fraction of the image
 OUTPUTS = ("labels", "boxes", "scores")
 
 
-class PrecisionGuardError(RuntimeError):
-    """An FP16 engine drifted too far from the FP32 PyTorch model."""
-
-
 def cuda_device(device: Device) -> torch.device:
     """The CUDA device TensorRT runs on: ``None`` → ``cuda:0``; a non-CUDA device is refused."""
     dev = torch_device(device, default="cuda:0")
     if dev.type != "cuda":
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the TensorRT backend runs on a CUDA GPU, not on {dev}: use device='cuda' "
             "(or 'cuda:N'), or the onnxruntime/openvino backend on the CPU"
         )
@@ -86,9 +82,11 @@ def _import_tensorrt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise missing_package("tensorrt", "tensorrt", "TensorRT") from e
+        raise missing("the TensorRT backend", "tensorrt") from e
     if not torch.cuda.is_available():
-        raise RuntimeError("the TensorRT backend needs a CUDA GPU; none is visible to torch")
+        raise InvalidArgumentError(
+            "the TensorRT backend needs a CUDA GPU; none is visible to torch"
+        )
     return trt
 
 
@@ -145,7 +143,7 @@ class TensorRTBackend(Backend):
         guard: bool = True,
     ) -> None:
         if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+            raise InvalidArgumentError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
         self.device = cuda_device(device)
         trt = _import_tensorrt()
         self._init_from_onnx(weights, size)
@@ -202,7 +200,7 @@ class TensorRTBackend(Backend):
     def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> BatchDetections:
         b = images.shape[0]
         if b > self.max_batch:
-            raise ValueError(f"batch {b} exceeds the engine's max batch {self.max_batch}")
+            raise InvalidArgumentError(f"batch {b} exceeds the engine's max batch {self.max_batch}")
         x = images.to(self.device, torch.float32).contiguous()
         s = orig_sizes.to(self.device, torch.int64).contiguous()
         self.context.set_input_shape("images", tuple(x.shape))

@@ -39,6 +39,7 @@ from dfine.data.dataset import (
     check_box,
     image_size,
 )
+from dfine.errors import InvalidArgumentError, missing
 from dfine.io import DEFAULT_MAX_PIXELS, ImageLoadError
 
 __all__ = ["CATEGORY_MAPPINGS", "CocoDetection", "load_coco_json"]
@@ -134,13 +135,13 @@ class CocoDetection(DetectionDataset):
     ) -> None:
         super().__init__(img_folder, transforms)
         if category_mapping not in CATEGORY_MAPPINGS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"category_mapping must be one of {CATEGORY_MAPPINGS}, got {category_mapping!r}"
             )
         if exif not in EXIF_POLICIES:
-            raise ValueError(f"exif must be one of {EXIF_POLICIES}, got {exif!r}")
+            raise InvalidArgumentError(f"exif must be one of {EXIF_POLICIES}, got {exif!r}")
         if num_classes is not None and (not _is_int(num_classes) or num_classes <= 0):
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise InvalidArgumentError(f"num_classes must be a positive int, got {num_classes!r}")
         self.ann_file = Path(ann_file)
         self.category_mapping = category_mapping
         self.exif = exif
@@ -394,6 +395,4 @@ def make_coco_api(
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             api.createIndex()
         return api
-    raise ImportError(
-        "COCO evaluation needs faster-coco-eval or pycocotools: pip install pycocotools"
-    )
+    raise missing("COCO evaluation (faster-coco-eval or pycocotools)", "pycocotools")

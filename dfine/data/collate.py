@@ -26,6 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
+from dfine.errors import InvalidArgumentError
+
 __all__ = ["BatchImageCollate", "DataLoader", "build_dataloader", "generate_scales"]
 
 
@@ -84,7 +86,7 @@ class BatchImageCollate:
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         shapes = {tuple(image.shape) for image, _ in items}
         if len(shapes) != 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"images of one batch must have one size, got {sorted(shapes)}; end the "
                 "transforms with a Resize (build_train_transforms / build_val_transforms do)"
             )

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from dfine.errors import InvalidArgumentError
 from dfine.io import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 __all__ = ["DatasetError", "DetectionDataset", "ImageRecord", "Invalid", "check_box", "read_image"]
@@ -43,7 +44,7 @@ _ORIENTATION_TAG = 0x0112  # EXIF Orientation
 _TRANSPOSING = (5, 6, 7, 8)  # orientations that swap width and height
 
 
-class DatasetError(ValueError):
+class DatasetError(InvalidArgumentError):
     """An annotation file, a record in it, or an image it lists is invalid. The message
     names the file, the record (annotation id, image id, line) and the problem."""
 
@@ -77,7 +78,9 @@ class Problems:
 
     def __init__(self, source: str | Path, on_invalid: str) -> None:
         if on_invalid not in ON_INVALID:
-            raise ValueError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
+            raise InvalidArgumentError(
+                f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}"
+            )
         self.source = str(source)
         self.on_invalid = on_invalid
         self.counts: Counter[str] = Counter()
@@ -167,7 +170,7 @@ def read_image(
         ImageLoadError: missing, unreadable or too large.
     """
     if exif not in EXIF_POLICIES:
-        raise ValueError(f"exif must be one of {EXIF_POLICIES}, got {exif!r}")
+        raise InvalidArgumentError(f"exif must be one of {EXIF_POLICIES}, got {exif!r}")
     if exif == "apply":
         return load_image(path, max_pixels=max_pixels)
     try:

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from dfine.data.synth_scene import PHOTO_DIR, photos, render_image
 from dfine.data.synth_shapes import SYNTH_CLASSES
+from dfine.errors import InvalidArgumentError
 
 __all__ = ["SYNTH_CLASSES", "SynthOptions", "make_synthetic_dataset"]
 
@@ -62,16 +63,20 @@ class SynthOptions:
     def __post_init__(self) -> None:
         width, height = self.image_size
         if width < 32 or height < 32:
-            raise ValueError(f"image_size must be at least 32x32, got {width}x{height}")
+            raise InvalidArgumentError(f"image_size must be at least 32x32, got {width}x{height}")
         if self.image_format not in ("jpg", "png"):
-            raise ValueError(f"image_format must be 'jpg' or 'png', got {self.image_format!r}")
+            raise InvalidArgumentError(
+                f"image_format must be 'jpg' or 'png', got {self.image_format!r}"
+            )
         lo, hi = self.num_objects
         if not 1 <= lo <= hi:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"num_objects must be (min, max) with 1 <= min <= max, got {self.num_objects}"
             )
         if not 0.0 <= self.photo_fraction <= 1.0:
-            raise ValueError(f"photo_fraction must be in [0, 1], got {self.photo_fraction}")
+            raise InvalidArgumentError(
+                f"photo_fraction must be in [0, 1], got {self.photo_fraction}"
+            )
 
 
 def _make_one(index: int, *, split: str, folder: Path, seed: int, options: SynthOptions) -> dict:
@@ -194,7 +199,7 @@ def make_synthetic_dataset(
         ``val_annotations``. Existing files of the same names are overwritten.
     """
     if num_train < 0 or num_val < 0:
-        raise ValueError("num_train and num_val must be >= 0")
+        raise InvalidArgumentError("num_train and num_val must be >= 0")
     width, height = (int(v) for v in image_size)
     options = SynthOptions(
         image_size=(width, height),

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from dfine.data.synth_shapes import ROTATING, SYNTH_CLASSES, shape_mask
+from dfine.errors import InputFileError
 from dfine.resources import asset_path
 
 __all__ = ["PHOTO_DIR", "SynthObject", "background", "paint", "photos", "render_image"]
@@ -59,7 +60,7 @@ def photos(photo_dir: Path) -> list[np.ndarray]:
             p for p in photo_dir.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
         )
         if not files:
-            raise FileNotFoundError(
+            raise InputFileError(
                 f"no photos (*.jpg, *.png) in {photo_dir} for photo backgrounds; pass "
                 "photo_fraction=0 (CLI: --photos 0) to use procedural backgrounds only"
             )

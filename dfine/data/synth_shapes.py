@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dfine.errors import InvalidArgumentError
+
 __all__ = ["ROTATING", "SYNTH_CLASSES", "SynthClass", "shape_mask"]
 
 
@@ -75,7 +77,7 @@ def _outline(shape: str, r: float, angle: float) -> np.ndarray:
         x = 16 * np.sin(t) ** 3
         y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)) + 2.5
         return _rotate(np.stack([x, y], axis=1) * (r / 16.5), angle)
-    raise ValueError(f"unknown shape {shape!r}")
+    raise InvalidArgumentError(f"unknown shape {shape!r}")
 
 
 def shape_mask(shape: str, size: float, angle: float = 0.0) -> np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 
 from dfine.data.synth_scene import PHOTO_DIR, SynthObject, background, paint
 from dfine.data.synth_shapes import ROTATING, SYNTH_CLASSES, shape_mask
+from dfine.errors import InvalidArgumentError
 from dfine.files import atomic_write
 from dfine.video import VideoWriter
 
@@ -63,7 +64,9 @@ def plan_shapes(
     """``num_objects`` shapes of distinct classes, one per horizontal band, each crossing a
     good part of the frame left-to-right or right-to-left with a little vertical drift."""
     if not 1 <= num_objects <= len(SYNTH_CLASSES):
-        raise ValueError(f"num_objects must be in 1..{len(SYNTH_CLASSES)}, got {num_objects}")
+        raise InvalidArgumentError(
+            f"num_objects must be in 1..{len(SYNTH_CLASSES)}, got {num_objects}"
+        )
     band = height / num_objects
     labels = rng.permutation(len(SYNTH_CLASSES))[:num_objects]
     shapes = []
@@ -103,7 +106,7 @@ def render_clip(
         moving shapes, and per frame a list of ``{"id", "label", "box": [x1, y1, x2, y2]}``.
     """
     if num_frames < 1:
-        raise ValueError(f"num_frames must be positive, got {num_frames}")
+        raise InvalidArgumentError(f"num_frames must be positive, got {num_frames}")
     rng = np.random.default_rng([seed, 7])
     shapes = plan_shapes(rng, width, height, num_objects, size_range)
     bg = background(rng, width, height, 0.0, PHOTO_DIR)

@@ -35,6 +35,8 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as F
 from torchvision import tv_tensors
 
+from dfine.errors import InvalidArgumentError
+
 __all__ = [
     "STOP_EPOCH_OPS",
     "Compose",
@@ -61,7 +63,7 @@ class RandomIoUCrop(T.RandomIoUCrop):
     def __init__(self, p: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+            raise InvalidArgumentError(f"p must be in [0, 1], got {p}")
         self.p = p
 
     def forward(self, *inputs: Any) -> Any:

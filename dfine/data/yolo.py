@@ -33,6 +33,7 @@ from dfine.data.dataset import (
     check_box,
     image_size,
 )
+from dfine.errors import InvalidArgumentError, missing
 from dfine.io import DEFAULT_MAX_PIXELS, ImageLoadError
 
 __all__ = ["IMAGE_SUFFIXES", "YoloDetection", "read_names"]
@@ -44,7 +45,7 @@ def _load_yaml(path: Path) -> Any:
     try:
         import yaml
     except ImportError as e:
-        raise ImportError("reading a YOLO data.yaml needs PyYAML: pip install pyyaml") from e
+        raise missing("reading a YOLO data.yaml", "pyyaml") from e
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
@@ -127,10 +128,10 @@ class YoloDetection(DetectionDataset):
         class_names = read_names(names) if names is not None else None
         if num_classes is None:
             if class_names is None:
-                raise ValueError("YoloDetection needs names or num_classes")
+                raise InvalidArgumentError("YoloDetection needs names or num_classes")
             num_classes = len(class_names)
         if num_classes <= 0:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
+            raise InvalidArgumentError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = int(num_classes)
         class_names = class_names or ()
         self.class_names = tuple(

@@ -16,6 +16,7 @@ from dfine.config import (
     EncoderConfig,
     ModelConfig,
 )
+from dfine.errors import InvalidArgumentError
 from dfine.weights import CheckpointError
 
 DEFAULT_INPUT_SIZE = (640, 640)
@@ -380,7 +381,7 @@ def model_config_to_hf_config(
     enc, dec = cfg.encoder, cfg.decoder
     names = list(class_names) if class_names else [f"LABEL_{i}" for i in range(dec.num_classes)]
     if len(names) != dec.num_classes:
-        raise ValueError(f"{len(names)} class names for {dec.num_classes} classes")
+        raise InvalidArgumentError(f"{len(names)} class names for {dec.num_classes} classes")
     return {
         "model_type": "d_fine",
         "architectures": ["DFineForObjectDetection"],

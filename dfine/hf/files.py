@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from dfine.config import (
     ModelConfig,
 )
+from dfine.errors import InvalidArgumentError
 from dfine.files import atomic_write
 from dfine.hf.config import (
     config_differences,
@@ -217,7 +218,9 @@ def save_hf_checkpoint(model: torch.nn.Module, directory: str | os.PathLike) -> 
     Each file is written atomically (:func:`dfine.files.atomic_write`), the weights first, so an
     interrupted save leaves the previous files or complete new ones, never a partial file."""
     if getattr(model, "deployed", False):
-        raise ValueError("a deployed (fused) model has no reference layout; save before deploy()")
+        raise InvalidArgumentError(
+            "a deployed (fused) model has no reference layout; save before deploy()"
+        )
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     config = model_config_to_hf_config(model.config, model.class_names)

@@ -34,6 +34,7 @@ from torch import nn
 from torchvision.ops import box_iou, generalized_box_iou
 
 from dfine.box_ops import box_cxcywh_to_xyxy
+from dfine.errors import InvalidArgumentError
 from dfine.loss.matcher import HungarianMatcher, Indices
 from dfine.nn.fdr import bbox2distance
 
@@ -350,7 +351,7 @@ class DFINECriterion(nn.Module):
 
     def forward(self, outputs: dict, targets: list[dict], **_: Any) -> dict[str, torch.Tensor]:
         if "aux_outputs" not in outputs:
-            raise ValueError("the criterion needs train-mode outputs (model.train())")
+            raise InvalidArgumentError("the criterion needs train-mode outputs (model.train())")
         device = outputs["pred_logits"].device
         m = self.match_all(outputs, targets)
         num_boxes = _global_mean_count(sum(len(t["labels"]) for t in targets), device)
@@ -453,7 +454,7 @@ def build_criterion(
     ``golsd=`` override wins)."""
     if num_classes is None:
         if model is None:
-            raise ValueError("build_criterion needs a model or num_classes")
+            raise InvalidArgumentError("build_criterion needs a model or num_classes")
         num_classes = model.num_classes
     reg_max = model.config.decoder.reg_max if model is not None else 32
     if model is not None and "golsd" not in overrides:

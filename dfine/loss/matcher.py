@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.ops import generalized_box_iou
 
 from dfine.box_ops import box_cxcywh_to_xyxy
+from dfine.errors import InvalidArgumentError
 
 Indices = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -31,7 +32,7 @@ class HungarianMatcher(nn.Module):
     ) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("all matching costs are 0")
+            raise InvalidArgumentError("all matching costs are 0")
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
         self.alpha, self.gamma = alpha, gamma
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfine.config import DecoderConfig
+from dfine.errors import InvalidArgumentError
 from dfine.nn.attention import MSDeformableAttention
 from dfine.nn.common import MLP, bias_init_with_prob, get_activation, inverse_sigmoid
 from dfine.nn.denoising import contrastive_denoising_group
@@ -275,7 +276,7 @@ class DecoderTrace:
         return DecoderTrace(**out)
 
 
-class NoDistributionsError(ValueError):
+class NoDistributionsError(InvalidArgumentError):
     """Asked for per-edge distributions of a model trained with ``ablation="fdr"``."""
 
     @classmethod
@@ -496,7 +497,7 @@ class DFINEDecoder(nn.Module):
         """Encoder-side query selection: top-Q positions by their best class logit (see
         :class:`QuerySelection` for the fields and shapes)."""
         if memory.shape[1] < self.num_queries:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the input is too small: its feature maps {spatial_shapes} have {memory.shape[1]} "
                 f"positions for {self.num_queries} queries; use a larger input size"
             )
@@ -665,7 +666,9 @@ class DFINEDecoder(nn.Module):
         dn_content = dn_boxes = attn_mask = dn_meta = None
         if self.num_denoising > 0:
             if targets is None:
-                raise ValueError("training with denoising needs targets: model(images, targets)")
+                raise InvalidArgumentError(
+                    "training with denoising needs targets: model(images, targets)"
+                )
             dn_content, dn_boxes, attn_mask, dn_meta = contrastive_denoising_group(
                 targets,
                 self.num_classes,

@@ -11,6 +11,7 @@ import textwrap
 from dfine import webapp
 from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
+from dfine.errors import InvalidArgumentError
 from dfine.precision import OPENVINO_PRECISIONS
 from dfine.sources import default_backend
 from dfine.train import dist
@@ -115,7 +116,7 @@ def cmd_val(args: argparse.Namespace) -> int:
     runtime = args.backend or default_backend(args.weights)
     if args.report or args.per_layer or args.calibration:
         if runtime != "torch":
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"--report, --per-layer and --calibration need the PyTorch model (a .pth or "
                 f".safetensors checkpoint, --backend torch); the {runtime} backend gives plain "
                 "AP only (drop those options)"

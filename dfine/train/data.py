@@ -24,6 +24,7 @@ from dfine.data import (
     build_train_transforms,
     build_val_transforms,
 )
+from dfine.errors import InputFileError, InvalidArgumentError
 from dfine.train import dist
 from dfine.train.recipes import Recipe
 
@@ -61,14 +62,14 @@ def resolve_split(
     if path.is_dir():
         found = _split_in_folder(path, split)
         if found is None:
-            raise FileNotFoundError(
+            raise InputFileError(
                 f"no annotations/instances_{split}*.json in {path}; pass the json file itself "
                 "(and --images) or a folder in the COCO layout"
             )
         return Split(found.annotations, Path(images) if images else found.images)
     if path.suffix.lower() == ".json" and path.is_file():
         return Split(path, _images_for(path, images))
-    raise FileNotFoundError(f"--data {path}: neither a dataset folder nor a COCO json file")
+    raise InputFileError(f"--data {path}: neither a dataset folder nor a COCO json file")
 
 
 def category_mapping(recipe: Recipe) -> str:
@@ -100,7 +101,7 @@ def per_rank_batch(total: int) -> int:
     """The reference's ``total_batch_size`` split over the processes."""
     world = dist.world_size()
     if total % world:
-        raise ValueError(f"batch size {total} is not divisible by the {world} processes")
+        raise InvalidArgumentError(f"batch size {total} is not divisible by the {world} processes")
     return total // world
 
 

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from dfine.errors import InvalidArgumentError
 from dfine.train import dist
 
 AMP_MODES = ("auto", "off", "fp16", "bf16")
@@ -25,16 +26,16 @@ def amp_dtype(mode: str, recipe_amp: bool, device: torch.device) -> torch.dtype 
     """The autocast dtype of ``--amp mode`` (None: full fp32): ``auto`` is fp16 on CUDA when
     the recipe uses AMP, else off; ``fp16`` needs CUDA; ``bf16`` a CPU or a bf16 GPU."""
     if mode not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {mode!r}")
+        raise InvalidArgumentError(f"amp must be one of {AMP_MODES}, got {mode!r}")
     if mode == "auto":
         return torch.float16 if (recipe_amp and device.type == "cuda") else None
     if mode == "fp16":
         if device.type != "cuda":
-            raise ValueError("fp16 AMP needs a CUDA device; use --amp bf16 or off on CPU")
+            raise InvalidArgumentError("fp16 AMP needs a CUDA device; use --amp bf16 or off on CPU")
         return torch.float16
     if mode == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ValueError("this GPU has no bfloat16 support; use --amp fp16")
+            raise InvalidArgumentError("this GPU has no bfloat16 support; use --amp fp16")
         return torch.bfloat16
     return None
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dfine.errors import InvalidArgumentError, missing
 from dfine.postprocess import postprocess
 from dfine.train import dist
 
@@ -73,7 +74,7 @@ def load_ground_truth(source: Any) -> dict[str, Any]:
 def _coco_modules(coco_lib: str) -> tuple[Any, Any]:
     """(COCO class, COCOeval class) of the chosen COCO evaluation library."""
     if coco_lib not in COCO_LIBS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown COCO evaluation library {coco_lib!r}; choose one of {', '.join(COCO_LIBS)}"
         )
     if coco_lib in ("auto", "faster_coco_eval"):
@@ -83,17 +84,12 @@ def _coco_modules(coco_lib: str) -> tuple[Any, Any]:
             return COCO, COCOeval_faster
         except ImportError:
             if coco_lib == "faster_coco_eval":
-                raise ImportError(
-                    "COCO evaluation library faster-coco-eval is not installed: "
-                    "pip install faster-coco-eval"
-                ) from None
+                raise missing("COCO evaluation with faster_coco_eval", "faster-coco-eval") from None
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError:
-        raise ImportError(
-            "COCO evaluation needs faster-coco-eval or pycocotools: pip install faster-coco-eval"
-        ) from None
+        raise missing("COCO evaluation", "faster-coco-eval") from None
     return COCO, COCOeval
 
 
@@ -135,10 +131,10 @@ def coco_eval(
     all_ids = [img["id"] for img in gt_dict.get("images", [])]
     ids = sorted(set(image_ids)) if image_ids is not None else sorted(all_ids)
     if not ids:
-        raise ValueError("no images to evaluate (empty ground truth or image list)")
+        raise InvalidArgumentError("no images to evaluate (empty ground truth or image list)")
     unknown = set(ids) - set(all_ids)
     if unknown:
-        raise ValueError(f"image ids not in the ground truth: {sorted(unknown)[:10]}")
+        raise InvalidArgumentError(f"image ids not in the ground truth: {sorted(unknown)[:10]}")
     coco_cls, eval_cls = _coco_modules(coco_lib)
     if isinstance(detections, np.ndarray):  # [N, 7] image_id, x, y, w, h, score, category_id
         dets = detections if len(detections) else _placeholder(gt_dict, ids[0])

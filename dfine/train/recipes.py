@@ -23,6 +23,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from dfine.errors import InvalidArgumentError
+
 # The reference's parameter-group regexes, verbatim. Note the operator precedence in
 # ``(?!.*norm|bn)``: it reads "not (contains 'norm' or starts with 'bn')", so the HGNetv2
 # BatchNorm parameters (named ``...bn.weight``) fall in the *first* group (backbone lr, default
@@ -265,7 +267,7 @@ def get_recipe(name: str) -> Recipe:
     """The recipe called ``name`` (see :data:`RECIPES`); a clear error lists the known names."""
     key = name.lower().replace("-", "_")
     if key not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+        raise InvalidArgumentError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
     return RECIPES[key]
 
 

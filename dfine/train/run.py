@@ -21,6 +21,7 @@ from dfine.checkpoint import load_model
 from dfine.coco import COCO_CATEGORY_IDS
 from dfine.config import get_config
 from dfine.data import CocoDetection, build_dataloader, build_val_transforms
+from dfine.errors import InputFileError, InvalidArgumentError
 from dfine.model import DFINE
 from dfine.sources import default_backend
 from dfine.train import dist
@@ -95,7 +96,9 @@ def resolve_recipe(run: TrainRun) -> Recipe:
         changes["batch_size"] = run.batch_size
     if run.input_size is not None:
         if run.input_size % 32:
-            raise ValueError(f"--input-size must be a multiple of 32, got {run.input_size}")
+            raise InvalidArgumentError(
+                f"--input-size must be a multiple of 32, got {run.input_size}"
+            )
         changes["input_size"] = run.input_size
     return scale_lr(recipe.replace(**changes), run.lr_scale)
 
@@ -117,14 +120,14 @@ def _resume_path(run: TrainRun) -> Path | None:
         return None
     path = Path(run.out) / "last.pth" if str(run.resume) == "auto" else Path(run.resume)
     if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+        raise InputFileError(f"nothing to resume: {path} does not exist")
     return path
 
 
 def train(run: TrainRun) -> dict[str, Any]:
     """Train as ``dfine train`` does; returns the trainer's summary (every rank)."""
     if run.data is None:
-        raise ValueError("--data is required: a dataset folder or a COCO json file")
+        raise InvalidArgumentError("--data is required: a dataset folder or a COCO json file")
     owned = not dist.is_dist()  # leave a caller's process group alone
     device = dist.init_distributed(run.device)
     try:
@@ -244,7 +247,7 @@ def validate(
         backend = backend or default_backend(weights)
         if backend == "torch":
             if precision not in (None, "f32"):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"the torch backend runs f32; --precision {precision} needs a runtime that "
                     "reduces precision (--backend openvino)"
                 )
@@ -254,7 +257,7 @@ def validate(
         split = resolve_split(data, "val", images)
         size = size or model.config.eval_size[0]
         if backend != "torch" and (size, size) != tuple(model.config.eval_size):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{weights} was exported for input {model.config.eval_size[0]}x"
                 f"{model.config.eval_size[1]}; leave --size out or export again at {size}"
             )

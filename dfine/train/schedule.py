@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch.optim.lr_scheduler import MultiStepLR
 
+from dfine.errors import InvalidArgumentError
 from dfine.train.recipes import Recipe
 
 
@@ -120,7 +121,7 @@ class FlatCosine:
         min_lr_ratio: float = 0.05,
     ) -> None:
         if total_iters <= 0:
-            raise ValueError(f"total_iters must be positive, got {total_iters}")
+            raise InvalidArgumentError(f"total_iters must be positive, got {total_iters}")
         self.optimizer = optimizer
         self.total_iters = int(total_iters)
         self.warmup_iters = int(warmup_iters)
@@ -186,4 +187,6 @@ def build_schedule(
             flat_iters=recipe.flat_epochs * iters_per_epoch,
             min_lr_ratio=recipe.min_lr_ratio,
         )
-    raise ValueError(f"unknown scheduler {recipe.scheduler!r}; choose 'multistep' or 'flatcosine'")
+    raise InvalidArgumentError(
+        f"unknown scheduler {recipe.scheduler!r}; choose 'multistep' or 'flatcosine'"
+    )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dfine.errors import InputFileError, InvalidArgumentError
 from dfine.files import TMP_SUFFIX, atomic_write
 
 
@@ -45,13 +46,13 @@ def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     """A training checkpoint written by :class:`dfine.train.Trainer` (``weights_only`` load)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training checkpoint not found: {path}")
+        raise InputFileError(f"training checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable training checkpoint: {e}") from e
+        raise InvalidArgumentError(f"{path} is not a readable training checkpoint: {e}") from e
     if not isinstance(state, dict) or "model" not in state or "last_epoch" not in state:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{path} is not a dfine training checkpoint (no 'model'/'last_epoch'); to start "
             "from weights only, use tune-from instead of resume"
         )

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dfine.errors import DFineError, InvalidArgumentError
 from dfine.loss import build_criterion
 from dfine.train import dist
 from dfine.train.checkpoints import RunFiles, model_info
@@ -69,8 +70,11 @@ CHECKPOINT_FORMAT = "dfine-train-state"
 CHECKPOINT_VERSION = 1
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss term (or the gradient norm) became NaN or infinite; training stopped."""
+class NonFiniteLossError(DFineError, RuntimeError):
+    """A loss term (or the gradient norm) became NaN or infinite; training stopped (the CLI's
+    exit status 3)."""
+
+    exit_code = 3
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -181,11 +185,13 @@ class Trainer:
         try:
             n = len(self.train_loader)  # type: ignore[arg-type]
         except TypeError as e:
-            raise ValueError("the training loader must have a length") from e
+            raise InvalidArgumentError("the training loader must have a length") from e
         if self.options.max_steps_per_epoch:
             n = min(n, self.options.max_steps_per_epoch)
         if n <= 0:
-            raise ValueError("the training loader is empty (fewer images than one batch?)")
+            raise InvalidArgumentError(
+                "the training loader is empty (fewer images than one batch?)"
+            )
         return n
 
     @property
@@ -391,7 +397,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """COCO metrics of :attr:`eval_model` on the validation loader (every rank)."""
         if self.val_loader is None:
-            raise ValueError("no validation loader was given")
+            raise InvalidArgumentError("no validation loader was given")
         return evaluate(
             self.eval_model, self.val_loader, device=self.device, progress=self.options.progress
         )
@@ -516,7 +522,7 @@ class Trainer:
         mine, theirs = model_info(unwrap(self.model)), state.get("model_config") or {}
         for key in ("size", "num_classes", "ablation"):
             if key in theirs and theirs[key] != mine[key]:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{path} holds a model with {key}={theirs[key]}, this run has {mine[key]}"
                 )
         old = state.get("recipe") or {}
