@@ -1,6 +1,7 @@
 """Every failure reaches the user as one readable ``gr.Error`` — never a stack trace. A
-handled error is one line in the toast and one line in the server log; an unexpected one is
-logged with its traceback."""
+:class:`~dfine.errors.DFineError` (the user's to fix) is its own one line in the toast and one
+line in the server log; anything else is a bug: logged with its traceback, and the toast says
+an internal error happened."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import ParamSpec, TypeVar
 import gradio as gr
 
 from dfine.checkpoint import CheckpointError
+from dfine.errors import DFineError, InvalidArgumentError, error_text
 from dfine.io import ImageLoadError
 from dfine.zoo import ZooDownloadError
 
@@ -23,9 +25,15 @@ log = logging.getLogger("dfine.app")
 # gradio's upload folders and ours: a user does not need to see them
 _TEMP_PATH = re.compile(r"(?:/[^\s'\"/]+)*/(?:gradio|dfine-app)[^\s'\"]*/([^\s'\"/]+)")
 
+UserError = InvalidArgumentError
+"""What the app raises for a value a user sent that it cannot use: the library's
+:class:`~dfine.errors.InvalidArgumentError` (one user-error type for the library and the app)."""
 
-class UserError(ValueError):
-    """A problem with what the user asked for; its message is shown as it is."""
+
+_TITLES: dict[type[DFineError], str] = {
+    ImageLoadError: "Cannot read the image",
+    CheckpointError: "Cannot use this checkpoint",
+}
 
 
 def tidy(message: str) -> str:
@@ -46,29 +54,27 @@ def _handled(message: str, title: str) -> gr.Error:
 
 
 def to_gr_error(exc: BaseException) -> gr.Error:
-    """The ``gr.Error`` a user sees for ``exc`` (handled errors are logged as one line;
-    unexpected ones with their traceback)."""
+    """The ``gr.Error`` a user sees for ``exc``: a :class:`~dfine.errors.DFineError`'s own
+    line (logged as one line); for anything else, a bug, "an internal error happened" (logged
+    with its traceback; call this inside the ``except`` block that caught ``exc``)."""
     if isinstance(exc, gr.Error):
         return exc
-    if isinstance(exc, ImageLoadError):
-        return _handled(str(exc), "Cannot read the image")
-    if isinstance(exc, CheckpointError):
-        return _handled(str(exc), "Cannot use this checkpoint")
     if isinstance(exc, ZooDownloadError):
         return _handled(
-            f"{exc} Or upload the checkpoint file in the Model tab.", "Model download failed"
+            f"{error_text(exc)} Or upload the checkpoint file in the Model tab.",
+            "Model download failed",
         )
-    if isinstance(exc, (UserError, ValueError, FileNotFoundError)):
-        return _handled(str(exc), "Cannot do that")
+    if isinstance(exc, DFineError):
+        return _handled(error_text(exc), _TITLES.get(type(exc), "Cannot do that"))
     if isinstance(exc, MemoryError):
         return _handled(
             "The server ran out of memory; try a smaller image or input size.", "Out of memory"
         )
-    log.exception("unexpected error in the app")
+    log.error("internal error in the app", exc_info=exc)
     return gr.Error(
-        f"Unexpected error ({type(exc).__name__}: {one_line(tidy(str(exc)))}). Please try "
-        "again; if it persists, report it with the image and settings used.",
-        title="Something went wrong",
+        f"An internal error happened ({type(exc).__name__}); it is logged on the server with "
+        "its traceback. Please report it with the image and settings used.",
+        title="Internal error",
         print_exception=False,  # logged above, with its traceback
     )
 

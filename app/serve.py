@@ -8,10 +8,9 @@ import threading
 
 import gradio as gr
 
-from app.errors import UserError, one_line
 from app.examples import photo_examples, synth_examples
 from app.ui import build_demo, launch_options
-from dfine.cli import handled_errors
+from dfine.errors import DFineError, error_text
 
 
 def create_demo(model_path: str | None = None) -> gr.Blocks:
@@ -34,9 +33,9 @@ def serve(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, works offline
     try:
         demo = create_demo(model_path)
-    except (*handled_errors(), UserError) as e:  # a bad --model: one line, exit status 2
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except DFineError as e:  # a bad --model: one line, exit status 2 (as every dfine command)
+        print(f"error: {error_text(e)}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     if warm:
         # answer the first click on each bundled example from the cache (about 1 s, off the
         # request path; an error there is printed and leaves those clicks to compute as usual)

@@ -1,8 +1,13 @@
 """The ``dfine`` command line, its one entry point (``python -m dfine.train`` runs the same
 :func:`main`). ``dfine --help`` and ``dfine COMMAND --help`` describe everything.
 
-Exit codes: 0 done; 1 some inputs failed (each reported); 2 bad input or arguments (one line
-saying what, why and what to do); 3 training stopped on a non-finite loss; 130 interrupted."""
+Exit codes: 0 done; 1 some inputs failed (each reported); 2 bad input or arguments (a
+:class:`~dfine.errors.DFineError`: one line saying what, why and what to do); 3 training
+stopped on a non-finite loss; 130 interrupted. Any other exception is a bug and keeps its
+traceback.
+
+The parser is built from light modules only, so ``dfine --help`` and argument errors answer
+without importing torch: each command imports what it runs when it runs."""
 
 from __future__ import annotations
 
@@ -12,27 +17,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
-from dfine import webapp, zoo
-from dfine.benchmark import markdown, run_benchmark
-from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
+from dfine import optional, webapp
+from dfine.backends import BACKENDS
 from dfine.config import ABLATION_NOTES
 from dfine.data.cli import register_cli as register_data
-from dfine.errors import InputFileError, InvalidArgumentError
-from dfine.export import export_onnx, read_metadata
-from dfine.io import ImageLoadError
-from dfine.model import DFINE
+from dfine.errors import DFineError, InputFileError, InvalidArgumentError, error_text
 from dfine.precision import PARTS as PRECISION_PARTS
-from dfine.precision import PRECISIONS, normalize_precision
-from dfine.predict import Detector
-from dfine.quantize import export_reduced
-from dfine.resources import demo_weights
-from dfine.sources import is_onnx, resolve
+from dfine.precision import PRECISIONS
 from dfine.train.cli import register_cli as register_train
-from dfine.train.trainer import NonFiniteLossError
-from dfine.video import VIDEO_SUFFIXES, is_video
-from dfine.video_cli import add_video_arguments, predict_videos
+from dfine.video_cli import add_video_arguments
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -51,10 +44,21 @@ original pixels, xyxy, with scores, class ids and names, and the speed breakdown
 for each video: OUT/<name>.webm (boxes and track ids drawn) and OUT/<name>.json
 ({"video": {...}, "frames": [{"index", "time_s", "detections": [... "track_id"]}]})."""
 
-RUNTIMES = ("torch", "onnxruntime", "openvino", "tensorrt")
+EPILOG_INSPECT = """examples:
+  dfine inspect assets/dfine_n_synth.safetensors       # the bundled demo model
+  dfine inspect dfine_n_coco --json                     # a model-zoo name, as JSON
+  dfine inspect dfine_n_synth.onnx                      # an exported graph's metadata
+  dfine inspect --zoo                                   # list the model zoo"""
+
+EPILOG_BENCHMARK = """examples:
+  dfine benchmark --sizes n --backends torch onnxruntime --iters 20
+  dfine benchmark --weights assets/dfine_n_synth.safetensors --batch 1 4 --out runs/bench.md
+  dfine benchmark --weights dfine_n_synth.xml --precision f32 bf16    # an OpenVINO export"""
 
 
 def _expand_images(items: Sequence[str]) -> list[Path]:
+    from dfine.video import VIDEO_SUFFIXES
+
     paths: list[Path] = []
     for item in items:
         p = Path(item).expanduser()
@@ -67,6 +71,14 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dfine.io import ImageLoadError
+    from dfine.predict import Detector
+    from dfine.resources import demo_weights
+    from dfine.video import is_video
+    from dfine.video_cli import predict_videos
+
     images = _expand_images(args.images)
     videos = [p for p in images if is_video(p)]
     images = [p for p in images if not is_video(p)]
@@ -91,7 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for path in bar:
         try:
             dets = detector(path)
-        except (ImageLoadError, FileNotFoundError) as e:
+        except ImageLoadError as e:
             failures += 1
             tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
             continue
@@ -115,6 +127,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from dfine import zoo
+    from dfine.sources import is_onnx, resolve
+
     if args.zoo:
         for name in zoo.names():
             e = zoo.get(name)
@@ -156,6 +171,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _checkpoint_info(path: Path) -> dict:
+    from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
+    from dfine.model import DFINE
+
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
     cfg = cfg.with_ablation(meta.get("ablation", cfg.ablation))
@@ -181,6 +199,8 @@ def _checkpoint_info(path: Path) -> dict:
 
 
 def _onnx_info(source: str) -> dict:
+    from dfine.export import read_metadata
+
     path = Path(source)
     if not path.is_file():
         raise InputFileError(f"ONNX file not found: {source}")
@@ -206,6 +226,10 @@ def _onnx_info(source: str) -> dict:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dfine.export import export_onnx
+    from dfine.precision import normalize_precision
+    from dfine.sources import is_onnx
+
     precision = normalize_precision("fp16" if args.half else args.precision)
     if args.format == "openvino" or precision in ("bf16", "int8"):
         return _export_reduced(args, precision)
@@ -244,6 +268,8 @@ def _export_reduced(args: argparse.Namespace, precision: str) -> int:
             "--format openvino and --precision bf16/int8 export a dynamic-batch graph with "
             "postprocessing; drop --batch / --no-postprocess"
         )
+    from dfine.quantize import export_reduced
+
     size = (
         args.size if isinstance(args.size, tuple) or args.size is None else (args.size, args.size)
     )
@@ -269,6 +295,8 @@ def _export_reduced(args: argparse.Namespace, precision: str) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from dfine.benchmark import markdown, run_benchmark
+
     rows, peak = run_benchmark(
         weights=args.weights,
         backends=args.backends,
@@ -291,11 +319,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    try:
-        webapp.serve(args.model, args.host, args.port)
-    except webapp.AppUnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    webapp.serve(args.model, args.host, args.port)
     return 0
 
 
@@ -333,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfine",
         description="D-FINE object detector (see each command's --help).",
+        epilog=optional.summary(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -354,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=RUNTIMES,
+        choices=BACKENDS,
         default=None,
         help="what runs the model (default: onnxruntime for .onnx, openvino for an OpenVINO "
         ".xml, else torch)",
@@ -404,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect",
         help="show a checkpoint's model size, classes, parameter count and input size",
         description="Show what a checkpoint holds without running it.",
+        epilog=EPILOG_INSPECT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "checkpoint",
@@ -514,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time inference for each backend, model size and batch size (warm-up, "
         "pinned threads) and print a Markdown table with each size's ratio to its FLOP floor. "
         "Without --weights: random-init models of --sizes; with --weights: that model.",
+        epilog=EPILOG_BENCHMARK,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--weights",
@@ -590,41 +620,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def handled_errors() -> tuple[type[BaseException], ...]:
-    """The errors a command reports as one line and exit status 2 (bad input, a missing
-    file or package, a failed download); anything else is a bug and keeps its traceback."""
-    return EXIT_CODES[-1][0]
-
-
-def error_text(exc: BaseException) -> str:
-    """``str(exc)`` on one line; for an error re-raised from a ``DataLoader`` worker, whose
-    message holds the worker's traceback, only the original error's message."""
-    text = str(exc)
-    if "Original Traceback (most recent call last):" in text:
-        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "pkg.SomeError: message"
-    if isinstance(exc, KeyError) and text.startswith("'"):
-        text = text.strip("'\"")
-    return " ".join(text.split()) or type(exc).__name__
-
-
-# handled errors → exit code (first match wins); anything else is a bug and keeps its traceback
-EXIT_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (
-    (NonFiniteLossError, 3),
-    (
-        (
-            CheckpointError,
-            ImageLoadError,
-            zoo.ZooDownloadError,
-            FileNotFoundError,
-            ValueError,
-            KeyError,
-            ImportError,
-        ),
-        2,
-    ),
-)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -633,12 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # a training run says where to resume from
         print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        for kinds, code in EXIT_CODES:
-            if isinstance(e, kinds):
-                print(f"error: {error_text(e)}", file=sys.stderr)
-                return code
-        raise
+    except DFineError as e:  # the user's to fix: one line; anything else keeps its traceback
+        print(f"error: {error_text(e)}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

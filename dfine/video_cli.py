@@ -17,11 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dfine.argtypes import positive_int
 from dfine.errors import InvalidArgumentError
-from dfine.video import OUTPUT_SUFFIX, FrameReader, VideoError, annotate_video
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -72,6 +69,10 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 def predict_videos(detector, videos: list[Path], out: Path, args, stems: dict[str, int]) -> int:
     """Annotate every video; print one line per video (or per failure). Returns the number
     of videos that failed. ``stems`` de-duplicates output names across all inputs."""
+    from tqdm import tqdm
+
+    from dfine.video import OUTPUT_SUFFIX, FrameReader, VideoError, annotate_video
+
     failures = 0
     batch = _batch(detector, args.batch) if videos else 1
     for path in videos:

@@ -687,7 +687,7 @@ def test_train_on_hostile_annotations(synth, tmp_path, case, capsys, caplog):
 
 
 def test_worker_tracebacks_are_reduced_to_the_message():
-    from dfine.cli import error_text
+    from dfine.errors import error_text
 
     wrapped = ValueError(
         "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent "

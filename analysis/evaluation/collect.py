@@ -41,7 +41,7 @@ class EvalSettings:
         match_iou: IoU of a match for those.
         per_layer: score every stage (encoder, pre-head, each decoder layer).
         calibration: measure the edge distributions' σ against the real edge errors.
-        coco_lib: COCO evaluation library (``dfine.train.evaluate.COCO_LIBS``).
+        coco_lib: COCO evaluation library (``dfine.train.names.COCO_LIBS``).
         batch_size: images per forward.
     """
 

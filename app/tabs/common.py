@@ -17,8 +17,9 @@ import gradio as gr
 from PIL import Image
 
 from analysis import export
-from app.errors import UserError
+from app.errors import UserError, log
 from app.state import AppState, Selection, SharedInputs
+from dfine.errors import DFineError
 
 
 @dataclass
@@ -50,16 +51,14 @@ class Controls:
     ) -> None:
         """Run ``fn(selection)`` after every new result (Detect pressed, threshold or limit
         changed) to update ``outputs`` (pickers). It reads the cached forward pass only; a
-        failure or a missing result leaves ``outputs`` unchanged."""
+        missing result or a user's error (which the result event itself reported) leaves
+        ``outputs`` unchanged; a bug is logged with its traceback (see :func:`quietly`)."""
 
         def run(state_cached: Callable[[SharedInputs], Selection | None], *shared: Any) -> Any:
-            try:
-                sel = state_cached(SharedInputs(*shared))
-                return fn(sel) if sel is not None else skip(len(outputs))
-            except Exception:
-                return skip(len(outputs))
+            sel = state_cached(SharedInputs(*shared))
+            return fn(sel) if sel is not None else skip(len(outputs))
 
-        self._pending.append((run, outputs))
+        self._pending.append((quietly(run, len(outputs)), outputs))
 
     def wire(self, state: AppState) -> None:
         """Attach every :meth:`after_result` callback to every result event (called by
@@ -170,13 +169,20 @@ def skip(outputs: int) -> Any:
 
 
 def quietly(fn: Callable[..., Any], outputs: int) -> Callable[..., Any]:
-    """``fn``, but a failure leaves its outputs unchanged instead of showing an error."""
+    """``fn`` for an event that follows another one (a tab opened, a new result): a user's
+    error (:class:`~dfine.errors.DFineError`, already reported by the event that showed the
+    input) leaves its outputs unchanged without a second toast; anything else is a bug, logged
+    with its traceback (and the outputs left unchanged)."""
 
     @functools.wraps(fn)
     def run(*args: Any) -> Any:
         try:
             return fn(*args)
+        except DFineError as e:
+            log.info("%s skipped: %s", getattr(fn, "__name__", "handler"), e)
+            return skip(outputs)
         except Exception:
+            log.exception("internal error in %s", getattr(fn, "__name__", "a handler"))
             return skip(outputs)
 
     return run

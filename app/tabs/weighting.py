@@ -18,6 +18,7 @@ from app.errors import UserError, user_errors
 from app.state import AppState
 from app.summaries import weighting_summary
 from app.tabs.common import Controls, bind, figure_export_row, on_open, save_figure
+from dfine.errors import InvalidArgumentError
 from dfine.nn.decoder import NoDistributionsError
 
 REG_MAX_RANGE = (4, 128)
@@ -67,7 +68,7 @@ def _curve(reg_max: int, up: float, reg_scale: float) -> analysis.WeightingCurve
         return analysis.weighting_curve(
             number(reg_max, "reg_max"), number(up, "up"), number(reg_scale, "reg_scale")
         )
-    except ValueError as e:
+    except InvalidArgumentError as e:
         raise UserError(f"{e}.") from e
 
 

@@ -2,37 +2,35 @@
 
 ``torch`` (eager or deployed), ``onnxruntime`` (CPU / CUDA), ``openvino`` (CPU) and
 ``tensorrt`` (CUDA, FP32/FP16 with a precision guard). Optional packages are imported only
-when their backend is created, with an error that names what to install.
+when their backend is created, with an error that names what to install. The names below are
+imported on first use (:mod:`dfine._lazy`): :data:`BACKENDS` costs no torch import.
 """
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
-from dfine.backends.base import Backend
-from dfine.backends.onnxruntime import OnnxRuntimeBackend
-from dfine.backends.openvino import OpenVINOBackend
-from dfine.backends.tensorrt import TensorRTBackend
-from dfine.backends.torch_backend import TorchBackend
-from dfine.errors import InvalidArgumentError
+from dfine._lazy import lazy_package
+
+if TYPE_CHECKING:
+    from dfine.backends.base import Backend
+    from dfine.backends.create import create_backend
+    from dfine.backends.onnxruntime import OnnxRuntimeBackend
+    from dfine.backends.openvino import OpenVINOBackend
+    from dfine.backends.tensorrt import TensorRTBackend
+    from dfine.backends.torch_backend import TorchBackend
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+"""The inference runtimes, by the name ``--backend`` and ``Detector(backend=)`` take."""
 
-
-def create_backend(name: str, weights: str | os.PathLike, **options) -> Backend:
-    """A backend by name. ``weights``: checkpoint, zoo name, DFINE model (torch only) or
-    ``.onnx`` file (the non-torch backends export checkpoints to ONNX once, cached)."""
-    if name == "torch":
-        return TorchBackend(weights, **options)
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(weights, **options)
-    if name == "openvino":
-        return OpenVINOBackend(weights, **options)
-    if name == "tensorrt":
-        return TensorRTBackend(weights, **options)
-    raise InvalidArgumentError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-
-
+_EXPORTS = {
+    "Backend": "base",
+    "create_backend": "create",
+    "OnnxRuntimeBackend": "onnxruntime",
+    "OpenVINOBackend": "openvino",
+    "TensorRTBackend": "tensorrt",
+    "TorchBackend": "torch_backend",
+}
 __all__ = [
     "BACKENDS",
     "Backend",
@@ -42,3 +40,4 @@ __all__ = [
     "TorchBackend",
     "create_backend",
 ]
+lazy_package(__name__, _EXPORTS)

@@ -6,13 +6,35 @@ Importing this package does not import pycocotools / faster-coco-eval (only
 ``CocoDetection.coco`` does) nor PyYAML (only ``YoloDetection.from_yaml`` does).
 """
 
-from dfine.data.coco import CocoDetection
-from dfine.data.collate import BatchImageCollate, DataLoader, build_dataloader, generate_scales
-from dfine.data.dataset import DatasetError, DetectionDataset
-from dfine.data.synth import SYNTH_CLASSES, make_synthetic_dataset
-from dfine.data.transforms import Compose, build_train_transforms, build_val_transforms
-from dfine.data.yolo import YoloDetection
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from dfine._lazy import lazy_package
+
+if TYPE_CHECKING:
+    from dfine.data.coco import CocoDetection
+    from dfine.data.collate import BatchImageCollate, DataLoader, build_dataloader, generate_scales
+    from dfine.data.dataset import DatasetError, DetectionDataset
+    from dfine.data.synth import SYNTH_CLASSES, make_synthetic_dataset
+    from dfine.data.transforms import Compose, build_train_transforms, build_val_transforms
+    from dfine.data.yolo import YoloDetection
+
+_EXPORTS = {
+    "CocoDetection": "coco",
+    "BatchImageCollate": "collate",
+    "DataLoader": "collate",
+    "build_dataloader": "collate",
+    "generate_scales": "collate",
+    "DatasetError": "dataset",
+    "DetectionDataset": "dataset",
+    "SYNTH_CLASSES": "synth",
+    "make_synthetic_dataset": "synth",
+    "Compose": "transforms",
+    "build_train_transforms": "transforms",
+    "build_val_transforms": "transforms",
+    "YoloDetection": "yolo",
+}
 __all__ = [
     "SYNTH_CLASSES",
     "BatchImageCollate",
@@ -28,3 +50,4 @@ __all__ = [
     "generate_scales",
     "make_synthetic_dataset",
 ]
+lazy_package(__name__, _EXPORTS)

@@ -1,4 +1,5 @@
-"""``dfine data ...`` commands. ``register_cli(subparsers)`` adds them to the main parser."""
+"""``dfine data ...`` commands. ``register_cli(subparsers)`` adds them to the main parser
+(from light modules only: each command imports what it runs when it runs)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import argparse
 import sys
 
 from dfine.argtypes import fraction, non_negative_int, positive_int
-from dfine.data.synth import make_synthetic_dataset
-from dfine.data.synth_video import write_synth_video
 
 __all__ = ["register_cli"]
 
@@ -21,6 +20,8 @@ The same arguments always give byte-identical files."""
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from dfine.data.synth import make_synthetic_dataset
+
     width, height = args.size
     if width < 32 or height < 32:
         print(f"error: --size must be at least 32 32, got {width} {height}", file=sys.stderr)
@@ -55,6 +56,8 @@ lines; the demo model assets/dfine_n_synth.safetensors detects them)."""
 
 
 def cmd_synth_video(args: argparse.Namespace) -> int:
+    from dfine.data.synth_video import write_synth_video
+
     video, truth = write_synth_video(
         args.out,
         args.frames,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dfine.config import (
@@ -48,7 +48,7 @@ def _safetensors_kind(path: Path) -> str | None:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             keys = list(f.keys())
-    except Exception:
+    except (SafetensorError, OSError):  # not a safetensors file, or unreadable
         return None
     if METADATA_KEY in meta:
         return "project"

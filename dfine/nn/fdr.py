@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dfine.errors import InvalidArgumentError
+
 
 def _as_tensor(value: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
@@ -22,9 +24,9 @@ def check_reg_max(reg_max: int | float) -> int:
     """``reg_max`` as an int, if it is a whole, even number >= 4 (W(n) is symmetric around
     ``reg_max / 2``): the one check every caller (model, analysis, app) goes through."""
     if isinstance(reg_max, bool) or not isinstance(reg_max, (int, float)) or reg_max != reg_max:
-        raise ValueError(f"reg_max must be an even whole number >= 4, got {reg_max!r}")
+        raise InvalidArgumentError(f"reg_max must be an even whole number >= 4, got {reg_max!r}")
     if float(reg_max) != int(reg_max) or int(reg_max) < 4 or int(reg_max) % 2:
-        raise ValueError(f"reg_max must be an even whole number >= 4, got {reg_max:g}")
+        raise InvalidArgumentError(f"reg_max must be an even whole number >= 4, got {reg_max:g}")
     return int(reg_max)
 
 

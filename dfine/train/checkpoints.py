@@ -13,40 +13,8 @@ from torch import nn
 
 from dfine.checkpoint import save_model
 from dfine.train import dist
-from dfine.train.metrics import CSV_NAME, JSONL_NAME, LOG_NAME, TENSORBOARD_DIR
+from dfine.train.names import BEST, BEST_STAGE1, FINAL, LAST, periodic_name
 from dfine.train.state import atomic_torch_save
-
-LAST = "last.pth"
-BEST = "best.safetensors"
-BEST_STAGE1 = "best_stg1.pth"
-FINAL = "final.safetensors"
-
-
-def periodic_name(epoch: int) -> str:
-    """The ``--save-every`` checkpoint after (1-based) ``epoch``."""
-    return f"checkpoint{epoch:04}.pth"
-
-
-OUTPUT_FILES: tuple[tuple[str, str], ...] = (
-    (LAST, "full training state after the latest epoch (what --resume continues)"),
-    (BEST, "best EMA weights by val AP, with recipe, classes and metrics"),
-    (
-        BEST_STAGE1,
-        "full state of the best epoch before --stop-epoch (the stage-2 restart point)",
-    ),
-    (FINAL, "EMA weights after the last epoch"),
-    (periodic_name(0).replace("0000", "NNNN"), "full state after epoch NNNN, with --save-every"),
-    (JSONL_NAME, "one JSON record per epoch (losses, AP, timing, non-finite steps)"),
-    (CSV_NAME, "the same records as a table"),
-    (LOG_NAME, "everything printed"),
-    (TENSORBOARD_DIR + "/", "TensorBoard scalars (unless --no-tensorboard)"),
-)
-"""Every file a run writes, with what it holds (``dfine train --help`` lists them)."""
-
-
-def describe_outputs(indent: str = "  ") -> str:
-    width = max(len(name) for name, _ in OUTPUT_FILES)
-    return "\n".join(f"{indent}{name:<{width}}  {what}" for name, what in OUTPUT_FILES)
 
 
 class RunFiles:

@@ -1,6 +1,7 @@
 """``dfine train`` and ``dfine val``: ``register_cli(subparsers)`` adds both to the one ``dfine``
 parser (:mod:`dfine.cli`, which also maps exceptions to exit codes); ``python -m dfine.train
-train|val ...`` is the same entry point (for ``torchrun``)."""
+train|val ...`` is the same entry point (for ``torchrun``). The parser is built from light
+modules only: each command imports what it runs when it runs."""
 
 from __future__ import annotations
 
@@ -13,12 +14,8 @@ from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
 from dfine.errors import InvalidArgumentError
 from dfine.precision import OPENVINO_PRECISIONS
-from dfine.sources import default_backend
-from dfine.train import dist
-from dfine.train.checkpoints import BEST, FINAL, describe_outputs
-from dfine.train.evaluate import COCO_LIBS
+from dfine.train.names import BEST, COCO_LIBS, FINAL, describe_outputs
 from dfine.train.recipes import recipe_names
-from dfine.train.run import TrainRun, train, validate
 
 __all__ = ["register_cli"]
 
@@ -57,6 +54,9 @@ def _wrapped(names: list[str], width: int = 96) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dfine.train import dist
+    from dfine.train.run import TrainRun, train
+
     run = TrainRun(
         recipe=args.recipe,
         data=args.data,
@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         stop_on_nan=args.stop_on_nan,
     )
-    summary = train(run)  # NonFiniteLossError: exit code 3 (dfine.cli.EXIT_CODES)
+    summary = train(run)  # NonFiniteLossError: exit code 3 (its exit_code)
     if dist.is_main():
         print(summary_text(summary, args.out))
     return 0
@@ -113,6 +113,10 @@ def summary_text(summary: dict, out: str) -> str:
 
 
 def cmd_val(args: argparse.Namespace) -> int:
+    from dfine.sources import default_backend
+    from dfine.train import dist
+    from dfine.train.run import validate
+
     runtime = args.backend or default_backend(args.weights)
     if args.report or args.per_layer or args.calibration:
         if runtime != "torch":
@@ -121,8 +125,8 @@ def cmd_val(args: argparse.Namespace) -> int:
                 f".safetensors checkpoint, --backend torch); the {runtime} backend gives plain "
                 "AP only (drop those options)"
             )
-        # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
-        return webapp.load_module("analysis.evaluation.cli").run_report(args)
+        # the report is the analysis layer's, reached through the library's one seam to it
+        return webapp.evaluation_report(args)
     if args.precision and runtime == "torch":  # a checkpoint: reduced through OpenVINO
         runtime = "openvino"
     metrics = validate(

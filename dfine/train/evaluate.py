@@ -25,6 +25,7 @@ from tqdm import tqdm
 from dfine.errors import InvalidArgumentError, missing
 from dfine.postprocess import postprocess
 from dfine.train import dist
+from dfine.train.names import COCO_LIBS
 
 METRIC_NAMES = (
     "AP",
@@ -42,10 +43,6 @@ METRIC_NAMES = (
 )
 """The 12 numbers of COCOeval.summarize(), in order (AP at IoU .50:.95, .50, .75, per area; AR
 at 1, 10, 100 detections and per area). -1 means "no ground truth in that area range"."""
-
-COCO_LIBS = ("auto", "faster_coco_eval", "pycocotools")
-"""COCO evaluation libraries (``coco_lib``): faster-coco-eval when installed (``auto``), or
-pycocotools. Not to be confused with inference backends (``dfine.backends``)."""
 
 
 # ------------------------------------------------------------------------------ ground truth

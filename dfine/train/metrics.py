@@ -16,11 +16,7 @@ from tqdm import tqdm
 
 from dfine.files import atomic_write
 from dfine.train import dist
-
-LOG_NAME = "train.log"
-JSONL_NAME = "metrics.jsonl"
-CSV_NAME = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
+from dfine.train.names import CSV_NAME, JSONL_NAME, LOG_NAME, TENSORBOARD_DIR
 
 
 class MetricsSink:

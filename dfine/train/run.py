@@ -240,7 +240,7 @@ def validate(
     ``onnxruntime``, ``openvino`` or ``tensorrt`` (default: from the file, see
     :func:`dfine.sources.default_backend`); ``precision``: the runtime's precision (see
     :mod:`dfine.precision`; default: the file's own); ``coco_lib``: the COCO evaluation
-    library (``dfine.train.evaluate.COCO_LIBS``)."""
+    library (``dfine.train.names.COCO_LIBS``)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:

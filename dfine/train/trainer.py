@@ -120,7 +120,7 @@ class Trainer:
     Loaders yield ``(images [B,3,H,W] in [0,1], targets)``; ``set_epoch`` is called on the
     loader (or its sampler, dataset and collate function) each epoch. The trainer writes, on
     rank 0 only, into ``options.out_dir`` the files of
-    :data:`dfine.train.checkpoints.OUTPUT_FILES`.
+    :data:`dfine.train.names.OUTPUT_FILES`.
     """
 
     def __init__(
