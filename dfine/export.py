@@ -25,7 +25,7 @@ from torch import nn
 
 from dfine.checkpoint import load_model
 from dfine.config import ABLATIONS
-from dfine.errors import InputFileError, InvalidArgumentError
+from dfine.errors import InputFileError, InvalidArgumentError, missing
 from dfine.files import atomic_write
 from dfine.io import load_image
 from dfine.model import DFINE
@@ -119,7 +119,10 @@ def export_onnx(
 ) -> ExportResult:
     """Export to ONNX (deployed graph: conv+BN folded), check it with ``onnx.checker`` and,
     for fp32, compare ONNX Runtime with PyTorch on the example images (query-order aware)."""
-    import onnx
+    try:
+        import onnx
+    except ImportError as e:
+        raise missing("ONNX export", "onnx") from e
 
     if opset < 17:
         raise InvalidArgumentError(
@@ -210,7 +213,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     :data:`dfine.config.ABLATIONS`) when the file records it (exports since it is)."""
     if Path(path).suffix == ".xml":
         return _read_ir_metadata(Path(path))
-    import onnx
+    try:
+        import onnx
+    except ImportError as e:
+        raise missing("reading an ONNX file's metadata", "onnx") from e
 
     proto = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}

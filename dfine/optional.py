@@ -26,6 +26,7 @@ class Part:
 PARTS: dict[str, Part] = {
     p.module: p
     for p in (
+        Part("onnx", "onnx", "ONNX export (dfine export; the graphs the other backends run)"),
         Part("onnxruntime", "onnxruntime", "ONNX Runtime backend, export parity check"),
         Part("openvino", "openvino", "OpenVINO backend, f32/bf16/int8 OpenVINO exports"),
         Part("nncf", "nncf", "INT8 export (calibrated quantization)"),

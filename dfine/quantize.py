@@ -20,6 +20,7 @@ method, the reduced parts, the calibration and the guard's measurement (and ever
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -123,26 +124,38 @@ def _sizes(x):
 
 
 class _quiet:
-    """NNCF logs every node it leaves out at INFO; keep its warnings only (and, without
-    ``progress``, its errors only)."""
+    """NNCF logs every node it leaves out at INFO; keep its warnings only. Without
+    ``progress`` (``--quiet``): its errors only, no progress bars (NNCF draws them on rich's
+    console) and no "No CUDA runtime is found" warning (torch logs it when NNCF imports its
+    torch extensions). Levels and settings of those libraries, restored on exit; nothing is
+    redirected."""
+
+    CPP_EXTENSION_LOGGER = "torch.utils.cpp_extension"
 
     def __init__(self, progress: bool) -> None:
         self.progress = progress
 
     def __enter__(self):
-        import logging
-
         import nncf
+        import rich
 
-        self.level = nncf.common.logging.nncf_logger.level
+        self.nncf_level = nncf.common.logging.nncf_logger.level
+        self.torch_level = logging.getLogger(self.CPP_EXTENSION_LOGGER).level
+        self.console_quiet = rich.get_console().quiet
         nncf.common.logging.nncf_logger.setLevel(
             logging.WARNING if self.progress else logging.ERROR
         )
+        if not self.progress:
+            logging.getLogger(self.CPP_EXTENSION_LOGGER).setLevel(logging.ERROR)
+            rich.get_console().quiet = True
 
     def __exit__(self, *exc):
         import nncf
+        import rich
 
-        nncf.common.logging.nncf_logger.setLevel(self.level)
+        nncf.common.logging.nncf_logger.setLevel(self.nncf_level)
+        logging.getLogger(self.CPP_EXTENSION_LOGGER).setLevel(self.torch_level)
+        rich.get_console().quiet = self.console_quiet
 
 
 def _set_metadata(model, meta: dict) -> None:

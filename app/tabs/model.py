@@ -11,7 +11,11 @@ from app.models import CHECKPOINT_SUFFIXES
 from app.state import AppState
 from app.summaries import model_markdown, model_note
 from app.tabs.common import Controls, bind
+from dfine import optional
 from dfine.guard import precision_costs
+
+PRECISION_COST_NEEDS = ("onnx", "openvino")
+"""The optional packages the precision measurement runs on (an ONNX export, OpenVINO)."""
 
 
 @user_errors
@@ -55,7 +59,8 @@ def precision_cost(
 ) -> str:
     """Measure what bf16 costs for model ``key`` on this machine (OpenVINO, the example
     images): median latency and speed-up vs f32, and the drift of the detections."""
-
+    for module in PRECISION_COST_NEEDS:
+        optional.require(module, "Measuring f32 vs bf16")
     loaded = state.store.get(key)
     if progress is not None:
         progress(0.1, desc="Exporting and compiling f32 and bf16 (OpenVINO)")
@@ -71,6 +76,25 @@ def precision_cost(
             "--calibration DIR --val DATA`.",
         ]
     )
+
+
+def precision_cost_controls() -> tuple[gr.Button, gr.Markdown]:
+    """The "measure f32 vs bf16" button and its output; without OpenVINO (or onnx) the button
+    is disabled and one line names the package to install."""
+    absent = [optional.PARTS[m] for m in PRECISION_COST_NEEDS if not optional.available(m)]
+    with gr.Accordion("Reduced precision: measured cost on this machine", open=False):
+        if absent:
+            gr.Markdown(
+                "Measuring reduced precision needs "
+                + " and ".join(f"`{p.package}`" for p in absent)
+                + ", not installed here: `pip install "
+                + " ".join(p.package for p in absent)
+                + "`.",
+                elem_id="precision-cost-absent",
+            )
+        button = gr.Button("Measure f32 vs bf16 (OpenVINO)", interactive=not absent)
+        cost = gr.Markdown(elem_id="precision-cost")
+    return button, cost
 
 
 def build(state: AppState, controls: Controls) -> None:
@@ -99,9 +123,7 @@ def build(state: AppState, controls: Controls) -> None:
             interactive=False,
             max_lines=1,
         )
-        with gr.Accordion("Reduced precision: measured cost on this machine", open=False):
-            cost_button = gr.Button("Measure f32 vs bf16 (OpenVINO)")
-            cost = gr.Markdown(elem_id="precision-cost")
+        cost_button, cost = precision_cost_controls()
     cost_button.click(
         bind(state, precision_cost), inputs=key, outputs=cost, api_name="precision_cost"
     )
