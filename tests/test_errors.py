@@ -191,3 +191,29 @@ def test_quietly_skips_a_user_error_and_logs_a_bug(caplog):
         quietly(bug, 1)(None)
     [record] = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert record.exc_info[0] is KeyError and "Traceback" in caplog.text
+
+
+def test_the_model_tab_offers_no_bf16_measurement_without_openvino(state, monkeypatch):
+    """A Spaces-style install (no OpenVINO): the button is disabled with one line naming the
+    package, and the endpoint answers with that line instead of an internal error."""
+    from app.tabs import model
+    from dfine import optional
+
+    monkeypatch.setattr(optional, "available", lambda module: module != "openvino")
+    with gr.Blocks() as demo:
+        button, _ = model.precision_cost_controls()
+    assert button.interactive is False
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown) and b.value]
+    assert notes == ["Measuring reduced precision needs `openvino`, not installed here: "
+                     "`pip install openvino`."]  # fmt: skip
+    with pytest.raises(gr.Error) as toast:
+        model.precision_cost(state, "default")
+    assert toast.value.message == (
+        "Measuring f32 vs bf16 needs the 'openvino' package, which is not installed: "
+        "pip install openvino"
+    )
+
+    monkeypatch.setattr(optional, "available", lambda module: True)
+    with gr.Blocks():
+        button, _ = model.precision_cost_controls()
+    assert button.interactive is not False

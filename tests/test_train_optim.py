@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import dfine
+from dfine.errors import InvalidArgumentError
 from dfine.train.ema import ModelEMA
 from dfine.train.optim import (
     DEFAULT_GROUP,
@@ -250,7 +251,7 @@ def test_recipes_mirror_reference_configs():
         assert r.clip_max_norm == 0.1 and r.betas == (0.9, 0.999)
     synth = get_recipe("synth")
     assert synth.model_size == "n" and synth.input_size == 320 and not synth.amp
-    with pytest.raises(KeyError, match="known recipes"):
+    with pytest.raises(InvalidArgumentError, match="known recipes"):
         get_recipe("nope")
 
 
