@@ -114,3 +114,25 @@ def test_quiet_silences_nncf_bars_and_the_cuda_warning(capsys):
         assert logger.isEnabledFor(logging.WARNING)
         rich.get_console().print("Statistics collection ━━━━ 100%")
     assert "Statistics" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("package", ["dfine", "dfine.train", "dfine.data", "dfine.backends"])
+def test_lazy_packages_export_every_public_name(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+        assert name in dir(module)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        module.nope  # noqa: B018
+
+
+def test_dfine_postprocess_stays_the_function():
+    """The function ``dfine.postprocess`` shares its name with its module: importing the
+    module (as every prediction does) must not replace the function on the package."""
+    import dfine
+    import dfine.predict  # imports the module dfine.postprocess
+
+    assert callable(dfine.postprocess) and dfine.postprocess.__name__ == "postprocess"
+    assert dfine.postprocess is sys.modules["dfine.postprocess"].postprocess
