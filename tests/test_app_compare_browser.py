@@ -10,14 +10,13 @@ random-initialised D-FINE-N checkpoints of each variant (the demo's 8 classes, m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
+from dfine.optional import chromium_path
+
+CHROMIUM = chromium_path()  # None: every test here is skipped (tests/conftest.py)
 pytest.importorskip("gradio", reason="the app needs gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
