@@ -37,7 +37,6 @@ def _check(path: str | os.PathLike) -> Path:
         raise InvalidArgumentError(
             f"save_figure writes {' or '.join(FORMATS)} files, got {path.name!r}"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -57,6 +56,8 @@ def save_figures(
         import kaleido
     except ImportError as err:
         raise missing("PNG/SVG figure export", "kaleido") from err
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
     specs = [
         {
             "fig": fig.to_dict(),
