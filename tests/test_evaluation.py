@@ -292,6 +292,20 @@ def test_last_stage_ap_equals_plain_validate_and_is_cached(synth_val, demo_repor
     assert cache_key("w", "d", 320, EvalSettings(batch_size=8)) != cache_key("w", "d", 320, other)
 
 
+def test_a_cached_report_points_at_the_dataset_evaluated_now(synth_val, demo_report, tmp_path):
+    """Issue 21 item 9: the same dataset at another place (an uploaded zip unpacked into a new
+    folder) hits the cache, and the report then names this copy's images *and* annotations
+    (the app draws the ground truth from ``info["annotations"]``), not the first copy's."""
+    import shutil
+
+    copy = shutil.copytree(synth_val, tmp_path / "unpacked_again")
+    cached = evaluate_dataset(DEMO, copy, settings=EvalSettings(batch_size=8))
+    assert cached.info["cached"] and cached.metrics == demo_report.metrics
+    assert all(Path(f).is_relative_to(copy) for f in cached.info["files"])
+    annotations = Path(cached.info["annotations"])
+    assert annotations.is_relative_to(copy) and annotations.is_file(), annotations
+
+
 def _cli_report(synth_val, demo_report, out, capsys) -> str:
     """``dfine val --report out`` (the cached pass of demo_report): exit 0, metrics.json, the
     offline index.html and the gallery; returns what it printed."""
