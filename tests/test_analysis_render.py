@@ -283,3 +283,13 @@ def test_static_export_without_a_browser_is_one_user_error(trace, tmp_path, no_c
     assert not (tmp_path / "x.pdf").exists()
     page = EX.save_html(fig, tmp_path / "fig.html").read_text()
     assert "Layer-by-layer box refinement" in page and "<script src" not in page
+
+
+def test_wrap_breaks_at_spaces_and_keeps_line_breaks():
+    assert F.wrap("aaa bbb ccc", 7) == "aaa bbb<br>ccc"
+    assert F.wrap("one<br>two three", 5) == "one<br>two<br>three"
+    assert F.wrap("a verylongword b", 4) == "a<br>verylongword<br>b"  # words stay whole
+    assert F.wrap("", 5) == "" and F.wrap("a<br><br>b", 5) == "a<br><br>b"
+    text = "per-edge distributions of the decoder layers, σ in pixels of the original image"
+    lines = F.wrap(text, 20).split("<br>")
+    assert " ".join(lines) == text and all(len(line) <= 20 for line in lines)
