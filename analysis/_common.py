@@ -120,10 +120,6 @@ def class_color(label: int) -> tuple[int, int, int]:
     return PALETTE[int(label) % len(PALETTE)]
 
 
-def hex_color(rgb: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
-
-
 def class_name(class_names: Sequence[str] | None, label: int) -> str:
     if class_names is not None and 0 <= label < len(class_names):
         return str(class_names[label])

@@ -2,6 +2,11 @@
 (plotly's own export: kaleido, which drives a local Chromium). There is no second plotting
 stack: a figure is defined once, in ``analysis.figures`` or ``analysis.evaluation.figures``.
 
+The browser is optional: :func:`dfine.optional.chromium_path` finds it once (or is told there
+is none, ``DFINE_CHROMIUM=none``) and kaleido runs exactly that one. Without it
+:func:`save_figures` raises :class:`~dfine.errors.MissingDependencyError` (one line: why, and
+how to get one) before anything is started; :func:`save_html` needs no browser.
+
 Each kaleido call starts a browser (about 3 s), so write several figures with one
 :func:`save_figures` call.
 """
@@ -12,11 +17,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from dfine.errors import InvalidArgumentError, missing
+from dfine.optional import require_chromium
+
 try:
     import plotly.graph_objects as go
-    import plotly.io as pio
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("analysis.export needs plotly: pip install plotly kaleido") from err
+    raise missing("analysis.export", "plotly") from err
 
 FORMATS = ("png", "svg")
 WIDTH = 1100  # px, for figures that leave their width to the browser window
@@ -27,8 +34,9 @@ SCALE = 2  # PNG pixels per layout pixel (sharp on high-DPI screens); SVG ignore
 def _check(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower().lstrip(".") not in FORMATS:
-        raise ValueError(f"save_figure writes {' or '.join(FORMATS)} files, got {path.name!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise InvalidArgumentError(
+            f"save_figure writes {' or '.join(FORMATS)} files, got {path.name!r}"
+        )
     return path
 
 
@@ -37,29 +45,44 @@ def save_figures(
 ) -> list[Path]:
     """Write every ``(figure, path)`` as PNG or SVG (chosen by the suffix) in one kaleido
     session; returns the paths. A figure without a layout width (height) is drawn
-    :data:`WIDTH` (:data:`HEIGHT`) px wide (high); PNGs have ``scale`` pixels per layout pixel. Fails with one line naming kaleido and
-    Chromium when the export cannot run."""
+    :data:`WIDTH` (:data:`HEIGHT`) px wide (high); PNGs have ``scale`` pixels per layout pixel.
+    Without kaleido or a browser: :class:`~dfine.errors.MissingDependencyError`, and nothing
+    is written."""
     paths = [_check(p) for _, p in items]
     if not paths:
         return []
-    widths = [fig.layout.width or WIDTH for fig, _ in items]
-    heights = [fig.layout.height or HEIGHT for fig, _ in items]
+    browser = require_chromium("PNG/SVG figure export")
     try:
-        pio.write_images(
-            [fig for fig, _ in items],
-            paths,
-            width=widths,
-            height=heights,
-            scale=scale,
-            validate=False,
-        )
-    except Exception as err:  # kaleido reports a missing browser in several ways
-        raise RuntimeError(
-            f"static figure export failed ({type(err).__name__}: {err}); it needs kaleido "
-            "(pip install kaleido) and Chromium or Chrome (apt-get install chromium, or set "
-            "BROWSER_PATH)"
-        ) from err
+        import kaleido
+    except ImportError as err:
+        raise missing("PNG/SVG figure export", "kaleido") from err
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    specs = [
+        {
+            "fig": fig.to_dict(),
+            "path": path,
+            "opts": {
+                "format": path.suffix.lower().lstrip("."),
+                "width": fig.layout.width or WIDTH,
+                "height": fig.layout.height or HEIGHT,
+                "scale": scale,
+            },
+        }
+        for (fig, _), path in zip(items, paths)
+    ]
+    # the browser found above, and no MathJax from its CDN (no figure here uses LaTeX)
+    kaleido.write_fig_from_object_sync(specs, kopts={"path": browser, "mathjax": False})
     return paths
+
+
+def save_html(fig: go.Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a self-contained interactive HTML page (plotly.js inline: offline, no
+    browser needed to write it); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return path
 
 
 def save_figure(fig: go.Figure, path: str | os.PathLike, scale: float = SCALE) -> Path:
@@ -67,4 +90,4 @@ def save_figure(fig: go.Figure, path: str | os.PathLike, scale: float = SCALE) -
     return save_figures([(fig, path)], scale)[0]
 
 
-__all__ = ["FORMATS", "save_figure", "save_figures"]
+__all__ = ["FORMATS", "save_figure", "save_figures", "save_html"]

@@ -33,18 +33,13 @@ TEMPLATE = "plotly_white"
 
 def wrap(text: str, width: int) -> str:
     """``text`` broken into lines of at most ``width`` characters (plotly ``<br>``), at
-    spaces; existing ``<br>`` kept."""
-    out = []
-    for part in str(text).split("<br>"):
-        line = ""
-        for word in part.split(" "):
-            if line and len(line) + 1 + len(word) > width:
-                out.append(line)
-                line = word
-            else:
-                line = f"{line} {word}" if line else word
-        out.append(line)
-    return "<br>".join(out)
+    spaces (a longer word keeps a line of its own); existing ``<br>`` kept."""
+    return "<br>".join(
+        "<br>".join(
+            textwrap.wrap(part, width, break_on_hyphens=False, break_long_words=False) or [""]
+        )
+        for part in str(text).split("<br>")
+    )
 
 
 def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
@@ -318,9 +313,8 @@ def message_figure(text: str, title: str = "") -> go.Figure:
     """An empty figure that says ``text``: a tab's answer when there is nothing to plot (e.g.
     the distributions of a model trained without them)."""
     fig = go.Figure()
-    lines = textwrap.wrap(text, MESSAGE_WIDTH, break_on_hyphens=False, break_long_words=False)
     fig.add_annotation(
-        text="<br>".join(lines), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+        text=wrap(text, MESSAGE_WIDTH), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
         font={"size": 14},
     )  # fmt: skip
     fig.update_xaxes(visible=False)

@@ -292,7 +292,6 @@ class FrameReader:
         self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.frames_read = 0
         self.max_pixels = int(max_pixels)
         self.info = self._open(max_pixels, folder_fps)
         if start:
@@ -391,7 +390,6 @@ class FrameReader:
                             f"{rgb.shape[1]}x{rgb.shape[0]} but the first frame is "
                             f"{self.info.width}x{self.info.height}; all frames must be one size"
                         )
-                self.frames_read = index + 1
                 kept += 1
                 yield Frame(index, index / fps, rgb)
             return
@@ -417,7 +415,6 @@ class FrameReader:
                 ok, bgr = cap.retrieve()
                 if not ok:
                     break
-        self.frames_read = index
         reported, fps = self.info.frame_count, self.info.fps
         # Containers without a frame index (MKV, WebM) report duration x fps as the count,
         # an overestimate for variable frame rates: only a count AND a last timestamp short

@@ -1,6 +1,11 @@
 """Shared fixtures. Reference fixtures for the N model live in tests/fixtures (copied from
 ../shared/reference by scripts/make_test_fixtures.py); S tests read ../shared/reference when it
-exists and skip otherwise."""
+exists and skip otherwise.
+
+Tests that need a Chromium carry the ``chromium`` marker (kaleido's static PNG/SVG) or the
+``browser`` marker (Playwright): without one (:func:`dfine.optional.chromium_path`; CI's
+fresh-machine run sets ``DFINE_CHROMIUM=none``) they are skipped with the reason, and
+``-m "browser or chromium"`` selects exactly them."""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from dfine.errors import MissingDependencyError
+from dfine.optional import require_chromium
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -28,6 +36,29 @@ def reference_file(name: str) -> Path:
 
 def load_tensors(name: str):
     return torch.load(reference_file(name), map_location="cpu", weights_only=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests that need a Chromium when there is none, saying why."""
+    try:
+        require_chromium("this test")
+    except MissingDependencyError as err:
+        skip = pytest.mark.skip(reason=str(err))
+        for item in items:
+            if item.get_closest_marker("chromium") or item.get_closest_marker("browser"):
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def no_chromium(monkeypatch):
+    """A process without a browser (``DFINE_CHROMIUM=none``), whatever is installed."""
+    from dfine import optional
+
+    monkeypatch.setenv(optional.ENV, "none")
+    optional.forget()
+    yield
+    monkeypatch.undo()
+    optional.forget()
 
 
 @pytest.fixture(scope="module")

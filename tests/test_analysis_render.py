@@ -12,6 +12,7 @@ import analysis as A
 from analysis import export as EX
 from analysis import figures as F
 from dfine.detections import Detections
+from dfine.errors import MissingDependencyError
 from dfine.loss import build_criterion
 from dfine.nn.decoder import DecoderTrace
 from dfine.nn.fdr import distance2bbox, integral, weighting_function
@@ -244,6 +245,7 @@ def test_golsd_figures(report):
 
 
 # ----------------------------------------------------------------------------- static export
+@pytest.mark.chromium
 def test_static_export_is_the_plotly_figure(trace, report, tmp_path):
     """PNG and SVG come from the plotly figure objects themselves (one kaleido session, ~3 s):
     the SVG carries the figure's own title and axis titles."""
@@ -265,6 +267,29 @@ def test_static_export_is_the_plotly_figure(trace, report, tmp_path):
     assert svg.lstrip().startswith("<svg") and "Layer-by-layer box refinement" in svg
     assert "IoU" in svg and "(px" in svg
     assert "DDF weights" in paths[3].read_text()
+
+
+def test_static_export_without_a_browser_is_one_user_error(trace, tmp_path, no_chromium):
+    """No Chromium: the user-error type with one line (why, how to get one), nothing written
+    and no browser started; the interactive HTML needs none."""
+    fig = F.refinement_figure(A.refinement(trace, [0, 1], SIZE), 1)
+    with pytest.raises(MissingDependencyError) as err:
+        EX.save_figures([(fig, tmp_path / "a.png"), (fig, tmp_path / "a.svg")])
+    text = str(err.value)
+    assert "\n" not in text and "DFINE_CHROMIUM=none" in text and "apt-get install" in text
+    assert not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="png or svg"):
-        EX.save_figure(figs["refinement"], tmp_path / "x.pdf")
+        EX.save_figure(fig, tmp_path / "x.pdf")
     assert not (tmp_path / "x.pdf").exists()
+    page = EX.save_html(fig, tmp_path / "fig.html").read_text()
+    assert "Layer-by-layer box refinement" in page and "<script src" not in page
+
+
+def test_wrap_breaks_at_spaces_and_keeps_line_breaks():
+    assert F.wrap("aaa bbb ccc", 7) == "aaa bbb<br>ccc"
+    assert F.wrap("one<br>two three", 5) == "one<br>two<br>three"
+    assert F.wrap("a verylongword b", 4) == "a<br>verylongword<br>b"  # words stay whole
+    assert F.wrap("", 5) == "" and F.wrap("a<br><br>b", 5) == "a<br><br>b"
+    text = "per-edge distributions of the decoder layers, σ in pixels of the original image"
+    lines = F.wrap(text, 20).split("<br>")
+    assert " ".join(lines) == text and all(len(line) <= 20 for line in lines)

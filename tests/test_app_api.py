@@ -142,6 +142,11 @@ def test_distributions(client):
     assert "detection 0" in fig["layout"]["title"]["text"]
     assert len(stats["data"]) == 12 and "σ (px)" in stats["headers"]
     assert np.abs(image(overlay).astype(int) - image(PHOTO)).mean() > 0.1
+
+
+@pytest.mark.chromium
+def test_distributions_figure_download(client):
+    handle = client_lib.handle_file(PHOTO)
     png = call(client, handle, *SHARED, "0", "png", api_name="/distributions_figure")
     assert Path(png).read_bytes()[:4] == b"\x89PNG"
 

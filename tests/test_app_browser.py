@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -15,13 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium) to run "
-        "the browser test",
-        allow_module_level=True,
-    )
+from dfine.optional import chromium_path
+
+CHROMIUM = chromium_path()  # None: every test here is skipped (tests/conftest.py)
 pytest.importorskip("gradio", reason="the app needs gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 

@@ -10,19 +10,19 @@ random-initialised D-FINE-N checkpoints of each variant (the demo's 8 classes, m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
+from dfine.optional import chromium_path
+
+CHROMIUM = chromium_path()  # None: every test here is skipped (tests/conftest.py)
 pytest.importorskip("gradio", reason="the app needs gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 import dfine  # noqa: E402
 from app.paths import BUNDLED_WEIGHTS, SYNTH_DIR  # noqa: E402
+from app.tabs.evaluate import UPLOAD  # noqa: E402
 from tests.app_util import ablated_checkpoint, load_app_py, serve, synth_split_zip  # noqa: E402
 from tests.test_app_browser import _TEXT_BOXES  # noqa: E402
 
@@ -69,6 +69,19 @@ def _pick(page, selector: str, text: str) -> None:
     page.get_by_role("option").filter(has_text=text).first.click()
 
 
+def _upload(page, selector: str, path: Path) -> None:
+    """Put ``path`` in the file box ``selector`` and wait until gradio has it: the file's row
+    shows its download link (it says "Uploading..." until the server holds the file)."""
+    page.locator(f"{selector} input[type=file]").set_input_files(str(path))
+    page.wait_for_function(
+        "([sel, name]) => [...document.querySelectorAll(`${sel} td.filename`)].some(td =>"
+        " td.getAttribute('aria-label') === name"
+        " && td.parentElement.querySelector('td.download a[href]'))",
+        arg=[selector, path.name],
+        timeout=WAIT_MS,
+    )
+
+
 def _open_compare(page, label: str = "Compare with a second model") -> None:
     page.locator(f"button:visible:has-text('{label}')").first.click()
 
@@ -111,10 +124,7 @@ def test_compare_two_models_in_refinement_distributions_and_evaluate(
             # the two ablated checkpoints, uploaded in the Model tab
             page.get_by_role("tab", name="Model").click()
             for ablation in ("golsd", "fdr"):
-                page.locator("#model-upload input[type=file]").set_input_files(
-                    str(variants[ablation])
-                )
-                page.locator("#model-upload").get_by_text(variants[ablation].name).first.wait_for()
+                _upload(page, "#model-upload", variants[ablation])
                 page.click("#model-load")
                 page.locator("#model-info").get_by_text(f"variant_{ablation}").first.wait_for()
                 page.locator("#model-info").get_by_text(ablation).first.wait_for()
@@ -180,8 +190,15 @@ def test_compare_two_models_in_refinement_distributions_and_evaluate(
 
             # Evaluate: both models on the same (uploaded) split
             page.get_by_role("tab", name="Evaluate").click()
-            page.locator("#evaluate-zip input[type=file]").set_input_files(str(split))
-            page.locator("#evaluate-zip").get_by_text(split.name).first.wait_for()
+            _upload(page, "#evaluate-zip", split)
+            # the upload event's answer: the Dataset choice switched to the uploaded zip (the
+            # compare run reads it; clicking before it arrives evaluates the bundled split)
+            page.wait_for_function(
+                "v => [...document.querySelectorAll('input[type=radio]')]"
+                ".some(r => r.value === v && r.checked)",
+                arg=UPLOAD,
+                timeout=WAIT_MS,
+            )
             _open_compare(page)
             _pick(page, "#evaluate-compare-model", "variant_fdr")
             page.click("#evaluate-compare-button")

@@ -4,19 +4,20 @@ in Detect with that image and its detections."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
+from dfine.optional import chromium_path
+
+CHROMIUM = chromium_path()  # None: every test here is skipped (tests/conftest.py)
 pytest.importorskip("gradio", reason="the app needs gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 from app import build_demo  # noqa: E402
 from tests.app_util import serve  # noqa: E402
+
+pytestmark = [pytest.mark.server, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -243,12 +243,25 @@ def test_distributions_errors(state):
         distributions.distributions(state, *_shared(threshold=0.999), 0, 1.0, True)
 
 
+@pytest.mark.chromium
 def test_export_figures(state):
     png = Path(distributions.export_figure(state, *_shared(), 0, "png"))
     assert png.suffix == ".png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = Path(weighting.export_figure(state, 16, 0.5, 4.0, "default", "svg"))
     assert svg.suffix == ".svg" and b"<svg" in svg.read_bytes()[:2000]
-    with _raises("png or svg"):
+
+
+def test_export_figures_without_a_browser_offers_the_html(state, no_chromium):
+    """No Chromium: PNG/SVG come as the interactive HTML, with one warning line (the toast)
+    that says why; never an error. HTML is a format of its own, and a wrong one is refused."""
+    with pytest.warns(UserWarning) as warned:
+        page = Path(distributions.export_figure(state, *_shared(), 0, "png"))
+    assert page.suffix == ".html" and "plotly" in page.read_text()[:100_000].lower()
+    (message,) = [str(w.message) for w in warned]
+    assert "\n" not in message and "Chromium" in message and "HTML instead" in message
+    page = Path(weighting.export_figure(state, 16, 0.5, 4.0, "default", "html"))
+    assert page.name == "weighting_regmax16.html" and "W(n)" in page.read_text()
+    with _raises("png, svg, html"):
         weighting.export_figure(state, 16, 0.5, 4.0, "default", "gif")
 
 

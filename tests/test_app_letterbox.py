@@ -15,6 +15,8 @@ from PIL import Image
 
 pytest.importorskip("gradio", reason="the app needs gradio")
 
+import gradio as gr
+
 import dfine
 from app.paths import BUNDLED_WEIGHTS
 from app.state import AppState, SharedInputs
@@ -69,7 +71,10 @@ def test_detect_with_letterbox_is_the_letterbox_detector(state, tall):
     assert len(refiltered) == int((ref.scores > 0.6).sum())
     again = detect.redetect(state, tall, THRESHOLD, 320, "default", 300, True)
     assert again[1].equals(table) and "letterboxed" in again[3]  # from the cache
-    assert detect.redetect(state, None, THRESHOLD, 320, "default", 300, True)[0] is not None
+    # no image: every output left as it is (four "no change" updates), no detection run
+    for empty in (None, "  "):
+        unchanged = detect.redetect(state, empty, THRESHOLD, 320, "default", 300, True)
+        assert unchanged == (gr.skip(),) * 4, unchanged
 
 
 def test_refinement_final_stage_is_detect(state, tall):

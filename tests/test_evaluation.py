@@ -292,26 +292,73 @@ def test_last_stage_ap_equals_plain_validate_and_is_cached(synth_val, demo_repor
     assert cache_key("w", "d", 320, EvalSettings(batch_size=8)) != cache_key("w", "d", 320, other)
 
 
-def test_cli_report_writes_metrics_figures_and_offline_html(
-    synth_val, demo_report, tmp_path, capsys
-):
+def test_a_cached_report_points_at_the_dataset_evaluated_now(synth_val, demo_report, tmp_path):
+    """Issue 21 item 9: the same dataset at another place (an uploaded zip unpacked into a new
+    folder) hits the cache, and the report then names this copy's images *and* annotations
+    (the app draws the ground truth from ``info["annotations"]``), not the first copy's."""
+    import shutil
+
+    copy = shutil.copytree(synth_val, tmp_path / "unpacked_again")
+    cached = evaluate_dataset(DEMO, copy, settings=EvalSettings(batch_size=8))
+    assert cached.info["cached"] and cached.metrics == demo_report.metrics
+    assert all(Path(f).is_relative_to(copy) for f in cached.info["files"])
+    annotations = Path(cached.info["annotations"])
+    assert annotations.is_relative_to(copy) and annotations.is_file(), annotations
+
+
+def _cli_report(synth_val, demo_report, out, capsys) -> str:
+    """``dfine val --report out`` (the cached pass of demo_report): exit 0, metrics.json, the
+    offline index.html and the gallery; returns what it printed."""
     from dfine.cli import main
 
-    out = tmp_path / "report"
     argv = ["val", "-w", str(DEMO), "-d", str(synth_val), "--report", str(out), "-q", "-b", "8"]
-    assert main([*argv, "--workers", "0"]) == 0  # the cached pass of demo_report
+    assert main([*argv, "--workers", "0"]) == 0
     printed = capsys.readouterr().out
     assert "per-stage AP" in printed and "| layer 3 |" in printed and "inside ±1σ" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["AP"] == pytest.approx(demo_report.metrics["AP"])
     assert [s["name"] for s in metrics["stages"]][-1] == "layer 3"
-    for name in ("stage_ap", "edge_reliability", "edge_coverage", "confusion", "pr_iou50"):
-        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
-        assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:400]
     page = (out / "index.html").read_text()
     assert "Per-stage AP" in page and "Plotly" in page
     assert "<script src" not in page and "<link" not in page  # offline: plotly.js inside
     assert list((out / "gallery").glob("*.png"))
+    return printed
+
+
+FIGURES = ("stage_ap", "edge_reliability", "edge_coverage", "confusion", "pr_iou50")
+
+
+@pytest.mark.chromium
+def test_cli_report_writes_metrics_figures_and_offline_html(
+    synth_val, demo_report, tmp_path, capsys
+):
+    out = tmp_path / "report"
+    printed = _cli_report(synth_val, demo_report, out, capsys)
+    assert "skipped" not in printed
+    for name in FIGURES:
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:400]
+    assert "figures/stage_ap.png" in (out / "index.html").read_text()
+
+
+def test_cli_report_without_a_browser_completes_and_says_what_it_skipped(
+    synth_val, demo_report, tmp_path, capsys, no_chromium
+):
+    """No Chromium (DFINE_CHROMIUM=none, whatever is installed): exit 0, metrics.json and the
+    interactive index.html all the same, and one line saying the PNG/SVG were skipped, why
+    and how to get them."""
+    out = tmp_path / "report"
+    printed = _cli_report(synth_val, demo_report, out, capsys)
+    notes = [line for line in printed.splitlines() if "skipped" in line]
+    assert len(notes) == 1, printed
+    assert notes[0].startswith("note: PNG/SVG figures skipped")
+    assert "DFINE_CHROMIUM=none" in notes[0] and "apt-get install chromium" in notes[0]
+    assert "plotly_get_chrome" in notes[0]
+    assert not (out / "figures").exists()
+    page = (out / "index.html").read_text()
+    assert "figures/" not in page and page.count("js-plotly-plot") + page.count(
+        "Plotly.newPlot"
+    ) >= len(FIGURES)
 
 
 def test_cli_report_on_another_backend_says_it_needs_pytorch(synth_val, capsys):

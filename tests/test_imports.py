@@ -30,10 +30,12 @@ PACKAGES = ("dfine", "analysis", "app")
 # optional or heavy third-party packages a function may import lazily
 LAZY_OK = {
     "av",
+    "choreographer",  # kaleido's browser finder (dfine.optional)
     "cv2",
     "gradio",
     "gradio_client",
     "huggingface_hub",
+    "kaleido",  # static PNG/SVG (analysis.export); optional, with Chromium
     "matplotlib",
     "nncf",
     "onnx",

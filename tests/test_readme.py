@@ -1,13 +1,17 @@
-"""README.md runs as written: every ```bash and ```python block, in order, offline, from a
-view of the repository root (a temporary folder linking the checkout's files, so outputs
-never land in the checkout).
+"""README.md runs as written: every ```bash and ```python block, in order, offline. Commands
+run from a view of the repository root (a temporary folder linking the checkout's files, so
+outputs never land in the checkout); Python blocks from another, empty folder, with only the
+``dfine`` package importable (as after ``pip install``: no ``analysis``, no ``assets/``). What
+the blocks write must be covered by ``.gitignore``.
 
 An HTML comment just before a block changes how it is run (a reader sees it in the page
 source): ``<!-- readme-test: skip — reason -->`` (installs packages, or is the test suite
-itself, or trains for hours) and ``<!-- readme-test: serve — … -->`` (a server: started,
-checked to answer on its port, stopped). Nothing in a block is substituted; the environment
-only makes the run offline (an unreachable zoo URL, a temporary ``DFINE_HOME``), puts the
-repository's ``dfine`` first on ``PATH`` and picks a free port for the server.
+itself, or trains for hours), ``<!-- readme-test: serve — … -->`` (a server: started,
+checked to answer on its port, stopped) and ``<!-- readme-test: root — reason -->`` (a
+Python block run from the repository view, with the checkout importable: it reads files of
+the checkout or what a command above wrote). Nothing in a block is substituted; the
+environment only makes the run offline (an unreachable zoo URL, a temporary ``DFINE_HOME``),
+puts the repository's ``dfine`` first on ``PATH`` and picks a free port for the server.
 """
 
 from __future__ import annotations
@@ -32,12 +36,21 @@ BLOCK = re.compile(
     re.S,
 )
 OUTPUTS = {"runs", "data", "test-artifacts", "crops", "exports"}
+INSTALL_COMMAND = "pip install -r requirements.txt && pip install -e ."
 TEST_COMMAND = "pip install -r requirements-dev.txt && pip install -e . && python -m pytest -q"
 
 
 def blocks() -> list[tuple[str, str, str]]:
     """``(mode, language, code)`` of every bash/python block; mode ``run`` unless marked."""
     return [(m["mode"] or "run", m["lang"], m["code"]) for m in BLOCK.finditer(README.read_text())]
+
+
+@pytest.fixture(scope="module")
+def elsewhere(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """(an empty folder outside the checkout, a PYTHONPATH holding only this ``dfine``)."""
+    only = tmp_path_factory.mktemp("only_dfine")
+    (only / "dfine").symlink_to(ROOT / "dfine", target_is_directory=True)
+    return tmp_path_factory.mktemp("elsewhere"), {"PYTHONPATH": str(only)}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +65,10 @@ def workspace(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     shim.chmod(0o755)
     env = {
         **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        # this checkout's CLI, then this interpreter as `python` (its environment's packages)
+        "PATH": os.pathsep.join(
+            [str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]]
+        ),
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "DFINE_HOME": str(tmp_path_factory.mktemp("dfine_home")),
         "DFINE_ZOO_URL": "http://127.0.0.1:9/offline",  # refused at once: no network used
@@ -62,16 +78,22 @@ def workspace(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return work, env
 
 
-def test_the_quick_start_test_command_is_what_ci_runs():
+def test_the_quick_start_commands_are_what_ci_runs_on_a_fresh_machine():
     skipped = [code.strip() for mode, _, code in blocks() if mode == "skip"]
-    assert TEST_COMMAND in skipped  # shown verbatim, and not run from here (it is this run)
+    assert INSTALL_COMMAND in skipped and TEST_COMMAND in skipped  # shown verbatim, not run
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "python -m pytest -q" in ci and "requirements-dev.txt" in ci
+    # phase 1: in a new venv, no browser by construction, the two commands as written, then apt
+    steps = ["python3 -m venv", "export DFINE_CHROMIUM=none", INSTALL_COMMAND, TEST_COMMAND]
+    at = [ci.find(step) for step in steps]
+    assert -1 not in at and at == sorted(at), dict(zip(steps, at))
+    assert at[-1] < ci.find("apt-get update -qq") and 'pytest -q -m "browser or chromium"' in ci
 
 
-def test_every_block_runs_as_written(workspace, record_property):
+def test_every_block_runs_as_written(workspace, elsewhere, record_property):
     work, env = workspace
-    ran = {"run": 0, "serve": 0, "skip": 0}
+    away, away_env = elsewhere
+    before = set(os.listdir(work))
+    ran = {"run": 0, "serve": 0, "skip": 0, "root": 0}
     start = time.perf_counter()
     for mode, lang, code in blocks():
         ran[mode] += 1
@@ -81,19 +103,30 @@ def test_every_block_runs_as_written(workspace, record_property):
             _serve(code, work, env)
             continue
         args = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable]
+        anywhere = lang == "python" and mode == "run"
         res = subprocess.run(
             args,
             input=code if lang == "python" else None,
-            cwd=work,
-            env=env,
+            cwd=away if anywhere else work,
+            env={**env, **away_env} if anywhere else env,
             capture_output=True,
             text=True,
             timeout=300,
         )
         assert res.returncode == 0, f"README block failed:\n{code}\n--- stderr:\n{res.stderr}"
-    assert ran["run"] >= 3 and ran["serve"] == 1 and ran["skip"] == 3
+    assert ran["run"] >= 3 and ran["serve"] == 1 and ran["skip"] == 3 and ran["root"] >= 1
     assert (work / "runs" / "predict" / "000001.json").is_file()
-    assert (work / "dfine_n_synth.onnx").is_file() and (work / "crops").is_dir()
+    assert (work / "dfine_n_synth.onnx").is_file()
+    # the Python section wrote only into runs/readme/ of the folder it ran in
+    assert os.listdir(away) == ["runs"] and os.listdir(away / "runs") == ["readme"]
+    assert {"shapes_pred.jpg", "shapes.json", "crops", "mine.safetensors", "demo.onnx"} <= set(
+        os.listdir(away / "runs" / "readme")
+    )
+    # and every block wrote only what .gitignore covers
+    for name in sorted(set(os.listdir(work)) - before):
+        path = name + "/" if (work / name).is_dir() else name  # `/runs/` matches folders only
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT)
+        assert ignored.returncode == 0, f"a README block wrote {name}, which .gitignore misses"
     record_property("readme_blocks", ran)
     record_property("readme_seconds", round(time.perf_counter() - start, 1))
 

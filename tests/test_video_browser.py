@@ -7,7 +7,6 @@ frames that arrive while the model is busy, and another user's video waits for t
 from __future__ import annotations
 
 import functools
-import os
 import re
 import threading
 import time
@@ -17,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-CHROMIUM = Path(os.environ.get("DFINE_CHROMIUM", "/usr/bin/chromium"))
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install -y chromium)", allow_module_level=True)
+from dfine.optional import chromium_path
+
+CHROMIUM = chromium_path()  # None: every test here is skipped (tests/conftest.py)
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 client_lib = pytest.importorskip("gradio_client")

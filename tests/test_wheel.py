@@ -2,9 +2,13 @@
 outside the repository, and run the CLI there (help, synthetic data with the bundled photo
 backgrounds, prediction with the bundled demo model, the app's start-up).
 
-The environment reuses this interpreter's packages (``--system-site-packages``, so torch is not
-downloaded again), but dfine itself comes only from the wheel (``pip install --no-deps``) and
-nothing runs with the repository on ``sys.path`` (no PYTHONPATH, working folder outside it).
+The environment reuses the packages of the interpreter running the tests (so torch is not
+downloaded again): a ``.pth`` file puts that interpreter's site-packages folders after the new
+environment's own. That is the running interpreter's, a virtual environment's included —
+``--system-site-packages`` would give the *base* interpreter's, without the venv's torch. The
+``.pth`` lists folders only (their own ``.pth`` files, such as an editable install's, are not
+run), so dfine itself comes only from the wheel (``pip install --no-deps``), and nothing runs
+with the repository on ``sys.path`` (no PYTHONPATH, working folder outside it).
 """
 
 from __future__ import annotations
@@ -33,6 +37,18 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> 
         f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     )
     return done.stdout
+
+
+def site_folders() -> list[str]:
+    """The site-packages folders of the interpreter running the tests, in import order."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+
+
+def _reuse_packages(python: Path, env: dict[str, str], cwd: Path) -> None:
+    """Make the venv of ``python`` see this interpreter's packages after its own."""
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = Path(_run([str(python), "-c", where], env, cwd).strip())
+    (purelib / "_dfine_test_reuse.pth").write_text("".join(f"{p}\n" for p in site_folders()))
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +95,9 @@ def installed(tmp_path_factory):
     missing = {p for p in packages if f"{p}/__init__.py" not in names}
     assert not missing, f"packages left out of pyproject's list: {sorted(missing)}"
     venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], env, tmp)
+    _run([sys.executable, "-m", "venv", str(venv)], env, tmp)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    _reuse_packages(bin_dir / "python", env, tmp)
     _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], env, tmp)
     work = tmp / "work"
     work.mkdir()
@@ -99,6 +116,17 @@ def test_the_installed_package_is_the_wheel(installed):
     probe = "import importlib.util as u; print([getattr(u.find_spec(n), 'origin', '') for n in ('app', 'analysis')])"
     origins = _run([str(bin_dir / "python"), "-c", probe], env, work)
     assert str(bin_dir.parent) not in origins, origins
+
+
+def test_the_environment_has_the_running_interpreters_packages(installed):
+    """torch and the rest come from the interpreter running the tests (a venv's included)."""
+    bin_dir, env, work = installed
+    probe = "import torch, PIL; print(torch.__file__); print(PIL.__file__)"
+    got = _run([str(bin_dir / "python"), "-c", probe], env, work).split()
+    import PIL
+    import torch
+
+    assert got == [torch.__file__, PIL.__file__]
 
 
 def test_cli_help_synth_and_predict_outside_the_repo(installed):

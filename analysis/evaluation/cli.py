@@ -81,6 +81,8 @@ def run_report(args: argparse.Namespace) -> int:
         for note in report.info.get("notes", []):
             print(f"note: {note}")
     if args.report:
-        paths = write_report(report, args.report)
-        print(f"\nreport: {paths['index']} (metrics: {paths['metrics']})")
+        files = write_report(report, args.report)
+        if files.skipped:
+            print(f"note: {files.skipped}")
+        print(f"\nreport: {files.index} (metrics: {files.metrics})")
     return 0

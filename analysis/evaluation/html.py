@@ -1,7 +1,9 @@
-"""Write a :class:`DatasetReport` to a folder: ``metrics.json``, every figure as PNG and SVG
-(``figures/``, from the same plotly objects the app shows, through kaleido and a local
-Chromium), error-gallery thumbnails (``gallery/``) and an ``index.html`` that works offline
-(plotly.js embedded once; no network access)."""
+"""Write a :class:`DatasetReport` to a folder: ``metrics.json``, error-gallery thumbnails
+(``gallery/``), an interactive ``index.html`` that works offline (plotly.js embedded once; no
+network access, no browser needed to write it) and, when a Chromium is there
+(:func:`dfine.optional.chromium_path`), every figure as PNG and SVG (``figures/``, from the
+same plotly objects the app shows, through kaleido). Without one the PNG/SVG are skipped and
+:attr:`ReportFiles.skipped` says why and how to get them."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import html
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.offline
@@ -18,7 +21,19 @@ from analysis.evaluation.figures import all_figures
 from analysis.evaluation.report import DatasetReport
 from analysis.evaluation.thumbnails import caption, thumbnail
 from analysis.export import FORMATS, save_figures
+from dfine.errors import MissingDependencyError
 from dfine.files import atomic_write
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What :func:`write_report` wrote: ``figures`` is None when the PNG/SVG were skipped,
+    and ``skipped`` then says why and how to get them (one line)."""
+
+    metrics: Path
+    index: Path
+    figures: Path | None
+    skipped: str | None = None
 
 
 def write_static(figures: dict, folder: Path) -> list[Path]:
@@ -70,8 +85,9 @@ text-align:right;font-size:13px}th{background:#f3f3f3}.fig{margin:10px 0 28px}
 
 def write_report(
     report: DatasetReport, out_dir: str | os.PathLike, static: bool = True
-) -> dict[str, Path]:
-    """Write the report folder; returns the paths of ``metrics.json`` and ``index.html``."""
+) -> ReportFiles:
+    """Write the report folder; returns what was written. ``static``: PNG and SVG of every
+    figure too, when kaleido and a browser are there (else skipped, with the reason)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
@@ -79,8 +95,14 @@ def write_report(
         out / "metrics.json", lambda p: p.write_text(json.dumps(data, indent=1))
     )
     figures = all_figures(report)
+    figures_dir: Path | None = None
+    skipped = None
     if static:
-        write_static(figures, out / "figures")
+        try:
+            write_static(figures, out / "figures")
+            figures_dir = out / "figures"
+        except MissingDependencyError as err:  # no browser / kaleido: the rest still works
+            skipped = f"PNG/SVG figures skipped ({err})"
     thumbs = write_thumbnails(report, out / "gallery")
     m = report.metrics
     parts = [
@@ -125,7 +147,7 @@ def write_report(
     for name, fig in figures.items():
         links = (
             f" (<a href='figures/{name}.png'>PNG</a>, <a href='figures/{name}.svg'>SVG</a>)"
-            if static
+            if figures_dir is not None
             else ""
         )
         parts.append(
@@ -144,4 +166,4 @@ def write_report(
     parts.append("</body></html>")
     text = "".join(parts)
     index = atomic_write(out / "index.html", lambda p: p.write_text(text, encoding="utf-8"))
-    return {"metrics": metrics_path, "index": index}
+    return ReportFiles(metrics_path, index, figures_dir, skipped)

@@ -254,7 +254,8 @@ def evaluate_dataset(
             except (ValueError, KeyError, TypeError):
                 report = None  # an older or damaged cache entry: compute it again
             if report is not None:
-                report.info.update(cached=True, files=files)
+                # this request's dataset (the same content, maybe at another place)
+                report.info.update(cached=True, files=files, annotations=str(split.annotations))
                 return report
     results = run_pass(model, dataset, settings, on_batch, device=device, workers=workers)
     report = build_report(

@@ -19,7 +19,7 @@ from PIL import Image
 from analysis import export
 from app.errors import UserError, log
 from app.state import AppState, Selection, SharedInputs
-from dfine.errors import DFineError
+from dfine.errors import DFineError, MissingDependencyError
 
 
 @dataclass
@@ -201,21 +201,27 @@ def on_open(fn: Callable[..., Any], outputs: int) -> Callable[..., Any]:
 
 def figure_export_row() -> tuple[gr.Radio, gr.Button, gr.File]:
     """The 'download the figure' accordion of the analysis tabs."""
-    with gr.Accordion("Download the figure (PNG or SVG)", open=False), gr.Row():
-        fmt = gr.Radio(["png", "svg"], value="png", label="Figure format", scale=1)
+    with gr.Accordion("Download the figure (PNG, SVG or interactive HTML)", open=False), gr.Row():
+        fmt = gr.Radio(list(FIGURE_FORMATS), value="png", label="Figure format", scale=1)
         export = gr.Button("Render the figure", scale=1)
         file = gr.File(label="Figure file", scale=2, height=90)
     return fmt, export, file
 
 
-FIGURE_FORMATS = export.FORMATS
+FIGURE_FORMATS = (*export.FORMATS, "html")
 
 
 def save_figure(state: AppState, fig: Any, stem: str, fmt: str) -> str:
-    """A plotly figure saved as ``<stem>.<fmt>`` (PNG or SVG) in the outputs folder."""
+    """A plotly figure saved as ``<stem>.<fmt>`` (PNG, SVG or HTML) in the outputs folder.
+    PNG and SVG need a Chromium (:func:`dfine.optional.chromium_path`); without one the
+    figure comes as interactive HTML and a one-line toast says why."""
     fmt = str(fmt or "png").lower().lstrip(".")
     if fmt not in FIGURE_FORMATS:
-        raise UserError(f"Figures can be saved as {' or '.join(FIGURE_FORMATS)}, not {fmt!r}.")
-    path = state.outputs.path(f"{stem}.{fmt}")
-    export.save_figure(fig, path)
-    return str(path)
+        raise UserError(f"Figures can be saved as {', '.join(FIGURE_FORMATS)}, not {fmt!r}.")
+    if fmt in export.FORMATS:
+        try:
+            return str(export.save_figure(fig, state.outputs.path(f"{stem}.{fmt}")))
+        except MissingDependencyError as err:  # no browser: the HTML needs none
+            log.warning("figure download as HTML: %s", err)
+            gr.Warning(f"{err} Here is the figure as interactive HTML instead.")
+    return str(export.save_html(fig, state.outputs.path(f"{stem}.html")))

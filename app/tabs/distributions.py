@@ -76,7 +76,7 @@ def export_figure(
     x_range: str = "mass",
     axis: str = "px",
 ) -> str:
-    """The distributions figure shown, as a PNG or SVG file (the same plotly figure)."""
+    """The distributions figure shown, as a PNG, SVG or HTML file (the same plotly figure)."""
     index, dist = edge_distributions(sel, detection)
     x_range, axis = _check_view(x_range, axis)
     fig = figures.distribution_figure(

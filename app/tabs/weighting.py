@@ -43,7 +43,7 @@ def weighting(
 def export_figure(
     state: AppState, reg_max: int, up: float, reg_scale: float, model: str | None, fmt: str
 ) -> str:
-    """The W(n) figure shown, as a PNG or SVG file (the same plotly figure)."""
+    """The W(n) figure shown, as a PNG, SVG or HTML file (the same plotly figure)."""
     curve = _curve(reg_max, up, reg_scale)
     own = analysis.model_weighting(state.store.get(model).model)
     fig = figures.weighting_figure(curve, model=own)

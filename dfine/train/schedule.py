@@ -20,22 +20,13 @@ iteration.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import MultiStepLR
 
 from dfine.errors import InvalidArgumentError
 from dfine.train.recipes import Recipe
-
-
-class Schedule(Protocol):
-    """What the trainer needs from a schedule."""
-
-    def step_iter(self) -> None: ...
-    def step_epoch(self) -> None: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class LinearWarmup:
