@@ -23,7 +23,7 @@ from dfine.config import ABLATION_NOTES
 from dfine.data.cli import register_cli as register_data
 from dfine.errors import DFineError, InputFileError, InvalidArgumentError, error_text
 from dfine.precision import PARTS as PRECISION_PARTS
-from dfine.precision import PRECISIONS
+from dfine.precision import PRECISIONS, normalize_precision
 from dfine.train.cli import register_cli as register_train
 from dfine.video_cli import add_video_arguments
 
@@ -227,7 +227,6 @@ def _onnx_info(source: str) -> dict:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from dfine.export import export_onnx
-    from dfine.precision import normalize_precision
     from dfine.sources import is_onnx
 
     precision = normalize_precision("fp16" if args.half else args.precision)

@@ -23,7 +23,7 @@ class DFineError(Exception):
     exit_code: ClassVar[int] = 2
 
     def __str__(self) -> str:
-        return " ".join(super().__str__().split())
+        return _one_line(super().__str__())
 
 
 class InvalidArgumentError(DFineError, ValueError):
@@ -62,11 +62,15 @@ def missing(feature: str, package: str, install: str | None = None) -> MissingDe
     return MissingDependencyError(feature, package, install)
 
 
+def _one_line(message: str) -> str:
+    """``message`` on one line; for an error re-raised from a ``DataLoader`` worker, whose
+    message holds the worker's traceback, only the original error's message."""
+    if "Original Traceback (most recent call last):" in message:
+        message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "pkg.Error: message"
+    return " ".join(message.split())
+
+
 def error_text(exc: BaseException) -> str:
     """The one line shown for ``exc`` (``error: …`` in the CLI, the app's toast): ``str(exc)``
-    on one line; for an error re-raised from a ``DataLoader`` worker, whose message holds the
-    worker's traceback, only the original error's message."""
-    text = str(exc)
-    if "Original Traceback (most recent call last):" in text:
-        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "pkg.SomeError: message"
-    return " ".join(text.split()) or type(exc).__name__
+    on one line (see :func:`_one_line`), or the type's name when that is empty."""
+    return _one_line(str(exc)) or type(exc).__name__

@@ -217,3 +217,17 @@ def test_the_model_tab_offers_no_bf16_measurement_without_openvino(state, monkey
     with gr.Blocks():
         button, _ = model.precision_cost_controls()
     assert button.interactive is not False
+
+
+def test_a_user_error_from_a_loader_worker_is_its_own_line():
+    """torch re-raises a worker's error as ``type(message with the worker's traceback)``:
+    Python, the CLI and the app all show the original message only."""
+    from dfine.data.dataset import DatasetError
+
+    wrapped = DatasetError(
+        "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        'call last):\n  File "x.py", line 1, in f\n    raise DatasetError(m)\n'
+        "dfine.data.dataset.DatasetError: a.json: image id 3: file not found\n"
+    )
+    assert str(wrapped) == errors.error_text(wrapped) == "a.json: image id 3: file not found"
+    assert to_gr_error(wrapped).message == str(wrapped)
