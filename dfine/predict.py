@@ -51,6 +51,8 @@ class Detector:
             the CPU for the others).
         deploy: torch backend: fuse conv+BN and re-parameterised blocks for speed (outputs
             equal to float rounding). ``False`` keeps the reference's exact arithmetic.
+            A ``DFINE`` model passed in is never changed: it is copied unless it is already in
+            eval mode on ``device`` (and fused, for ``deploy=True``), when it is shared.
         max_detections: at most this many detections per image (top by score, <= 300).
         class_names: override the model's class names.
         precision: ``"f32"``, ``"bf16"`` or ``"int8"`` (OpenVINO: backbone + encoder reduced,
