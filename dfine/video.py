@@ -464,7 +464,7 @@ class Tracker:
     ``update(dets, time_s)`` returns the same detections with a ``track_id`` each. ByteTrack
     matches high-score detections first, then uses low-score ones to keep tracks alive
     through occlusion and blur, so feed it detections well below the display threshold
-    (``detect_video`` uses 0.1) and filter afterwards.
+    (``Detector.stream`` uses :data:`TRACK_LOW_THRESHOLD`) and filter afterwards.
 
     ``track_id`` is ``-1`` for a detection no track holds: a new object's first frame after
     the video's first (ByteTrack confirms a track on its second match, except in the first

@@ -226,7 +226,9 @@ def test_detector_clipping_keeps_any_box_inside_the_image(detector, raw, thresho
     logits, boxes, sizes, num_top = raw
     top = topk_detections(logits, boxes, sizes, num_top)
     images = [np.broadcast_to(np.zeros(1, np.uint8), (h, w, 3)) for w, h in sizes.tolist()]
-    dets = [detector._detection(top, n, im, threshold, False, None)[0] for n, im in enumerate(images)]
+    dets = [
+        detector._detection(top, n, im, threshold, False, None)[0] for n, im in enumerate(images)
+    ]
     for det, (w, h) in zip(dets, sizes.tolist()):
         assert det.image_size == (w, h)
         b = det.boxes.astype(np.float64)
