@@ -288,12 +288,12 @@ def test_detector_never_changes_the_callers_model(deploy):
     torch.manual_seed(0)
     model = dfine.build_model("n", num_classes=3)  # train mode
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    det = dfine.Detector(model, deploy=deploy, size=160)
-    det(np.zeros((160, 160, 3), np.uint8))
+    det = dfine.Detector(model, deploy=deploy, size=256)
+    det(np.zeros((256, 256, 3), np.uint8))
     assert model.training and not model.deployed
     assert det.model is not model and not det.model.training
     after = model.state_dict()
     assert after.keys() == state.keys()
     assert all(torch.equal(after[k], v) for k, v in state.items())
     model.eval()  # an eval-mode model on the device (deploy=False) is shared as it is
-    assert dfine.Detector(model, deploy=False, size=160).model is model
+    assert dfine.Detector(model, deploy=False, size=256).model is model
