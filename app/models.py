@@ -9,7 +9,6 @@ checkpoints, uploads) by least recent use. Keys: ``"default"``, a zoo name
 from __future__ import annotations
 
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import dfine
 from app.errors import UserError
+from app.files import temp_folder
 from app.paths import (
     BUNDLED_WEIGHTS,
     DEFAULT_THRESHOLD,
@@ -183,7 +183,7 @@ class ModelStore:
         self._lock = threading.Lock()
         self.max_loaded = max_loaded
         self.max_uploads = max_uploads
-        self.upload_dir = Path(upload_dir or tempfile.mkdtemp(prefix="dfine-app-uploads-"))
+        self.upload_dir = Path(upload_dir) if upload_dir else temp_folder("dfine-app-uploads-")
         self.upload_dir.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- entries

@@ -54,9 +54,9 @@ class TraceResult:
         return size + self.image.nbytes + self.detections.boxes.nbytes * 3
 
     def select(self, threshold: float, max_detections: int) -> tuple[Detections, np.ndarray]:
-        """The detections scoring above ``threshold``, at most ``max_detections`` of them
+        """The detections scoring at least ``threshold``, at most ``max_detections`` of them
         (highest scores first), and their queries."""
-        keep = np.flatnonzero(self.detections.scores > threshold)[:max_detections]
+        keep = np.flatnonzero(self.detections.scores >= threshold)[:max_detections]
         return self.detections[keep], self.queries[keep]
 
 

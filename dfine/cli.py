@@ -71,9 +71,6 @@ def _expand_images(items: Sequence[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from dfine.io import ImageLoadError
     from dfine.predict import Detector
     from dfine.resources import demo_weights
     from dfine.video import is_video
@@ -99,31 +96,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names_seen: dict[str, int] = {}
     failures = predict_videos(detector, videos, out, args, names_seen)
-    bar = tqdm(images, desc="predict", unit="img", disable=args.quiet or len(images) < 2)
-    for path in bar:
-        try:
-            dets = detector(path)
-        except ImageLoadError as e:
-            failures += 1
-            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
-            continue
-        stem = path.stem
-        if stem in names_seen:  # two inputs with the same name from different folders
-            names_seen[stem] += 1
-            stem = f"{stem}_{names_seen[stem]}"
-        else:
-            names_seen[stem] = 0
-        dets.plot().save(out / f"{stem}.jpg", quality=92)
-        record = dets.to_dict()
-        record["source"] = str(path)
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
-        if not args.quiet:
-            tqdm.write(f"{path}: {dets.summary()}")
+    failures += _predict_images(detector, images, out, args, names_seen)
     done = len(images) + len(videos) - failures
     if not args.quiet:
         kind = "image(s) and video(s)" if videos else "image(s)"
         print(f"wrote {done} annotated {kind} and JSON file(s) to {out}")
     return 1 if failures else 0
+
+
+def _predict_images(detector, images: list[Path], out: Path, args, stems: dict[str, int]) -> int:
+    """Annotate every image through ``Detector.stream`` (batched, each decoded in its batch);
+    the number that could not be read."""
+    from tqdm import tqdm
+
+    from dfine.video_cli import batch_size, unique_stem
+
+    failed: list[Path] = []
+
+    def skip(item, error: Exception) -> None:
+        failed.append(Path(item.source))
+        tqdm.write(f"skipped {item.source}: {error}", file=sys.stderr)
+
+    bar = tqdm(total=len(images), desc="predict", unit="img", disable=args.quiet or len(images) < 2)
+    batch = batch_size(detector, args.batch) if images else 1
+    for dets in detector.stream(images, batch=batch, on_error=skip):
+        path = Path(dets.source)
+        stem = unique_stem(path.stem, stems)
+        dets.plot().save(out / f"{stem}.jpg", quality=92)
+        record = dets.to_dict()
+        record["source"] = str(path)
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+        bar.update(1)
+        if not args.quiet:
+            tqdm.write(f"{path}: {dets.summary()}")
+    bar.close()
+    return len(failed)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

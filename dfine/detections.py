@@ -61,6 +61,13 @@ class Detections:
             for a detection no track holds); ``None`` for still images and untracked video.
         frame_index: index of the video frame in its source (0-based); ``None`` for images.
         time_s: presentation time of the video frame in seconds; ``None`` for images.
+        source: the image file or video the detections came from (``None`` for arrays,
+            bytes and PIL images).
+
+    Views (new arrays in the Ultralytics spelling; numpy, like the storage):
+    :attr:`xyxy` ``[N, 4]`` (= ``boxes``), :attr:`xywh` ``[N, 4]`` centre x, centre y, width,
+    height in pixels, :attr:`xyxyn` ``[N, 4]`` ``xyxy`` divided by the image's width and height,
+    :attr:`conf` ``[N]`` (= ``scores``), :attr:`cls` ``[N]`` (= ``labels``).
     """
 
     boxes: np.ndarray
@@ -73,6 +80,7 @@ class Detections:
     track_id: np.ndarray | None = None
     frame_index: int | None = None
     time_s: float | None = None
+    source: str | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32)
@@ -98,6 +106,8 @@ class Detections:
             self.frame_index = int(self.frame_index)
         if self.time_s is not None:
             self.time_s = float(self.time_s)
+        if self.source is not None:
+            self.source = str(self.source)
 
     # ------------------------------------------------------------------ container protocol
 
@@ -127,10 +137,40 @@ class Detections:
             track_id=None if self.track_id is None else self.track_id[index],
             frame_index=self.frame_index,
             time_s=self.time_s,
+            source=self.source,
         )
 
     def __repr__(self) -> str:
         return f"Detections({self.summary()})"
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def xyxy(self) -> np.ndarray:
+        """``[N, 4]`` float32 ``x1, y1, x2, y2`` in pixels (a copy of ``boxes``)."""
+        return self.boxes.copy()
+
+    @property
+    def xywh(self) -> np.ndarray:
+        """``[N, 4]`` float32 centre x, centre y, width, height in pixels."""
+        xy = (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
+        return np.concatenate([xy, self.boxes[:, 2:] - self.boxes[:, :2]], axis=1)
+
+    @property
+    def xyxyn(self) -> np.ndarray:
+        """``[N, 4]`` float32 ``x1, y1, x2, y2`` divided by the image width and height."""
+        width, height = self.image_size
+        return self.boxes / np.asarray([width, height, width, height], dtype=np.float32)
+
+    @property
+    def conf(self) -> np.ndarray:
+        """``[N]`` float32 scores (a copy of ``scores``)."""
+        return self.scores.copy()
+
+    @property
+    def cls(self) -> np.ndarray:
+        """``[N]`` int64 class indices (a copy of ``labels``)."""
+        return self.labels.copy()
 
     @property
     def names(self) -> list[str]:

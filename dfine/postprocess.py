@@ -67,14 +67,14 @@ def postprocess(
     """Top-``num_top`` (query, class) pairs by sigmoid score, boxes in original pixels.
 
     Like the reference's postprocessor this keeps all ``num_top`` pairs, however low their
-    score (COCO evaluation wants them); pass ``threshold`` to keep only scores above it.
+    score (COCO evaluation wants them); pass ``threshold`` to keep only scores at least it.
 
     Args:
         outputs: ``pred_logits [B, Q, C]`` and ``pred_boxes [B, Q, 4]`` (cx, cy, w, h in [0, 1]).
         orig_sizes: ``[B, 2]`` original image sizes as **(width, height)**, as the reference.
         num_top: detections kept per image (at most Q * C).
         remap_coco_category: return COCO category ids (1..90) instead of 0..79.
-        threshold: keep only detections scoring above this (default: keep all).
+        threshold: keep only detections scoring at least this (default: keep all).
 
     Returns:
         One dict per image: ``labels [K]`` int64, ``boxes [K, 4]`` xyxy pixels,
@@ -91,5 +91,5 @@ def postprocess(
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise InvalidArgumentError(f"threshold must be in [0, 1], got {threshold}")
-        results = [{k: v[r["scores"] > threshold] for k, v in r.items()} for r in results]
+        results = [{k: v[r["scores"] >= threshold] for k, v in r.items()} for r in results]
     return results

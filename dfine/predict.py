@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,14 +20,18 @@ import torch
 from dfine.backends import BACKENDS, create_backend
 from dfine.detections import Detections
 from dfine.errors import InvalidArgumentError
-from dfine.io import ImageSource, load_image
+from dfine.frames import FrameSource, Item, is_many, open_frames
+from dfine.io import ImageLoadError, ImageSource, load_image
 from dfine.model import DFINE
 from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import BatchDetections, topk_detections
 from dfine.precision import normalize_precision
 from dfine.preprocess import Letterbox, letterbox_tensor, parse_size, to_input_tensor
 from dfine.sources import default_backend
-from dfine.video import detect_video
+from dfine.video import MAX_PIXELS, TRACK_LOW_THRESHOLD, Tracker
+
+DEFAULT_BATCH = 8
+"""Images per forward pass of :meth:`Detector.stream` (and ``predict``) unless told."""
 
 
 class Detector:
@@ -45,6 +51,8 @@ class Detector:
             the CPU for the others).
         deploy: torch backend: fuse conv+BN and re-parameterised blocks for speed (outputs
             equal to float rounding). ``False`` keeps the reference's exact arithmetic.
+            A ``DFINE`` model passed in is never changed: it is copied unless it is already in
+            eval mode on ``device`` (and fused, for ``deploy=True``), when it is shared.
         max_detections: at most this many detections per image (top by score, <= 300).
         class_names: override the model's class names.
         precision: ``"f32"``, ``"bf16"`` or ``"int8"`` (OpenVINO: backbone + encoder reduced,
@@ -99,6 +107,7 @@ class Detector:
             raise InvalidArgumentError(f"{len(names)} class names given for {num_classes} classes")
         self.class_names = tuple(names)
         self.letterbox = bool(letterbox)
+        self.weights = _weights_name(weights)
 
     @property
     def model(self) -> DFINE:
@@ -131,20 +140,6 @@ class Detector:
             return torch.tensor([[self.size[1], self.size[0]]] * len(rgbs))
         return torch.tensor([[r.shape[1], r.shape[0]] for r in rgbs])
 
-    def _inputs(
-        self, images: list[ImageSource], color_order: str
-    ) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor, list[Letterbox] | None]:
-        """Decoded images, the input batch, the sizes the backend scales its boxes to and the
-        letterbox maps (``None`` for the stretch resize)."""
-        rgbs, tensors, maps = zip(*(self._prepare(im, color_order) for im in images))
-        rgbs = list(rgbs)
-        return (
-            rgbs,
-            torch.cat(tensors),
-            self._box_sizes(rgbs),
-            (list(maps) if self.letterbox else None),
-        )
-
     def _kept(
         self,
         results: BatchDetections,
@@ -154,7 +149,7 @@ class Detector:
         lb: Letterbox | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image ``n``'s kept detections among the top ``max_detections``: the mask (score
-        above ``threshold``; with a letterbox also some area inside the image, not only in
+        at least ``threshold``; with a letterbox also some area inside the image, not only in
         the padding) and every box in original pixels, clipped to the image ``(w, h)``."""
         scores = results.scores[n, : self.max_detections]
         boxes = results.boxes[n, : self.max_detections].clone()
@@ -163,25 +158,10 @@ class Detector:
         w, h = image_size
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)  # the reference leaves boxes unclipped
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-        keep = scores > threshold
+        keep = scores >= threshold
         if lb is not None:
             keep &= (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return keep, boxes
-
-    def _detections(
-        self,
-        results: BatchDetections,
-        rgbs: list[np.ndarray],
-        threshold: float,
-        keep_image: bool,
-        maps: list[Letterbox] | None = None,
-    ) -> list[Detections]:
-        """Threshold, cap and clip the backend's detections of a batch (CPU tensors); with
-        letterbox ``maps`` the boxes come in input pixels and are mapped back first."""
-        return [
-            self._detection(results, n, rgb, threshold, keep_image, maps and maps[n])[0]
-            for n, rgb in enumerate(rgbs)
-        ]
 
     def _detection(
         self,
@@ -209,48 +189,172 @@ class Detector:
     # ------------------------------------------------------------------ public
     def __call__(
         self,
-        image: ImageSource,
+        source: Any,
         *,
         color_order: str = "RGB",
         threshold: float | None = None,
         keep_image: bool = True,
-    ) -> Detections:
+        batch: int = DEFAULT_BATCH,
+    ) -> Detections | list[Detections]:
         """Detect objects in one image (path, file object, bytes, PIL image or numpy array;
-        ``color_order`` says whether a numpy array is RGB or BGR)."""
-        return self.predict(
-            [image], color_order=color_order, threshold=threshold, keep_image=keep_image
-        )[0]
+        ``color_order`` says whether a numpy array is RGB or BGR) → :class:`Detections`; in
+        several (a list, a folder, a glob, a video: see :meth:`stream`) → a list of them,
+        ``batch`` images per forward pass."""
+        dets = self.predict(
+            source, color_order=color_order, threshold=threshold, keep_image=keep_image, batch=batch
+        )
+        return dets if is_many(source) else dets[0]
 
     def predict(
         self,
-        images: Iterable[ImageSource],
+        images: Any,
         *,
         color_order: str = "RGB",
         threshold: float | None = None,
         keep_image: bool = True,
+        batch: int = DEFAULT_BATCH,
     ) -> list[Detections]:
-        """Detect objects in several images, run as one batch. Per-image speed is the batch's
-        time divided by the number of images."""
+        """``list(self.stream(images, ...))``: one :class:`Detections` per image, ``batch``
+        images per forward pass. Per-image speed is the batch's time divided by its size."""
+        return list(
+            self.stream(
+                images,
+                color_order=color_order,
+                threshold=threshold,
+                keep_image=keep_image,
+                batch=batch,
+            )
+        )
+
+    def stream(
+        self,
+        source: Any,
+        *,
+        batch: int = DEFAULT_BATCH,
+        trace: bool = False,
+        track: bool = False,
+        stride: int = 1,
+        max_frames: int | None = None,
+        threshold: float | None = None,
+        max_detections: int | None = None,
+        color_order: str = "RGB",
+        keep_image: bool = True,
+        on_error: Callable[[Item, ImageLoadError], None] | None = None,
+        max_pixels: int = MAX_PIXELS,
+        fps: float | None = None,
+        as_video: bool = False,
+    ) -> Iterator[Detections] | Iterator[tuple[Detections, DecoderTrace, torch.Tensor]]:
+        """The one inference pipeline: any source in, one result per frame out, lazily.
+
+        ``source``: an image (path, bytes, file object, PIL image, numpy array), a list of
+        them, a folder of images, a glob (``"photos/*.jpg"``), a video file, an open
+        :class:`dfine.video.FrameReader`, or any iterable of frames (numpy arrays, e.g. a
+        webcam). Frames are decoded as they are needed and go through the model ``batch`` at a
+        time; nothing is kept beyond its batch but what is yielded (the frame as ``image``
+        unless ``keep_image=False``). Every ``stride``-th frame is kept, at most
+        ``max_frames``.
+
+        Each frame yields its :class:`Detections` (original pixels, scores at least
+        ``threshold``, the top ``max_detections``; a video frame's ``frame_index`` and
+        ``time_s``; ``source``: the file it came from). ``track=True``: ByteTrack ``track_id`` s
+        (the tracker sees every detection down to :data:`dfine.video.TRACK_LOW_THRESHOLD`
+        first; the threshold and the cap apply after it). ``trace=True`` (torch backend):
+        ``(detections, trace, query_index)`` per frame, as :meth:`trace` returns.
+
+        A video is opened and checked when this is called; an image file is decoded when its
+        batch comes: one that cannot be read raises :class:`dfine.io.ImageLoadError`, or is
+        passed to ``on_error(item, error)`` and skipped. ``as_video``: read a path as a video
+        even when it is a folder (of equal-sized frames, at ``fps``).
+        """
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
-        images = list(images)
-        if not images:
-            return []
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InvalidArgumentError(f"batch must be a positive integer, got {batch!r}")
+        cap = self.max_detections if max_detections is None else int(max_detections)
+        if trace and not hasattr(self.backend, "model"):
+            raise InvalidArgumentError(
+                f"trace=True needs the torch backend, not {self.backend.name}"
+            )
+        frames = open_frames(
+            source,
+            stride=stride,
+            max_frames=max_frames,
+            max_pixels=max_pixels,
+            fps=fps,
+            as_video=as_video,
+        )
+        try:
+            tracker = Tracker(frames.fps, threshold=threshold) if track else None
+        except BaseException:
+            frames.close()
+            raise
+        run = _Run(threshold, cap, trace, tracker, color_order, keep_image, on_error)
+        return self._stream(frames, batch, run)
+
+    def _stream(self, frames: FrameSource, batch: int, run: _Run) -> Iterator[Any]:
+        with frames:
+            chunk: list[Item] = []
+            for item in frames:
+                chunk.append(item)
+                if len(chunk) == batch:
+                    yield from self._batch(chunk, run)
+                    chunk = []
+            if chunk:
+                yield from self._batch(chunk, run)
+
+    def _batch(self, chunk: list[Item], run: _Run) -> Iterator[Any]:
+        """One forward pass over ``chunk``; its results, frame by frame."""
         t0 = time.perf_counter()
-        rgbs, batch, sizes, maps = self._inputs(images, color_order)
+        items, rgbs, tensors, maps = [], [], [], []
+        for item in chunk:
+            try:
+                rgb, x, lb = self._prepare(item.data, run.color_order)
+            except ImageLoadError as e:
+                if run.on_error is None:
+                    raise
+                run.on_error(item, e)
+                continue
+            items.append(item)
+            rgbs.append(rgb)
+            tensors.append(x)
+            maps.append(lb)
+        if not items:
+            return
+        x, sizes = torch.cat(tensors), self._box_sizes(rgbs)
         t1 = time.perf_counter()
-        results = self.backend.detect(batch, sizes)
+        trace = None
+        low = min(run.threshold, TRACK_LOW_THRESHOLD) if run.tracker else run.threshold
+        if run.trace:
+            trace = self.model.trace(x.to(self.device))
+            sizes = sizes.to(trace.boxes.device)
+            results = topk_detections(
+                trace.logits[-1], trace.boxes[-1], sizes, self.max_detections
+            ).cpu()
+        else:
+            results = self.backend.detect(x, sizes)
         t2 = time.perf_counter()
-        dets = self._detections(results, rgbs, threshold, keep_image, maps)
-        t3 = time.perf_counter()
-        n = len(dets)
-        speed = {
-            "preprocess": (t1 - t0) * 1000 / n,
-            "inference": (t2 - t1) * 1000 / n,
-            "postprocess": (t3 - t2) * 1000 / n,
-        }
-        for d in dets:
-            d.speed = dict(speed)
-        return dets
+        n = len(items)
+        speed = {"preprocess": (t1 - t0) * 1000 / n, "inference": (t2 - t1) * 1000 / n}
+        for i, (item, rgb, lb) in enumerate(zip(items, rgbs, maps)):
+            t3 = time.perf_counter()
+            det, keep = self._detection(results, i, rgb, low, run.keep_image, lb)
+            det.source = item.source
+            if item.time_s is not None:  # a video frame
+                det.frame_index, det.time_s = item.index, item.time_s
+            queries = results.queries[i, : self.max_detections][keep] if trace else None
+            det.speed = dict(speed, postprocess=(time.perf_counter() - t3) * 1000)
+            if run.tracker is not None:
+                t4 = time.perf_counter()
+                det = run.tracker.update(det, item.time_s)
+                det.speed["track"] = (time.perf_counter() - t4) * 1000
+            rows = np.flatnonzero(det.scores >= run.threshold)[: run.cap]
+            det = det[rows]
+            if trace is None:
+                yield det
+                continue
+            one = trace.select(i)
+            if lb is not None:
+                one = _trace_to_original(one, lb, det.image_size)
+            yield det, one, queries[torch.from_numpy(rows)]
 
     def video(
         self,
@@ -261,8 +365,10 @@ class Detector:
         max_frames: int | None = None,
         threshold: float | None = None,
         batch: int = 1,
+        trace: bool = False,
     ) -> Iterator[Detections]:
-        """Detect (and track) objects in a video file or a folder of frames.
+        """Detect (and track) objects in a video file or a folder of frames: :meth:`stream`
+        with the source read as a video.
 
         ``for dets in det.video("clip.mp4"): ...`` yields one :class:`Detections` per kept
         frame (every ``stride``-th, at most ``max_frames``), in original pixels, with
@@ -271,15 +377,15 @@ class Detector:
         thread; ``batch`` frames share one forward pass (worth it for ONNX Runtime/OpenVINO
         with a dynamic-batch export). Unreadable videos raise :class:`dfine.video.VideoError`.
         """
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
-        return detect_video(
-            self,
+        return self.stream(
             source,
+            as_video=True,
             track=track,
             stride=stride,
             max_frames=max_frames,
             threshold=threshold,
             batch=batch,
+            trace=trace,
         )
 
     def trace(
@@ -293,24 +399,39 @@ class Detector:
         original image either way: with ``letterbox=True`` they are mapped out of the padded
         input by the same map as the detections' boxes.
         """
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
-        t0 = time.perf_counter()
-        rgb, x, lb = self._prepare(image, color_order)
-        t1 = time.perf_counter()
-        trace = self.model.trace(x.to(self.device))
-        t2 = time.perf_counter()
-        sizes = self._box_sizes([rgb]).to(trace.boxes.device)
-        top = topk_detections(trace.logits[-1], trace.boxes[-1], sizes, self.max_detections)
-        results = top.cpu()
-        det, keep = self._detection(results, 0, rgb, threshold, keep_image=True, lb=lb)
-        if lb is not None:
-            trace = _trace_to_original(trace, lb, det.image_size)
-        det.speed = {
-            "preprocess": (t1 - t0) * 1000,
-            "inference": (t2 - t1) * 1000,
-            "postprocess": (time.perf_counter() - t2) * 1000,
-        }
-        return det, trace, results.queries[0, : self.max_detections][keep]
+        if is_many(image):
+            raise InvalidArgumentError(
+                "Detector.trace takes one image; for several use stream(..., trace=True)"
+            )
+        return next(
+            iter(
+                self.stream(
+                    image, trace=True, batch=1, color_order=color_order, threshold=threshold
+                )
+            )
+        )
+
+    def __repr__(self) -> str:
+        h, w = self.size
+        return (
+            f"Detector(weights={self.weights!r}, backend={self.backend.name!r}, size={h}x{w}, "
+            f"threshold={self.threshold:g}, device={str(self.device)!r}, "
+            f"classes={len(self.class_names)}, max_detections={self.max_detections}"
+            f"{', letterbox=True' if self.letterbox else ''})"
+        )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The settings of one :meth:`Detector.stream`."""
+
+    threshold: float
+    cap: int
+    trace: bool
+    tracker: Tracker | None
+    color_order: str
+    keep_image: bool
+    on_error: Callable[[Item, ImageLoadError], None] | None
 
 
 def _trace_to_original(
@@ -333,6 +454,13 @@ def _trace_to_original(
         pre_boxes=remap(trace.pre_boxes),
         boxes=remap(trace.boxes),
     )
+
+
+def _weights_name(weights: str | os.PathLike | DFINE) -> str:
+    """What ``repr(Detector)`` shows for its weights: the path or name, or the model's size."""
+    if isinstance(weights, DFINE):
+        return f"<DFINE {weights.config.size} model, {weights.num_classes} classes>"
+    return os.fspath(weights)
 
 
 def _precision_for(backend: str, precision: str) -> str:

@@ -11,7 +11,8 @@
   codec OpenCV's pip wheels can encode (their FFmpeg has no H.264 encoder, and MPEG-4 Part 2
   ``mp4v`` does not play in Chromium). It writes to a temporary file and renames it when
   complete, so a killed run never leaves a half file under the final name. No audio is kept.
-* :func:`detect_video` is the loop behind ``Detector.video``.
+* :func:`annotate_video` writes what :meth:`dfine.predict.Detector.stream` yields for a video
+  (the one detection loop of the library, the CLI and the app) as an annotated video and JSON.
 
 Every unreadable input raises :class:`VideoError` (a ``ValueError``) with one line saying what
 failed, why, and what to do.
@@ -42,15 +43,13 @@ from dfine.io import ImageLoadError, load_image
 
 
 class Detector(Protocol):
-    """What the frame loop needs of :class:`dfine.predict.Detector` (named here, not imported:
-    ``dfine.predict`` imports this module)."""
+    """What :func:`annotate_video` needs of :class:`dfine.predict.Detector` (named here, not
+    imported: ``dfine.predict`` imports this module)."""
 
     threshold: float
 
-    def predict(
-        self, images: list[np.ndarray], *, threshold: float | None = None
-    ) -> list[Detections]:
-        """One :class:`Detections` per RGB frame."""
+    def stream(self, source: Any, **options: Any) -> Iterator[Any]:
+        """One result per frame of ``source`` (see :meth:`dfine.predict.Detector.stream`)."""
         ...
 
 
@@ -67,7 +66,6 @@ __all__ = [
     "VideoRun",
     "VideoWriter",
     "annotate_video",
-    "detect_video",
     "is_video",
     "probe",
 ]
@@ -78,6 +76,9 @@ MAX_PIXELS = 3840 * 2160
 """Largest frame (``width * height``, 4K UHD) a video may have; larger ones are refused."""
 FOLDER_FPS = 25.0
 """Frame rate given to a folder of frames unless told otherwise."""
+TRACK_LOW_THRESHOLD = 0.1
+"""Detections down to this score are given to ByteTrack (its second, low-score association)
+before the display threshold applies."""
 OUTPUT_SUFFIX = ".webm"
 FOURCCS = {".webm": "VP80", ".mkv": "VP80", ".avi": "MJPG", ".mp4": "mp4v", ".mov": "mp4v"}
 """Codec OpenCV writes for each suffix. Only WebM (VP8) plays in browsers; the others are for
@@ -94,24 +95,6 @@ def _cv2():
     except ImportError as e:  # pragma: no cover - opencv is a runtime requirement
         raise missing("video", "opencv-python-headless") from e
     return cv2
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Mute file descriptor 2: OpenCV's FFmpeg plugin prints a harmless "tag 'VP80' is not
-    supported ..., fallback" line straight to it whenever a WebM writer is opened."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def is_video(path: str | os.PathLike) -> bool:
@@ -201,16 +184,35 @@ def _diagnose(path: Path) -> str:
         return "it holds no video frames (empty, or truncated before the first frame)"
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: int | None = None
+
+
 @contextlib.contextmanager
 def _quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's own log while it opens a file: its "Could not find decoder" lines
-    would come before (and say less than) the one-line ``VideoError``."""
+    """Lower OpenCV's own log level (``cv2.utils.logging``, nothing else of the process) while
+    it opens a file: its "Could not find decoder" lines would come before (and say less than)
+    the one-line ``VideoError``. Overlapping calls from several threads restore the level the
+    first one found when the last one leaves.
+
+    OpenCV's FFmpeg writer also prints "tag 'VP80' is not supported with ... 'webm / WebM'"
+    with a plain ``fprintf`` whenever a WebM writer opens (it then writes VP8 correctly); no
+    log level reaches that line, and it is left alone rather than muting the process's
+    stderr."""
+    global _quiet_depth, _quiet_saved
     logging = _cv2().utils.logging
-    old = logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    with _QUIET_LOCK:
+        if _quiet_depth == 0:
+            _quiet_saved = logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+        _quiet_depth += 1
     try:
         yield
     finally:
-        logging.setLogLevel(old)
+        with _QUIET_LOCK:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                logging.setLogLevel(_quiet_saved)
 
 
 def _open_capture(path: Path):
@@ -463,10 +465,12 @@ class Tracker:
     ``update(dets, time_s)`` returns the same detections with a ``track_id`` each. ByteTrack
     matches high-score detections first, then uses low-score ones to keep tracks alive
     through occlusion and blur, so feed it detections well below the display threshold
-    (``detect_video`` uses 0.1) and filter afterwards.
+    (``Detector.stream`` uses :data:`TRACK_LOW_THRESHOLD`) and filter afterwards.
 
-    ``track_id`` is ``-1`` for a detection no track holds: a new object's first frame (ByteTrack
-    confirms a track on its second match), unmatched low-score detections, and duplicates.
+    ``track_id`` is ``-1`` for a detection no track holds: a new object's first frame after
+    the video's first (ByteTrack confirms a track on its second match, except in the first
+    frame, whose tracks it activates at once, as the original ByteTrack does), unmatched
+    low-score detections, and duplicates.
     D-FINE has no NMS and now and then puts a second, lower-scoring box on an object; such a
     duplicate (IoU >= ``duplicate_iou`` with a better box) is kept out of the tracker so it
     cannot start a rival track that later steals the object's id.
@@ -501,6 +505,24 @@ class Tracker:
             minimum_consecutive_frames=1,
             high_conf_det_threshold=threshold,
         )
+        self._activation = float(threshold)
+        self._first = True
+
+    def _activate(self, out: Any) -> None:
+        """Give the tracks the first frame started an id now (the original ByteTrack activates
+        them in frame 1; ``trackers`` waits for their second match). On the first frame every
+        track is new, spawned in the order of its row among the output's unmatched
+        detections that clear the activation threshold."""
+        spawned = np.flatnonzero((out.tracker_id == -1) & (out.confidence >= self._activation))
+        tracks = self._tracker.tracks
+        if len(tracks) != len(spawned):  # pragma: no cover - a changed trackers release
+            raise RuntimeError(
+                f"ByteTrack started {len(tracks)} tracks for {len(spawned)} first-frame "
+                "detections; the trackers package changed how it spawns tracks"
+            )
+        for row, track in zip(spawned, tracks):
+            track.tracker_id = self._tracker._allocate_tracker_id()
+            out.tracker_id[row] = track.tracker_id
 
     def update(self, dets: Detections, time_s: float | None = None) -> Detections:
         """Detections of the next frame → the same detections, with ``track_id``."""
@@ -513,7 +535,11 @@ class Tracker:
             class_id=dets.labels[rows],
             data={"row": rows},
         )
+        first = self._first
+        self._first = False
         out = self._tracker.update(sv_dets, timestamp=time_s)
+        if first and len(out):
+            self._activate(out)
         ids = np.full(n, -1, dtype=np.int64)
         if len(out):
             ids[np.asarray(out.data["row"], dtype=np.int64)] = out.tracker_id
@@ -545,7 +571,7 @@ class VideoWriter:
         self.tmp = self.path.with_name(f".{self.path.stem}{TMP_SUFFIX}.{os.getpid()}{suffix}")
         self.size = (int(size[0]), int(size[1]))
         self.frames = 0
-        with _quiet_stderr():
+        with _quiet_opencv():  # its FFmpeg plugin warns "tag 'VP80' is not supported"
             self._writer = cv2.VideoWriter(
                 str(self.tmp), cv2.VideoWriter_fourcc(*FOURCCS[suffix]), float(fps), self.size
             )
@@ -632,73 +658,6 @@ def count_frames(path: str | os.PathLike) -> int:
     return n
 
 
-# --------------------------------------------------------------------------- the loop
-
-
-def detect_video(
-    detector: Detector,
-    source: str | os.PathLike,
-    *,
-    track: bool = True,
-    stride: int = 1,
-    max_frames: int | None = None,
-    threshold: float | None = None,
-    max_pixels: int = MAX_PIXELS,
-    folder_fps: float = FOLDER_FPS,
-    batch: int = 1,
-) -> Iterator[Detections]:
-    """Run ``detector`` on the frames of ``source``; one :class:`Detections` per kept frame,
-    with ``frame_index``, ``time_s``, the frame as ``image`` and (``track=True``)
-    ``track_id``. ``batch`` frames go through the model at once (``dfine predict`` uses 4: the
-    fastest of 1/4/8 end to end for torch and OpenVINO on 2 CPU cores, by 5-15 %); tracking
-    stays frame by frame. See :meth:`dfine.predict.Detector.video`."""
-    if batch < 1:
-        raise InvalidArgumentError(f"batch must be a positive integer, got {batch}")
-    thr = detector.threshold if threshold is None else float(threshold)
-    reader = FrameReader(
-        source,
-        stride=stride,
-        max_frames=max_frames,
-        max_pixels=max_pixels,
-        folder_fps=folder_fps,
-        start=False,
-    )  # opened and checked now: a bad source fails here, not at the first frame
-    return _detect_frames(detector, reader, track, thr, int(batch))
-
-
-def _batches(frames: Iterator[Frame], size: int) -> Iterator[list[Frame]]:
-    chunk: list[Frame] = []
-    for frame in frames:
-        chunk.append(frame)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _detect_frames(
-    detector: Detector, reader: FrameReader, track: bool, thr: float, batch: int
-) -> Iterator[Detections]:
-    low = min(thr, 0.1)
-    stride = reader.stride
-    with reader:
-        tracker = Tracker(reader.info.fps / stride, threshold=thr) if track else None
-        for chunk in _batches(iter(reader), batch):
-            t0 = time.perf_counter()
-            results = detector.predict([f.rgb for f in chunk], threshold=low if track else thr)
-            share = (time.perf_counter() - t0) * 1000 / len(chunk)
-            for frame, dets in zip(chunk, results):
-                if tracker is not None:
-                    t1 = time.perf_counter()
-                    dets = tracker.update(dets, frame.time_s).filter(thr)
-                    dets.speed["track"] = (time.perf_counter() - t1) * 1000
-                dets.frame_index = frame.index
-                dets.time_s = frame.time_s
-                dets.speed["total"] = share + dets.speed.get("track", 0.0)
-                yield dets
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -755,7 +714,7 @@ class VideoRun:
 
 def annotate_video(
     detector: Detector,
-    source: str | os.PathLike,
+    source: str | os.PathLike | FrameReader,
     out_video: str | os.PathLike,
     out_json: str | os.PathLike | None = None,
     *,
@@ -764,53 +723,62 @@ def annotate_video(
     max_frames: int | None = None,
     threshold: float | None = None,
     max_pixels: int = MAX_PIXELS,
-    on_frame: Callable[[Detections], None] | None = None,
+    on_frame: Callable[[Any], None] | None = None,
     batch: int = 1,
+    trace: bool = False,
+    max_detections: int | None = None,
 ) -> VideoRun:
     """Detect (and track) every kept frame of ``source``, draw the boxes (``#id name score``)
     and write the annotated video (``.webm``, VP8, at ``source fps / stride``) and, when
     ``out_json`` is given, the detections of every frame (:meth:`VideoRun.to_dict`).
 
+    ``source``: a video file, a folder of frames, or an open :class:`FrameReader` (its own
+    ``stride`` and ``max_frames`` then apply; the caller closes it). The frames come from
+    ``detector.stream`` (:meth:`dfine.predict.Detector.stream`). ``on_frame(result)`` is
+    called after each frame is written, with what the stream yields (the frame's
+    :class:`Detections`, its ``image`` still set; with ``trace=True`` the tuple
+    ``(detections, trace, query_index)``), for progress bars and per-frame analysis.
+
     Both files are written under temporary names and renamed when complete; on any error
-    neither exists. ``on_frame(dets)`` is called after each frame (progress bars).
+    neither exists, and whatever was opened is closed.
     """
     out_video = Path(out_video)
     start = time.perf_counter()
-    frames_iter = detect_video(
-        detector,
-        source,
-        track=track,
-        stride=stride,
-        max_frames=max_frames,
-        threshold=threshold,
-        max_pixels=max_pixels,
-        batch=batch,
-    )
-    info = probe(source, max_pixels=max_pixels)
-    size = (info.width, info.height)
-    frames: list[Detections] = []
-    with VideoWriter(out_video, info.fps / stride, size) as writer:
-        for dets in frames_iter:
-            writer.write(np.asarray(dets.plot()))
-            dets.image = None  # keep the boxes, not every frame's pixels
-            frames.append(dets)
-            if on_frame is not None:
-                on_frame(dets)
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, FrameReader):
+            reader = source
+        else:
+            reader = stack.enter_context(
+                FrameReader(
+                    source, stride=stride, max_frames=max_frames, max_pixels=max_pixels, start=False
+                )
+            )
+        info = reader.info
+        results = detector.stream(
+            reader,
+            track=track,
+            threshold=threshold,
+            batch=batch,
+            trace=trace,
+            max_detections=max_detections,
+        )
+        stack.callback(getattr(results, "close", lambda: None))
+        writer = stack.enter_context(
+            VideoWriter(out_video, info.fps / reader.stride, (info.width, info.height))
+        )
+        frames = _write_frames(writer, results, on_frame)
         if not frames:
-            raise VideoError(f"Cannot read video {source}: it yielded no frames")
-        written = writer.frames
-    if written != len(frames):  # pragma: no cover - a writer bug
-        raise RuntimeError(f"wrote {written} frames for {len(frames)} processed")
-    total = math.ceil(info.frame_count / stride)
+            raise VideoError(f"Cannot read video {reader.path}: it yielded no frames")
+    total = math.ceil(info.frame_count / reader.stride)
     run = VideoRun(
         info=info,
         video=out_video,
         json=Path(out_json) if out_json is not None else None,
         frames=frames,
-        stride=stride,
+        stride=reader.stride,
         tracked=track,
         seconds=time.perf_counter() - start,
-        capped=max_frames is not None and total > max_frames,
+        capped=reader.max_frames is not None and total > reader.max_frames,
     )
     if run.json is not None:
         try:
@@ -819,3 +787,18 @@ def annotate_video(
             out_video.unlink(missing_ok=True)
             raise
     return run
+
+
+def _write_frames(
+    writer: VideoWriter, results: Iterator[Any], on_frame: Callable[[Any], None] | None
+) -> list[Detections]:
+    """Draw and write every frame's detections; the detections, without their images."""
+    frames: list[Detections] = []
+    for result in results:
+        dets = result[0] if isinstance(result, tuple) else result
+        writer.write(np.asarray(dets.plot()))
+        if on_frame is not None:
+            on_frame(result)
+        dets.image = None  # keep the boxes, not every frame's pixels
+        frames.append(dets)
+    return frames

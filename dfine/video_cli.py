@@ -14,18 +14,25 @@ and ``DIR/<stem>.json``::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dfine.argtypes import positive_int
 from dfine.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # annotations only: the parser must not import the video stack
+    from dfine.video import FrameReader, VideoRun
 
 __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_MAX_FRAMES",
     "add_video_arguments",
+    "batch_size",
     "fixed_batch",
     "predict_videos",
+    "unique_stem",
 ]
 
 DEFAULT_BATCH = 4
@@ -55,7 +62,7 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch",
         type=positive_int,
         default=None,
-        help=f"video frames per forward pass (default {DEFAULT_BATCH}, or 1 for a model file "
+        help=f"images or video frames per forward pass (default {DEFAULT_BATCH}, or 1 for a model file "
         "exported with a fixed batch); the fastest on a 2-core CPU for torch and OpenVINO",
     )
     group.add_argument(
@@ -67,52 +74,25 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def predict_videos(detector, videos: list[Path], out: Path, args, stems: dict[str, int]) -> int:
-    """Annotate every video; print one line per video (or per failure). Returns the number
-    of videos that failed. ``stems`` de-duplicates output names across all inputs."""
-    from tqdm import tqdm
-
-    from dfine.video import OUTPUT_SUFFIX, FrameReader, VideoError, annotate_video
+    """Annotate every video (each opened once); print one line per video (or per failure).
+    Returns the number of videos that failed. ``stems`` de-duplicates output names across all
+    inputs."""
+    from dfine.video import FrameReader, VideoError
 
     failures = 0
-    batch = _batch(detector, args.batch) if videos else 1
+    batch = batch_size(detector, args.batch) if videos else 1
     for path in videos:
         try:
-            with FrameReader(path, stride=args.stride, start=False) as reader:
-                total = reader.expected_frames
-                source_frames = reader.info.frame_count
+            reader = FrameReader(path, stride=args.stride, max_frames=args.max_frames, start=False)
         except (VideoError, FileNotFoundError) as e:
             failures += 1
             print(f"skipped {path}: {e}", file=sys.stderr)
             continue
-        if total > args.max_frames:
-            every = f" of every {args.stride}" if args.stride > 1 else ""
-            print(
-                f"{path}: {source_frames} frames, too long; processing the first "
-                f"{args.max_frames}{every} (--max-frames {args.max_frames}; raise it for more)",
-                file=sys.stderr,
-            )
-            total = args.max_frames
-        stem = _unique(path.stem, stems)
-        bar = tqdm(total=total, desc=path.name, unit="frame", disable=args.quiet, leave=False)
-        try:
-            run = annotate_video(
-                detector,
-                path,
-                out / f"{stem}{OUTPUT_SUFFIX}",
-                out / f"{stem}.json",
-                track=args.track,
-                stride=args.stride,
-                max_frames=args.max_frames,
-                batch=batch,
-                on_frame=lambda _dets, bar=bar: bar.update(1),
-            )
-        except VideoError as e:
+        with reader:
+            run = _annotate(detector, reader, out / unique_stem(path.stem, stems), args, batch)
+        if run is None:
             failures += 1
-            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
-            continue
-        finally:
-            bar.close()
-        if not args.quiet:
+        elif not args.quiet:
             tracks = {int(t) for d in run.frames if d.track_id is not None for t in d.track_id}
             tracks.discard(-1)
             detections = sum(len(d) for d in run.frames)
@@ -124,12 +104,50 @@ def predict_videos(detector, videos: list[Path], out: Path, args, stems: dict[st
     return failures
 
 
-def _batch(detector, asked: int | None) -> int:
+def _annotate(detector, reader: FrameReader, stem: Path, args, batch: int) -> VideoRun | None:
+    """One open video → ``stem.webm`` and ``stem.json``; ``None`` (and a line) if it fails."""
+    from tqdm import tqdm
+
+    from dfine.video import OUTPUT_SUFFIX, VideoError, annotate_video
+
+    path = reader.path
+    if math.ceil(reader.info.frame_count / reader.stride) > args.max_frames:
+        every = f" of every {args.stride}" if args.stride > 1 else ""
+        print(
+            f"{path}: {reader.info.frame_count} frames, too long; processing the first "
+            f"{args.max_frames}{every} (--max-frames {args.max_frames}; raise it for more)",
+            file=sys.stderr,
+        )
+    bar = tqdm(
+        total=reader.expected_frames,
+        desc=path.name,
+        unit="frame",
+        disable=args.quiet,
+        leave=False,
+    )
+    try:
+        return annotate_video(
+            detector,
+            reader,
+            stem.with_name(stem.name + OUTPUT_SUFFIX),
+            stem.with_name(stem.name + ".json"),
+            track=args.track,
+            batch=batch,
+            on_frame=lambda _dets: bar.update(1),
+        )
+    except VideoError as e:
+        tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+        return None
+    finally:
+        bar.close()
+
+
+def batch_size(detector, asked: int | None) -> int:
     """``--batch``: as asked, or the default; a model fixed to one batch size runs 1."""
     fixed = fixed_batch(detector)
     if asked is None:
         return 1 if fixed is not None else DEFAULT_BATCH
-    if asked > 1 and fixed is not None:  # (a fixed batch > 1 fails on a video's last chunk)
+    if asked > 1 and fixed is not None:  # (a fixed batch > 1 fails on the last chunk)
         raise InvalidArgumentError(
             f"--batch {asked}: this model file has a fixed batch of {fixed}; export it with a "
             "dynamic batch (dfine export W, the default) or drop --batch"
@@ -152,7 +170,8 @@ def fixed_batch(detector) -> int | None:
     return None
 
 
-def _unique(stem: str, stems: dict[str, int]) -> str:
+def unique_stem(stem: str, stems: dict[str, int]) -> str:
+    """``stem``, or ``stem_N`` when an earlier input had the same name."""
     if stem in stems:
         stems[stem] += 1
         return f"{stem}_{stems[stem]}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ pytest.importorskip("gradio")
 import gradio as gr
 
 from analysis.tracks import TrackSeries, track_series, uncertainty_jumps
-from app.errors import UserError
 from app.tabs.video import VideoCaps, VideoTab
 from dfine.data.synth_video import render_clip, write_synth_video
 from dfine.detections import Detections
@@ -55,7 +53,8 @@ def run(tab, clip):
 
 
 def test_video_endpoint_outputs(run):
-    (video, json_path, summary, slider, tracks, _run_id), progress = run
+    (video, json_path, summary, slider, tracks, run_id, owned), progress = run
+    assert owned == [run_id]  # the session's runs, removed when it ends
     assert count_frames(video) == 6  # capped at the tab's 6 frames
     record = json.loads(Path(json_path).read_text())
     assert record["video"]["frame_count"] == 6 and record["video"]["capped"]
@@ -120,12 +119,14 @@ def test_bad_videos_are_one_clear_gr_error(tab, tmp_path):
 def test_untracked_run_uses_the_plain_forward(tab, clip, monkeypatch):
     """Without tracking there is no track view, so no frame is traced (the plain forward);
     with tracking every frame is traced once, for detection and its edge σ together."""
-    from dfine.predict import Detector
+    from dfine.model import DFINE
 
     traced = []
-    real_trace = Detector.trace
+    real_trace = DFINE.trace
     monkeypatch.setattr(
-        Detector, "trace", lambda self, *a, **k: traced.append(1) or real_trace(self, *a, **k)
+        DFINE,
+        "trace",
+        lambda self, images: traced.append(images.shape[0]) or real_trace(self, images),
     )
     out = tab.video(str(clip[0]), 0.5, 320, "default", 25, 2, False, progress=NoProgress())
     assert traced == [] and out[4]["choices"] == []
@@ -136,34 +137,67 @@ def test_untracked_run_uses_the_plain_forward(tab, clip, monkeypatch):
     with pytest.raises(gr.Error, match="no tracks"):
         tab.track(out[5], None)
     out = tab.video(str(clip[0]), 0.5, 320, "default", 25, 2, True, progress=NoProgress())
-    assert len(traced) == 4 and "traced model + track" in out[2]  # frames 0, 2, 4, 6
+    assert sum(traced) == 4 and "traced model + track" in out[2]  # frames 0, 2, 4, 6
 
 
-def test_run_folders_are_removed_on_failure_and_eviction(tab, tmp_path):
+def test_run_folders_are_removed_on_failure(tab, tmp_path):
     root = Path(tab.state.outputs.root)
-    before = {p.name for p in root.glob("video-*")}
+    before = {p.name for p in root.glob("runs/video-*")}
     data = write_synth_video(tmp_path / "full.webm", 12, (160, 120))[0].read_bytes()
     cut = tmp_path / "cut.webm"
     cut.write_bytes(data[: len(data) // 2])  # opens, then decoding stops half way
     long = VideoTab(tab.state, VideoCaps(max_frames=30))
     with pytest.raises(gr.Error, match="decoding stopped after"):
         long.video(str(cut), 0.5, 320, "default", 25, 1, False, progress=NoProgress())
-    assert {p.name for p in root.glob("video-*")} == before  # nothing half-written is kept
+    assert {p.name for p in root.glob("runs/video-*")} == before  # nothing half-written is kept
     assert not list(tmp_path.glob(".*tmp*"))  # nor a temporary video next to the input
 
-    from app.tabs.video import VideoRuns
 
-    runs = VideoRuns(tmp_path / "runs", max_runs=2)
-    (tmp_path / "runs").mkdir()
-    made = []
-    for _ in range(3):
-        run_id, folder = runs.folder()
-        (folder / "frame_00000.jpg").write_bytes(b"x")
-        runs.add(SimpleNamespace(run_id=run_id, folder=folder))
-        made.append((run_id, folder))
-    assert not made[0][1].exists() and made[1][1].exists() and made[2][1].exists()
-    with pytest.raises(UserError, match="no longer on the server"):
-        runs.get(made[0][0])
+def test_run_folders_live_as_long_as_their_session(tab, clip, tmp_path):
+    """A run's folder outlives the output folder's maximum age while its session shows it
+    (the slider still reads its frames), goes when the session lets it go (the ``gr.State``'s
+    ``delete_callback``) or the session's newer runs push it out, and everything goes when
+    the server stops."""
+    from tests.app_util import app_state
+
+    state = app_state(tmp_path, DEMO)
+    state.outputs.max_age_s = 0.0
+    tab = VideoTab(state, VideoCaps(max_frames=3))
+    tab.runs.per_session = 2
+    first = tab.video(str(clip[0]), 0.5, 320, "default", 25, 1, True, progress=NoProgress())
+    run_id, owned = first[5], first[6]
+    folder = tab.runs.get(run_id).folder
+    state.outputs._last_prune = 0.0
+    state.outputs.path("later.json")  # prunes everything older than max_age_s = 0
+    assert folder.is_dir() and tab.frame(run_id, 2)[2].startswith("Frame 2 ")
+    assert tab.track(run_id, first[4]["value"])[2].startswith("**Track #")
+    args = (str(clip[0]), 0.5, 320, "default", 25, 1, False)
+    second = tab.video(*args, session_runs=owned, progress=NoProgress())
+    third = tab.video(*args, session_runs=second[6], progress=NoProgress())
+    assert third[6] == [second[5], third[5]] and not folder.exists()  # pushed out
+    with pytest.raises(gr.Error, match="no longer on the server"):
+        tab.frame(run_id, 0)
+    tab.runs.release(third[6])  # the session ended
+    assert not list((state.outputs.root / "runs").iterdir())
+    with pytest.raises(gr.Error, match="no longer on the server"):
+        tab.frame(third[5], 0)
+    state.outputs.path("x.json")
+    state.outputs.close()  # the server stops
+    assert not state.outputs.root.exists()
+
+
+def test_session_state_releases_its_runs_when_deleted():
+    """The page's ``gr.State`` of runs calls the store's release when Gradio deletes it."""
+    if not DEMO.exists():
+        pytest.skip("demo model not bundled")
+    from app import build_demo
+
+    demo = build_demo(str(DEMO))
+    deps = {d["api_name"]: d for d in demo.config["dependencies"] if d.get("api_name")}
+    video = deps["video"]
+    states = [demo.blocks[i] for i in video["outputs"] if isinstance(demo.blocks[i], gr.State)]
+    assert len(states) == 1 and states[0].delete_callback.__name__ == "release"
+    assert video["outputs"][-1] == video["inputs"][-1] == states[0]._id
 
 
 def test_caps_from_environment(monkeypatch):

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import threading
 import time
-import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,18 +34,19 @@ from analysis import figures
 from analysis.tracks import edge_sigmas, track_ids, track_series
 from app.checks import check_max_detections, check_size, check_threshold, first_int
 from app.errors import UserError, user_errors
+from app.files import OutputDir
 from app.state import AppState
 from app.tabs.common import Controls, quietly
 from dfine.detections import Detections
-from dfine.video import FrameReader, Tracker, VideoInfo, VideoRun, VideoWriter
+from dfine.video import FrameReader, VideoInfo, VideoRun, annotate_video
 
 __all__ = ["VideoCaps", "VideoTab", "build"]
 
 QUEUE_ID = "dfine-video"
 """Concurrency group of the video and webcam events: together they run one at a time, so a
 long video or an open webcam cannot take the CPU from everyone."""
-LOW_THRESHOLD = 0.1
-"""Detections down to this score are given to ByteTrack (its second, low-score association)."""
+BATCH = 4
+"""Frames per forward pass (``dfine predict``'s default: the fastest on a 2-core CPU)."""
 
 
 def _env_int(name: str, default: int) -> int:
@@ -134,26 +132,36 @@ class VideoResult:
 
 
 class VideoRuns:
-    """The last few :class:`VideoResult` s by run id (their folders are deleted on eviction)."""
+    """The processed videos by run id; each run's folder lives in the app's
+    :class:`~app.files.OutputDir` until the session that made it lets it go (:meth:`release`,
+    called by the tab's ``gr.State`` when the session ends) or the server stops. A session
+    keeps its last ``per_session`` runs (the page shows one; API clients may read a few)."""
 
-    def __init__(self, root: Path, max_runs: int = 4) -> None:
-        self.root = Path(root)
-        self.max_runs = max_runs
-        self._items: OrderedDict[str, VideoResult] = OrderedDict()
+    def __init__(self, outputs: OutputDir, per_session: int = 4) -> None:
+        self.outputs = outputs
+        self.per_session = per_session
+        self._items: dict[str, VideoResult] = {}
         self._lock = threading.Lock()
 
     def folder(self) -> tuple[str, Path]:
-        run_id = uuid.uuid4().hex[:12]
-        folder = self.root / f"video-{run_id}"
-        folder.mkdir(parents=True)
-        return run_id, folder
+        """``(run_id, folder)`` for a new run."""
+        return self.outputs.run("video")
 
-    def add(self, result: VideoResult) -> None:
+    def add(self, result: VideoResult, session: list[str] | None = None) -> list[str]:
+        """Keep ``result``; the session's run ids, its oldest beyond ``per_session`` released."""
         with self._lock:
             self._items[result.run_id] = result
-            while len(self._items) > self.max_runs:
-                _, old = self._items.popitem(last=False)
-                shutil.rmtree(old.folder, ignore_errors=True)
+        owned = [*(session or []), result.run_id]
+        self.release(owned[: -self.per_session])
+        return owned[-self.per_session :]
+
+    def release(self, run_ids: list[str] | None) -> None:
+        """Forget these runs and remove their folders (a session ended)."""
+        for run_id in run_ids or []:
+            with self._lock:
+                result = self._items.pop(run_id, None)
+            if result is not None:
+                self.outputs.release(result.folder)
 
     def get(self, run_id: str | None) -> VideoResult:
         with self._lock:
@@ -173,7 +181,7 @@ class VideoTab:
     def __init__(self, state: AppState, caps: VideoCaps | None = None) -> None:
         self.state = state
         self.caps = caps or VideoCaps.from_env()
-        self.runs = VideoRuns(Path(state.outputs.root))
+        self.runs = VideoRuns(state.outputs)
 
     # ------------------------------------------------------------------ /video
     @user_errors
@@ -187,10 +195,12 @@ class VideoTab:
         stride: int | float = 1,
         track: bool = True,
         letterbox: bool = False,
+        session_runs: list[str] | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's idiom)
-    ) -> tuple[str, str, str, dict, dict, str]:
+    ) -> tuple[str, str, str, dict, dict, str, list[str]]:
         """Annotated video (WebM), JSON of every frame, summary, the frame slider's range,
-        the track picker's choices, and the run id the other endpoints take."""
+        the track picker's choices, the run id the other endpoints take, and the session's
+        runs (a ``gr.State``: they are removed when the session ends)."""
         if not video:
             raise UserError("Upload a video first (mp4, mov, webm, avi or mkv).")
         threshold = check_threshold(threshold)
@@ -199,43 +209,17 @@ class VideoTab:
         stride_i = first_int(stride, "stride") or 1
         if stride_i < 1:
             raise UserError(f"The stride must be a positive whole number, got {stride!r}.")
-        source = Path(video)
-        reader = FrameReader(source, stride=stride_i, max_pixels=self.caps.max_pixels, start=False)
-        info = reader.info
-        limit = min(self.caps.max_frames, math.ceil(self.caps.max_seconds * info.fps / stride_i))
-        note = ""
-        if reader.expected_frames > limit:
-            note = (
-                f"The video has {info.frame_count} frames ({info.duration_s:.1f} s); processed "
-                f"the first {limit} (this server's limits: {self.caps.max_frames} frames, "
-                f"{self.caps.max_seconds} s)."
-            )
-        reader.max_frames = min(limit, reader.expected_frames)
-        entry = self.state.store.entry(model)
-        if not self.state.store.is_loaded(entry.key):
-            progress(0.0, desc=f"Loading {entry.label}")
-        loaded = self.state.store.get(entry.key)
-        detector = loaded.detector(size, letterbox)
-        run_id, folder = self.runs.folder()
-        try:
-            result = self._process(
-                reader,
-                detector,
-                loaded.class_names,
-                folder,
-                run_id,
-                threshold,
-                max_detections,
-                track,
-                note,
-                progress,
-            )
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        finally:
-            reader.close()
-        self.runs.add(result)
+        entry = self.state.store.entry(model)  # an unknown model fails before a file opens
+        with FrameReader(
+            Path(video), stride=stride_i, max_pixels=self.caps.max_pixels, start=False
+        ) as reader:
+            note = self._cap(reader)
+            if not self.state.store.is_loaded(entry.key):
+                progress(0.0, desc=f"Loading {entry.label}")
+            loaded = self.state.store.get(entry.key)
+            settings = (threshold, max_detections, track, note)
+            result = self._run(reader, loaded.detector(size, letterbox), loaded, settings, progress)
+        owned = self.runs.add(result, session_runs)
         frames = result.frames
         tracks = track_ids(frames)
         choices = [
@@ -248,75 +232,75 @@ class VideoTab:
             _summary(result, track),
             gr.update(minimum=0, maximum=max(len(frames) - 1, 1), value=0, step=1),
             gr.update(choices=choices, value=choices[0][1] if choices else None),
-            run_id,
+            result.run_id,
+            owned,
         )
 
-    def _process(
+    def _cap(self, reader: FrameReader) -> str:
+        """Cut ``reader`` at this server's limits; the note saying so (``""`` if uncut)."""
+        info = reader.info
+        limit = min(
+            self.caps.max_frames, math.ceil(self.caps.max_seconds * info.fps / reader.stride)
+        )
+        note = ""
+        if reader.expected_frames > limit:
+            note = (
+                f"The video has {info.frame_count} frames ({info.duration_s:.1f} s); processed "
+                f"the first {limit} (this server's limits: {self.caps.max_frames} frames, "
+                f"{self.caps.max_seconds} s)."
+            )
+        reader.max_frames = min(limit, reader.expected_frames)
+        return note
+
+    def _run(
         self,
         reader: FrameReader,
         detector: Any,
-        class_names: tuple[str, ...],
-        folder: Path,
-        run_id: str,
-        threshold: float,
-        max_detections: int,
-        track: bool,
-        note: str,
+        loaded: Any,
+        settings: tuple[float, int, bool, str],
         progress: gr.Progress,
     ) -> VideoResult:
-        import cv2
-
-        info = reader.info
-        total = reader.expected_frames
-        fps = info.fps / reader.stride
-        tracker = Tracker(fps, threshold=threshold) if track else None
+        """The run's folder, filled by :func:`dfine.video.annotate_video` (the library's one
+        pipeline) plus each frame's JPEG and, when tracking, its edge σ (the traced forward);
+        the folder is removed if anything fails."""
+        threshold, max_detections, track, note = settings
+        run_id, folder = self.runs.folder()
         stem = reader.path.stem[:60] or "video"
-        frames: list[Detections] = []
+        total = reader.expected_frames
         sigmas: list[np.ndarray | None] = []
         files: list[Path] = []
         start = time.perf_counter()
-        low = min(threshold, LOW_THRESHOLD) if track else threshold
-        out_video = folder / f"{stem}_dfine.webm"
-        with VideoWriter(out_video, fps, (info.width, info.height)) as writer:
-            for n, frame in enumerate(reader):
-                if tracker is not None:  # the track view needs every frame's edge σ: trace
-                    dets, trace, queries = detector.trace(frame.rgb, threshold=low)
-                    queries = queries.cpu().numpy()
-                    dets, queries = dets[:max_detections], queries[:max_detections]
-                    dets = tracker.update(dets, frame.time_s)
-                    keep = np.flatnonzero(dets.scores > threshold)
-                    dets, queries = dets[keep], queries[keep]
-                    sigmas.append(edge_sigmas(trace, queries, dets.image_size))
-                else:  # no tracks, no track view: the plain forward
-                    dets = detector(frame.rgb, threshold=threshold)[:max_detections]
-                    sigmas.append(None)
-                dets.frame_index, dets.time_s = frame.index, frame.time_s
-                writer.write(np.asarray(dets.plot()))
-                path = folder / f"frame_{n:05d}.jpg"
-                cv2.imwrite(
-                    str(path),
-                    cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92],
-                )
-                files.append(path)
-                dets.image = None
-                frames.append(dets)
-                rate = (n + 1) / max(time.perf_counter() - start, 1e-9)
-                progress((n + 1) / total, desc=f"frame {n + 1}/{total} · {rate:.1f} frames/s")
-        if not frames:
-            raise UserError("The video yielded no frames.")
-        run = VideoRun(
-            info=info,
-            video=out_video,
-            json=folder / f"{stem}_dfine.json",
-            frames=frames,
-            stride=reader.stride,
-            tracked=track,
-            seconds=time.perf_counter() - start,
-            capped=bool(note),
-        )
-        run.write_json()
-        return VideoResult(run_id, folder, reader.path, info, run, sigmas, files, class_names, note)
+
+        def on_frame(result: Any) -> None:
+            if track:  # the track view needs every frame's edge σ: the stream traces
+                dets, trace, queries = result
+                sigmas.append(edge_sigmas(trace, queries.numpy(), dets.image_size))
+            else:
+                dets = result
+                sigmas.append(None)
+            files.append(_write_jpeg(folder / f"frame_{len(files):05d}.jpg", dets.image))
+            n = len(files)
+            rate = n / max(time.perf_counter() - start, 1e-9)
+            progress(n / total, desc=f"frame {n}/{total} · {rate:.1f} frames/s")
+
+        try:
+            run = annotate_video(
+                detector,
+                reader,
+                folder / f"{stem}_dfine.webm",
+                folder / f"{stem}_dfine.json",
+                track=track,
+                threshold=threshold,
+                max_detections=max_detections,
+                batch=BATCH,
+                trace=track,
+                on_frame=on_frame,
+            )
+        except BaseException:
+            self.state.outputs.release(folder)
+            raise
+        names = loaded.class_names
+        return VideoResult(run_id, folder, reader.path, run.info, run, sigmas, files, names, note)
 
     # ------------------------------------------------------------------ /video_frame
     @user_errors
@@ -438,6 +422,12 @@ class VideoTab:
         return np.asarray(dets.plot()), text, times
 
 
+def _write_jpeg(path: Path, rgb: np.ndarray) -> Path:
+    """``rgb`` as a JPEG (quality 92) at ``path``."""
+    Image.fromarray(rgb).save(path, format="JPEG", quality=92)
+    return path
+
+
 def _summary(result: VideoResult, track: bool) -> str:
     run, info = result.run, result.info
     n = len(run.frames)
@@ -519,6 +509,8 @@ def build(state: AppState, controls: Controls) -> VideoTab:
                     label="Detections of every frame (JSON)", height=90, elem_id="video-json"
                 )
         run_id = gr.Textbox(visible=False, elem_id="video-run-id")
+        # the runs this session made: their folders go when the session ends
+        session_runs = gr.State([], delete_callback=tab.runs.release)
         with gr.Row():
             position = gr.Slider(
                 0,
@@ -573,8 +565,8 @@ def build(state: AppState, controls: Controls) -> VideoTab:
     track_outputs = [track_plot, track_table, track_text]
     event = run.click(
         tab.video,
-        inputs=[video_in, *shared, stride, track, controls.letterbox],
-        outputs=[video_out, json_file, summary, position, track_pick, run_id],
+        inputs=[video_in, *shared, stride, track, controls.letterbox, session_runs],
+        outputs=[video_out, json_file, summary, position, track_pick, run_id, session_runs],
         api_name="video",
         concurrency_id=QUEUE_ID,
         concurrency_limit=1,

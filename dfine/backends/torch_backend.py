@@ -13,6 +13,15 @@ from dfine.model import DFINE
 from dfine.postprocess import topk_detections
 
 
+def _would_change(model: DFINE, deploy: bool, device: torch.device) -> bool:
+    """Whether running ``model`` here would change it: fuse it, switch it to eval mode or move
+    it to ``device``. An eval-mode model already on ``device`` (and deployed, if asked) is
+    shared as it is; any other is copied first."""
+    param = next(model.parameters(), None)
+    moved = param is not None and param.device != device
+    return (deploy and not model.deployed) or model.training or moved
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -28,8 +37,10 @@ class TorchBackend(Backend):
         self.device = torch_device(device)
         owned = not isinstance(weights, DFINE)
         model = load_model(weights, device=self.device) if owned else weights
+        if not owned and _would_change(model, deploy, self.device):
+            model = copy.deepcopy(model)  # the caller's model is never changed
         if deploy and not model.deployed:
-            model = (model if owned else copy.deepcopy(model)).deploy()
+            model = model.deploy()
         self.model = model.to(self.device).eval()
         self.input_size = tuple(size or model.config.eval_size)
         self.num_classes = model.num_classes
