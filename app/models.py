@@ -147,7 +147,8 @@ def _zoo_entries() -> list[ModelEntry]:
     for name in zoo.names():
         e = zoo.get(name)
         ap = f"AP {e.ap:g}" + (" (Objects365)" if e.dataset == "obj365" else " (COCO)")
-        label = f"{name} · {e.params_m:g}M params · {ap} · downloads on first use"
+        fetch = "save it by hand (Google Drive)" if e.needs_browser else "downloads on first use"
+        label = f"{name} · {e.params_m:g}M params · {ap} · {fetch}"
         entries.append(ModelEntry(name, label, name, "zoo"))
     return entries
 
