@@ -174,3 +174,15 @@ def test_an_unknown_repo_or_revision_is_one_line(fake_hub):
         dfine.load_model("acme/no-such-model")
     with pytest.raises(hub.HubError, match="has no revision 'v9'"):
         dfine.load_model(f"{REPO}@v9")
+
+
+def test_the_app_loads_a_hub_id_in_the_model_tab_and_as_its_default(fake_hub, tmp_path):
+    from app.models import ModelStore
+
+    store = ModelStore(upload_dir=tmp_path / "uploads")
+    assert REPO not in [key for _, key in store.choices()]
+    loaded = store.get(REPO)  # what the Model tab's dropdown (custom value) asks for
+    assert loaded.model.family == "deim" and loaded.entry.kind == "hub"
+    assert REPO in [key for _, key in store.choices()]
+    default = ModelStore(REPO, upload_dir=tmp_path / "u2").get(None)  # app.py --model REPO
+    assert default.model.family == "deim"
