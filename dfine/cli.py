@@ -27,6 +27,7 @@ from dfine.config import ABLATION_NOTES, FAMILIES, FAMILY_NOTES
 from dfine.data.cli import register_cli as register_data
 from dfine.errors import InvalidArgumentError
 from dfine.export import export_onnx, read_metadata
+from dfine.hf.card import export_hf, push_to_hub
 from dfine.io import ImageLoadError
 from dfine.model import DFINE
 from dfine.precision import PARTS as PRECISION_PARTS
@@ -223,6 +224,10 @@ def _onnx_info(source: str) -> dict:
 
 def cmd_export(args: argparse.Namespace) -> int:
     precision = normalize_precision("fp16" if args.half else args.precision)
+    if args.format == "hf":
+        return _export_hf(args, precision)
+    if args.push_to_hub:
+        raise InvalidArgumentError("--push-to-hub uploads a --format hf export; add --format hf")
     if args.format == "openvino" or precision in ("bf16", "int8"):
         return _export_reduced(args, precision)
     batch = "dynamic" if args.batch == "dynamic" else int(args.batch)
@@ -252,6 +257,25 @@ def cmd_export(args: argparse.Namespace) -> int:
             "error: ONNX Runtime output differs from PyTorch beyond the tolerance", file=sys.stderr
         )
         return 1
+    return 0
+
+
+def _export_hf(args: argparse.Namespace, precision: str) -> int:
+    if precision != "f32" or args.batch != "dynamic" or not args.postprocess or args.size:
+        raise InvalidArgumentError(
+            "--format hf writes the f32 weights and their config; drop --precision, --half, "
+            "--batch, --size and --no-postprocess"
+        )
+    if is_onnx(args.weights):
+        raise InvalidArgumentError(f"{args.weights} is an ONNX export; pass its checkpoint")
+    model = load_model(args.weights, family=args.family)
+    name = str(args.weights)
+    ap = zoo.get(name).ap if zoo.is_zoo_name(name) else None
+    out = Path(args.out) if args.out else Path(Path(name).stem + "-hf")
+    folder = export_hf(model, out, name=args.push_to_hub or out.name, ap=ap)
+    print(f"wrote {folder} (config.json, model.safetensors, preprocessor_config.json, README.md)")
+    if args.push_to_hub:
+        print(f"uploaded to {push_to_hub(folder, args.push_to_hub)}")
     return 0
 
 
@@ -465,8 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         default="onnx",
-        choices=["onnx", "openvino"],
-        help="onnx (default) or openvino (IR .xml + .bin)",
+        choices=["onnx", "openvino", "hf"],
+        help="onnx (default), openvino (IR .xml + .bin) or hf (a Hugging Face transformers "
+        "folder with a model card, --out DIR)",
+    )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="--format hf: also upload the folder to this Hub repository (owner/name; needs "
+        "`hf auth login`)",
     )
     p.add_argument(
         "--precision",
