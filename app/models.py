@@ -25,7 +25,7 @@ from app.paths import (
     FIXTURE_WEIGHTS,
     INPUT_SIZES,
 )
-from dfine import zoo
+from dfine import hub, zoo
 from dfine.checkpoint import CheckpointError
 from dfine.data.synth import SYNTH_CLASSES
 from dfine.files import file_sha256
@@ -49,7 +49,7 @@ class ModelEntry:
     key: str
     label: str
     source: str  # a file path or a zoo name
-    kind: str  # "default", "zoo" or "upload"
+    kind: str  # "default", "zoo", "upload" or "hub" (a Hugging Face Hub id)
     is_fixture: bool = False
 
     @property
@@ -147,7 +147,8 @@ def _zoo_entries() -> list[ModelEntry]:
     for name in zoo.names():
         e = zoo.get(name)
         ap = f"AP {e.ap:g}" + (" (Objects365)" if e.dataset == "obj365" else " (COCO)")
-        label = f"{name} · {e.params_m:g}M params · {ap} · downloads on first use"
+        fetch = "save it by hand (Google Drive)" if e.needs_browser else "downloads on first use"
+        label = f"{name} · {e.params_m:g}M params · {ap} · {fetch}"
         entries.append(ModelEntry(name, label, name, "zoo"))
     return entries
 
@@ -195,7 +196,7 @@ class ModelStore:
         """``(label, key)`` of every model, the default first, then uploads, then the zoo."""
         with self._lock:
             entries = list(self._entries.values())
-        order = {"default": 0, "upload": 1, "zoo": 2}
+        order = {"default": 0, "upload": 1, "hub": 1, "zoo": 2}
         return [(e.label, e.key) for e in sorted(entries, key=lambda e: order[e.kind])]
 
     def entry(self, key: str | None) -> ModelEntry:
@@ -205,10 +206,13 @@ class ModelStore:
             found = self._entries.get(key)
         if found is None and zoo.is_zoo_name(key):
             found = self._entries.get(zoo.get(key).name)
+        if found is None and hub.is_hub_id(key):  # listed once it has loaded (see get)
+            found = ModelEntry(key, f"Hugging Face Hub: {key}", key, "hub")
         if found is None:
             raise UserError(
                 f"Unknown model {key!r}. Choose '{DEFAULT_KEY}', a zoo name such as "
-                f"{zoo.names()[0]}, or upload a checkpoint in the Model tab."
+                f"{zoo.names()[0]}, a Hugging Face Hub id (owner/name), or upload a checkpoint "
+                "in the Model tab."
             )
         return found
 
@@ -231,6 +235,7 @@ class ModelStore:
                 on_load(entry.label)
             loaded = _load(entry)
             with self._lock:
+                self._entries.setdefault(entry.key, entry)
                 self._loaded[entry.key] = loaded
                 self._evict()
             return loaded
@@ -260,8 +265,10 @@ class ModelStore:
             )
         digest = file_sha256(src)[:16]
         key = f"{UPLOAD_PREFIX}{digest}"
-        dest = self.upload_dir / f"{digest}{'.safetensors' if suffix == '.safetensors' else '.pth'}"
+        # under the user's file name, which tells a DEIM release (deim_…) from a D-FINE one
+        dest = self.upload_dir / digest / Path(name).name
         if not dest.exists():
+            dest.parent.mkdir(exist_ok=True)
             shutil.copyfile(src, dest)
         entry = ModelEntry(key, f"Uploaded: {name} ({digest[:8]})", str(dest), "upload")
         with self._lock:
@@ -273,7 +280,7 @@ class ModelStore:
             if not known:
                 with self._lock:
                     self._entries.pop(key, None)
-                dest.unlink(missing_ok=True)
+                shutil.rmtree(dest.parent, ignore_errors=True)
             if isinstance(e, CheckpointError):  # name the user's file, not our copy
                 raise CheckpointError(str(e).replace(str(dest), name)) from None
             raise
@@ -288,7 +295,7 @@ class ModelStore:
             while len(self._uploads) > self.max_uploads:
                 old = self._entries.pop(self._uploads.pop(0))
                 self._loaded.pop(old.key, None)
-                Path(old.source).unlink(missing_ok=True)
+                shutil.rmtree(Path(old.source).parent, ignore_errors=True)
 
 
 def _load(entry: ModelEntry) -> LoadedModel:

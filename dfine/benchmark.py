@@ -144,6 +144,7 @@ def run_benchmark(
     throughput: bool = False,
     weights: str | os.PathLike | None = None,
     matmul_sizes: Sequence[int] = (1024, 2048, 4096),
+    family: str | None = None,
 ) -> tuple[list[Row], float]:
     """Time every combination; returns the rows and the measured sgemm GFLOP/s.
 
@@ -156,16 +157,31 @@ def run_benchmark(
     for an exported file they are passed to its runtime (default: the file's own).
     ``throughput``: openvino rows also in throughput mode (THROUGHPUT hint, ``iters`` batches
     in flight on parallel infer requests; the median is the wall time per batch).
-    ``matmul_sizes``: the square sgemm sizes the FLOP floor's throughput is measured on."""
+    ``matmul_sizes``: the square sgemm sizes the FLOP floor's throughput is measured on.
+    ``family``: ``dfine`` or ``deim`` (see :data:`dfine.config.FAMILIES`) for the random-init
+    models, or for ``weights`` whose metadata and name do not say it."""
     torch.set_num_threads(threads)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         if weights is not None and Path(weights).suffix.lower() in EXPORTED_SUFFIXES:
+            if family is not None:
+                raise InvalidArgumentError(
+                    f"{Path(weights).name} is an export, which records its own family; "
+                    "leave out the family"
+                )
             jobs = list(_exported_jobs(weights, backends, input_size, threads, precisions))
         else:  # the weights are read (and bad ones reported) before anything is timed
             jobs = list(
                 _model_jobs(
-                    weights, backends, sizes, input_size, threads, precisions, throughput, Path(tmp)
+                    weights,
+                    backends,
+                    sizes,
+                    input_size,
+                    threads,
+                    precisions,
+                    throughput,
+                    Path(tmp),
+                    family,
                 )
             )
         peak = matmul_gflops(matmul_sizes)
@@ -205,6 +221,7 @@ def _model_jobs(
     precisions: Sequence[str] | None,
     throughput: bool,
     workdir: Path,
+    family: str | None = None,
 ) -> Iterator[Job]:
     """Random-init models of ``sizes`` (``weights`` None) or the one model ``weights`` loads."""
     backends = list(backends or DEFAULT_BACKENDS)
@@ -212,9 +229,11 @@ def _model_jobs(
     models: dict[str, Callable[[], DFINE]] = {}
     if weights is None:
         for size in sizes:
-            models[size] = lambda size=size: build_model(size).eval()
+            models[size] = lambda size=size: build_model(size, family=family or "dfine").eval()
     else:
-        loaded = load_model(weights).eval()  # fails here, before any timing, if unreadable
+        loaded = load_model(
+            weights, family=family
+        ).eval()  # fails here, before any timing, if unreadable
         models[loaded.config.size] = lambda: loaded
     combos = [(s, b, "f32", False) for s in models for b in backends]
     if "openvino" in backends:

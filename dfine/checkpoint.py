@@ -35,6 +35,7 @@ from dfine.weights import (
     METADATA_KEY,
     CheckpointError,
     check_metadata,
+    choose_family,
     infer_config,
     read_safetensors,
     read_torch,
@@ -129,13 +130,16 @@ def load_model(
     source: str | os.PathLike,
     device: str | torch.device = "cpu",
     num_classes: int | None = None,
+    family: str | None = None,
 ) -> DFINE:
     """A D-FINE model from a checkpoint file, in eval mode on ``device``.
 
     ``source``: a reference ``.pth``, a project ``.safetensors``, a Hugging Face
     transformers-layout checkpoint (folder with ``config.json``, see :mod:`dfine.hf`), or a
     model-zoo name (see :mod:`dfine.zoo`). Size and class count are read from the weights; ``num_classes``,
-    when given, is checked against them.
+    when given, is checked against them. ``family`` (``dfine`` or ``deim``) says which decoder
+    the weights were trained with; by default the file's metadata, else ``deim`` for a file
+    named ``deim…`` (see :func:`dfine.weights.choose_family`).
     """
     if is_onnx(source):
         raise CheckpointError(
@@ -156,7 +160,7 @@ def load_model(
             f"{path}: its metadata says ablation {ablation!r} but its box head has {has}; "
             "the file is inconsistent, save it again"
         )
-    cfg = cfg.with_ablation(ablation)
+    cfg = cfg.with_ablation(ablation).with_family(choose_family(path, meta, family))
     names = meta.get("class_names")
     if names is not None and len(names) != cfg.num_classes:
         raise CheckpointError(
@@ -190,6 +194,7 @@ def save_model(
             "class_names": list(model.class_names) if model.class_names else None,
             "input_size": list(model.config.eval_size),
             "ablation": model.config.decoder.ablation,
+            "family": model.config.family,
             **(metadata or {}),
         }
         tensors = {

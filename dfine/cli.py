@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dfine import optional, webapp
 from dfine.backends import BACKENDS
-from dfine.config import ABLATION_NOTES
+from dfine.config import ABLATION_NOTES, FAMILIES, FAMILY_NOTES
 from dfine.data.cli import register_cli as register_data
 from dfine.errors import DFineError, InputFileError, InvalidArgumentError, error_text
 from dfine.precision import PARTS as PRECISION_PARTS
@@ -91,6 +91,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         deploy=not args.exact,
         letterbox=args.letterbox,
         precision=args.precision,
+        family=args.family,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.zoo:
         for name in zoo.names():
             e = zoo.get(name)
-            print(f"{name:<22} D-FINE-{e.size.upper()}  {e.params_m:>4g}M params  AP {e.ap:<5g} "
+            arch = ("DEIM-" if e.family == "deim" else "") + f"D-FINE-{e.size.upper()}"
+            print(f"{name:<32} {arch:<13} {e.params_m:>4g}M params  AP {e.ap:<5g} "
                   f"{e.dataset:<9} {e.url}")  # fmt: skip
         print(f"downloaded on first use into {zoo.cache_dir()}")
         return 0
@@ -150,7 +152,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = (
         _onnx_info(args.checkpoint)
         if is_onnx(args.checkpoint)
-        else _checkpoint_info(resolve(args.checkpoint))
+        else _checkpoint_info(resolve(args.checkpoint), args.family)
     )
     if args.json:
         print(json.dumps(info, indent=2))
@@ -170,6 +172,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"input size:    {info['input_size'][0]}x{info['input_size'][1]} (height x width)")
     if info.get("ablation"):
         print(f"ablation:      {info['ablation']} ({ABLATION_NOTES[info['ablation']]})")
+    if info.get("family"):
+        print(f"family:        {info['family']} ({FAMILY_NOTES[info['family']]})")
     if info.get("reg_max") is not None and info.get("reg_scale") is not None:
         print(f"FDR:           reg_max {info['reg_max']}, reg_scale {info['reg_scale']:g}")
     for k, v in info["metadata"].items():
@@ -177,13 +181,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_info(path: Path) -> dict:
+def _checkpoint_info(path: Path, family: str | None = None) -> dict:
     from dfine.checkpoint import default_class_names, infer_config, read_checkpoint
     from dfine.model import DFINE
+    from dfine.weights import choose_family
 
     sd, meta = read_checkpoint(path)
     cfg = infer_config(sd)
     cfg = cfg.with_ablation(meta.get("ablation", cfg.ablation))
+    cfg = cfg.with_family(choose_family(path, meta, family))
     params = sum(p.numel() for p in DFINE(cfg).parameters())
     names = meta.get("class_names") or default_class_names(cfg.num_classes)
     return {
@@ -201,7 +207,10 @@ def _checkpoint_info(path: Path) -> dict:
         if cfg.ablation != "fdr"
         else None,
         "ablation": cfg.ablation,
-        "metadata": {k: v for k, v in meta.items() if k not in ("class_names", "ablation")},
+        "family": cfg.family,
+        "metadata": {
+            k: v for k, v in meta.items() if k not in ("class_names", "ablation", "family")
+        },
     }
 
 
@@ -226,6 +235,7 @@ def _onnx_info(source: str) -> dict:
         "input_size": list(meta["input_size"]),
         "reg_max": None,
         "ablation": meta.get("ablation"),  # absent from files exported before it was recorded
+        "family": meta.get("family"),
         "metadata": {
             k: meta[k] for k in ("batch", "precision", "num_top") if meta.get(k) is not None
         },
@@ -233,10 +243,15 @@ def _onnx_info(source: str) -> dict:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dfine.checkpoint import load_model
     from dfine.export import export_onnx
     from dfine.sources import is_onnx
 
     precision = normalize_precision("fp16" if args.half else args.precision)
+    if args.format == "hf":
+        return _export_hf(args, precision)
+    if args.push_to_hub:
+        raise InvalidArgumentError("--push-to-hub uploads a --format hf export; add --format hf")
     if args.format == "openvino" or precision in ("bf16", "int8"):
         return _export_reduced(args, precision)
     batch = "dynamic" if args.batch == "dynamic" else int(args.batch)
@@ -249,8 +264,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     # in the current folder, never beside the weights (which may be a bundled asset)
     out = Path(args.out) if args.out else Path(Path(args.weights).stem + ".onnx")
+    weights = args.weights if args.family is None else load_model(args.weights, family=args.family)
     result = export_onnx(
-        args.weights,
+        weights,
         out,
         size=size,
         batch=batch,
@@ -268,7 +284,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_hf(args: argparse.Namespace, precision: str) -> int:
+    from dfine import zoo
+    from dfine.checkpoint import load_model
+    from dfine.hf.card import export_hf, push_to_hub
+    from dfine.sources import is_onnx
+
+    if precision != "f32" or args.batch != "dynamic" or not args.postprocess or args.size:
+        raise InvalidArgumentError(
+            "--format hf writes the f32 weights and their config; drop --precision, --half, "
+            "--batch, --size and --no-postprocess"
+        )
+    if is_onnx(args.weights):
+        raise InvalidArgumentError(f"{args.weights} is an ONNX export; pass its checkpoint")
+    model = load_model(args.weights, family=args.family)
+    name = str(args.weights)
+    ap = zoo.get(name).ap if zoo.is_zoo_name(name) else None
+    out = Path(args.out) if args.out else Path(Path(name).stem + "-hf")
+    folder = export_hf(model, out, name=args.push_to_hub or out.name, ap=ap)
+    print(f"wrote {folder} (config.json, model.safetensors, preprocessor_config.json, README.md)")
+    if args.push_to_hub:
+        print(f"uploaded to {push_to_hub(folder, args.push_to_hub)}")
+    return 0
+
+
 def _export_reduced(args: argparse.Namespace, precision: str) -> int:
+    if args.family is not None:
+        raise InvalidArgumentError(
+            "--family is not supported with --format openvino or --precision bf16/int8; "
+            "export an ONNX file with --family first, then convert that file"
+        )
     if args.batch != "dynamic" or not args.postprocess:
         raise InvalidArgumentError(
             "--format openvino and --precision bf16/int8 export a dynamic-batch graph with "
@@ -314,6 +359,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         iters=args.iters,
         precisions=args.precision,
         throughput=args.throughput,
+        family=args.family,
     )
     text = markdown(rows, peak, args.input, args.threads, args.iters, args.weights)
     print(text)
@@ -357,6 +403,16 @@ def _threshold_arg(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"threshold must be in [0, 1], got {text}")
     return value
+
+
+def _add_family(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        default=None,
+        help="dfine or deim (DEIM-D-FINE: SiLU decoder) for weights whose metadata and name "
+        "do not say it (a file named deim_… is read as DEIM)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     add_video_arguments(p)
+    _add_family(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -446,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--zoo", action="store_true", help="list the model zoo's checkpoints")
+    _add_family(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
@@ -464,8 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         default="onnx",
-        choices=["onnx", "openvino"],
-        help="onnx (default) or openvino (IR .xml + .bin)",
+        choices=["onnx", "openvino", "hf"],
+        help="onnx (default), openvino (IR .xml + .bin) or hf (a Hugging Face transformers "
+        "folder with a model card, --out DIR)",
+    )
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="--format hf: also upload the folder to this Hub repository (owner/name; needs "
+        "`hf auth login`)",
     )
     p.add_argument(
         "--precision",
@@ -540,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output .onnx path (default: <weights name>.onnx in the current folder)",
     )
+    _add_family(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
@@ -599,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time openvino in throughput mode (THROUGHPUT hint, parallel requests)",
     )
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
+    _add_family(p)
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser(

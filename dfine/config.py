@@ -139,11 +139,38 @@ ABLATION_NOTES: dict[str, str] = {
 """One line per ablation switch, for ``dfine inspect`` and the app's Model tab."""
 
 
+FAMILIES: dict[str, str] = {"dfine": "relu", "deim": "silu"}
+"""The models of D-FINE's architecture this project builds, by family name, with their decoder
+activation. ``deim`` is DEIM-D-FINE (DEIM, CVPR 2025: ``configs/base/deim.yml`` sets
+``DFINETransformer.activation`` and ``mlp_act`` to ``silu``): the same modules and state-dict
+keys as D-FINE, but SiLU in the decoder FFNs, the query-position head, the encoder/pre-box and
+box heads and the LQEs, and an unfrozen backbone BatchNorm in every size. The backbone and the
+encoder (GELU in AIFI, SiLU in CCFF) are D-FINE's."""
+
+FAMILY_NOTES: dict[str, str] = {
+    "dfine": "D-FINE (ReLU decoder)",
+    "deim": "DEIM-D-FINE (SiLU decoder, trained with DEIM)",
+}
+"""One line per family, for ``dfine inspect`` and the app's Model tab."""
+
+
+def check_family(family: str) -> str:
+    """``family`` if it is one of :data:`FAMILIES`, else an error naming them."""
+    if family not in FAMILIES:
+        raise InvalidArgumentError(
+            f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}"
+        )
+    return family
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     """D-FINE transformer decoder with Fine-grained Distribution Refinement.
 
-    ``ablation`` switches FDR / GO-LSD off for the paper's ablation (see :data:`ABLATIONS`).
+    ``activation`` is the decoder layers' FFN activation, ``mlp_act`` that of every decoder
+    MLP (query-position head, encoder/pre/box heads and the LQE): ReLU in D-FINE, SiLU in
+    DEIM (see :data:`FAMILIES`). ``ablation`` switches FDR / GO-LSD off for the paper's
+    ablation (see :data:`ABLATIONS`).
     """
 
     num_classes: int = 80
@@ -158,6 +185,7 @@ class DecoderConfig:
     dim_feedforward: int = 1024
     dropout: float = 0.0
     activation: str = "relu"
+    mlp_act: str = "relu"
     num_denoising: int = 100
     label_noise_ratio: float = 0.5
     box_noise_scale: float = 1.0
@@ -202,6 +230,27 @@ class ModelConfig:
     @property
     def ablation(self) -> str:
         return self.decoder.ablation
+
+    @property
+    def family(self) -> str:
+        """``deim`` when every decoder activation is SiLU, else ``dfine`` (see :data:`FAMILIES`)."""
+        act = FAMILIES["deim"]
+        return "deim" if self.decoder.activation == self.decoder.mlp_act == act else "dfine"
+
+    def with_family(self, family: str) -> ModelConfig:
+        """The same model in ``family``: its decoder activations and, for ``deim``, an unfrozen
+        backbone (DEIM's ``HGNetv2: {freeze_at: -1, freeze_norm: False}``); ``dfine`` restores
+        the preset's backbone freezing."""
+        act = FAMILIES[check_family(family)]
+        preset = PRESETS[self.size].backbone
+        frozen = family == "dfine"
+        backbone = dataclasses.replace(
+            self.backbone,
+            freeze_norm=preset.freeze_norm and frozen,
+            freeze_stem=preset.freeze_stem and frozen,
+        )
+        decoder = dataclasses.replace(self.decoder, activation=act, mlp_act=act)
+        return dataclasses.replace(self, backbone=backbone, decoder=decoder)
 
     def with_ablation(self, ablation: str) -> ModelConfig:
         """The same model with the ablation switch ``ablation`` (see :data:`ABLATIONS`)."""
@@ -276,11 +325,15 @@ SIZES: tuple[str, ...] = ("n", "s", "m", "l", "x")
 PRESETS: dict[str, ModelConfig] = {s: _preset(s) for s in SIZES}
 
 
-def get_config(size: str, num_classes: int = 80, ablation: str = "none") -> ModelConfig:
-    """The preset for ``size`` (one of ``n s m l x``) with ``num_classes`` classes and the
-    ablation switch ``ablation`` (``none``, the full model; see :data:`ABLATIONS`)."""
+def get_config(
+    size: str, num_classes: int = 80, ablation: str = "none", family: str = "dfine"
+) -> ModelConfig:
+    """The preset for ``size`` (one of ``n s m l x``) with ``num_classes`` classes, the
+    ablation switch ``ablation`` (``none``, the full model; see :data:`ABLATIONS`) and the
+    model family ``family`` (``dfine`` or ``deim``, see :data:`FAMILIES`)."""
     key = size.lower().removeprefix("dfine_").removeprefix("dfine-")
     if key not in PRESETS:
         raise InvalidArgumentError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
     cfg = PRESETS[key].with_num_classes(num_classes)
-    return cfg if ablation == "none" else cfg.with_ablation(ablation)
+    cfg = cfg if ablation == "none" else cfg.with_ablation(ablation)
+    return cfg if check_family(family) == "dfine" else cfg.with_family(family)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from dfine.checkpoint import load_model
-from dfine.config import ABLATIONS
+from dfine.config import ABLATIONS, FAMILIES
 from dfine.errors import InputFileError, InvalidArgumentError, missing
 from dfine.files import atomic_write
 from dfine.io import load_image
@@ -155,6 +155,7 @@ def export_onnx(
         "precision": "fp16" if half else "fp32",
         "num_top": str(min(num_top, net.config.decoder.num_queries * net.num_classes)),
         "ablation": net.config.decoder.ablation,
+        "family": net.config.family,
     }
 
     def write(tmp: Path) -> None:
@@ -240,7 +241,7 @@ def _parse_metadata(props: dict[str, str], where: str) -> dict:
         # files exported before num_top was recorded kept the default 300 (or fewer pairs)
         "num_top": int(props.get("num_top", 300)),
     }
-    for key in ("method", "format", "mixed", "head_precision", "ablation"):
+    for key in ("method", "format", "mixed", "head_precision", "ablation", "family"):
         if key in props:
             meta[key] = props[key]
     for key in ("guard", "reduced_parts", "calibration", "attempts"):
@@ -250,6 +251,11 @@ def _parse_metadata(props: dict[str, str], where: str) -> dict:
         raise InvalidArgumentError(
             f"{where}: its ablation metadata must be one of {', '.join(ABLATIONS)}, "
             f"got {meta['ablation']!r}"
+        )
+    if meta.get("family", "dfine") not in FAMILIES:
+        raise ValueError(
+            f"{where}: its family metadata must be one of {', '.join(FAMILIES)}, "
+            f"got {meta['family']!r}"
         )
     return meta
 

@@ -42,6 +42,12 @@ class DFINE(nn.Module):
         """The paper-ablation switch this model was built with (``none``, ``golsd``, ``fdr``)."""
         return self.config.decoder.ablation
 
+    @property
+    def family(self) -> str:
+        """The model family (``dfine``, or ``deim``: DEIM's SiLU decoder; see
+        :data:`dfine.config.FAMILIES`)."""
+        return self.config.family
+
     @staticmethod
     def check_input(images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
@@ -107,9 +113,14 @@ class DFINE(nn.Module):
 
 
 def build_model(
-    size: str = "n", num_classes: int = 80, class_names=None, ablation: str = "none"
+    size: str = "n",
+    num_classes: int = 80,
+    class_names=None,
+    ablation: str = "none",
+    family: str = "dfine",
 ) -> DFINE:
     """A randomly initialised D-FINE of ``size`` (``n s m l x``), in train mode; ``ablation``
-    switches FDR/GO-LSD off (see :data:`dfine.config.ABLATIONS`)."""
-    model = DFINE(get_config(size, num_classes, ablation), class_names=class_names)
+    switches FDR/GO-LSD off (see :data:`dfine.config.ABLATIONS`); ``family="deim"`` builds
+    DEIM-D-FINE (see :data:`dfine.config.FAMILIES`)."""
+    model = DFINE(get_config(size, num_classes, ablation, family), class_names=class_names)
     return model.train()

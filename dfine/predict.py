@@ -62,6 +62,8 @@ class Detector:
         letterbox: keep the aspect ratio: resize to fit the input size and pad with grey
             (boxes are mapped back exactly). Default ``False``: stretch to the input size,
             as the reference does (parity holds only then).
+        family: ``"dfine"`` or ``"deim"`` (DEIM-D-FINE's SiLU decoder) for a checkpoint whose
+            metadata and name (``deim…``) do not say it; torch backend only.
         **backend_options: passed to the backend (e.g. ``threads``).
     """
 
@@ -78,9 +80,17 @@ class Detector:
         class_names: Sequence[str] | None = None,
         precision: str | None = None,
         letterbox: bool = False,
+        family: str | None = None,
         **backend_options,
     ) -> None:
         backend = backend or default_backend(weights)
+        if family is not None:
+            if backend != "torch":
+                raise InvalidArgumentError(
+                    f"family= applies to a checkpoint run by the torch backend, not {backend}: "
+                    "export it with `dfine export W --family deim` (the export records it)"
+                )
+            backend_options["family"] = family
         if backend not in BACKENDS:
             raise InvalidArgumentError(
                 f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}"

@@ -4,6 +4,8 @@ the CLI's ``predict``/``inspect``/``val``/``export``/``benchmark``, the app's ``
 - a checkpoint file: reference ``.pth`` / ``.pt`` or this project's ``.safetensors``;
 - a Hugging Face transformers-layout folder (``config.json`` + weights, see :mod:`dfine.hf`);
 - a model-zoo name (``dfine_n_coco``, also spelt ``dfine_n_coco.pth``), downloaded once;
+- a Hugging Face Hub model id (``owner/name`` or ``owner/name@revision``) in the transformers
+  ``d_fine`` layout, fetched into the Hub's cache (see :mod:`dfine.hub`);
 - an exported ONNX graph (``.onnx``), run by a non-torch backend — ONNX Runtime unless told
   otherwise (:func:`default_backend`).
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dfine import zoo
+from dfine import hub, zoo
 from dfine.errors import InputFileError
 from dfine.hf import is_hf_checkpoint
 from dfine.weights import CheckpointError
@@ -43,10 +45,11 @@ def default_backend(source: object) -> str:
 
 def resolve(source: str | os.PathLike) -> Path:
     """The local file or folder ``source`` names; a zoo name is downloaded first (once, into
-    :func:`dfine.zoo.cache_dir`).
+    :func:`dfine.zoo.cache_dir`), a Hub model id fetched (into the Hub's cache).
 
-    Raises ``FileNotFoundError`` (no such file, not a zoo name), :class:`~dfine.checkpoint.
-    CheckpointError` (a file of another kind) or :class:`~dfine.zoo.ZooDownloadError`."""
+    Raises ``FileNotFoundError`` (no such file, not a zoo name or Hub id), :class:`~dfine.
+    checkpoint.CheckpointError` (a file of another kind), :class:`~dfine.zoo.ZooDownloadError`
+    or :class:`~dfine.hub.HubError`."""
     path = Path(source).expanduser()
     if path.exists():
         if is_hf_checkpoint(path):
@@ -72,9 +75,12 @@ def resolve(source: str | os.PathLike) -> Path:
                 f"{zoo.get(str(source)).name}, which could not be downloaded. "
             )
             raise zoo.ZooDownloadError(note + str(e)) from None
+    if hub.is_hub_id(str(source)):
+        return hub.snapshot(str(source))
     raise InputFileError(
-        f"checkpoint not found: {source} is not a file and not a model-zoo name (names are like "
-        f"{', '.join(zoo.names()[:3])}, ...; list them with `dfine inspect --zoo`)"
+        f"checkpoint not found: {source} is not a file, not a model-zoo name (names are like "
+        f"{', '.join(zoo.names()[:3])}, ...; list them with `dfine inspect --zoo`) and not a "
+        "Hugging Face Hub id (owner/name)"
     )
 
 

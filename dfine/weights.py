@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from dfine.config import ABLATIONS, ModelConfig, get_config
+from dfine import zoo
+from dfine.config import ABLATIONS, FAMILIES, ModelConfig, check_family, get_config
 from dfine.errors import InvalidArgumentError
 
 METADATA_KEY = "dfine"
@@ -78,7 +79,33 @@ def check_metadata(meta: Any, path: Path) -> dict[str, Any]:
             f"{path}: its metadata's ablation must be one of {', '.join(ABLATIONS)}, "
             f"got {ablation!r}"
         )
+    family = meta.get("family", "dfine")
+    if family not in FAMILIES:
+        raise CheckpointError(
+            f"{path}: its metadata's family must be one of {', '.join(FAMILIES)}, got {family!r}"
+        )
     return meta
+
+
+def choose_family(path: Path, meta: Mapping[str, Any], family: str | None = None) -> str:
+    """The model family to build for the checkpoint at ``path``: ``family`` when given (it
+    must agree with the file's metadata), else the metadata's ``family``, else ``deim`` for a
+    file whose name starts with ``deim`` (DEIM's release names, ``deim_dfine_hgnetv2_n_coco.pth``),
+    else ``dfine`` (a model-zoo file: its entry's family). The file cannot tell: D-FINE and DEIM-D-FINE have the same keys and shapes."""
+    recorded = meta.get("family")
+    if family is not None:
+        check_family(family)
+        if recorded is not None and recorded != family:
+            raise CheckpointError(
+                f"{path}: its metadata says family {recorded!r}, not {family!r}; "
+                "leave the family out to use the file's own"
+            )
+        return family
+    if recorded is not None:
+        return recorded
+    name = Path(path).name
+    known = zoo.family_of_file(name)  # DEIM's Objects365 X keeps D-FINE's ReLU decoder
+    return known or ("deim" if name.lower().startswith("deim") else "dfine")
 
 
 def load_torch_file(path: Path) -> Any:

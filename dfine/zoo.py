@@ -46,6 +46,7 @@ __all__ = [
     "class_names",
     "download",
     "download_hf",
+    "family_of_file",
     "get",
     "is_zoo_name",
     "names",
@@ -69,7 +70,8 @@ class ZooEntry:
     (the README's AP^5000, the one figure it gives for every Objects365 model). ``params_m``
     is the README's parameter count in millions. ``hf_repo`` names the Hugging Face copy in
     the transformers layout (see :func:`download_hf`).
-    ``sha256`` is checked after a download when known.
+    ``sha256`` is checked after a download when known. ``family`` is the model family the
+    file is built as (``dfine`` or ``deim``, see :data:`dfine.config.FAMILIES`).
     """
 
     name: str
@@ -82,6 +84,12 @@ class ZooEntry:
     params_m: float
     hf_repo: str | None
     sha256: str | None = None
+    family: str = "dfine"
+
+    @property
+    def needs_browser(self) -> bool:
+        """Whether the file lives where only a browser can fetch it (Google Drive)."""
+        return self.url.startswith(DRIVE_URL)
 
 
 class ZooDownloadError(DFineError, RuntimeError):
@@ -132,14 +140,62 @@ def _entry(size: str, dataset: str, ap: float, stem: str, hf: str | None) -> Zoo
     )
 
 
-MODELS: dict[str, ZooEntry] = {e.name: e for e in (_entry(*row) for row in _TABLE)}
-"""Every official checkpoint, by canonical name (``dfine_l_coco``, ``dfine_l_obj365_e25``)."""
+DRIVE_URL = "https://drive.google.com/"
+
+# DEIM-D-FINE (ShihuaHuang95/DEIM README, "Model Zoo", DEIM-D-FINE table): (size, dataset, AP,
+# Google Drive file id, family). COCO models train with DEIM's SiLU decoder
+# (configs/deim_dfine/deim_hgnetv2_*_coco.yml include configs/base/deim.yml). The Objects365 →
+# COCO X (README news of 2025.03.12, 59.5 AP after 24 COCO epochs) is D-FINE's architecture:
+# configs/deim_dfine/object365/deim_hgnetv2_x_obj2coco_24e.yml sets ``activation: relu`` and
+# ``mlp_act: relu`` and freezes the backbone BatchNorm again.
+_DEIM_TABLE: tuple[tuple[str, str, float, str, str], ...] = (
+    ("n", "coco", 43.0, "1ZPEhiU9nhW4M5jLnYOFwTSLQC1Ugf62e", "deim"),
+    ("s", "coco", 49.0, "1tB8gVJNrfb6dhFvoHJECKOF5VpkthhfC", "deim"),
+    ("m", "coco", 52.7, "18Lj2a6UN6k_n_UzqnJyiaiLGpDzQQit8", "deim"),
+    ("l", "coco", 54.7, "1PIRf02XkrA2xAD3wEiKE2FaamZgSGTAr", "deim"),
+    ("x", "coco", 56.5, "1dPtbgtGgq1Oa7k_LgH1GXPelg1IVeu0j", "deim"),
+    ("x", "obj2coco", 59.5, "1RMNrHh3bYN0FfT5ZlWhXtQxkG23xb2xj", "dfine"),
+)
+
+
+def _deim_entry(size: str, dataset: str, ap: float, drive_id: str, family: str) -> ZooEntry:
+    name = f"deim_dfine_hgnetv2_{size}_{dataset}"
+    return ZooEntry(
+        name=name,
+        size=size,
+        dataset=dataset,
+        url=f"{DRIVE_URL}file/d/{drive_id}/view",
+        filename=f"{name}.pth",
+        num_classes=_NUM_CLASSES[dataset],
+        ap=ap,
+        params_m=_PARAMS_M[size],
+        hf_repo=None,
+        family=family,
+    )
+
+
+MODELS: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        *(_entry(*row) for row in _TABLE),
+        *(_deim_entry(*row) for row in _DEIM_TABLE),
+    )
+}
+"""Every official checkpoint, by canonical name (``dfine_l_coco``, ``dfine_l_obj365_e25``),
+then DEIM's D-FINE-architecture releases (``deim_dfine_hgnetv2_n_coco``, which only a browser
+can download: :func:`download` says where to save the file)."""
 
 
 # ---------------------------------------------------------------------------- names
 _NAME_RE = re.compile(
     r"d_?fine_(?P<size>n|s|m|l|x|nano|small|medium|large|xlarge)"
     r"_(?P<dataset>coco|obj2coco|obj365)(?P<e25>_e25)?"
+)
+
+
+_DEIM_RE = re.compile(
+    r"deim_(?:d_?fine_)?(?:hgnetv2_)?(?P<size>n|s|m|l|x|nano|small|medium|large|xlarge)"
+    r"_(?P<dataset>coco|obj2coco)(?:_24e)?"
 )
 
 
@@ -156,6 +212,11 @@ def _normalize(name: str) -> str:
 
 def _canonical(name: str) -> str | None:
     """The key of ``MODELS`` that ``name`` spells, or None."""
+    deim = _DEIM_RE.fullmatch(_normalize(name))
+    if deim is not None:
+        size = _SIZE_WORDS.get(deim["size"], deim["size"])
+        key = f"deim_dfine_hgnetv2_{size}_{deim['dataset']}"
+        return key if key in MODELS else None
     m = _NAME_RE.fullmatch(_normalize(name))
     if m is None:
         return None
@@ -182,6 +243,14 @@ def get(name: str) -> ZooEntry:
     raise InvalidArgumentError(
         f"unknown model-zoo name {name!r}.{hint} Known: {', '.join(names())}"
     )
+
+
+def family_of_file(filename: str) -> str | None:
+    """The family of the zoo checkpoint whose file is called ``filename``, or None."""
+    for entry in MODELS.values():
+        if entry.filename == filename:
+            return entry.family
+    return None
 
 
 def class_names(name: str) -> tuple[str, ...]:
@@ -239,7 +308,8 @@ def _resolve(
             raise InvalidArgumentError(f"cannot tell a file name from the URL {url!r}; pass dest=")
     else:
         entry = get(name_or_url)
-        url, sha, label = f"{_base_url(base_url)}/{entry.filename}", entry.sha256, entry.name
+        url = entry.url if entry.needs_browser else f"{_base_url(base_url)}/{entry.filename}"
+        sha, label = entry.sha256, entry.name
         filename = entry.filename
         approx_mb = entry.params_m * 4.1  # 4 bytes per float32 weight, plus the pickle
     if dest is None:
@@ -275,6 +345,12 @@ def download(
     target = _resolve(name_or_url, dest, base_url)
     if target.path.is_file():
         return target.path
+    if target.url.startswith(DRIVE_URL):
+        size = f" (about {target.approx_mb:.0f} MB)" if target.approx_mb else ""
+        raise ZooDownloadError(
+            f"{target.label} is on Google Drive, which needs a browser: open {target.url}, "
+            f"download the file{size} and save it as {target.path}: it is found there from then on."
+        )
     target.path.parent.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"downloading {target.url} -> {target.path}", file=sys.stderr)

@@ -116,7 +116,7 @@ def test_offline_zoo_name_says_what_to_do(command, tmp_path, monkeypatch, capsys
     [
         ("notimage.jpg", b"hello\n", "notimage.jpg is not a weights file (.jpg)"),
         ("broken.pth", b"hello\n", "broken.pth is not a readable PyTorch checkpoint"),
-        ("missing.pth", None, "missing.pth is not a file and not a model-zoo name"),
+        ("missing.pth", None, "missing.pth is not a file, not a model-zoo name"),
     ],
 )
 def test_inspect_bad_files_in_one_line(name, content, message, tmp_path, capsys):

@@ -105,7 +105,7 @@ def build(state: AppState, controls: Controls) -> None:
             choice = gr.Dropdown(
                 choices=[c for c in state.store.choices() if not c[1].startswith("upload-")],
                 value=default.entry.key,
-                label="Default model or a model-zoo checkpoint",
+                label="Default model, a model-zoo checkpoint or a Hugging Face Hub id (owner/name)",
                 allow_custom_value=True,
                 scale=2,
             )

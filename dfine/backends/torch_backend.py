@@ -9,6 +9,7 @@ import torch
 
 from dfine.backends.base import Backend, BatchDetections, Device, torch_device
 from dfine.checkpoint import load_model
+from dfine.errors import InvalidArgumentError
 from dfine.model import DFINE
 from dfine.postprocess import topk_detections
 
@@ -33,10 +34,13 @@ class TorchBackend(Backend):
         device: Device = None,
         deploy: bool = True,
         num_top: int = 300,
+        family: str | None = None,
     ) -> None:
         self.device = torch_device(device)
         owned = not isinstance(weights, DFINE)
-        model = load_model(weights, device=self.device) if owned else weights
+        model = load_model(weights, device=self.device, family=family) if owned else weights
+        if family is not None and model.family != family:
+            raise InvalidArgumentError(f"the model given is a {model.family} model, not {family}")
         if not owned and _would_change(model, deploy, self.device):
             model = copy.deepcopy(model)  # the caller's model is never changed
         if deploy and not model.deployed:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dfine.config import (
+    FAMILIES,
     HGNETV2_ARCHS,
     PRESETS,
     BackboneConfig,
@@ -323,8 +324,21 @@ def _check_channels(backbone: BackboneConfig, in_channels: Iterable, strides: It
         )
 
 
+def _decoder_activation(act: Any) -> str:
+    """The decoder activation of a ``config.json``: ``relu`` (D-FINE) or ``silu``, read as
+    DEIM-D-FINE (SiLU in every decoder MLP too, as DEIM trains it; transformers itself applies
+    ``decoder_activation_function`` to the FFNs only)."""
+    if act not in FAMILIES.values():
+        raise CheckpointError(
+            f"config.json: decoder_activation_function={act!r}; only relu (D-FINE) and silu "
+            "(DEIM-D-FINE) are supported"
+        )
+    return str(act)
+
+
 def _decoder_config(config_dict: Mapping[str, Any], get: Callable[[str], Any]) -> DecoderConfig:
     levels = int(get("num_feature_levels"))
+    act = _decoder_activation(get("decoder_activation_function"))
     reg_scale = float(get("reg_scale"))
     if reg_scale != round(reg_scale):
         raise CheckpointError(
@@ -342,7 +356,8 @@ def _decoder_config(config_dict: Mapping[str, Any], get: Callable[[str], Any]) -
         num_layers=int(get("decoder_layers")),
         dim_feedforward=int(get("decoder_ffn_dim")),
         dropout=float(get("dropout")),
-        activation=str(get("decoder_activation_function")),
+        activation=act,
+        mlp_act=act,
         num_denoising=int(get("num_denoising")),
         label_noise_ratio=float(get("label_noise_ratio")),
         box_noise_scale=float(get("box_noise_scale")),

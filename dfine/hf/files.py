@@ -194,7 +194,7 @@ def read_hf_checkpoint(
         )
     cfg = dataclasses.replace(cfg, eval_size=_input_size(folder, cfg))
     sd = hf_to_reference_state_dict(load_hf_weights(path), cfg)
-    inferred = infer_config(sd)
+    inferred = infer_config(sd).with_family(cfg.family)
     diffs = config_differences(cfg, inferred)
     if diffs:
         raise CheckpointError(
@@ -207,6 +207,7 @@ def read_hf_checkpoint(
         "num_classes": cfg.num_classes,
         "class_names": list(names) if (names := hf_class_names(config_dict)) else None,
         "input_size": list(cfg.eval_size),
+        "family": cfg.family,
     }
     return sd, meta
 

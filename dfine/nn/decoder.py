@@ -141,11 +141,13 @@ class LQE(nn.Module):
     """Localization Quality Estimator: adds a score from the top-k bin probabilities (and their
     mean) of the four edge distributions to the class logits."""
 
-    def __init__(self, k: int, hidden_dim: int, num_layers: int, reg_max: int) -> None:
+    def __init__(
+        self, k: int, hidden_dim: int, num_layers: int, reg_max: int, act: str = "relu"
+    ) -> None:
         super().__init__()
         self.k = k
         self.reg_max = reg_max
-        self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, num_layers)
+        self.reg_conf = MLP(4 * (k + 1), hidden_dim, 1, num_layers, act=act)
         nn.init.constant_(self.reg_conf.layers[-1].bias, 0)
         nn.init.constant_(self.reg_conf.layers[-1].weight, 0)
 
@@ -173,6 +175,7 @@ class TransformerDecoder(nn.Module):
         up: nn.Parameter | None,
         reg_scale: nn.Parameter | None,
         lqe: bool = True,
+        lqe_act: str = "relu",
     ) -> None:
         super().__init__()
         self.up = up
@@ -182,7 +185,7 @@ class TransformerDecoder(nn.Module):
         layer = layer_factory()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         if lqe:  # LQE reads distribution statistics: absent without FDR (ablation "fdr")
-            one = LQE(4, 64, 2, reg_max)
+            one = LQE(4, 64, 2, reg_max, act=lqe_act)
             self.lqe_layers = nn.ModuleList(copy.deepcopy(one) for _ in range(num_layers))
 
 
@@ -345,26 +348,28 @@ class DFINEDecoder(nn.Module):
             self.up,
             self.reg_scale,
             lqe=self.distributions,
+            lqe_act=cfg.mlp_act,
         )
         if cfg.num_denoising > 0:
             self.denoising_class_embed = nn.Embedding(
                 cfg.num_classes + 1, hidden, padding_idx=cfg.num_classes
             )
             nn.init.normal_(self.denoising_class_embed.weight[:-1])
-        self.query_pos_head = MLP(4, 2 * hidden, hidden, 2)
+        act = cfg.mlp_act  # ReLU in D-FINE, SiLU in DEIM
+        self.query_pos_head = MLP(4, 2 * hidden, hidden, 2, act=act)
         self.enc_output = nn.Sequential(
             OrderedDict([("proj", nn.Linear(hidden, hidden)), ("norm", nn.LayerNorm(hidden))])
         )
         self.enc_score_head = nn.Linear(hidden, cfg.num_classes)
-        self.enc_bbox_head = MLP(hidden, hidden, 4, 3)
+        self.enc_bbox_head = MLP(hidden, hidden, 4, 3, act=act)
         self.dec_score_head = nn.ModuleList(
             nn.Linear(hidden, cfg.num_classes) for _ in range(cfg.num_layers)
         )
         box_out = 4 * (cfg.reg_max + 1) if self.distributions else 4
         if self.distributions:
-            self.pre_bbox_head = MLP(hidden, hidden, 4, 3)
+            self.pre_bbox_head = MLP(hidden, hidden, 4, 3, act=act)
         self.dec_bbox_head = nn.ModuleList(
-            MLP(hidden, hidden, box_out, 3) for _ in range(cfg.num_layers)
+            MLP(hidden, hidden, box_out, 3, act=act) for _ in range(cfg.num_layers)
         )
 
         # The reference stores anchors for its eval size as buffers; they are kept for the

@@ -12,6 +12,7 @@ import textwrap
 from dfine import webapp
 from dfine.argtypes import fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
+from dfine.config import FAMILIES
 from dfine.errors import InvalidArgumentError
 from dfine.precision import OPENVINO_PRECISIONS
 from dfine.train.names import BEST, COCO_LIBS, FINAL, describe_outputs
@@ -125,6 +126,11 @@ def cmd_val(args: argparse.Namespace) -> int:
                 f".safetensors checkpoint, --backend torch); the {runtime} backend gives plain "
                 "AP only (drop those options)"
             )
+        if args.family is not None:
+            raise InvalidArgumentError(
+                "--family is not supported with --report, --per-layer or --calibration; "
+                "save the model with its family first (a file named deim_… is read as DEIM)"
+            )
         # the report is the analysis layer's, reached through the library's one seam to it
         return webapp.evaluation_report(args)
     if args.precision and runtime == "torch":  # a checkpoint: reduced through OpenVINO
@@ -141,6 +147,7 @@ def cmd_val(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         backend=runtime,
         precision=args.precision,
+        family=args.family,
     )
     if not dist.is_main():
         return 0
@@ -288,6 +295,11 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--weights", "-w", required=True, help="checkpoint file or model-zoo name")
+    p.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        help="dfine or deim (DEIM-D-FINE) for a checkpoint whose metadata and name do not say it",
+    )
     p.add_argument("--data", "-d", required=True, help="dataset folder or COCO val json")
     p.add_argument("--images", help="image folder of a --data json")
     p.add_argument("--size", type=positive_int, help="input size (default: the checkpoint's)")

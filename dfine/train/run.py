@@ -234,13 +234,15 @@ def validate(
     progress: bool = True,
     backend: str | None = None,
     precision: str | None = None,
+    family: str | None = None,
 ) -> dict[str, float]:
     """COCO metrics of ``weights`` (a checkpoint, zoo name, exported ``.onnx`` or OpenVINO
     ``.xml``) on the val split of ``data``. ``backend``: the inference runtime — ``torch``,
     ``onnxruntime``, ``openvino`` or ``tensorrt`` (default: from the file, see
     :func:`dfine.sources.default_backend`); ``precision``: the runtime's precision (see
     :mod:`dfine.precision`; default: the file's own); ``coco_lib``: the COCO evaluation
-    library (``dfine.train.names.COCO_LIBS``)."""
+    library (``dfine.train.names.COCO_LIBS``); ``family``: ``dfine`` or ``deim`` for a
+    checkpoint whose metadata and name do not say it (torch backend)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
@@ -251,7 +253,12 @@ def validate(
                     f"the torch backend runs f32; --precision {precision} needs a runtime that "
                     "reduces precision (--backend openvino)"
                 )
-            model = load_model(weights, device=device_)
+            model = load_model(weights, device=device_, family=family)
+        elif family is not None:
+            raise InvalidArgumentError(
+                f"--family applies to a checkpoint run by the torch backend, not {backend}: "
+                "export it with `dfine export W --family deim` (the export records it)"
+            )
         else:
             model = BackendModel.load(weights, backend, device=device_, precision=precision)
         split = resolve_split(data, "val", images)
