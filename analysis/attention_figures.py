@@ -85,6 +85,11 @@ def _image_axes(fig: go.Figure, window: Sequence[float], axis: int = 1, title: b
     )  # fmt: skip
 
 
+def _lift_subplot_titles(fig: go.Figure) -> None:
+    """Subplot titles a little higher, clear of a tick label at the image's top edge."""
+    fig.update_annotations(yshift=10, selector={"yanchor": "bottom", "xref": "paper"})
+
+
 def _box_trace(box: Sequence[float], name: str, color: str, dash: str = "solid", width=2.5):
     x1, y1, x2, y2 = (float(v) for v in box)
     return go.Scatter(
@@ -174,7 +179,7 @@ def attention_points_figure(
         legend={"orientation": "h", "y": -0.14, "x": 0},
         margin={"l": 60, "r": 20, "b": 90},
     )
-    return fit_text(fig, 90)
+    return fit_text(fig, 60)
 
 
 def _heads_text(heads: np.ndarray) -> str:
@@ -230,6 +235,7 @@ def attention_heat_figure(
         showlegend=False,
         margin={"l": 60, "r": 20},
     )
+    _lift_subplot_titles(fig)
     return fit_text(fig, 90)
 
 
@@ -309,6 +315,7 @@ def query_origin_figure(origin: QueryOrigin, image: Image.Image | np.ndarray) ->
         legend={"orientation": "h", "y": -0.16, "x": 0},
         margin={"l": 60, "r": 20, "b": 80},
     )
+    _lift_subplot_titles(fig)
     return fit_text(fig, 90)
 
 
@@ -319,37 +326,22 @@ def self_attention_figure(
     layer: int = -1,
     class_names: Sequence[str] | None = None,
 ) -> go.Figure:
-    """Left: this query's input box (white) and the boxes of the queries it attends to most at
-    ``layer`` (one colour each). Right: their self-attention weights, with each one's class and
-    score as the layer saw it → its final score, and its IoU with this query's box."""
+    """Left: the self-attention weights of the queries this query attends to most at
+    ``layer``, each with its class and score as the layer saw it → its final score, and the IoU
+    of its box with this query's. Right: their boxes (one colour each, as the bars) and this
+    query's box (white), as the layer saw them."""
     lay = check_layer(layer, nb.num_layers)
     fig = make_subplots(
-        rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.1,
-        subplot_titles=("boxes as the layer saw them", "self-attention weight (mean over heads)"),
+        rows=1, cols=2, column_widths=[0.42, 0.58], horizontal_spacing=0.08,
+        subplot_titles=("self-attention weight (mean over heads)", "boxes as the layer saw them"),
     )  # fmt: skip
-    _add_background(fig, background(image, nb.image_size))
-    labels = []
     k = nb.neighbours.shape[1]
-    for j in reversed(range(k)):  # weakest first: the strongest is drawn on top
-        q = int(nb.neighbours[lay, j])
-        name = class_name(class_names, int(nb.labels[lay, j]))
-        color = S.detection_color(j)
-        trace = _box_trace(nb.boxes_xyxy[lay, j], f"query {q}", color, width=2)
-        trace.hovertemplate = (
-            f"query {q}: {name} {nb.scores[lay, j]:.2f} → final {nb.final_scores[lay, j]:.2f}, "
-            f"IoU {nb.iou[lay, j]:.2f}, weight {nb.weights[lay, j]:.3f}<extra></extra>"
-        )
-        fig.add_trace(trace, row=1, col=1)
-    fig.add_trace(
-        _box_trace(nb.query_xyxy[lay], f"query {nb.query} (this one)", "#ffffff", width=3.5),
-        row=1,
-        col=1,
-    )
+    labels = []
     for j in range(k):
         q = int(nb.neighbours[lay, j])
         name = class_name(class_names, int(nb.labels[lay, j]))
         labels.append(
-            f"q{q} {name} {nb.scores[lay, j]:.2f}→{nb.final_scores[lay, j]:.2f} · "
+            f"q{q} {name}<br>{nb.scores[lay, j]:.2f} → {nb.final_scores[lay, j]:.2f} · "
             f"IoU {nb.iou[lay, j]:.2f}"
         )
     fig.add_trace(
@@ -363,21 +355,34 @@ def self_attention_figure(
             hovertemplate="%{y}: weight %{x:.4f}<extra></extra>",
         ),
         row=1,
+        col=1,
+    )
+    _add_background(fig, background(image, nb.image_size), 2)
+    for j in reversed(range(k)):  # weakest first: the strongest is drawn on top
+        q = int(nb.neighbours[lay, j])
+        trace = _box_trace(nb.boxes_xyxy[lay, j], f"query {q}", S.detection_color(j), width=2)
+        trace.hovertemplate = f"{labels[j].replace('<br>', ': ')}, weight {nb.weights[lay, j]:.3f}"
+        trace.hovertemplate += "<extra></extra>"
+        fig.add_trace(trace, row=1, col=2)
+    fig.add_trace(
+        _box_trace(nb.query_xyxy[lay], f"query {nb.query} (this one)", "#ffffff", width=3.5),
+        row=1,
         col=2,
     )
     xy = np.concatenate([nb.boxes_xyxy[lay].reshape(-1, 2), nb.query_xyxy[lay].reshape(-1, 2)])
-    _image_axes(fig, _fit(xy, nb.image_size, 0.1), 1)
-    fig.update_yaxes(autorange="reversed", row=1, col=2, automargin=True)
-    fig.update_xaxes(title_text="weight (0–1)", row=1, col=2)
+    _image_axes(fig, _fit(xy, nb.image_size, 0.1), 2)
+    fig.update_yaxes(autorange="reversed", automargin=True, row=1, col=1)
+    fig.update_xaxes(title_text="weight (0–1)", row=1, col=1)
     fig.update_layout(
         template=TEMPLATE,
         height=480,
         showlegend=False,
         title=f"Why no duplicate: the {k} queries query {nb.query} attends to most at "
-        f"{nb.layers[lay]} (itself: {nb.self_weight[lay]:.3f}); score as the layer saw it "
-        "→ final score",
+        f"{nb.layers[lay]} (itself: {nb.self_weight[lay]:.3f}); class score as the layer saw "
+        "it → final score",
         margin={"l": 60, "r": 20},
     )
+    _lift_subplot_titles(fig)
     return fit_text(fig, 90)
 
 

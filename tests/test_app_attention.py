@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the app needs gradio")
 
@@ -70,6 +71,29 @@ def test_layer_and_heads_change_the_points(state):
     assert "head 2" in one[0].layout.title.text and "head 2" in one[1].layout.title.text
     hover = _points(one[0])[0].customdata[:, 0]
     assert set(hover.tolist()) == {2}  # the hover names the head, 1-based
+
+
+def test_letterboxed_points_are_in_image_pixels(state, tmp_path):
+    """With the letterbox on, a tall image's points are drawn where the trace (mapped out of
+    the padding like the boxes) puts them: ``x × width``, ``y × height``."""
+    tall = np.full((480, 240, 3), 114, np.uint8)
+    tall[80:400] = load_image(SYNTH_EXAMPLE)[:, 40:280]
+    path = tmp_path / "tall.png"
+    Image.fromarray(tall).save(path)
+    shared = (str(path), 0.3, 320, "default", 300, True)
+    sel = state.select(SharedInputs(*shared))
+    assert sel.result.trace.input_extent != (0.0, 0.0, 1.0, 1.0)
+    points = attention.attention(state, *shared, "0", 2, None)[0]
+    q = int(sel.queries[0])
+    xy = sel.result.trace.sampling_locations[1, 0, q].reshape(-1, 2).double().numpy() * [240, 480]
+    shown = np.stack(
+        [
+            np.concatenate([t.x for t in _points(points)]),
+            np.concatenate([t.y for t in _points(points)]),
+        ],
+        -1,
+    )
+    np.testing.assert_allclose(np.sort(shown, 0), np.sort(xy, 0), rtol=1e-5)
 
 
 def test_clicking_a_box_picks_it(state):

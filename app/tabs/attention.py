@@ -128,7 +128,7 @@ def build(state: AppState, controls: Controls) -> None:
         with gr.Row():
             points = gr.Plot(label="Sampling points", elem_id="attention-points", scale=3)
             picker_image = gr.Image(
-                label="Detections (click a box to look at its attention)",
+                label="Click a box to pick it",
                 height=420, scale=2, elem_id="attention-pick-image",
             )  # fmt: skip
         heat = gr.Plot(label="Attention mass per feature cell", elem_id="attention-heat")
