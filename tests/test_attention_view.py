@@ -5,6 +5,8 @@ self-attention neighbours are the ones built in."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,26 @@ def test_self_attention_neighbours():
     assert nb.iou[1, 0] == pytest.approx(1.0) and nb.iou[0, 0] < 1
     with pytest.raises(ValueError, match="k must be"):
         self_attention_neighbours(trace, 3, (100, 100), k=Q)
+
+
+def test_dataset_attention_figures():
+    """The Evaluate tab's / report's attention figures on constructed sums: every true
+    positive's mass near an edge, every false positive's outside."""
+    from analysis.attention import DISTANCE_BINS, AttentionShares
+    from analysis.evaluation.figures import attention_distance_figure, attention_shares_figure
+
+    k = len(DISTANCE_BINS) - 1
+    sums = np.zeros((2, 2, 4 + k))
+    sums[0, :, 1], sums[0, :, 3 + k // 3], sums[0, :, -1] = 3, 3, 3  # 3 TPs, near an edge
+    sums[1, :, 2], sums[1, :, 3 + k - 1], sums[1, :, -1] = 2, 2, 2  # 2 FPs, outside
+    report = SimpleNamespace(attention=AttentionShares.from_sums(sums, ["layer 1", "layer 2"]))
+    fig = attention_shares_figure(report)
+    bars = {t.name.split(" (")[0]: list(t.y) for t in fig.data}
+    assert bars == {"inside": [0, 0, 0, 0], "near an edge": [1, 0, 1, 0], "outside": [0, 1, 0, 1]}
+    assert list(fig.data[0].x[1]) == ["TP", "FP", "TP", "FP"]
+    assert "3 true vs 2 false positives" in fig.layout.title.text
+    lines = attention_distance_figure(report).data
+    assert [t.name for t in lines] == ["layer 1 TP", "layer 2 TP", "layer 1 FP", "layer 2 FP"]
+    assert lines[0].y[k // 3] == 1 and lines[3].y[-1] == 1
+    empty = SimpleNamespace(attention=None)
+    assert attention_shares_figure(empty) is None and attention_distance_figure(empty) is None
