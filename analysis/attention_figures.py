@@ -42,6 +42,10 @@ OBJECTNESS_SCALE = [
     [1.0, "rgba(253, 231, 37, 0.9)"],
 ]
 WEIGHT_NOTE = "marker area ∝ attention weight"
+# the legend on grey: white boxes and markers (drawn for photos) stay visible in it
+DARK_LEGEND = {
+    "orientation": "h", "x": 0, "bgcolor": "#5f6368", "font": {"color": "#ffffff"},
+}  # fmt: skip
 
 
 def stride_color(stride: int) -> str:
@@ -85,9 +89,12 @@ def _image_axes(fig: go.Figure, window: Sequence[float], axis: int = 1, title: b
     )  # fmt: skip
 
 
-def _lift_subplot_titles(fig: go.Figure) -> None:
-    """Subplot titles a little higher, clear of a tick label at the image's top edge."""
-    fig.update_annotations(yshift=10, selector={"yanchor": "bottom", "xref": "paper"})
+def _lift_subplot_titles(fig: go.Figure) -> go.Figure:
+    """Subplot titles a little higher, clear of a tick label at the image's top edge, and the
+    top margin as much larger (call after ``fit_text``, which sets it)."""
+    fig.update_annotations(yshift=12, selector={"yanchor": "bottom", "xref": "paper"})
+    fig.update_layout(margin={"t": fig.layout.margin.t + 14})
+    return fig
 
 
 def _box_trace(box: Sequence[float], name: str, color: str, dash: str = "solid", width=2.5):
@@ -176,7 +183,7 @@ def attention_points_figure(
         title=title
         or f"Where query {view.query} sampled at {view.layers[lay]} of {view.num_layers} · "
         f"{shown} · {WEIGHT_NOTE}",
-        legend={"orientation": "h", "y": -0.14, "x": 0},
+        legend={**DARK_LEGEND, "y": -0.14},
         margin={"l": 60, "r": 20, "b": 90},
     )
     return fit_text(fig, 60)
@@ -235,8 +242,7 @@ def attention_heat_figure(
         showlegend=False,
         margin={"l": 60, "r": 20},
     )
-    _lift_subplot_titles(fig)
-    return fit_text(fig, 90)
+    return _lift_subplot_titles(fit_text(fig, 90))
 
 
 # ----------------------------------------------------------------------------- query origin
@@ -312,11 +318,10 @@ def query_origin_figure(origin: QueryOrigin, image: Image.Image | np.ndarray) ->
         title=f"Where query {origin.query} came from: stride {origin.strides[origin.level]}, "
         f"cell (row {row}, column {col}), objectness {origin.objectness_value:.3f} · rank "
         f"{origin.query + 1} of the encoder's top {origin.num_selected}",
-        legend={"orientation": "h", "y": -0.16, "x": 0},
+        legend={**DARK_LEGEND, "y": -0.16},
         margin={"l": 60, "r": 20, "b": 80},
     )
-    _lift_subplot_titles(fig)
-    return fit_text(fig, 90)
+    return _lift_subplot_titles(fit_text(fig, 90))
 
 
 # ----------------------------------------------------------------------------- self-attention
@@ -382,8 +387,7 @@ def self_attention_figure(
         "it → final score",
         margin={"l": 60, "r": 20},
     )
-    _lift_subplot_titles(fig)
-    return fit_text(fig, 90)
+    return _lift_subplot_titles(fit_text(fig, 90))
 
 
 __all__ = [

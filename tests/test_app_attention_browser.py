@@ -127,12 +127,8 @@ def test_click_a_box_then_move_the_layer(server, browser, width, record_property
         first = _points_x(page)
         assert len(first) == len(last) and sorted(first) != sorted(last)
         shot("2_layer1")
-        problems = {
-            fig["id"]: fig["problems"]
-            for fig in page.evaluate(PLOTLY_TEXT_PROBLEMS)
-            if fig["problems"]
-        }
-        assert not problems, problems
+        problems = [p for fig in page.evaluate(PLOTLY_TEXT_PROBLEMS) for p in fig["problems"]]
+        assert not problems, "\n".join(problems)
         assert page.locator(".toast-body").count() == 0
         record_property(f"attention_{width}", ", ".join(shots))
         print("screenshots:\n" + "\n".join(shots))
