@@ -304,6 +304,7 @@ def attention_distance_figure(report: DatasetReport) -> go.Figure | None:
         title="Attention mass by distance to the nearest box edge (solid TP, dashed FP)",
         xaxis_title="signed distance to the nearest edge (box size units, − inside, + outside)",
         yaxis={"title": "share of the mass per bin (0–1)", "rangemode": "tozero"},
+        legend={"orientation": "h", "y": -0.3},
     )
     return fig
 
