@@ -16,6 +16,10 @@ Data (numpy / torch / PIL only):
 - :func:`compare_refinement` / :func:`compare_edge` → :class:`RefinementComparison` /
   :class:`EdgeComparison`: several models on one image (e.g. the ``--ablate`` variants):
   per-layer IoU with the same objects, and the same edge's distributions per layer.
+- :func:`attention_shares` → :class:`AttentionShares`: per decoder layer, the share of the
+  deformable attention's mass inside detections' boxes, near an edge (±10 % of the box size)
+  and outside, and its histogram over the distance to the nearest edge, true vs false
+  positives (:func:`attention_mass` per detection; the dataset report sums them).
 - :func:`layer_stats`: over an annotated dataset, each decoder layer's mean IoU with the ground
   truth and mean edge entropy (refinement measured, not only shown).
 
@@ -30,6 +34,7 @@ import importlib
 from typing import Any
 
 from analysis._common import EDGES
+from analysis.attention import AttentionShares, attention_mass, attention_shares
 from analysis.compare import (
     EdgeComparison,
     RefinementComparison,
@@ -52,12 +57,15 @@ from analysis.weighting import (
 __all__ = [
     "EDGES",
     "UNIFORM_NOTE",
+    "AttentionShares",
     "EdgeComparison",
     "EdgeDistributions",
     "GOLSDReport",
     "Refinement",
     "RefinementComparison",
     "WeightingCurve",
+    "attention_mass",
+    "attention_shares",
     "check_parameters",
     "compare_edge",
     "compare_refinement",

@@ -58,8 +58,9 @@ def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
                     note_lines = max(note_lines, 1 + ann.text.count("<br>"))
     title = fig.layout.title.text
     if title:
-        fig.update_layout(title={"text": wrap(title, width_chars), "x": 0.01, "xanchor": "left"})
-    lines = 1 + (title or "").count("<br>")
+        title = wrap(title, width_chars)
+        fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left"})
+    lines = 1 + (title or "").count("<br>")  # of the wrapped title
     fig.update_layout(margin={"t": 56 + 22 * lines})
     if note_lines:
         fig.update_layout(margin={"b": 70 + 16 * note_lines})

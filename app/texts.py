@@ -69,6 +69,18 @@ as the training loss. Ground truth comes from the annotations of the synthetic e
 labelled). {SHARED_INPUTS}
 """
 
+ATTENTION = f"""\
+### Where the decoder looks
+Each decoder layer reads the image features at a few **sampling points** per attention head \
+around the box it refines (deformable attention), on every feature level: fine (stride 8) to \
+coarse (stride 32). Pick a detection (or click a box) and move the **layer** slider: the points \
+are coloured by level and sized by their weight; the heat maps show how much of the attention \
+fell on each feature cell. **Where the query came from**: the encoder scores every position \
+(objectness) and keeps the top 300 as queries, each with an initial box b0. **Why there is no \
+duplicate**: in self-attention each query looks at the others; a query that sees a stronger one \
+on the same object learns to lower its own score, so no NMS is needed. {SHARED_INPUTS}
+"""
+
 MODEL = """\
 ### Models
 The **default** model is loaded at start-up. Official checkpoints from the D-FINE model zoo \

@@ -24,7 +24,7 @@ The pattern (a new tab follows it):
 
 Endpoints: ``/detect``, ``/trace``, ``/distributions``, ``/weighting``, ``/golsd``, ``/model``,
 ``/evaluate``, the two-model comparisons ``/compare_refinement``, ``/compare_distributions``,
-``/evaluate_compare`` (and ``/distributions_figure``, ``/weighting_figure``).
+``/evaluate_compare``, ``/attention`` (and ``/distributions_figure``, ``/weighting_figure``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from app.models import ModelStore
 from app.paths import ASSETS, FIXTURE_BANNER
 from app.state import AppState
 from app.tabs import (
+    attention,
     detect,
     distributions,
     evaluate,
@@ -103,6 +104,7 @@ def build_demo(model_path: str | None = None) -> gr.Blocks:
             video.build(state, controls)
             refinement.build(state, controls)
             distributions.build(state, controls)
+            attention.build(state, controls)
             weighting.build(state, controls)
             golsd.build(state, controls)
             model.build(state, controls)

@@ -72,8 +72,10 @@ class DFINE(nn.Module):
         return images.contiguous(memory_format=torch.channels_last) if self.deployed else images
 
     @torch.inference_mode()
-    def trace(self, images: torch.Tensor) -> DecoderTrace:
-        """Eval-mode forward that records every decoder layer (see :class:`DecoderTrace`).
+    def trace(self, images: torch.Tensor, attention: bool = True) -> DecoderTrace:
+        """Eval-mode forward that records every decoder layer (see :class:`DecoderTrace`),
+        with its attention (sampling points and weights, self-attention, encoder objectness)
+        unless ``attention=False``.
 
         The model is put in eval mode for the call and restored afterwards.
         """
@@ -82,7 +84,7 @@ class DFINE(nn.Module):
         self.eval()
         try:
             feats = self.encoder(self.backbone(self._layout(images)))
-            return self.decoder.trace(feats, (images.shape[-2], images.shape[-1]))
+            return self.decoder.trace(feats, (images.shape[-2], images.shape[-1]), attention)
         finally:
             self.train(was_training)
 

@@ -449,20 +449,29 @@ def _trace_to_original(
 ) -> DecoderTrace:
     """A letterboxed image's trace with every box (b0, pre-head, every layer) normalised to
     the original image instead of the padded input, by :meth:`Letterbox.to_original_normalized`
-    (the map ``Detector`` applies to its boxes): ``x × image width`` is then an original
-    pixel, and an FDR edge offset ``d × w / reg_scale`` is in original-image units too, as
-    for the stretch resize."""
+    (the map ``Detector`` applies to its boxes), and the attention's sampling points by the same
+    map; ``input_extent`` says where the input (and the memory grids) lie in those coordinates.
+    ``x × image width`` is then an original pixel, and an FDR edge offset ``d × w / reg_scale``
+    is in original-image units too, as for the stretch resize."""
 
     def remap(boxes: torch.Tensor | None) -> torch.Tensor | None:
         if boxes is None:
             return None
         return lb.to_original_normalized(boxes, trace.input_size, image_size)
 
+    def remap_points(points: torch.Tensor | None) -> torch.Tensor | None:
+        if points is None:
+            return None
+        return lb.points_to_original_normalized(points, trace.input_size, image_size)
+
+    corners = remap_points(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     return dataclasses.replace(
         trace,
         init_boxes=remap(trace.init_boxes),
         pre_boxes=remap(trace.pre_boxes),
         boxes=remap(trace.boxes),
+        sampling_locations=remap_points(trace.sampling_locations),
+        input_extent=tuple(corners.flatten().tolist()),
     )
 
 

@@ -80,6 +80,18 @@ class Letterbox:
         x1, x2, y1, y2 = x1 / width, x2 / width, y1 / height, y2 / height
         return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
 
+    def points_to_original_normalized(
+        self, points: torch.Tensor, input_size: tuple[int, int], image_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """``[..., 2]`` ``(x, y)`` normalised to the network input ``(h, w)`` (deformable
+        attention's sampling points) → the same normalised to the original image ``(width,
+        height)``, by the map of :meth:`to_original_normalized` (points as zero-size boxes)."""
+        h, w = input_size
+        width, height = image_size
+        xyxy = torch.cat([points, points], dim=-1)  # (x, y, x, y)
+        x, y, _, _ = self.to_original(xyxy * points.new_tensor([w, h, w, h])).unbind(-1)
+        return torch.stack([x / width, y / height], dim=-1)
+
 
 def letterbox_tensor(rgb: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, Letterbox]:
     """``[H, W, 3]`` uint8 RGB → ``[1, 3, h, w]`` float in [0, 1]: resized (PIL bilinear)

@@ -14,6 +14,33 @@ DEMO = ROOT / "assets" / "dfine_n_synth.safetensors"  # the bundled demo model
 SYNTH_EXAMPLE = ROOT / "assets" / "examples" / "synth" / "000001.jpg"  # 6 annotated shapes
 
 
+# a browser script: every text element of every visible plotly figure on the page, none clipped
+# by its figure, none overlapping another (titles, axis titles, subplot titles, notes); returns
+# [{id, problems}] per figure
+PLOTLY_TEXT_PROBLEMS = """
+() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p => p.offsetParent)
+  .map(plot => {
+    const svg = plot.querySelector('svg.main-svg').getBoundingClientRect();
+    const items = Array.from(plot.querySelectorAll(
+      '.gtitle, .g-xtitle text, .g-ytitle text, .annotation-text, .g-x2title text'))
+      .map(t => ({text: t.textContent, r: t.getBoundingClientRect()}))
+      .filter(t => t.text.trim() && t.r.width > 0);
+    const problems = [];
+    for (const t of items) {
+      if (t.r.left < svg.left - 1 || t.r.right > svg.right + 1 || t.r.top < svg.top - 1
+          || t.r.bottom > svg.bottom + 1) problems.push('clipped: ' + t.text);
+    }
+    for (let i = 0; i < items.length; i++) for (let j = i + 1; j < items.length; j++) {
+      const a = items[i].r, b = items[j].r;
+      const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      if (w > 2 && h > 2) problems.push('overlap: ' + items[i].text + ' | ' + items[j].text);
+    }
+    return {id: plot.closest('[id]')?.id, problems};
+  })
+"""
+
+
 def app_state(tmp: Path, weights: Path | None = None):
     """A fresh ``AppState`` whose default model is ``weights`` (the bundled demo model), with
     uploads and outputs under ``tmp`` and empty caches."""

@@ -26,7 +26,7 @@ from app import build_demo  # noqa: E402
 from app.paths import SYNTH_ANNOTATIONS, SYNTH_DIR  # noqa: E402
 from app.tabs import distributions  # noqa: E402
 from dfine.io import load_image  # noqa: E402
-from tests.app_util import serve  # noqa: E402
+from tests.app_util import PLOTLY_TEXT_PROBLEMS, serve  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
@@ -293,32 +293,6 @@ def test_controls_are_live(server, page, record_property):
     record_property("live_screenshots", ", ".join(shots))
 
 
-# every text element of every plotly figure on the page: none clipped by its figure, none
-# overlapping another (titles, axis titles, subplot titles, notes)
-_TEXT_BOXES = """
-() => Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p => p.offsetParent)
-  .map(plot => {
-    const svg = plot.querySelector('svg.main-svg').getBoundingClientRect();
-    const items = Array.from(plot.querySelectorAll(
-      '.gtitle, .g-xtitle text, .g-ytitle text, .annotation-text, .g-x2title text'))
-      .map(t => ({text: t.textContent, r: t.getBoundingClientRect()}))
-      .filter(t => t.text.trim() && t.r.width > 0);
-    const problems = [];
-    for (const t of items) {
-      if (t.r.left < svg.left - 1 || t.r.right > svg.right + 1 || t.r.top < svg.top - 1
-          || t.r.bottom > svg.bottom + 1) problems.push('clipped: ' + t.text);
-    }
-    for (let i = 0; i < items.length; i++) for (let j = i + 1; j < items.length; j++) {
-      const a = items[i].r, b = items[j].r;
-      const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
-      const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
-      if (w > 2 && h > 2) problems.push('overlap: ' + items[i].text + ' | ' + items[j].text);
-    }
-    return {id: plot.closest('[id]')?.id, problems};
-  })
-"""
-
-
 @pytest.mark.parametrize("width", [1400, 1024])
 def test_layout_at_two_widths(server, browser, width, record_property):
     """Every tab after a detection, at 1400 and 1024 px: screenshots in test-artifacts/
@@ -356,7 +330,7 @@ def test_layout_at_two_widths(server, browser, width, record_property):
                 page.locator(plot).get_by_text(re.compile(r"\w")).first.wait_for()
             page.wait_for_timeout(500)  # let plotly finish its layout
             _shot(page, f"layout_{width}_{i}_{tab.lower().replace('(n)', 'n')}.png", shots)
-            for fig in page.evaluate(_TEXT_BOXES):
+            for fig in page.evaluate(PLOTLY_TEXT_PROBLEMS):
                 if fig["problems"]:
                     problems[f"{tab}/{fig['id']}"] = fig["problems"]
         record_property(f"layout_{width}", ", ".join(shots))

@@ -188,7 +188,8 @@ def test_evaluate_endpoint_returns_figures_and_gallery(tmp_path):
         "layer 3",
     ]
     assert len(calib["data"]) == 3
-    assert len(plots) == 8
+    assert len(plots) == 10
     titles = [json.loads(p["plot"])["layout"]["title"]["text"] for p in plots]
     assert any("every stage" in t for t in titles) and any("Confusion" in t for t in titles)
+    assert any("Where each layer's attention fell" in t for t in titles)
     assert gallery and all(Path(item["image"]).is_file() for item in gallery)

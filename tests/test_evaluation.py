@@ -315,7 +315,14 @@ def _cli_report(synth_val, demo_report, out, capsys) -> str:
     assert main([*argv, "--workers", "0"]) == 0
     printed = capsys.readouterr().out
     assert "per-stage AP" in printed and "| layer 3 |" in printed and "inside ±1σ" in printed
+    assert "attention mass relative to the detected boxes" in printed
     metrics = json.loads((out / "metrics.json").read_text())
+    attention = metrics["attention"]  # per layer, shares of true and false positives
+    assert attention["layers"] == ["layer 1", "layer 2", "layer 3"]
+    tp = attention["true_positives"]
+    assert tp["count"] > 0 and tp == vars(demo_report.attention.true_positives)
+    shares = np.array([tp["inside"], tp["near_edge"], tp["outside"]]).sum(0)
+    np.testing.assert_allclose(shares, 1.0, atol=1e-5)
     assert metrics["AP"] == pytest.approx(demo_report.metrics["AP"])
     assert [s["name"] for s in metrics["stages"]][-1] == "layer 3"
     page = (out / "index.html").read_text()

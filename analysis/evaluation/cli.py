@@ -45,6 +45,24 @@ def calibration_table(report: DatasetReport) -> str:
     return "\n".join(lines)
 
 
+def attention_table(report: DatasetReport) -> str:
+    """Per decoder layer, the share of the attention mass inside the detections' boxes, within
+    ±band of an edge and outside, true vs false positives, as a Markdown table."""
+    a = report.attention
+    tp, fp = a.true_positives, a.false_positives
+    band = f"{a.band:.0%}"
+    lines = [
+        f"| layer | TP inside | TP near an edge (±{band}) | TP outside | FP inside | "
+        f"FP near an edge (±{band}) | FP outside |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, name in enumerate(a.layers):
+        cells = [f"{g.inside[i]:.3f} | {g.near_edge[i]:.3f} | {g.outside[i]:.3f}" for g in (tp, fp)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    lines.append(f"\n{tp.count} true positives, {fp.count} false positives")
+    return "\n".join(lines)
+
+
 def run_report(args: argparse.Namespace) -> int:
     """``dfine val`` with ``--report``, ``--per-layer`` or ``--calibration``."""
     settings = EvalSettings(
@@ -78,6 +96,8 @@ def run_report(args: argparse.Namespace) -> int:
             print("\nper-stage AP\n" + stage_table(report))
         if report.calibration:
             print("\nedge-uncertainty calibration (matched boxes)\n" + calibration_table(report))
+        if report.attention is not None:
+            print("\nattention mass relative to the detected boxes\n" + attention_table(report))
         for note in report.info.get("notes", []):
             print(f"note: {note}")
     if args.report:

@@ -7,7 +7,9 @@ For every image, :func:`image_results` keeps
   scores on the stage's boxes (localization only);
 - the final layer's detections at or above the score threshold matched to the ground truth
   (same class, IoU ≥ ``match_iou``), and for those matches every stage's box and, per decoder
-  layer, the σ of each edge distribution (pixels) and the W(n) unit of each edge.
+  layer, the σ of each edge distribution (pixels) and the W(n) unit of each edge;
+- per decoder layer, where the attention of those detections fell relative to their boxes
+  (inside, near an edge, outside; true and false positives apart: ``analysis.attention``).
 
 Everything downstream (per-stage AP, calibration, per-class AP, confusion matrix, error
 gallery) is computed from these arrays, without another forward pass.
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_convert
 
+from analysis.attention import attention_sums
 from analysis.evaluation.matching import greedy_match
 from dfine.data import build_dataloader
 from dfine.errors import InvalidArgumentError
@@ -97,6 +100,10 @@ class ImageResult:
         match_sigma: ``[L, M, 4]`` σ of each edge distribution, pixels (left, top, right,
             bottom); None without calibration.
         match_unit: ``[M, 4]`` pixels per W(n) unit of each edge (box size / reg_scale).
+        attention: ``[2, L, 4 + K]`` where each decoder layer's attention fell relative to the
+            final boxes of the detections at or above the threshold, summed over the true
+            positives (row 0) and the false positives (row 1)
+            (:func:`analysis.attention.attention_sums`); None for a trace without attention.
     """
 
     image_id: int
@@ -112,6 +119,7 @@ class ImageResult:
     match_sigma: np.ndarray | None
     match_unit: np.ndarray
     stages: tuple[str, ...] = ()
+    attention: np.ndarray | None = None
 
 
 def stage_names(num_layers: int, per_layer: bool = True, pre_head: bool = True) -> list[str]:
@@ -212,6 +220,11 @@ def image_results(
         )
         hit = gt_of_det >= 0
         match_q = queries[keep][hit]
+        attention = None
+        if trace.has_attention:
+            det_q = torch.as_tensor(queries[keep])
+            det_boxes = trace.boxes[-1, i, det_q].float()
+            attention = attention_sums(trace, det_q, det_boxes, torch.as_tensor(hit), i)
         sigma, unit = (
             _edge_sigma(trace, i, match_q, size)
             if settings.calibration and trace.has_distributions
@@ -232,6 +245,7 @@ def image_results(
                 match_sigma=sigma,
                 match_unit=unit,
                 stages=tuple(stage_names(trace.num_layers, pre_head=trace.pre_boxes is not None)),
+                attention=attention,
             )
         )
     return out

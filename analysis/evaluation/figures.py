@@ -240,6 +240,77 @@ def class_ap_figure(report: DatasetReport) -> go.Figure:
     return fig
 
 
+SHARE_COLORS = {"inside": "#9ecae1", "near_edge": "#d62728", "outside": "#bdbdbd"}
+
+
+def attention_shares_figure(report: DatasetReport) -> go.Figure | None:
+    """Per decoder layer, where the attention mass of the detections fell: inside the box, near
+    an edge (±band of the box size) or outside, stacked, true positives beside false
+    positives. None for a report without attention."""
+    a = report.attention
+    if a is None:
+        return None
+    groups = (("TP", a.true_positives), ("FP", a.false_positives))
+    x = [[name for name in a.layers for _ in groups], [g for _ in a.layers for g, _ in groups]]
+    fig = go.Figure()
+    for key, label in (
+        ("inside", "inside"),
+        ("near_edge", f"near an edge (±{a.band:.0%})"),
+        ("outside", "outside"),
+    ):
+        values = [getattr(group, key)[i] for i in range(len(a.layers)) for _, group in groups]
+        counts = [group.count for _ in a.layers for _, group in groups]
+        fig.add_bar(
+            x=x, y=values, name=label, marker_color=SHARE_COLORS[key], customdata=counts,
+            hovertemplate="%{x}: %{y:.1%} of the mass<br>%{customdata} detections"
+            "<extra>" + label + "</extra>",
+        )  # fmt: skip
+    fig.update_layout(
+        **LAYOUT,
+        barmode="stack",
+        title=f"Where each layer's attention fell: {a.true_positives.count} true vs "
+        f"{a.false_positives.count} false positives",
+        xaxis_title="decoder layer · true (TP) / false (FP) positives",
+        yaxis={"title": "share of the attention mass (0–1)", "range": [0, 1]},
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
+def attention_distance_figure(report: DatasetReport) -> go.Figure | None:
+    """The attention mass over the signed distance of the sampling points to the nearest box
+    edge (box units; negative inside), every layer, true positives solid, false positives
+    dashed; the shaded band counts as "near an edge". None without attention."""
+    a = report.attention
+    if a is None:
+        return None
+    mids = [(lo + hi) / 2 for lo, hi in zip(a.bin_edges[:-1], a.bin_edges[1:])]
+    colors = S.layer_colors(len(a.layers))
+    fig = go.Figure()
+    fig.add_vrect(x0=-a.band, x1=a.band, fillcolor="#d62728", opacity=0.08, line_width=0)
+    fig.add_vline(x=0, line_color="#777", line_dash="dot")
+    for name, group, dash in (
+        ("TP", a.true_positives, "solid"),
+        ("FP", a.false_positives, "dash"),
+    ):
+        if not group.count:
+            continue
+        for i, layer in enumerate(a.layers):
+            fig.add_scatter(
+                x=mids, y=group.histogram[i], mode="lines", name=f"{layer} {name}",
+                line={"color": colors[i], "dash": dash},
+                hovertemplate="distance %{x:+.2f}: %{y:.1%}<extra>" + f"{layer} {name}</extra>",
+            )  # fmt: skip
+    fig.update_layout(
+        **LAYOUT,
+        title="Attention mass by distance to the nearest box edge (solid TP, dashed FP)",
+        xaxis_title="signed distance to the nearest edge (box size units, − inside, + outside)",
+        yaxis={"title": "share of the mass per bin (0–1)", "rangemode": "tozero"},
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
 FIGURES: dict[str, Callable[[DatasetReport], go.Figure | None]] = {
     "stage_ap": stage_ap_figure,
     "edge_reliability": reliability_figure,
@@ -249,6 +320,8 @@ FIGURES: dict[str, Callable[[DatasetReport], go.Figure | None]] = {
     "pr_iou75": lambda r: pr_figure(r, 0.75),
     "confusion": confusion_figure,
     "class_ap": class_ap_figure,
+    "attention_shares": attention_shares_figure,
+    "attention_distance": attention_distance_figure,
 }
 
 

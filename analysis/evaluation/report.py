@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.attention import AttentionShares
 from analysis.evaluation.calibration import (
     EdgeCalibration,
     ScoreCalibration,
@@ -45,7 +46,7 @@ from dfine.train.evaluate import METRIC_NAMES
 from dfine.train.run import val_dataset
 from dfine.zoo import cache_dir
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: the attention section
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class DatasetReport:
             background), ``labels``, ``threshold``, ``iou``.
         gallery: error kind → :class:`GalleryItem` list.
         info: images, files (dataset order), class names, settings, cache key, seconds.
+        attention: per decoder layer, the share of the attention mass inside the detections'
+            boxes, near an edge, outside, and its histogram over the distance to the nearest
+            edge, true vs false positives (:class:`analysis.attention.AttentionShares`);
+            None for a model traced without attention.
     """
 
     metrics: dict[str, float]
@@ -75,11 +80,12 @@ class DatasetReport:
     confusion: dict[str, Any]
     gallery: dict[str, list[GalleryItem]]
     info: dict[str, Any] = field(default_factory=dict)
+    attention: AttentionShares | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``metrics.json``: ``AP``, ``AP50``, ``AP75`` (and the other COCO
         numbers) at the top level, then ``stages``, ``calibration``, ``score_calibration``,
-        ``per_class``, ``pr_curves``, ``confusion``, ``gallery``, ``info``."""
+        ``per_class``, ``pr_curves``, ``confusion``, ``gallery``, ``info``, ``attention``."""
         return {
             "version": REPORT_VERSION,
             **self.metrics,
@@ -91,6 +97,7 @@ class DatasetReport:
             "confusion": self.confusion,
             "gallery": {k: [g.to_dict() for g in v] for k, v in self.gallery.items()},
             "info": self.info,
+            "attention": None if self.attention is None else self.attention.to_dict(),
         }
 
     @classmethod
@@ -107,6 +114,7 @@ class DatasetReport:
             confusion=d["confusion"],
             gallery={k: [GalleryItem(**g) for g in v] for k, v in d["gallery"].items()},
             info=d["info"],
+            attention=None if d["attention"] is None else AttentionShares.from_dict(d["attention"]),
         )
 
 
@@ -158,6 +166,12 @@ def build_report(
         for iou in (0.5, 0.75)
     }
     matrix = confusion_matrix(errs, [r.gt_labels for r in results], num_classes)
+    with_attention = [r.attention for r in results if r.attention is not None]
+    attention = (
+        AttentionShares.from_sums(np.sum(with_attention, axis=0), layers)
+        if with_attention
+        else None
+    )
     return DatasetReport(
         metrics=metrics,
         stages=stages,
@@ -181,6 +195,7 @@ def build_report(
             if not settings.calibration or with_sigma
             else ["no edge distributions (a model trained without FDR): no calibration"],
         },
+        attention=attention,
     )
 
 

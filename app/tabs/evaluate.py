@@ -48,7 +48,7 @@ UPLOAD = "uploaded zip"
 BUNDLED_IMAGES = 24
 BUNDLED_SEED = 0
 GALLERY_PER_KIND = 6
-NUM_PLOTS = 8
+NUM_PLOTS = len(FIGURES)
 
 TEXT = f"""Evaluate the model on a **whole dataset** — one traced forward per image. You get the
 COCO metrics, **every stage scored as its own detector** (encoder proposals b0, pre-head,

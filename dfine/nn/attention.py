@@ -113,6 +113,19 @@ class MSDeformableAttention(nn.Module):
         locations = reference_boxes[:, :, None, :, :2] + offset
         return locations, weights
 
+    def attend(
+        self,
+        query: torch.Tensor,
+        reference_boxes: torch.Tensor,
+        values: list[torch.Tensor],
+        spatial_shapes: list[tuple[int, int]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` that also returns what it sampled: ``(out [B, Lq, C], locations
+        [B, Lq, heads, P, 2], weights [B, Lq, heads, P])`` (see :meth:`sampling`)."""
+        locations, weights = self.sampling(query, reference_boxes)
+        out = deformable_attention(values, spatial_shapes, locations, weights, self.num_points_list)
+        return out, locations, weights
+
     def forward(
         self,
         query: torch.Tensor,
@@ -120,7 +133,4 @@ class MSDeformableAttention(nn.Module):
         values: list[torch.Tensor],
         spatial_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
-        locations, weights = self.sampling(query, reference_boxes)
-        return deformable_attention(
-            values, spatial_shapes, locations, weights, self.num_points_list
-        )
+        return self.attend(query, reference_boxes, values, spatial_shapes)[0]

@@ -41,7 +41,8 @@ class QuerySelection(NamedTuple):
 
     ``content [B, Q, C]`` and ``boxes_unact [B, Q, 4]`` (inverse-sigmoid cxcywh) are detached;
     ``logits [B, Q, classes]`` and ``boxes_unact_grad [B, Q, 4]`` keep their gradient for the
-    encoder auxiliary loss; ``indices [B, Q]`` are the selected encoder positions.
+    encoder auxiliary loss; ``indices [B, Q]`` are the selected encoder positions, chosen by
+    ``scores [B, S]``, the best class logit of every memory position.
     """
 
     content: torch.Tensor
@@ -49,6 +50,7 @@ class QuerySelection(NamedTuple):
     boxes_unact_grad: torch.Tensor
     logits: torch.Tensor
     indices: torch.Tensor
+    scores: torch.Tensor
 
 
 class LayerOutputs(NamedTuple):
@@ -65,6 +67,17 @@ class LayerOutputs(NamedTuple):
     pre_boxes: torch.Tensor | None  # None without FDR (ablation ``fdr``)
     pre_logits: torch.Tensor | None
     ref_initial: torch.Tensor | None
+
+
+class AttentionRecord(NamedTuple):
+    """What one decoder layer's attention did (kept only while tracing; B images, Q queries):
+    ``sampling_locations [B, Q, heads, P, 2]`` (x, y) in [0, 1] of the network input,
+    ``attention_weights [B, Q, heads, P]`` (softmax over the P points, grouped by level) and
+    ``self_attention [B, Q, Q]`` (query-to-query weights, mean over heads; rows sum to 1)."""
+
+    sampling_locations: torch.Tensor
+    attention_weights: torch.Tensor
+    self_attention: torch.Tensor
 
 
 class Gate(nn.Module):
@@ -122,15 +135,25 @@ class TransformerDecoderLayer(nn.Module):
         spatial_shapes: list[tuple[int, int]],
         attn_mask: torch.Tensor | None = None,
         query_pos: torch.Tensor | None = None,
+        record: list[AttentionRecord] | None = None,
     ) -> torch.Tensor:
-        """``target [B, Q, C]``, ``reference_boxes [B, Q, 1, 4]`` → ``[B, Q, C]``."""
+        """``target [B, Q, C]``, ``reference_boxes [B, Q, 1, 4]`` → ``[B, Q, C]``. With a
+        ``record`` list, appends this layer's :class:`AttentionRecord` to it (tracing)."""
         q = k = target if query_pos is None else target + query_pos
-        attn, _ = self.self_attn(
-            q, k, value=target, attn_mask=attn_mask, need_weights=self.exact_attention
+        attn, self_weights = self.self_attn(
+            q,
+            k,
+            value=target,
+            attn_mask=attn_mask,
+            need_weights=self.exact_attention or record is not None,
         )
         target = self.norm1(target + self.dropout1(attn))
         query = target if query_pos is None else target + query_pos
-        cross = self.cross_attn(query, reference_boxes, values, spatial_shapes)
+        cross, locations, weights = self.cross_attn.attend(
+            query, reference_boxes, values, spatial_shapes
+        )
+        if record is not None:
+            record.append(AttentionRecord(locations, weights, self_weights))
         target = self.gateway(target, self.dropout2(cross))
         ffn = self.linear2(self.dropout3(self.activation(self.linear1(target))))
         target = target + self.dropout4(ffn)
@@ -218,6 +241,28 @@ class DecoderTrace:
         spatial_shapes: (H, W) of every memory level.
         input_size: (H, W) of the network input.
         ablation: the model's ablation switch (``none``, ``golsd`` or ``fdr``).
+        num_points: deformable-attention sampling points per memory level (N: (6, 6), S–X:
+            (3, 6, 3)); P = their sum.
+        sampling_locations: ``[L, B, Q, heads, P, 2]`` where every decoder layer's
+            cross-attention sampled, (x, y) in the coordinates of ``boxes`` (normalized to the
+            network input, [0, 1] inside it; points may fall outside). The P points are grouped
+            by level as ``num_points`` says (:attr:`point_levels`).
+        attention_weights: ``[L, B, Q, heads, P]`` the weight of every sampled point (softmax
+            over the P points of a head: each head's weights sum to 1).
+        self_attention: ``[L, B, Q, Q]`` decoder self-attention of every layer, averaged over
+            heads: row q is how much query q attended to each query (rows sum to 1).
+        enc_objectness: ``[B, S]`` the encoder's objectness of every memory position (its best
+            class probability, sigmoid of the logit query selection ranks by), flattened like
+            ``enc_topk_indices`` index it (S = Σ H_l W_l); :meth:`objectness_maps` reshapes it
+            to one ``[B, H_l, W_l]`` map per level.
+        input_extent: the network input's ``(x0, y0, x1, y1)`` in the coordinates of ``boxes``
+            and ``sampling_locations``: ``(0, 0, 1, 1)``, unless a letterboxed trace was mapped
+            to the original image (``Detector.trace``); the memory grids (``enc_objectness``,
+            ``spatial_shapes``) cover this rectangle.
+
+    ``sampling_locations``, ``attention_weights``, ``self_attention`` and ``enc_objectness``
+    are filled by ``model.trace(images)`` (eval mode) and None with ``attention=False``; the
+    plain forward and training never keep them. A model with ``ablation="fdr"`` has them too.
     """
 
     enc_topk_indices: torch.Tensor
@@ -235,10 +280,40 @@ class DecoderTrace:
     spatial_shapes: list[tuple[int, int]]
     input_size: tuple[int, int]
     ablation: str = "none"
+    num_points: tuple[int, ...] = ()
+    sampling_locations: torch.Tensor | None = None
+    attention_weights: torch.Tensor | None = None
+    self_attention: torch.Tensor | None = None
+    enc_objectness: torch.Tensor | None = None
+    input_extent: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
     @property
     def num_layers(self) -> int:
         return self.boxes.shape[0]
+
+    @property
+    def has_attention(self) -> bool:
+        """False for a trace taken with ``attention=False``."""
+        return self.sampling_locations is not None
+
+    @property
+    def point_levels(self) -> torch.Tensor:
+        """``[P]`` int64: the memory level of every sampling point (0 = the finest)."""
+        counts = torch.tensor(self.num_points, dtype=torch.int64)
+        return torch.repeat_interleave(torch.arange(len(self.num_points)), counts)
+
+    @property
+    def level_strides(self) -> list[int]:
+        """The stride (input pixels per memory cell) of every level, e.g. [16, 32] for N."""
+        return [round(self.input_size[0] / h) for h, _ in self.spatial_shapes]
+
+    def objectness_maps(self) -> list[torch.Tensor]:
+        """``enc_objectness`` as one ``[B, H_l, W_l]`` map per level."""
+        if self.enc_objectness is None:
+            raise ValueError("this trace was taken with attention=False: it has no objectness")
+        sizes = [h * w for h, w in self.spatial_shapes]
+        parts = self.enc_objectness.split(sizes, dim=-1)
+        return [p.reshape(p.shape[0], h, w) for p, (h, w) in zip(parts, self.spatial_shapes)]
 
     @property
     def has_distributions(self) -> bool:
@@ -273,10 +348,21 @@ class DecoderTrace:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor) and f.name != "project":
-                batch_dim = 1 if f.name in ("boxes", "logits", "logits_raw", "corners") else 0
+                batch_dim = 1 if f.name in _PER_LAYER else 0
                 v = v.narrow(batch_dim, image, 1)
             out[f.name] = v
         return DecoderTrace(**out)
+
+
+_PER_LAYER = (
+    "boxes",
+    "logits",
+    "logits_raw",
+    "corners",
+    "sampling_locations",
+    "attention_weights",
+    "self_attention",
+)  # DecoderTrace fields shaped [L, B, ...]
 
 
 class NoDistributionsError(InvalidArgumentError):
@@ -510,7 +596,8 @@ class DFINEDecoder(nn.Module):
         memory = valid.to(memory.dtype) * memory
         out_memory = self.enc_output(memory)
         logits = self.enc_score_head(out_memory)
-        _, idx = torch.topk(logits.max(-1).values, self.num_queries, dim=-1)
+        scores = logits.max(-1).values
+        _, idx = torch.topk(scores, self.num_queries, dim=-1)
         top_memory = out_memory.gather(1, idx.unsqueeze(-1).expand(-1, -1, out_memory.shape[-1]))
         top_anchors = anchors.expand(memory.shape[0], -1, -1).gather(
             1, idx.unsqueeze(-1).expand(-1, -1, 4)
@@ -523,6 +610,7 @@ class DFINEDecoder(nn.Module):
             boxes_unact_grad=boxes_unact,
             logits=top_logits,
             indices=idx,
+            scores=scores,
         )
 
     def run_layers(
@@ -533,6 +621,7 @@ class DFINEDecoder(nn.Module):
         spatial_shapes: list[tuple[int, int]],
         attn_mask: torch.Tensor | None = None,
         all_layers: bool = False,
+        record: list[AttentionRecord] | None = None,
     ) -> LayerOutputs:
         """Run the decoder layers with FDR on ``target [B, Q, C]`` content queries with initial
         boxes ``ref_unact [B, Q, 4]`` (inverse sigmoid).
@@ -540,10 +629,11 @@ class DFINEDecoder(nn.Module):
         ``all_layers`` computes class logits (and keeps boxes/corners) for every layer, as in
         training or tracing; otherwise only the last layer's heads run (see
         :class:`LayerOutputs`). Without FDR (ablation ``fdr``) see :meth:`run_layers_direct`.
+        A ``record`` list receives every layer's :class:`AttentionRecord` (tracing only).
         """
         if not self.distributions:
             return self.run_layers_direct(
-                target, ref_unact, memory, spatial_shapes, attn_mask, all_layers
+                target, ref_unact, memory, spatial_shapes, attn_mask, all_layers, record
             )
         values = self._value_maps(memory, spatial_shapes)
         project = self.project()
@@ -559,7 +649,13 @@ class DFINEDecoder(nn.Module):
         for i, layer in enumerate(layers):
             query_pos = self.query_pos_head(ref_detach).clamp(min=-10, max=10)
             output = layer(
-                output, ref_detach.unsqueeze(2), values, spatial_shapes, attn_mask, query_pos
+                output,
+                ref_detach.unsqueeze(2),
+                values,
+                spatial_shapes,
+                attn_mask,
+                query_pos,
+                record,
             )
             if i == 0:
                 pre_boxes = F.sigmoid(self.pre_bbox_head(output) + inverse_sigmoid(ref_detach))
@@ -588,6 +684,7 @@ class DFINEDecoder(nn.Module):
         spatial_shapes: list[tuple[int, int]],
         attn_mask: torch.Tensor | None = None,
         all_layers: bool = False,
+        record: list[AttentionRecord] | None = None,
     ) -> LayerOutputs:
         """The decoder layers with RT-DETR's box refinement (ablation ``fdr``).
 
@@ -608,7 +705,13 @@ class DFINEDecoder(nn.Module):
         for i, layer in enumerate(layers):
             query_pos = self.query_pos_head(ref_detach).clamp(min=-10, max=10)
             output = layer(
-                output, ref_detach.unsqueeze(2), values, spatial_shapes, attn_mask, query_pos
+                output,
+                ref_detach.unsqueeze(2),
+                values,
+                spatial_shapes,
+                attn_mask,
+                query_pos,
+                record,
             )
             delta = self.dec_bbox_head[i](output)
             box = F.sigmoid(delta + inverse_sigmoid(ref_detach))
@@ -635,13 +738,26 @@ class DFINEDecoder(nn.Module):
             return {"pred_logits": out.logits[-1], "pred_boxes": out.boxes[-1]}
         return self._forward_train(memory, shapes, targets)
 
-    def trace(self, feats: list[torch.Tensor], input_size: tuple[int, int]) -> DecoderTrace:
-        """Eval-mode forward that keeps every layer's outputs (see :class:`DecoderTrace`)."""
+    def trace(
+        self, feats: list[torch.Tensor], input_size: tuple[int, int], attention: bool = True
+    ) -> DecoderTrace:
+        """Eval-mode forward that keeps every layer's outputs (see :class:`DecoderTrace`);
+        ``attention=False`` leaves out the attention fields."""
         memory, shapes = self._flatten_memory(feats)
         sel = self.select_queries(memory, shapes)
-        out = self.run_layers(sel.content, sel.boxes_unact, memory, shapes, all_layers=True)
+        record: list[AttentionRecord] | None = [] if attention else None
+        out = self.run_layers(
+            sel.content, sel.boxes_unact, memory, shapes, all_layers=True, record=record
+        )
         b, q = sel.indices.shape
         fdr = self.distributions
+        attn = {}
+        if record is not None:
+            attn = {
+                name: torch.stack([getattr(r, name) for r in record])
+                for name in AttentionRecord._fields
+            }
+            attn["enc_objectness"] = F.sigmoid(sel.scores)
         return DecoderTrace(
             enc_topk_indices=sel.indices,
             enc_topk_logits=sel.logits,
@@ -660,6 +776,8 @@ class DFINEDecoder(nn.Module):
             spatial_shapes=shapes,
             input_size=input_size,
             ablation=self.ablation,
+            num_points=tuple(self.cfg.num_points),
+            **attn,
         )
 
     def _forward_train(
