@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from dfine.errors import DFineError, missing
+from dfine.errors import missing
 from dfine.zoo import ZooDownloadError
 
 __all__ = ["ALLOW_PATTERNS", "HubError", "is_hub_id", "parse_hub_id", "snapshot"]
@@ -31,7 +31,7 @@ ALLOW_PATTERNS = ["config.json", "preprocessor_config.json", "*.safetensors", "*
 its safetensors weights (a model card or other formats are left on the Hub)."""
 
 
-class HubError(DFineError, ZooDownloadError):
+class HubError(ZooDownloadError):
     """A Hub model id that could not be fetched; the message says why and what to do."""
 
 
