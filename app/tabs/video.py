@@ -35,6 +35,7 @@ from PIL import Image
 
 from analysis import figures
 from analysis.tracks import edge_sigmas, track_ids, track_series
+from app import gpu
 from app.checks import check_max_detections, check_size, check_threshold, first_int
 from app.errors import UserError, user_errors
 from app.state import AppState
@@ -280,7 +281,7 @@ class VideoTab:
         with VideoWriter(out_video, fps, (info.width, info.height)) as writer:
             for n, frame in enumerate(reader):
                 if tracker is not None:  # the track view needs every frame's edge σ: trace
-                    dets, trace, queries = detector.trace(frame.rgb, threshold=low)
+                    dets, trace, queries = gpu.trace(detector, frame.rgb, threshold=low)
                     queries = queries.cpu().numpy()
                     dets, queries = dets[:max_detections], queries[:max_detections]
                     dets = tracker.update(dets, frame.time_s)
@@ -288,7 +289,7 @@ class VideoTab:
                     dets, queries = dets[keep], queries[keep]
                     sigmas.append(edge_sigmas(trace, queries, dets.image_size))
                 else:  # no tracks, no track view: the plain forward
-                    dets = detector(frame.rgb, threshold=threshold)[:max_detections]
+                    dets = gpu.detect(detector, frame.rgb, threshold)[:max_detections]
                     sigmas.append(None)
                 dets.frame_index, dets.time_s = frame.index, frame.time_s
                 writer.write(np.asarray(dets.plot()))
@@ -429,7 +430,7 @@ class VideoTab:
                 f"{self.caps.max_pixels / 1e6:.1f} MP limit."
             )
         detector = self.state.store.get(model).detector(size, letterbox)
-        dets = detector(np.ascontiguousarray(frame[..., :3]), threshold=threshold)
+        dets = gpu.detect(detector, np.ascontiguousarray(frame[..., :3]), threshold)
         times = [*times[-19:], time.time()]
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         ms = dets.speed.get("inference", 0.0)
