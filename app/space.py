@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from dfine import hub
-from dfine.errors import MissingDependencyError
 
 SPACE_MODEL = "ustc-community/dfine-small-coco"
 """D-FINE-S, COCO (AP 48.5; 10 M parameters, 41.5 MB): the photo examples' objects at a speed
@@ -35,7 +34,7 @@ def startup_model() -> Path | None:
         return None
     try:
         folder = hub.snapshot(SPACE_MODEL, local_only=True)
-    except (hub.HubError, MissingDependencyError) as e:
+    except hub.HubError as e:  # huggingface_hub itself comes with gradio
         _say(
             f"{SPACE_MODEL} is not in the Hugging Face cache ({type(e).__name__}; README.md's "
             f"preload_from_hub puts it there when the Space is built): {fallback}"
