@@ -138,7 +138,7 @@ def _default_entry(path: Path) -> ModelEntry:
     elif _same_file(path, BUNDLED_WEIGHTS):
         label = "Default: D-FINE-N trained on synthetic shapes"
     else:
-        label = f"Default: {path.name}"
+        label = f"Default: {hub.cached_repo_id(path) or path.name}"
     return ModelEntry(DEFAULT_KEY, label, str(path), "default", is_fixture=fixture)
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import gradio as gr
 import numpy as np
 
+from app import gpu
 from app.checks import check_image, check_max_detections, check_size, check_threshold
 from app.errors import UserError
 from app.files import OutputDir
@@ -129,7 +130,7 @@ class AppState:
             if progress is not None:
                 progress(0.4, desc="Running D-FINE on the image")
             try:
-                dets, trace, queries = loaded.detector(size, letterbox).trace(path)
+                dets, trace, queries = gpu.trace(loaded.detector(size, letterbox), path)
             except ImageLoadError as e:  # name the file, not the server's folder
                 raise ImageLoadError(str(e).replace(path, Path(path).name)) from None
             return TraceResult(dets, trace, queries.cpu().numpy(), entry.key, size, letterbox)

@@ -20,7 +20,7 @@ from pathlib import Path
 from dfine.errors import missing
 from dfine.zoo import ZooDownloadError
 
-__all__ = ["ALLOW_PATTERNS", "HubError", "is_hub_id", "parse_hub_id", "snapshot"]
+__all__ = ["ALLOW_PATTERNS", "HubError", "cached_repo_id", "is_hub_id", "parse_hub_id", "snapshot"]
 
 _HUB_ID = re.compile(
     r"(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<revision>[\w./-]+))?"
@@ -48,6 +48,16 @@ def is_hub_id(text: str) -> bool:
     return parse_hub_id(text) is not None
 
 
+def cached_repo_id(path: str | Path) -> str | None:
+    """``owner/name`` when ``path`` is a snapshot folder of the Hub cache
+    (``…/models--owner--name/snapshots/<commit>``), else None."""
+    parts = Path(path).parts
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    owner, _, name = parts[-3].removeprefix("models--").partition("--")
+    return f"{owner}/{name}" if owner and name else None
+
+
 def _offline() -> bool:
     from huggingface_hub import constants
 
@@ -61,9 +71,10 @@ def _cache_dir() -> str:
     return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
 
 
-def snapshot(hub_id: str) -> Path:
+def snapshot(hub_id: str, *, local_only: bool = False) -> Path:
     """The local folder of the Hub model ``hub_id`` (``owner/name[@revision]``), fetched into
     the Hub cache unless a cached copy is current (or the Hub cannot be reached).
+    ``local_only``: the cached copy or a :class:`HubError`, never a request to the Hub.
 
     Raises :class:`HubError` (not on the Hub, no such revision, offline without a cached copy,
     an HTTP failure) and :class:`~dfine.errors.MissingDependencyError`."""
@@ -91,7 +102,7 @@ def snapshot(hub_id: str) -> Path:
             cache_dir=cache,
             endpoint=endpoint,
             allow_patterns=ALLOW_PATTERNS,
-            local_files_only=_offline(),
+            local_files_only=local_only or _offline(),
         )
     except RevisionNotFoundError as e:
         raise HubError(

@@ -32,6 +32,7 @@ from PIL import Image
 
 from analysis import figures
 from analysis.tracks import edge_sigmas, track_ids, track_series
+from app import gpu
 from app.checks import check_max_detections, check_size, check_threshold, first_int
 from app.errors import UserError, user_errors
 from app.files import OutputDir
@@ -413,7 +414,7 @@ class VideoTab:
                 f"{self.caps.max_pixels / 1e6:.1f} MP limit."
             )
         detector = self.state.store.get(model).detector(size, letterbox)
-        dets = detector(np.ascontiguousarray(frame[..., :3]), threshold=threshold)
+        dets = gpu.detect(detector, np.ascontiguousarray(frame[..., :3]), threshold)
         times = [*times[-19:], time.time()]
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         ms = dets.speed.get("inference", 0.0)
