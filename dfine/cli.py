@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dfine import webapp, zoo
+from dfine.argtypes import add_budget_arguments
 from dfine.benchmark import markdown, run_benchmark
 from dfine.checkpoint import CheckpointError, default_class_names, infer_config, read_checkpoint
 from dfine.config import ABLATION_NOTES
@@ -81,6 +82,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         deploy=not args.exact,
         letterbox=args.letterbox,
         precision=args.precision,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +230,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         half=precision == "fp16",
         opset=args.opset,
         check_parity=not args.no_check,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     print(result.report())
     if result.parity is not None and not result.parity.ok():
@@ -262,6 +267,8 @@ def _export_reduced(args: argparse.Namespace, precision: str) -> int:
         max_ap_drop=args.max_ap_drop,
         reduced_parts=args.reduce,
         progress=not args.quiet,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     print(result.report())
     return 0
@@ -279,6 +286,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         iters=args.iters,
         precisions=args.precision,
         throughput=args.throughput,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     text = markdown(rows, peak, args.input, args.threads, args.iters, args.weights)
     print(text)
@@ -396,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         "image to the input size as the reference does",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    add_budget_arguments(p)
     add_video_arguments(p)
     p.set_defaults(func=cmd_predict)
 
@@ -499,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity report")
+    add_budget_arguments(p)
     p.add_argument(
         "--out",
         "-o",
@@ -561,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time openvino in throughput mode (THROUGHPUT hint, parallel requests)",
     )
+    add_budget_arguments(p, many=True)
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.set_defaults(func=cmd_benchmark)
 

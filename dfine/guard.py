@@ -146,19 +146,24 @@ def evaluate(
         leave=False,
     ):
         ((x, sizes),) = load_inputs([path], size)
-        found = detect(x, sizes)
-        b = found.boxes[0].float()
-        xywh = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
-        for box, label, score in zip(xywh, found.labels[0].tolist(), found.scores[0].tolist()):
-            dets.append(
-                {
-                    "image_id": image_id,
-                    "category_id": val.label_to_category[int(label)],
-                    "bbox": box,
-                    "score": float(score),
-                }
-            )
+        dets += coco_records(detect(x, sizes), image_id, val)
     return coco_metrics(val.ground_truth, dets, image_ids=val.image_ids)
+
+
+def coco_records(found: BatchDetections, image_id: int, val: ValSet) -> list[dict]:
+    """The COCO result records (xywh boxes, ``val``'s category ids) of one image's
+    detections (batch of one)."""
+    b = found.boxes[0].float()
+    xywh = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
+    return [
+        {
+            "image_id": image_id,
+            "category_id": val.label_to_category[int(label)],
+            "bbox": box,
+            "score": float(score),
+        }
+        for box, label, score in zip(xywh, found.labels[0].tolist(), found.scores[0].tolist())
+    ]
 
 
 @dataclass(frozen=True)
