@@ -34,6 +34,7 @@ from dfine.train.evaluate import coco_metrics
 
 SWEEP_RUNTIMES = ("torch", "onnxruntime", "openvino")
 DEFAULT_QUERIES = (100, 300)
+SWEEP_IMAGES = 100  # images of a report's sweep by default (a report stays quick)
 
 Detect = Callable[[torch.Tensor, torch.Tensor], BatchDetections]
 

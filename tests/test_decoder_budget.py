@@ -258,3 +258,38 @@ def test_cli_predict_and_export_take_the_budget(tmp_path):
     assert main(["predict", photo, "--out", str(tmp_path / "p"), "--decoder-layers", "2",
                  "--quiet"]) == 0  # fmt: skip
     assert main(["predict", photo, "--out", str(tmp_path / "p"), "--decoder-layers", "9"]) == 2
+
+
+def test_report_holds_the_sweep_table_and_figure(tiny_val, tmp_path):
+    from analysis.evaluation import EvalSettings, evaluate_dataset
+    from analysis.evaluation.figures import accuracy_latency_figure
+    from analysis.evaluation.html import write_report
+    from dfine.budget import sweep_budgets
+
+    sweep = sweep_budgets(DEMO, tiny_val, layers=(1, 3), queries=(300,), warmup=0,
+                          progress=False)  # fmt: skip
+    report = evaluate_dataset(DEMO, tiny_val.source, settings=EvalSettings(calibration=False),
+                              cache=False)  # fmt: skip
+    paths = write_report(report, tmp_path / "r", static=False, budget=sweep)
+    import json
+
+    data = json.loads(paths["metrics"].read_text())["budget_sweep"]
+    assert [(p["decoder_layers"], p["num_queries"]) for p in data["points"]] == [(1, 300), (3, 300)]
+    page = paths["index"].read_text()
+    assert "Accuracy vs latency" in page and "id='accuracy_latency'" in page
+    fig = accuracy_latency_figure(sweep)
+    stars = [s for t in fig.data if t.name == "torch" for s in t.marker.symbol]
+    assert stars == ["star" if p.pareto else "circle" for p in sweep.points]
+    front = next(t for t in fig.data if t.name == "Pareto front")
+    assert list(front.x) == sorted(p.median_ms for p in sweep.points if p.pareto)
+
+
+def test_cli_val_takes_the_budget_and_refuses_it_with_a_report(tiny_val, tmp_path, capsys):
+    from dfine.cli import main
+
+    base = ["val", "-w", str(DEMO), "-d", tiny_val.source, "--workers", "0", "-q"]
+    assert main([*base, "--decoder-layers", "1", "--num-queries", "100", "--json"]) == 0
+    assert "AP50" in capsys.readouterr().out
+    assert main([*base, "--report", str(tmp_path / "r"), "--decoder-layers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "drop --decoder-layers" in err and err.count("\n") == 1

@@ -9,8 +9,10 @@ import json
 import textwrap
 
 from dfine import webapp
-from dfine.argtypes import fraction, non_negative_int, positive_int
+from dfine.argtypes import add_budget_arguments, fraction, non_negative_int, positive_int
 from dfine.backends import BACKENDS
+from dfine.budget import SWEEP_IMAGES, SWEEP_RUNTIMES
+from dfine.errors import InvalidArgumentError
 from dfine.precision import OPENVINO_PRECISIONS
 from dfine.sources import default_backend
 from dfine.train import dist
@@ -120,6 +122,12 @@ def cmd_val(args: argparse.Namespace) -> int:
                 f".safetensors checkpoint, --backend torch); the {runtime} backend gives plain "
                 "AP only (drop those options)"
             )
+        if args.decoder_layers or args.num_queries:
+            raise InvalidArgumentError(
+                "--report, --per-layer and --calibration trace every decoder layer on 300 "
+                "queries (the report's accuracy-latency table sweeps depths and queries: "
+                "--sweep-layers / --sweep-queries); drop --decoder-layers / --num-queries"
+            )
         # the report is the analysis layer's: loaded by name, as `dfine app` loads the app
         return webapp.load_module("analysis.evaluation.cli").run_report(args)
     if args.precision and runtime == "torch":  # a checkpoint: reduced through OpenVINO
@@ -136,6 +144,8 @@ def cmd_val(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         backend=runtime,
         precision=args.precision,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     if not dist.is_main():
         return 0
@@ -331,6 +341,37 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
         type=fraction,
         default=0.5,
         help="report: score threshold of the confusion matrix and error gallery (default 0.5)",
+    )
+    add_budget_arguments(p)
+    p.add_argument(
+        "--sweep-images",
+        type=non_negative_int,
+        default=SWEEP_IMAGES,
+        metavar="N",
+        help="report: the accuracy-latency table over decoder depth x queries runs on the first "
+        f"N val images (default {SWEEP_IMAGES}; 0: no table)",
+    )
+    p.add_argument(
+        "--sweep-layers",
+        type=positive_int,
+        nargs="+",
+        metavar="K",
+        help="report: depths to sweep (default 1, the middle and every layer)",
+    )
+    p.add_argument(
+        "--sweep-queries",
+        type=positive_int,
+        nargs="+",
+        metavar="Q",
+        help="report: query budgets to sweep (default 100 300)",
+    )
+    p.add_argument(
+        "--sweep-runtimes",
+        nargs="+",
+        choices=list(SWEEP_RUNTIMES),
+        default=["torch"],
+        metavar="RUNTIME",
+        help="report: runtimes to sweep: torch (default), onnxruntime, openvino",
     )
     p.add_argument("--no-cache", action="store_true", help="report: recompute, ignore the cache")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

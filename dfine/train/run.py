@@ -231,13 +231,16 @@ def validate(
     progress: bool = True,
     backend: str | None = None,
     precision: str | None = None,
+    decoder_layers: int | None = None,
+    num_queries: int | None = None,
 ) -> dict[str, float]:
     """COCO metrics of ``weights`` (a checkpoint, zoo name, exported ``.onnx`` or OpenVINO
     ``.xml``) on the val split of ``data``. ``backend``: the inference runtime — ``torch``,
     ``onnxruntime``, ``openvino`` or ``tensorrt`` (default: from the file, see
     :func:`dfine.sources.default_backend`); ``precision``: the runtime's precision (see
     :mod:`dfine.precision`; default: the file's own); ``coco_lib``: the COCO evaluation
-    library (``dfine.train.evaluate.COCO_LIBS``)."""
+    library (``dfine.train.evaluate.COCO_LIBS``); ``decoder_layers`` / ``num_queries``: the
+    decoder's inference budget (:meth:`dfine.model.DFINE.set_decoder_budget`)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
@@ -248,9 +251,14 @@ def validate(
                     f"the torch backend runs f32; --precision {precision} needs a runtime that "
                     "reduces precision (--backend openvino)"
                 )
-            model = load_model(weights, device=device_)
+            model = load_model(
+                weights, device=device_, decoder_layers=decoder_layers, num_queries=num_queries
+            )
         else:
-            model = BackendModel.load(weights, backend, device=device_, precision=precision)
+            model = BackendModel.load(
+                weights, backend, device=device_, precision=precision,
+                decoder_layers=decoder_layers, num_queries=num_queries,
+            )  # fmt: skip
         split = resolve_split(data, "val", images)
         size = size or model.config.eval_size[0]
         if backend != "torch" and (size, size) != tuple(model.config.eval_size):
