@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--queries", type=int, nargs="+", default=[100, 300])
     parser.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"])
+    parser.add_argument("--latency-runtimes", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--latency-size", default="n", help="random-init model timed at 640²")
     parser.add_argument("--rounds", type=int, default=15)
@@ -85,11 +86,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         nodes = onnx_nodes(dfine.load_model(demo_weights()), args.layers, args.queries, Path(tmp))
         lat = interleaved_latency(
-            args.latency_size, 640, args.runtimes, args.layers, args.queries, args.threads,
+            args.latency_size, 640, args.latency_runtimes, args.layers, args.queries, args.threads,
             args.rounds, Path(tmp),
         )  # fmt: skip
     keys = list(lat)
-    full = {r: lat[(r, max(args.layers), max(args.queries))] for r in args.runtimes}
+    full = {r: lat[(r, max(args.layers), max(args.queries))] for r in args.latency_runtimes}
     lines = [
         "# Decoder depth K × query budget Q × runtime, CPU",
         "",
