@@ -131,7 +131,8 @@ def sweep_budgets(
     progress: bool = True,
 ) -> BudgetSweep:
     """AP / AP50 / AP75 and median ms per image of every ``runtimes`` × ``layers`` ×
-    ``queries`` on ``val`` (batch 1, the model's input size, ``threads`` CPU threads).
+    ``queries`` on ``val`` (batch 1, the model's input size, ``threads`` CPU threads for
+    every runtime; torch's thread count is restored afterwards).
 
     ``weights``: a checkpoint or zoo name (onnxruntime / openvino export it once per budget,
     cached) or a ``DFINE`` model (torch only). Defaults: :func:`default_layers` and
@@ -148,23 +149,28 @@ def sweep_budgets(
     layers = tuple(layers or default_layers(cfg.num_layers))
     queries = tuple(queries or sorted({min(q, cfg.num_queries) for q in DEFAULT_QUERIES}))
     size = tuple(int(s) for s in model.config.eval_size)
-    torch.set_num_threads(threads)
     grid = [(r, k, q) for r in runtimes for k in layers for q in queries]
     runners = {key: _runner(key, weights, model, threads) for key in grid}  # checks K and Q
     records: dict[tuple, list[dict]] = {key: [] for key in grid}
     times: dict[tuple, list[float]] = {key: [] for key in grid}
-    first = load_inputs(val.images[:1], size)[0]
-    for key in grid:  # warm-up: first calls allocate and compile
-        for _ in range(warmup):
-            runners[key](*first)
     items = list(zip(val.images, val.image_ids))
-    for i, (path, image_id) in enumerate(tqdm(items, desc="budget sweep", disable=not progress)):
-        ((x, sizes),) = load_inputs([path], size)
-        for key in grid[i % len(grid) :] + grid[: i % len(grid)]:
-            start = time.perf_counter()
-            found = runners[key](x, sizes)
-            times[key].append(1000 * (time.perf_counter() - start))
-            records[key] += coco_records(found, image_id, val)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # restored afterwards
+    try:
+        first = load_inputs(val.images[:1], size)[0]
+        for key in grid:  # warm-up: first calls allocate and compile
+            for _ in range(warmup):
+                runners[key](*first)
+        bar = tqdm(items, desc="budget sweep", disable=not progress)
+        for i, (path, image_id) in enumerate(bar):
+            ((x, sizes),) = load_inputs([path], size)
+            for key in grid[i % len(grid) :] + grid[: i % len(grid)]:  # rotating order
+                start = time.perf_counter()
+                found = runners[key](x, sizes)
+                times[key].append(1000 * (time.perf_counter() - start))
+                records[key] += coco_records(found, image_id, val)
+    finally:
+        torch.set_num_threads(before)
     raw = []
     for key in grid:
         m = coco_metrics(val.ground_truth, records[key], image_ids=val.image_ids)

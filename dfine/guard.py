@@ -61,10 +61,13 @@ class ValSet:
     source: str = ""
 
 
-def load_val(data: str | os.PathLike, limit: int | None = None) -> ValSet:
+def load_val(
+    data: str | os.PathLike, limit: int | None = None, images: str | os.PathLike | None = None
+) -> ValSet:
     """A validation set: a COCO dataset folder (``annotations/instances_val*.json``), a COCO
     json, or a YOLO image folder whose dataset has a ``data.yaml`` (labels ``i`` → id ``i+1``).
-    ``limit``: the first ``limit`` images (by id)."""
+    ``limit``: the first ``limit`` images (by id); ``images``: the image folder of a COCO
+    json (default: found beside it, as ``dfine val``)."""
     path = Path(data)
     yaml = next(
         (
@@ -85,7 +88,7 @@ def load_val(data: str | os.PathLike, limit: int | None = None) -> ValSet:
         files = {i: f if f.is_absolute() else path / f for i, f in files.items()}
         mapping = dict(ds.label_to_category)
     else:
-        split = resolve_split(path, "val")
+        split = resolve_split(path, "val", images)
         gt = json.loads(Path(split.annotations).read_text())
         files = {img["id"]: Path(split.images) / img["file_name"] for img in gt["images"]}
         mapping = {i: c for i, c in enumerate(sorted(c["id"] for c in gt["categories"]))}

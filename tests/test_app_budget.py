@@ -38,3 +38,18 @@ def test_budget_reaches_the_trace_and_the_detections(state):
 def test_bad_budget_is_a_user_error(state):
     with pytest.raises(gr.Error, match="decoder_layers must be"):
         model_tab.set_budget(state, state.store.default.key, 5, 300)
+
+
+def test_evaluate_tab_measures_the_trade(state, monkeypatch):
+    from app.tabs import evaluate as evaluate_tab
+
+    monkeypatch.setattr(evaluate_tab, "SWEEP_IMAGES", 2)  # the structure, quickly
+    text, table, fig = evaluate_tab.evaluate_budget(
+        state, evaluate_tab.BUNDLED, None, None, progress=lambda *a, **k: None
+    )
+    assert "2 images" in text and "Pareto" in text
+    assert list(table.columns) == evaluate_tab.BUDGET_COLUMNS
+    assert [tuple(r) for r in table[["decoder_layers", "num_queries"]].values] == [
+        (1, 100), (1, 300), (2, 100), (2, 300), (3, 100), (3, 300)
+    ]  # fmt: skip
+    assert "★" in set(table["pareto"]) and "Accuracy vs latency" in fig.layout.title.text

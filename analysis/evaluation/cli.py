@@ -86,7 +86,8 @@ def run_report(args: argparse.Namespace) -> int:
     sweep = None
     if args.report and args.sweep_images:
         sweep = sweep_budgets(
-            args.weights, load_val(args.data, args.sweep_images), layers=args.sweep_layers,
+            args.weights, load_val(args.data, args.sweep_images, args.images),
+            layers=args.sweep_layers,
             queries=args.sweep_queries, runtimes=args.sweep_runtimes,
             threads=torch.get_num_threads(), progress=not args.quiet,
         )  # fmt: skip
