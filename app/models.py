@@ -30,6 +30,7 @@ from dfine.checkpoint import CheckpointError
 from dfine.data.synth import SYNTH_CLASSES
 from dfine.files import file_sha256
 from dfine.loss.criterion import DFINECriterion
+from dfine.model import decoder_budget
 from dfine.sources import is_onnx, resolve
 
 DEFAULT_KEY = "default"
@@ -65,7 +66,7 @@ class LoadedModel:
     model: dfine.DFINE
     num_parameters: int
     file_bytes: int | None
-    _detectors: dict[tuple[int, bool], dfine.Detector] = field(default_factory=dict)
+    _detectors: dict[tuple, dfine.Detector] = field(default_factory=dict)
     _criterion: DFINECriterion | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,16 +101,31 @@ class LoadedModel:
     def num_layers(self) -> int:
         return self.model.config.decoder.num_layers
 
-    def detector(self, size: int, letterbox: bool = False) -> dfine.Detector:
+    def detector(
+        self, size: int, letterbox: bool = False, budget: tuple[int, int] | None = None
+    ) -> dfine.Detector:
         """A detector at ``size × size`` returning every query (threshold 0); shares weights.
-        ``letterbox``: keep the aspect ratio (grey padding) instead of stretching."""
-        key = (int(size), bool(letterbox))
+        ``letterbox``: keep the aspect ratio (grey padding) instead of stretching. ``budget``:
+        (decoder layers K, queries Q) the detector runs (its own copy of the model); None:
+        every layer, every query."""
+        key = (int(size), bool(letterbox), budget)
+        k, q = budget or (None, None)
         with self._lock:
             if key not in self._detectors:
                 self._detectors[key] = dfine.Detector(
-                    self.model, threshold=0.0, size=key[0], letterbox=key[1]
-                )
+                    self.model, threshold=0.0, size=key[0], letterbox=key[1],
+                    decoder_layers=k, num_queries=q,
+                )  # fmt: skip
             return self._detectors[key]
+
+    def check_budget(
+        self, decoder_layers: int | None, num_queries: int | None
+    ) -> tuple[int, int] | None:
+        """``(K, Q)`` checked against this model (one line when out of range); None for the
+        full budget (every layer, every query)."""
+        cfg = self.model.config.decoder
+        k, q = decoder_budget(cfg, decoder_layers, num_queries)
+        return None if (k, q) == (cfg.num_layers, cfg.num_queries) else (k, q)
 
     def criterion(self) -> DFINECriterion:
         """The reference loss configuration for this model (GO-LSD analysis)."""
@@ -181,6 +197,7 @@ class ModelStore:
         self._uploads: list[str] = []
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}
+        self._budgets: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self.max_loaded = max_loaded
         self.max_uploads = max_uploads
@@ -244,6 +261,25 @@ class ModelStore:
         others = [k for k in self._loaded if k != DEFAULT_KEY]
         for key in others[: max(len(others) - self.max_loaded, 0)]:
             del self._loaded[key]
+
+    def budget(self, key: str | None) -> tuple[int, int] | None:
+        """The decoder budget ``(K, Q)`` model ``key`` runs in every tab (None: the full one,
+        every layer and query)."""
+        return self._budgets.get(self.entry(key).key)
+
+    def set_budget(
+        self, key: str | None, decoder_layers: int | None, num_queries: int | None
+    ) -> tuple[int, int] | None:
+        """Run model ``key`` at the first ``decoder_layers`` decoder layers on the top
+        ``num_queries`` proposals from now on (checked; None: the full budget)."""
+        entry = self.entry(key)
+        budget = self.get(entry.key).check_budget(decoder_layers, num_queries)
+        with self._lock:
+            if budget is None:
+                self._budgets.pop(entry.key, None)
+            else:
+                self._budgets[entry.key] = budget
+        return budget
 
     def is_loaded(self, key: str) -> bool:
         entry = self.entry(key)

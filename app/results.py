@@ -22,7 +22,7 @@ from dfine.detections import Detections
 from dfine.files import file_sha256
 from dfine.nn.decoder import DecoderTrace
 
-CacheKey = tuple[str, str, int, bool]
+CacheKey = tuple[str, str, int, bool, tuple[int, int] | None]  # ... letterbox, decoder budget
 
 
 @dataclass(frozen=True)

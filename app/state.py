@@ -121,7 +121,7 @@ class AppState:
         threshold = check_threshold(inputs.threshold)
         max_detections = check_max_detections(inputs.max_detections)
         key, entry = self._cache_key(path, inputs)
-        digest, _, size, letterbox = key
+        digest, _, size, letterbox, budget = key
 
         def compute() -> TraceResult:
             if progress is not None and not self.store.is_loaded(entry.key):
@@ -130,7 +130,7 @@ class AppState:
             if progress is not None:
                 progress(0.4, desc="Running D-FINE on the image")
             try:
-                dets, trace, queries = gpu.trace(loaded.detector(size, letterbox), path)
+                dets, trace, queries = gpu.trace(loaded.detector(size, letterbox, budget), path)
             except ImageLoadError as e:  # name the file, not the server's folder
                 raise ImageLoadError(str(e).replace(path, Path(path).name)) from None
             return TraceResult(dets, trace, queries.cpu().numpy(), entry.key, size, letterbox)
@@ -157,11 +157,12 @@ class AppState:
 
     def _cache_key(self, path: str | Path, inputs: SharedInputs) -> tuple[CacheKey, ModelEntry]:
         """The forward pass ``inputs`` need — image file digest, model key, checked input
-        size, letterbox — and the model's entry (a :class:`UserError` for a bad size or
-        model)."""
+        size, letterbox, the model's decoder budget — and the model's entry (a
+        :class:`UserError` for a bad size or model)."""
         size = check_size(inputs.size)
         entry = self.store.entry(inputs.model)
-        return (file_digest(path), entry.key, size, bool(inputs.letterbox)), entry
+        budget = self.store.budget(entry.key)
+        return (file_digest(path), entry.key, size, bool(inputs.letterbox), budget), entry
 
     def warm(self, images: Sequence[str | Path]) -> int:
         """Run the default model once on ``images`` (the bundled examples) at its default input

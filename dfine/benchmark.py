@@ -24,7 +24,7 @@ from dfine.backends import create_backend
 from dfine.checkpoint import load_model
 from dfine.errors import InvalidArgumentError
 from dfine.export import export_onnx, read_metadata
-from dfine.model import DFINE, build_model
+from dfine.model import DFINE, build_model, decoder_budget
 from dfine.precision import normalize_precision
 from dfine.quantize import quantize_unguarded
 from dfine.sources import default_backend
@@ -71,6 +71,7 @@ class Row:
     p90_ms: float
     floor_ms: float
     input_hw: tuple[int, int] = (640, 640)
+    budget: tuple[int, int] | None = None  # (decoder layers, queries) when swept
 
     @property
     def per_image_ms(self) -> float:
@@ -93,6 +94,7 @@ def _runner(
     workdir: Path,
     precision: str = "f32",
     throughput: bool = False,
+    budget: tuple[int, int] | None = None,
 ):
     """A callable that runs ``model`` on a batch through ``backend`` at ``precision``
     (openvino: bf16 / int8 with the decoder in f32; INT8 calibrated on random images, which
@@ -105,6 +107,8 @@ def _runner(
     if throughput and backend != "openvino":
         raise InvalidArgumentError(f"throughput mode is for openvino only, not {backend}")
 
+    if budget is not None:  # the first K decoder layers on the top Q proposals
+        model = copy.deepcopy(model).eval().set_decoder_budget(*budget)
     if backend in ("torch", "torch-eager"):
         net = model if backend == "torch-eager" else copy.deepcopy(model).deploy()
 
@@ -113,7 +117,8 @@ def _runner(
                 return net(x)
 
         return run
-    onnx = workdir / f"{model.config.size}-{size[0]}x{size[1]}.onnx"
+    tag = "" if budget is None else f"-k{budget[0]}q{budget[1]}"
+    onnx = workdir / f"{model.config.size}-{size[0]}x{size[1]}{tag}.onnx"
     if not onnx.exists():
         export_onnx(model, onnx, size=size, check_parity=False)
     options = {"threads": threads} if backend in ("onnxruntime", "openvino") else {}
@@ -145,6 +150,8 @@ def run_benchmark(
     weights: str | os.PathLike | None = None,
     matmul_sizes: Sequence[int] = (1024, 2048, 4096),
     family: str | None = None,
+    decoder_layers: Sequence[int] | None = None,
+    num_queries: Sequence[int] | None = None,
 ) -> tuple[list[Row], float]:
     """Time every combination; returns the rows and the measured sgemm GFLOP/s.
 
@@ -159,15 +166,25 @@ def run_benchmark(
     in flight on parallel infer requests; the median is the wall time per batch).
     ``matmul_sizes``: the square sgemm sizes the FLOP floor's throughput is measured on.
     ``family``: ``dfine`` or ``deim`` (see :data:`dfine.config.FAMILIES`) for the random-init
-    models, or for ``weights`` whose metadata and name do not say it."""
+    models, or for ``weights`` whose metadata and name do not say it.
+    ``decoder_layers`` / ``num_queries``: sweep the decoder's inference budget (every K × Q
+    on every backend; one default side left out is the model's own: every layer, 300)."""
     torch.set_num_threads(threads)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
+        budgets = None
+        if decoder_layers or num_queries:
+            budgets = [(k, q) for k in decoder_layers or [None] for q in num_queries or [None]]
         if weights is not None and Path(weights).suffix.lower() in EXPORTED_SUFFIXES:
             if family is not None:
                 raise InvalidArgumentError(
                     f"{Path(weights).name} is an export, which records its own family; "
                     "leave out the family"
+                )
+            if budgets:
+                raise InvalidArgumentError(
+                    f"{Path(weights).name} is exported with a fixed decoder budget; time its "
+                    "checkpoint to sweep --decoder-layers / --num-queries"
                 )
             jobs = list(_exported_jobs(weights, backends, input_size, threads, precisions))
         else:  # the weights are read (and bad ones reported) before anything is timed
@@ -181,12 +198,13 @@ def run_benchmark(
                     precisions,
                     throughput,
                     Path(tmp),
+                    budgets,
                     family,
                 )
             )
         peak = matmul_gflops(matmul_sizes)
         bar = tqdm(jobs, desc="benchmark", disable=not progress)
-        for label, size, hw, many, make_run in bar:
+        for label, size, hw, many, make_run, budget in bar:
             bar.set_postfix_str(f"{size} {label}")
             run = make_run()
             gflops = REFERENCE_GFLOPS.get(size.lower(), float("nan"))
@@ -201,15 +219,16 @@ def run_benchmark(
                 else:
                     times = time_call(lambda x=x, s=sizes_t, run=run: run(x, s), warmup, iters)
                 median = statistics.median(times)
-                rows.append(Row(label, size, batch, median, p90(times), floor, hw))
+                rows.append(Row(label, size, batch, median, p90(times), floor, hw, budget))
     return rows, peak
 
 
 DEFAULT_BACKENDS = ("torch-eager", "torch", "onnxruntime", "openvino")
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 
-# (row label, model size, input (h, w), throughput mode, build the timed callable)
-Job = tuple[str, str, tuple[int, int], bool, Callable[[], Callable]]
+# (row label, model size, input (h, w), throughput mode, build the timed callable,
+#  decoder budget (K, Q) or None)
+Job = tuple[str, str, tuple[int, int], bool, Callable[[], Callable], tuple[int, int] | None]
 
 
 def _model_jobs(
@@ -221,9 +240,11 @@ def _model_jobs(
     precisions: Sequence[str] | None,
     throughput: bool,
     workdir: Path,
+    budgets: Sequence[tuple[int | None, int | None]] | None = None,
     family: str | None = None,
 ) -> Iterator[Job]:
-    """Random-init models of ``sizes`` (``weights`` None) or the one model ``weights`` loads."""
+    """Random-init models of ``sizes`` (``weights`` None) or the one model ``weights`` loads;
+    each at every ``budgets`` (K, Q) when given (None: the model's own)."""
     backends = list(backends or DEFAULT_BACKENDS)
     precisions = [normalize_precision(p) for p in precisions or ["f32"]]
     models: dict[str, Callable[[], DFINE]] = {}
@@ -246,11 +267,22 @@ def _model_jobs(
         label += " (throughput)" if many else ""
         model = built.setdefault(size, models[size]())
         hw = (input_size, input_size) if input_size else _own_size(model, weights)
+        for budget in _resolved(budgets, model):
 
-        def make(backend=backend, model=model, hw=hw, precision=precision, many=many):
-            return _runner(backend, model, hw, threads, workdir, precision, many)
+            def make(backend=backend, model=model, hw=hw, precision=precision, many=many, b=budget):
+                return _runner(backend, model, hw, threads, workdir, precision, many, b)
 
-        yield label, size.upper(), hw, many, make
+            yield label, size.upper(), hw, many, make, budget
+
+
+def _resolved(
+    budgets: Sequence[tuple[int | None, int | None]] | None, model: DFINE
+) -> list[tuple[int, int] | None]:
+    """``budgets`` with None filled in from ``model`` (every layer, its queries), each checked
+    (a bad K or Q is reported before anything is timed); ``[None]`` without a sweep."""
+    if not budgets:
+        return [None]
+    return [decoder_budget(model.config.decoder, k, q) for k, q in budgets]
 
 
 def _own_size(model: DFINE, weights: object) -> tuple[int, int]:
@@ -294,7 +326,7 @@ def _exported_jobs(
             def make(backend=backend, options=options):
                 return create_backend(backend, weights, **options).detect
 
-            yield label, size, hw, False, make
+            yield label, size, hw, False, make, None
 
 
 def markdown(
@@ -326,9 +358,15 @@ def markdown(
         "| backend | size | batch | median ms | p90 ms | ms / image | images / s | floor ms | ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    swept = any(r.budget for r in rows)
+    if swept:  # decoder layers K and queries Q after the size
+        lines[-2] = lines[-2].replace("| size |", "| size | K | Q |")
+        lines[-1] += "---|---|"
     for r in rows:
+        budget = f" {r.budget[0]} | {r.budget[1]} |" if r.budget else " — | — |"
         lines.append(
-            f"| {r.backend} | {r.size} | {r.batch} | {r.median_ms:.1f} | {r.p90_ms:.1f} | "
-            f"{r.per_image_ms:.1f} | {r.throughput:.1f} | {r.floor_ms:.1f} | {r.floor_ratio:.2f}x |"
+            f"| {r.backend} | {r.size} |{budget if swept else ''} {r.batch} | {r.median_ms:.1f} | "
+            f"{r.p90_ms:.1f} | {r.per_image_ms:.1f} | {r.throughput:.1f} | {r.floor_ms:.1f} | "
+            f"{r.floor_ratio:.2f}x |"
         )
     return "\n".join(lines) + "\n"

@@ -131,8 +131,13 @@ def load_model(
     device: str | torch.device = "cpu",
     num_classes: int | None = None,
     family: str | None = None,
+    decoder_layers: int | None = None,
+    num_queries: int | None = None,
 ) -> DFINE:
     """A D-FINE model from a checkpoint file, in eval mode on ``device``.
+
+    ``decoder_layers`` / ``num_queries``: an inference budget, see
+    :meth:`dfine.model.DFINE.set_decoder_budget` (default: every layer, 300 queries).
 
     ``source``: a reference ``.pth``, a project ``.safetensors``, a Hugging Face
     transformers-layout checkpoint (folder with ``config.json``, see :mod:`dfine.hf`), or a
@@ -171,7 +176,7 @@ def load_model(
     model = DFINE(cfg, class_names=tuple(names) if names else None)
     load_state_dict_strict(model, sd, str(path))
     model.metadata = meta
-    return model.to(device).eval()
+    return model.to(device).eval().set_decoder_budget(decoder_layers, num_queries)
 
 
 # ---------------------------------------------------------------------------- writing

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dfine import optional, webapp
+from dfine.argtypes import add_budget_arguments
 from dfine.backends import BACKENDS
 from dfine.config import ABLATION_NOTES, FAMILIES, FAMILY_NOTES
 from dfine.data.cli import register_cli as register_data
@@ -92,6 +93,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         letterbox=args.letterbox,
         precision=args.precision,
         family=args.family,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +277,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         half=precision == "fp16",
         opset=args.opset,
         check_parity=not args.no_check,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     print(result.report())
     if result.parity is not None and not result.parity.ok():
@@ -340,6 +345,8 @@ def _export_reduced(args: argparse.Namespace, precision: str) -> int:
         max_ap_drop=args.max_ap_drop,
         reduced_parts=args.reduce,
         progress=not args.quiet,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     print(result.report())
     return 0
@@ -360,6 +367,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         precisions=args.precision,
         throughput=args.throughput,
         family=args.family,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     text = markdown(rows, peak, args.input, args.threads, args.iters, args.weights)
     print(text)
@@ -485,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         "image to the input size as the reference does",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    add_budget_arguments(p)
     add_video_arguments(p)
     _add_family(p)
     p.set_defaults(func=cmd_predict)
@@ -599,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity report")
+    add_budget_arguments(p)
     p.add_argument(
         "--out",
         "-o",
@@ -664,6 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time openvino in throughput mode (THROUGHPUT hint, parallel requests)",
     )
+    add_budget_arguments(p, many=True)
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     _add_family(p)
     p.set_defaults(func=cmd_benchmark)

@@ -116,9 +116,15 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     num_top: int = 300,
     check_parity: bool = True,
+    decoder_layers: int | None = None,
+    num_queries: int | None = None,
 ) -> ExportResult:
     """Export to ONNX (deployed graph: conv+BN folded), check it with ``onnx.checker`` and,
-    for fp32, compare ONNX Runtime with PyTorch on the example images (query-order aware)."""
+    for fp32, compare ONNX Runtime with PyTorch on the example images (query-order aware).
+
+    ``decoder_layers`` / ``num_queries``: export only the first K decoder layers on the top Q
+    proposals (:meth:`dfine.model.DFINE.set_decoder_budget`; ``None`` keeps the model's own
+    budget); the file's metadata records both."""
     try:
         import onnx
     except ImportError as e:
@@ -131,6 +137,11 @@ def export_onnx(
     if batch != "dynamic" and (not isinstance(batch, int) or batch < 1):
         raise InvalidArgumentError(f"batch must be 'dynamic' or a positive integer, got {batch!r}")
     net = _prepare(model, half)
+    if decoder_layers is not None or num_queries is not None:
+        net.set_decoder_budget(
+            net.decoder_layers if decoder_layers is None else decoder_layers,
+            net.num_queries if num_queries is None else num_queries,
+        )
     size = tuple(size or net.config.eval_size)
     if len(size) != 2 or any(s % 32 or s < 64 for s in size):
         raise InvalidArgumentError(f"size must be (height, width), multiples of 32, got {size}")
@@ -153,9 +164,11 @@ def export_onnx(
         "postprocess": str(postprocess).lower(),
         "batch": str(batch),
         "precision": "fp16" if half else "fp32",
-        "num_top": str(min(num_top, net.config.decoder.num_queries * net.num_classes)),
+        "num_top": str(min(num_top, net.num_queries * net.num_classes)),
         "ablation": net.config.decoder.ablation,
         "family": net.config.family,
+        "decoder_layers": str(net.decoder_layers),
+        "num_queries": str(net.num_queries),
     }
 
     def write(tmp: Path) -> None:
@@ -211,7 +224,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     size, classes, input size, postprocessing, batch, ``precision`` (``f32``, ``fp16``,
     ``bf16``, ``int8``) and, for reduced precision, how it was made and what the accuracy
     guard measured (``guard``, a dict); ``ablation`` (``none``, ``golsd`` or ``fdr``, see
-    :data:`dfine.config.ABLATIONS`) when the file records it (exports since it is)."""
+    :data:`dfine.config.ABLATIONS`) when the file records it (exports since it is);
+    ``decoder_layers`` and ``num_queries`` (the inference budget the graph runs, ints; None
+    in files exported before they were recorded, which run every layer on 300 queries)."""
     if Path(path).suffix == ".xml":
         return _read_ir_metadata(Path(path))
     try:
@@ -240,6 +255,8 @@ def _parse_metadata(props: dict[str, str], where: str) -> dict:
         "precision": normalize_precision(props.get("precision", "f32")),
         # files exported before num_top was recorded kept the default 300 (or fewer pairs)
         "num_top": int(props.get("num_top", 300)),
+        "decoder_layers": int(props["decoder_layers"]) if "decoder_layers" in props else None,
+        "num_queries": int(props["num_queries"]) if "num_queries" in props else None,
     }
     for key in ("method", "format", "mixed", "head_precision", "ablation", "family"):
         if key in props:

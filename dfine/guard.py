@@ -58,10 +58,13 @@ class ValSet:
     source: str = ""
 
 
-def load_val(data: str | os.PathLike, limit: int | None = None) -> ValSet:
+def load_val(
+    data: str | os.PathLike, limit: int | None = None, images: str | os.PathLike | None = None
+) -> ValSet:
     """A validation set: a COCO dataset folder (``annotations/instances_val*.json``), a COCO
     json, or a YOLO image folder whose dataset has a ``data.yaml`` (labels ``i`` → id ``i+1``).
-    ``limit``: the first ``limit`` images (by id)."""
+    ``limit``: the first ``limit`` images (by id); ``images``: the image folder of a COCO
+    json (default: found beside it, as ``dfine val``)."""
     path = Path(data)
     yaml = next(
         (
@@ -82,7 +85,7 @@ def load_val(data: str | os.PathLike, limit: int | None = None) -> ValSet:
         files = {i: f if f.is_absolute() else path / f for i, f in files.items()}
         mapping = dict(ds.label_to_category)
     else:
-        split = resolve_split(path, "val")
+        split = resolve_split(path, "val", images)
         gt = json.loads(Path(split.annotations).read_text())
         files = {img["id"]: Path(split.images) / img["file_name"] for img in gt["images"]}
         mapping = {i: c for i, c in enumerate(sorted(c["id"] for c in gt["categories"]))}
@@ -145,19 +148,24 @@ def evaluate(
         leave=False,
     ):
         ((x, sizes),) = load_inputs([path], size)
-        found = detect(x, sizes)
-        b = found.boxes[0].float()
-        xywh = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
-        for box, label, score in zip(xywh, found.labels[0].tolist(), found.scores[0].tolist()):
-            dets.append(
-                {
-                    "image_id": image_id,
-                    "category_id": val.label_to_category[int(label)],
-                    "bbox": box,
-                    "score": float(score),
-                }
-            )
+        dets += coco_records(detect(x, sizes), image_id, val)
     return coco_metrics(val.ground_truth, dets, image_ids=val.image_ids)
+
+
+def coco_records(found: BatchDetections, image_id: int, val: ValSet) -> list[dict]:
+    """The COCO result records (xywh boxes, ``val``'s category ids) of one image's
+    detections (batch of one)."""
+    b = found.boxes[0].float()
+    xywh = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1).tolist()
+    return [
+        {
+            "image_id": image_id,
+            "category_id": val.label_to_category[int(label)],
+            "bbox": box,
+            "score": float(score),
+        }
+        for box, label, score in zip(xywh, found.labels[0].tolist(), found.scores[0].tolist())
+    ]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
-from dfine.config import ModelConfig, get_config
+from dfine.config import DecoderConfig, ModelConfig, get_config
 from dfine.errors import InvalidArgumentError
 from dfine.nn.backbone import ConvBNAct, HGNetv2
 from dfine.nn.decoder import DecoderTrace, DFINEDecoder, TransformerDecoderLayer
@@ -111,7 +111,69 @@ class DFINE(nn.Module):
     def train(self, mode: bool = True) -> DFINE:
         if mode and self.deployed:
             raise RuntimeError("a deployed (fused) model cannot be trained; load it again")
+        if mode and self.budget_limited:
+            raise InvalidArgumentError(
+                f"this model runs {self.decoder_layers} decoder layers on {self.num_queries} "
+                "queries (an inference budget); training needs every layer and query: call "
+                "model.set_decoder_budget() to lift it first"
+            )
         return super().train(mode)
+
+    # ------------------------------------------------------------------ inference budget
+    @property
+    def decoder_layers(self) -> int:
+        """Decoder layers run in eval mode (the reference's ``eval_idx + 1``)."""
+        return self.decoder.eval_layers
+
+    @property
+    def num_queries(self) -> int:
+        """Encoder proposals kept in eval mode (top by their best class logit)."""
+        return self.decoder.eval_queries
+
+    @property
+    def budget_limited(self) -> bool:
+        """True when fewer decoder layers or queries than the model was built with run."""
+        cfg = self.config.decoder
+        return (self.decoder_layers, self.num_queries) != (cfg.num_layers, cfg.num_queries)
+
+    def set_decoder_budget(
+        self, decoder_layers: int | None = None, num_queries: int | None = None
+    ) -> DFINE:
+        """Run only the first ``decoder_layers`` decoder layers on the top ``num_queries``
+        encoder proposals (eval mode; ``None``: all layers / the built number, 300 for the
+        reference models). Outputs at depth K equal ``trace().boxes[K - 1]`` and
+        ``trace().logits[K - 1]`` of the full model; :meth:`trace` records the K layers run.
+        Training refuses a limited model (denoising and the auxiliary losses need every layer
+        and query). In place; returns the model."""
+        cfg = self.config.decoder
+        k, q = decoder_budget(cfg, decoder_layers, num_queries)
+        if self.training and (k, q) != (cfg.num_layers, cfg.num_queries):
+            raise InvalidArgumentError(
+                "an inference budget (decoder_layers / num_queries) is for eval mode; call "
+                "model.eval() first (training needs every layer and query)"
+            )
+        self.decoder.eval_layers, self.decoder.eval_queries = k, q
+        return self
+
+
+def decoder_budget(
+    cfg: DecoderConfig, decoder_layers: int | None, num_queries: int | None
+) -> tuple[int, int]:
+    """``(K, Q)`` checked against the decoder ``cfg`` (None: every layer / its queries); a
+    value out of range is one line saying the range."""
+    k = cfg.num_layers if decoder_layers is None else decoder_layers
+    q = cfg.num_queries if num_queries is None else num_queries
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.num_layers:
+        raise InvalidArgumentError(
+            f"decoder_layers must be an integer from 1 to {cfg.num_layers} (this model's "
+            f"decoder depth), got {decoder_layers!r}"
+        )
+    if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= cfg.num_queries:
+        raise InvalidArgumentError(
+            f"num_queries must be an integer from 1 to {cfg.num_queries} (the queries this "
+            f"model was trained with), got {num_queries!r}"
+        )
+    return k, q
 
 
 def build_model(

@@ -64,6 +64,10 @@ class Detector:
             as the reference does (parity holds only then).
         family: ``"dfine"`` or ``"deim"`` (DEIM-D-FINE's SiLU decoder) for a checkpoint whose
             metadata and name (``deim…``) do not say it; torch backend only.
+        decoder_layers: run only the first K decoder layers (the reference's ``eval_idx``);
+            ``None``: every layer. Detections then equal the trace's layer K.
+        num_queries: keep the top Q encoder proposals; ``None``: the model's (300). Exported
+            files run the budget they were exported with (``dfine export --decoder-layers``).
         **backend_options: passed to the backend (e.g. ``threads``).
     """
 
@@ -81,6 +85,8 @@ class Detector:
         precision: str | None = None,
         letterbox: bool = False,
         family: str | None = None,
+        decoder_layers: int | None = None,
+        num_queries: int | None = None,
         **backend_options,
     ) -> None:
         backend = backend or default_backend(weights)
@@ -106,7 +112,15 @@ class Detector:
             precision = _precision_for(backend, precision)
             if backend != "torch":  # the torch backend is f32 only
                 backend_options["precision"] = precision
-        self.backend = create_backend(backend, weights, size=hw, device=device, **backend_options)
+        self.backend = create_backend(
+            backend,
+            weights,
+            size=hw,
+            device=device,
+            decoder_layers=decoder_layers,
+            num_queries=num_queries,
+            **backend_options,
+        )
         self.device = self.backend.device
         self.size = self.backend.input_size
         num_classes = self.backend.num_classes

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dfine.backends.base import check_budget
 from dfine.backends.openvino import OpenVINOBackend, shared_core
 from dfine.errors import InvalidArgumentError, missing
 from dfine.export import export_onnx, read_metadata
@@ -185,6 +186,8 @@ def export_reduced(
     reduced_parts: Sequence[str] | None = None,
     accuracy_aware: bool = True,
     progress: bool = True,
+    decoder_layers: int | None = None,
+    num_queries: int | None = None,
 ) -> ReducedExport:
     """Export ``weights`` (checkpoint, zoo name or dfine ONNX file) at ``precision``.
 
@@ -195,6 +198,8 @@ def export_reduced(
     backbone and encoder (the decoder stays f32), narrowed to the backbone by the
     accuracy-aware loop when ``val`` is given and the guard refuses (``accuracy_aware``).
     Naming decoder parts reduces them too (for experiments; the guard still applies).
+    ``decoder_layers`` / ``num_queries``: the inference budget exported (see
+    :func:`dfine.export.export_onnx`); an ONNX ``weights`` file keeps its own.
     Raises :class:`dfine.guard.PrecisionGuardError` (one line) when the guard refuses.
     """
     start = time.perf_counter()
@@ -236,8 +241,16 @@ def export_reduced(
         tmp = Path(tmp)
         if Path(weights).suffix == ".onnx":
             onnx_path = Path(weights)
+            check_budget(onnx_path, read_metadata(onnx_path), decoder_layers, num_queries)
         else:
-            onnx_path = export_onnx(weights, tmp / "f32.onnx", size=size, check_parity=False).path
+            onnx_path = export_onnx(
+                weights,
+                tmp / "f32.onnx",
+                size=size,
+                check_parity=False,
+                decoder_layers=decoder_layers,
+                num_queries=num_queries,
+            ).path
         meta = read_metadata(onnx_path)
         if meta["precision"] != "f32":
             raise InvalidArgumentError(

@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
+import torch
 from tqdm import tqdm
 
 from analysis.evaluation.collect import EvalSettings
 from analysis.evaluation.html import write_report
 from analysis.evaluation.report import DatasetReport, evaluate_dataset
+from dfine.budget import sweep_budgets
+from dfine.guard import load_val
 
 
 def stage_table(report: DatasetReport) -> str:
@@ -100,8 +103,18 @@ def run_report(args: argparse.Namespace) -> int:
             print("\nattention mass relative to the detected boxes\n" + attention_table(report))
         for note in report.info.get("notes", []):
             print(f"note: {note}")
+    sweep = None
+    if args.report and args.sweep_images:
+        sweep = sweep_budgets(
+            args.weights, load_val(args.data, args.sweep_images, args.images),
+            layers=args.sweep_layers,
+            queries=args.sweep_queries, runtimes=args.sweep_runtimes,
+            threads=torch.get_num_threads(), progress=not args.quiet,
+        )  # fmt: skip
+        print("\naccuracy vs latency, decoder depth x queries (★ Pareto front)\n")
+        print(sweep.markdown())
     if args.report:
-        files = write_report(report, args.report)
+        files = write_report(report, args.report, budget=sweep)
         if files.skipped:
             print(f"note: {files.skipped}")
         print(f"\nreport: {files.index} (metrics: {files.metrics})")

@@ -19,6 +19,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from analysis import _style as S
 from analysis.evaluation.report import DatasetReport
+from dfine.budget import BudgetSweep
 
 TEMPLATE = "plotly_white"
 LAYOUT = {"template": TEMPLATE, "width": 760, "height": 440, "margin": {"t": 60, "b": 60}}
@@ -307,6 +308,44 @@ def attention_distance_figure(report: DatasetReport) -> go.Figure | None:
         xaxis_title="signed distance to the nearest edge (box size units, − inside, + outside)",
         yaxis={"title": "share of the mass per bin (0–1)", "rangemode": "tozero"},
         legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
+
+
+def accuracy_latency_figure(sweep: BudgetSweep) -> go.Figure:
+    """AP against median ms per image of every decoder depth K × query budget Q (one colour
+    per runtime, each point labelled ``K·Q``); the Pareto front (no point both faster and
+    more accurate) joined by a line, its points as stars."""
+    fig = go.Figure()
+    runtimes = list(dict.fromkeys(p.runtime for p in sweep.points))
+    for i, runtime in enumerate(runtimes):
+        pts = [p for p in sweep.points if p.runtime == runtime]
+        fig.add_scatter(
+            x=[p.median_ms for p in pts], y=[p.AP for p in pts], name=runtime,
+            mode="markers+text", text=[f"K{p.decoder_layers}·Q{p.num_queries}" for p in pts],
+            textposition="top center",
+            marker={"color": S.DETECTION_COLORS[i % len(S.DETECTION_COLORS)], "size": 10,
+                    "symbol": ["star" if p.pareto else "circle" for p in pts]},
+            customdata=[[p.AP50, p.AP75] for p in pts],
+            hovertemplate="%{text}: AP %{y:.4f}, AP50 %{customdata[0]:.4f}, AP75 "
+            "%{customdata[1]:.4f}, %{x:.2f} ms<extra>%{fullData.name}</extra>",
+        )  # fmt: skip
+    front = sorted((p for p in sweep.points if p.pareto), key=lambda p: p.median_ms)
+    fig.add_scatter(
+        x=[p.median_ms for p in front], y=[p.AP for p in front], name="Pareto front",
+        mode="lines", line={"color": "#555", "dash": "dash"}, hoverinfo="skip",
+    )  # fmt: skip
+    h, w = sweep.input_size
+    fig.update_layout(
+        **LAYOUT,
+        title=f"Accuracy vs latency: decoder depth K × queries Q ({sweep.images} images, "
+        f"{h}x{w}, {sweep.threads} threads)",
+        xaxis={
+            "title": "median ms per image (batch 1, measured interleaved)",
+            "rangemode": "tozero",
+        },
+        yaxis={"title": "AP (0–1)"},
+        legend={"orientation": "h", "y": -0.25},
     )
     return fig
 

@@ -11,16 +11,17 @@ import html
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import plotly.offline
 
 from analysis.evaluation.errors import GALLERY_KINDS
-from analysis.evaluation.figures import all_figures
+from analysis.evaluation.figures import accuracy_latency_figure, all_figures
 from analysis.evaluation.report import DatasetReport
 from analysis.evaluation.thumbnails import caption, thumbnail
 from analysis.export import FORMATS, save_figures
+from dfine.budget import BudgetSweep
 from dfine.errors import MissingDependencyError
 from dfine.files import atomic_write
 
@@ -84,19 +85,28 @@ text-align:right;font-size:13px}th{background:#f3f3f3}.fig{margin:10px 0 28px}
 
 
 def write_report(
-    report: DatasetReport, out_dir: str | os.PathLike, static: bool = True
+    report: DatasetReport,
+    out_dir: str | os.PathLike,
+    static: bool = True,
+    budget: BudgetSweep | None = None,
 ) -> ReportFiles:
     """Write the report folder; returns what was written. ``static``: PNG and SVG of every
-    figure too, when kaleido and a browser are there (else skipped, with the reason)."""
+    figure too, when kaleido and a browser are there (else skipped, with the reason).
+    ``budget``: the accuracy–latency sweep over decoder depth × queries (``metrics.json``'s
+    ``budget_sweep``, a table and the ``accuracy_latency`` figure)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
+    if budget is not None:
+        data["budget_sweep"] = budget.to_dict()
     metrics_path = atomic_write(
         out / "metrics.json", lambda p: p.write_text(json.dumps(data, indent=1))
     )
     figures = all_figures(report)
     figures_dir: Path | None = None
     skipped = None
+    if budget is not None:
+        figures["accuracy_latency"] = accuracy_latency_figure(budget)
     if static:
         try:
             write_static(figures, out / "figures")
@@ -133,6 +143,16 @@ def write_report(
                 [c.to_dict() for c in report.calibration],
                 ["stage", "edges", "coverage_1sigma", "coverage_2sigma", "spearman",
                  "mean_abs_error_px", "mean_sigma_px", "mean_abs_error_units"],
+            ),
+        ]  # fmt: skip
+    if budget is not None:
+        parts += [
+            f"<h2>Accuracy vs latency: decoder depth × queries ({budget.images} images, "
+            f"{budget.threads} threads; ★ Pareto front)</h2>",
+            _table(
+                [{**asdict(p), "pareto": "★" if p.pareto else ""} for p in budget.points],
+                ["runtime", "decoder_layers", "num_queries", "AP", "AP50", "AP75", "median_ms",
+                 "pareto"],
             ),
         ]  # fmt: skip
     parts += [

@@ -19,17 +19,22 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+import torch
 
 from analysis.evaluation import DatasetReport, EvalSettings, evaluate_dataset
 from analysis.evaluation.errors import GALLERY_KINDS
-from analysis.evaluation.figures import FIGURES, stage_ap_comparison_figure
+from analysis.evaluation.figures import (
+    FIGURES,
+    accuracy_latency_figure,
+    stage_ap_comparison_figure,
+)
 from analysis.evaluation.thumbnails import caption, thumbnail
 from analysis.figures import message_figure
 from app.archive import LIMITS_TEXT, extract_zip, find_dataset
@@ -40,7 +45,9 @@ from app.state import AppState
 from app.tabs.common import Controls, bind
 from app.tabs.compare import NONE_CHOICE
 from app.tabs.detect import detect
+from dfine.budget import SWEEP_IMAGES, sweep_budgets
 from dfine.data.synth import make_synthetic_dataset
+from dfine.guard import load_val
 from dfine.zoo import cache_dir
 
 BUNDLED = "bundled synthetic val split"
@@ -186,6 +193,38 @@ def dataset(
         return
     progress(0, desc="Preparing the bundled split")
     yield bundled_split(), None
+
+
+BUDGET_COLUMNS = ["runtime", "decoder_layers", "num_queries", "AP", "AP50", "AP75", "median_ms",
+                  "pareto"]  # fmt: skip
+
+
+@user_errors
+def evaluate_budget(
+    state: AppState,
+    source: str,
+    dataset_zip: str | None,
+    model: str | None,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
+) -> tuple[str, pd.DataFrame, Any]:
+    """``/evaluate_budget``: AP, AP50, AP75 and median ms per image (PyTorch, batch 1,
+    interleaved) of the model at every decoder depth × query budget on the first
+    :data:`dfine.budget.SWEEP_IMAGES` images of the data, the Pareto front marked; a
+    summary, the table and :func:`accuracy_latency_figure`."""
+    entry = state.store.entry(model)
+    with dataset(source, dataset_zip, progress) as (data, images):
+        val = load_val(data, SWEEP_IMAGES, images)
+        sweep = sweep_budgets(entry.source, val, threads=torch.get_num_threads())
+    rows = [{**asdict(p), "pareto": "★" if p.pareto else ""} for p in sweep.points]
+    fast = min(sweep.points, key=lambda p: p.median_ms)
+    best = max(sweep.points, key=lambda p: p.AP)
+    text = (
+        f"**{sweep.images} images**, {sweep.threads} threads, PyTorch (deployed). Most accurate: "
+        f"{best.label} (AP {best.AP:.4f}, {best.median_ms:.1f} ms); fastest: {fast.label} "
+        f"(AP {fast.AP:.4f}, {fast.median_ms:.1f} ms). ★ = Pareto front. Choose a budget in "
+        "the Model tab, or `--decoder-layers K --num-queries Q` in the CLI."
+    )
+    return text, _frame(rows, BUDGET_COLUMNS), accuracy_latency_figure(sweep)
 
 
 COMPARE_COLUMNS = ["model", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"]
@@ -417,6 +456,14 @@ def build(state: AppState, controls: Controls) -> None:
                 plots += [gr.Plot(elem_id=f"evaluate-plot-{i + k}") for k in range(2)]
         classes = gr.Dataframe(label="Per class", interactive=False)
         clicks = gr.State({})
+        with gr.Accordion("Accuracy vs latency: decoder depth × queries", open=False):
+            budget_button = gr.Button(
+                f"Measure (first {SWEEP_IMAGES} images, PyTorch)", elem_id="evaluate-budget"
+            )
+            budget_text = gr.Markdown(elem_id="evaluate-budget-summary")
+            with gr.Row():
+                budget_table = gr.Dataframe(label="Depth × queries", interactive=False)
+                budget_plot = gr.Plot(elem_id="evaluate-budget-plot")
     event = run.click(
         bind(state, evaluate),
         inputs=[source, upload, controls.model, threshold, per_layer, calibration],
@@ -430,6 +477,14 @@ def build(state: AppState, controls: Controls) -> None:
         inputs=[source, upload, controls.model, other, threshold, per_layer, calibration],
         outputs=[compared.summary, compared.table, compared.plot],
         api_name="evaluate_compare",
+        concurrency_limit=1,
+        concurrency_id="evaluate",
+    )
+    budget_button.click(
+        bind(state, evaluate_budget),
+        inputs=[source, upload, controls.model],
+        outputs=[budget_text, budget_table, budget_plot],
+        api_name="evaluate_budget",
         concurrency_limit=1,
         concurrency_id="evaluate",
     )

@@ -97,6 +97,39 @@ def precision_cost_controls() -> tuple[gr.Button, gr.Markdown]:
     return button, cost
 
 
+def budget_controls(state: AppState, key: str) -> tuple[dict, dict, str]:
+    """The budget sliders for model ``key``: its depth and query count as the maxima, its
+    current budget as the values."""
+    loaded = state.store.get(key)
+    cfg = loaded.model.config.decoder
+    k, q = state.store.budget(key) or (cfg.num_layers, cfg.num_queries)
+    return (
+        gr.update(maximum=cfg.num_layers, value=k),
+        gr.update(maximum=cfg.num_queries, value=q),
+        f"{k} of {cfg.num_layers} decoder layers, {q} of {cfg.num_queries} queries.",
+    )
+
+
+@user_errors
+def set_budget(
+    state: AppState, key: str, decoder_layers: float | None, num_queries: float | None
+) -> str:
+    """``/budget``: run model ``key`` at the first K decoder layers on the top Q proposals in
+    every tab from now on (the reference's ``eval_idx``); K = every layer and Q = 300 is the
+    reference's own budget."""
+    k = None if decoder_layers is None else int(decoder_layers)
+    q = None if num_queries is None else int(num_queries)
+    budget = state.store.set_budget(key, k, q)
+    if budget is None:
+        return "Every decoder layer on every query: the reference's own budget."
+    return (
+        f"**{budget[0]} decoder layer(s) on the top {budget[1]} queries** from now on: detections "
+        f"equal the full model's layer {budget[0]} (with every query) and the analysis tabs "
+        "show the layers that ran. `dfine predict/val/export/benchmark --decoder-layers K "
+        "--num-queries Q` do the same; `dfine val --report` measures the trade."
+    )
+
+
 def build(state: AppState, controls: Controls) -> None:
     default = state.store.get(None)
     with gr.Tab("Model", id="model"):
@@ -123,15 +156,43 @@ def build(state: AppState, controls: Controls) -> None:
             interactive=False,
             max_lines=1,
         )
+        layers = default.num_layers
+        with gr.Accordion("Decoder depth and query budget (speed vs accuracy)", open=False):
+            with gr.Row():
+                depth = gr.Slider(
+                    1,
+                    layers,
+                    value=layers,
+                    step=1,
+                    elem_id="model-depth",
+                    label="Decoder layers K run (the reference's eval_idx + 1)",
+                )
+                queries = gr.Slider(
+                    1,
+                    300,
+                    value=300,
+                    step=1,
+                    elem_id="model-queries",
+                    label="Queries Q kept from the encoder's proposals",
+                )
+                apply = gr.Button("Apply to this model", scale=0)
+            budget = gr.Markdown(elem_id="model-budget")
         cost_button, cost = precision_cost_controls()
     cost_button.click(
         bind(state, precision_cost), inputs=key, outputs=cost, api_name="precision_cost"
     )
+    apply.click(bind(state, set_budget), inputs=[key, depth, queries], outputs=budget,
+                api_name="budget")  # fmt: skip
     button.click(
         bind(state, model_info), inputs=[choice, upload], outputs=[info, key], api_name="model"
     ).success(
         bind(state, use_model),
         inputs=key,
         outputs=[controls.model, controls.threshold, controls.size, controls.model_note],
+        api_visibility="private",
+    ).success(
+        bind(state, budget_controls),
+        inputs=key,
+        outputs=[depth, queries, budget],
         api_visibility="private",
     )

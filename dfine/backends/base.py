@@ -36,6 +36,8 @@ class Backend:
     class_names: tuple[str, ...] | None = None
     num_top: int = 300
     device: torch.device = torch.device("cpu")
+    decoder_layers: int | None = None  # the inference budget run (None: not recorded)
+    num_queries: int | None = None
 
     def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> BatchDetections:
         raise NotImplementedError
@@ -54,6 +56,7 @@ class Backend:
         self.num_classes = meta["num_classes"]
         self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
         self.num_top = meta["num_top"]
+        self.decoder_layers, self.num_queries = meta["decoder_layers"], meta["num_queries"]
         return meta
 
     def __repr__(self) -> str:
@@ -92,9 +95,16 @@ def backend_cache_dir() -> Path:
     return path
 
 
-def onnx_for(weights: str | os.PathLike, size: tuple[int, int] | None) -> Path:
+def onnx_for(
+    weights: str | os.PathLike,
+    size: tuple[int, int] | None,
+    decoder_layers: int | None = None,
+    num_queries: int | None = None,
+) -> Path:
     """An ONNX file for ``weights``: the file itself when it is ``.onnx``, otherwise an export
-    (dynamic batch, in-graph postprocessing) cached by checkpoint hash and input size."""
+    (dynamic batch, in-graph postprocessing) cached by checkpoint hash, input size and
+    inference budget (``decoder_layers`` / ``num_queries``, see
+    :meth:`dfine.model.DFINE.set_decoder_budget`)."""
     path = Path(weights)
     if path.suffix == ".onnx":
         if not path.exists():
@@ -102,9 +112,31 @@ def onnx_for(weights: str | os.PathLike, size: tuple[int, int] | None) -> Path:
         return path
     if not path.exists():
         path = zoo.download(str(weights)) if zoo.is_zoo_name(str(weights)) else path
-    model = load_model(path)
+    model = load_model(path, decoder_layers=decoder_layers, num_queries=num_queries)
     size = tuple(size or model.config.eval_size)
-    out = backend_cache_dir() / f"{path.stem}-{file_digest(path)}-{size[0]}x{size[1]}.onnx"
+    budget = f"-k{model.decoder_layers}q{model.num_queries}" if model.budget_limited else ""
+    name = f"{path.stem}-{file_digest(path)}-{size[0]}x{size[1]}{budget}.onnx"
+    out = backend_cache_dir() / name
     if not out.exists():
         export_onnx(model, out, size=size, check_parity=False)
     return out
+
+
+def check_budget(
+    path: Path, meta: dict, decoder_layers: int | None, num_queries: int | None
+) -> None:
+    """An exported file runs the budget it was exported with: asking for another is a user
+    error naming the export that would give it."""
+    for key, asked in (("decoder_layers", decoder_layers), ("num_queries", num_queries)):
+        stored = meta.get(key)
+        if asked is not None and stored is not None and asked != stored:
+            flag = key.replace("_", "-")
+            raise InvalidArgumentError(
+                f"{path.name} was exported with {key}={stored}, not {asked}; export the "
+                f"checkpoint again with --{flag} {asked} (or pass the checkpoint itself)"
+            )
+        if asked is not None and stored is None:
+            raise InvalidArgumentError(
+                f"{path.name} does not record its {key} (an older export: every layer, 300 "
+                f"queries); export the checkpoint again with --{key.replace('_', '-')} {asked}"
+            )

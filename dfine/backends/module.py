@@ -40,10 +40,14 @@ class BackendModel(nn.Module):
         backend: str,
         device: str | torch.device = "cpu",
         precision: str | None = None,
+        decoder_layers: int | None = None,
+        num_queries: int | None = None,
     ) -> BackendModel:
         """``weights`` through ``backend``; ``precision``: see :mod:`dfine.precision` (default:
-        the file's own)."""
-        options = {"precision": precision} if precision is not None else {}
+        the file's own); ``decoder_layers`` / ``num_queries``: the decoder's inference budget
+        (see :func:`dfine.backends.create_backend`)."""
+        options: dict = {"precision": precision} if precision is not None else {}
+        options.update(decoder_layers=decoder_layers, num_queries=num_queries)
         return cls(create_backend(backend, weights, device=str(device), **options))
 
     def detect(

@@ -166,6 +166,7 @@ class OpenVINOBackend(Backend):
         self.input_size = tuple(meta["input_size"])
         self.num_classes = meta["num_classes"]
         self.class_names = tuple(meta["class_names"]) if meta["class_names"] else None
+        self.decoder_layers, self.num_queries = meta["decoder_layers"], meta["num_queries"]
         return meta
 
     def _requests(self):

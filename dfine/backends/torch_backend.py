@@ -35,17 +35,26 @@ class TorchBackend(Backend):
         deploy: bool = True,
         num_top: int = 300,
         family: str | None = None,
+        decoder_layers: int | None = None,
+        num_queries: int | None = None,
     ) -> None:
         self.device = torch_device(device)
         owned = not isinstance(weights, DFINE)
         model = load_model(weights, device=self.device, family=family) if owned else weights
         if family is not None and model.family != family:
             raise InvalidArgumentError(f"the model given is a {model.family} model, not {family}")
-        if not owned and _would_change(model, deploy, self.device):
-            model = copy.deepcopy(model)  # the caller's model is never changed
+        budget = decoder_layers is not None or num_queries is not None
+        if not owned and (budget or _would_change(model, deploy, self.device)):
+            model, owned = copy.deepcopy(model), True  # the caller's model is never changed
         if deploy and not model.deployed:
             model = model.deploy()
+        if budget:
+            model.eval().set_decoder_budget(
+                model.decoder_layers if decoder_layers is None else decoder_layers,
+                model.num_queries if num_queries is None else num_queries,
+            )
         self.model = model.to(self.device).eval()
+        self.decoder_layers, self.num_queries = model.decoder_layers, model.num_queries
         self.input_size = tuple(size or model.config.eval_size)
         self.num_classes = model.num_classes
         self.class_names = model.class_names

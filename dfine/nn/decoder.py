@@ -405,6 +405,10 @@ class DFINEDecoder(nn.Module):
         self.reg_max = cfg.reg_max
         self.num_layers = cfg.num_layers
         self.num_denoising = cfg.num_denoising
+        # inference budget (eval mode only, see DFINE.set_decoder_budget): the first
+        # ``eval_layers`` layers run (the reference's eval_idx) on the top ``eval_queries``
+        self.eval_layers = cfg.num_layers
+        self.eval_queries = cfg.num_queries
         hidden = cfg.hidden_dim
 
         self.ablation = cfg.ablation
@@ -586,18 +590,19 @@ class DFINEDecoder(nn.Module):
         self, memory: torch.Tensor, spatial_shapes: list[tuple[int, int]]
     ) -> QuerySelection:
         """Encoder-side query selection: top-Q positions by their best class logit (see
-        :class:`QuerySelection` for the fields and shapes)."""
-        if memory.shape[1] < self.num_queries:
+        :class:`QuerySelection` for the fields and shapes); Q is ``eval_queries`` in eval mode."""
+        num_queries = self.num_queries if self.training else self.eval_queries
+        if memory.shape[1] < num_queries:
             raise InvalidArgumentError(
                 f"the input is too small: its feature maps {spatial_shapes} have {memory.shape[1]} "
-                f"positions for {self.num_queries} queries; use a larger input size"
+                f"positions for {num_queries} queries; use a larger input size"
             )
         anchors, valid = self.anchors_for(spatial_shapes, memory.device)
         memory = valid.to(memory.dtype) * memory
         out_memory = self.enc_output(memory)
         logits = self.enc_score_head(out_memory)
         scores = logits.max(-1).values
-        _, idx = torch.topk(scores, self.num_queries, dim=-1)
+        _, idx = torch.topk(scores, num_queries, dim=-1)
         top_memory = out_memory.gather(1, idx.unsqueeze(-1).expand(-1, -1, out_memory.shape[-1]))
         top_anchors = anchors.expand(memory.shape[0], -1, -1).gather(
             1, idx.unsqueeze(-1).expand(-1, -1, 4)
@@ -612,6 +617,11 @@ class DFINEDecoder(nn.Module):
             indices=idx,
             scores=scores,
         )
+
+    def _active_layers(self) -> nn.ModuleList | list[nn.Module]:
+        """Every layer in training; the first ``eval_layers`` in eval mode."""
+        layers = self.decoder.layers
+        return layers if self.training else layers[: self.eval_layers]
 
     def run_layers(
         self,
@@ -638,7 +648,7 @@ class DFINEDecoder(nn.Module):
         values = self._value_maps(memory, spatial_shapes)
         project = self.project()
         reg_scale = self.reg_scale
-        layers = self.decoder.layers
+        layers = self._active_layers()
         last = len(layers) - 1
         output = target
         output_detach: torch.Tensor | int = 0
@@ -696,7 +706,7 @@ class DFINEDecoder(nn.Module):
         ``corners`` and ``pre_boxes``, ``pre_logits``, ``ref_initial`` None.
         """
         values = self._value_maps(memory, spatial_shapes)
-        layers = self.decoder.layers
+        layers = self._active_layers()
         last = len(layers) - 1
         output = target
         ref_detach = F.sigmoid(ref_unact)

@@ -10,7 +10,14 @@ import json
 import textwrap
 
 from dfine import webapp
-from dfine.argtypes import fraction, non_negative_int, positive_int
+from dfine.argtypes import (
+    SWEEP_IMAGES,
+    SWEEP_RUNTIMES,
+    add_budget_arguments,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from dfine.backends import BACKENDS
 from dfine.config import FAMILIES
 from dfine.errors import InvalidArgumentError
@@ -126,6 +133,12 @@ def cmd_val(args: argparse.Namespace) -> int:
                 f".safetensors checkpoint, --backend torch); the {runtime} backend gives plain "
                 "AP only (drop those options)"
             )
+        if args.decoder_layers or args.num_queries:
+            raise InvalidArgumentError(
+                "--report, --per-layer and --calibration trace every decoder layer on 300 "
+                "queries (the report's accuracy-latency table sweeps depths and queries: "
+                "--sweep-layers / --sweep-queries); drop --decoder-layers / --num-queries"
+            )
         if args.family is not None:
             raise InvalidArgumentError(
                 "--family is not supported with --report, --per-layer or --calibration; "
@@ -148,6 +161,8 @@ def cmd_val(args: argparse.Namespace) -> int:
         backend=runtime,
         precision=args.precision,
         family=args.family,
+        decoder_layers=args.decoder_layers,
+        num_queries=args.num_queries,
     )
     if not dist.is_main():
         return 0
@@ -348,6 +363,37 @@ def _add_val(subparsers: argparse._SubParsersAction) -> None:
         type=fraction,
         default=0.5,
         help="report: score threshold of the confusion matrix and error gallery (default 0.5)",
+    )
+    add_budget_arguments(p)
+    p.add_argument(
+        "--sweep-images",
+        type=non_negative_int,
+        default=SWEEP_IMAGES,
+        metavar="N",
+        help="report: the accuracy-latency table over decoder depth x queries runs on the first "
+        f"N val images (default {SWEEP_IMAGES}; 0: no table)",
+    )
+    p.add_argument(
+        "--sweep-layers",
+        type=positive_int,
+        nargs="+",
+        metavar="K",
+        help="report: depths to sweep (default 1, the middle and every layer)",
+    )
+    p.add_argument(
+        "--sweep-queries",
+        type=positive_int,
+        nargs="+",
+        metavar="Q",
+        help="report: query budgets to sweep (default 100 300)",
+    )
+    p.add_argument(
+        "--sweep-runtimes",
+        nargs="+",
+        choices=list(SWEEP_RUNTIMES),
+        default=["torch"],
+        metavar="RUNTIME",
+        help="report: runtimes to sweep: torch (default), onnxruntime, openvino",
     )
     p.add_argument("--no-cache", action="store_true", help="report: recompute, ignore the cache")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -235,6 +235,8 @@ def validate(
     backend: str | None = None,
     precision: str | None = None,
     family: str | None = None,
+    decoder_layers: int | None = None,
+    num_queries: int | None = None,
 ) -> dict[str, float]:
     """COCO metrics of ``weights`` (a checkpoint, zoo name, exported ``.onnx`` or OpenVINO
     ``.xml``) on the val split of ``data``. ``backend``: the inference runtime — ``torch``,
@@ -242,7 +244,8 @@ def validate(
     :func:`dfine.sources.default_backend`); ``precision``: the runtime's precision (see
     :mod:`dfine.precision`; default: the file's own); ``coco_lib``: the COCO evaluation
     library (``dfine.train.names.COCO_LIBS``); ``family``: ``dfine`` or ``deim`` for a
-    checkpoint whose metadata and name do not say it (torch backend)."""
+    checkpoint whose metadata and name do not say it (torch backend).; ``decoder_layers`` / ``num_queries``: the
+    decoder's inference budget (:meth:`dfine.model.DFINE.set_decoder_budget`)."""
     owned = not dist.is_dist()
     device_ = dist.init_distributed(device)
     try:
@@ -253,14 +256,20 @@ def validate(
                     f"the torch backend runs f32; --precision {precision} needs a runtime that "
                     "reduces precision (--backend openvino)"
                 )
-            model = load_model(weights, device=device_, family=family)
+            model = load_model(
+                weights, device=device_, family=family,
+                decoder_layers=decoder_layers, num_queries=num_queries,
+            )  # fmt: skip
         elif family is not None:
             raise InvalidArgumentError(
                 f"--family applies to a checkpoint run by the torch backend, not {backend}: "
                 "export it with `dfine export W --family deim` (the export records it)"
             )
         else:
-            model = BackendModel.load(weights, backend, device=device_, precision=precision)
+            model = BackendModel.load(
+                weights, backend, device=device_, precision=precision,
+                decoder_layers=decoder_layers, num_queries=num_queries,
+            )  # fmt: skip
         split = resolve_split(data, "val", images)
         size = size or model.config.eval_size[0]
         if backend != "torch" and (size, size) != tuple(model.config.eval_size):
