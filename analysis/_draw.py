@@ -7,13 +7,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dfine import draw as drawing
-from dfine.draw import Font, font, tag
+from dfine.draw import Font, font, label, tag
 
 __all__ = [
     "Font",
     "composite",
     "dashed_rectangle",
     "font",
+    "label",
     "legend",
     "sigma",
     "sizes_for",

@@ -17,9 +17,11 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from analysis import _style as S
 from analysis.evaluation.report import DatasetReport
+from analysis.figures import TEMPLATE, responsive
 
-TEMPLATE = "plotly_white"
-LAYOUT = {"template": TEMPLATE, "width": 760, "height": 440, "margin": {"t": 60, "b": 60}}
+LAYOUT = {"template": TEMPLATE, "height": 460, "margin": {"t": 70, "b": 40}}
+"""No width: the figures fill their panel (:func:`analysis.figures.responsive`); a static
+export picks its own width."""
 
 
 def stage_ap_figure(report: DatasetReport) -> go.Figure | None:
@@ -56,9 +58,8 @@ def stage_ap_figure(report: DatasetReport) -> go.Figure | None:
             "tickformat": ".3f",
             "showgrid": False,
         },
-        legend={"orientation": "h", "y": -0.25},
     )
-    return fig
+    return responsive(fig)
 
 
 def stage_ap_comparison_figure(
@@ -84,7 +85,7 @@ def stage_ap_comparison_figure(
                 hovertemplate=f"{name}<br>%{{x}}: {key} %{{y:.4f}}<extra></extra>",
             )  # fmt: skip
     fig.update_layout(
-        **{**LAYOUT, "width": None},  # the app's width (this figure is not exported)
+        **LAYOUT,
         title="COCO AP of every stage: the models side by side (own scores)",
         xaxis={
             "title": "stage (encoder proposals b0 → pre-head → decoder layers)",
@@ -92,8 +93,9 @@ def stage_ap_comparison_figure(
             "categoryarray": order,
         },
         yaxis={"title": "AP (0–1)", "rangemode": "tozero"},
-        legend={"groupclick": "toggleitem"},
     )
+    fig = responsive(fig)
+    fig.update_layout(legend={"groupclick": "toggleitem"})
     return fig
 
 
@@ -129,7 +131,7 @@ def reliability_figure(report: DatasetReport) -> go.Figure | None:
         xaxis_title="σ of the edge distribution, bin mean (px)",
         yaxis_title="RMS edge error in the bin (px)",
     )
-    return fig
+    return responsive(fig)
 
 
 def coverage_figure(report: DatasetReport) -> go.Figure | None:
@@ -155,7 +157,7 @@ def coverage_figure(report: DatasetReport) -> go.Figure | None:
         xaxis_title="decoder layer",
         yaxis={"title": "share of edges (0–1)", "range": [0, 1.05]},
     )
-    return fig
+    return responsive(fig)
 
 
 def score_calibration_figure(report: DatasetReport) -> go.Figure:
@@ -179,7 +181,7 @@ def score_calibration_figure(report: DatasetReport) -> go.Figure:
         xaxis={"title": "detection score, bin mean (0–1)", "range": [0, 1]},
         yaxis={"title": "share of true positives (0–1)", "range": [0, 1.05]},
     )
-    return fig
+    return responsive(fig)
 
 
 def pr_figure(report: DatasetReport, iou: float = 0.5) -> go.Figure:
@@ -199,7 +201,7 @@ def pr_figure(report: DatasetReport, iou: float = 0.5) -> go.Figure:
         xaxis={"title": "recall (0–1)", "range": [0, 1]},
         yaxis={"title": "precision (0–1)", "range": [0, 1.05]},
     )
-    return fig
+    return responsive(fig)
 
 
 def confusion_figure(report: DatasetReport) -> go.Figure:
@@ -219,7 +221,7 @@ def confusion_figure(report: DatasetReport) -> go.Figure:
         xaxis_title="predicted class (background = missed ground truth)",
         yaxis={"title": "true class (background = false positive)", "autorange": "reversed"},
     )
-    return fig
+    return responsive(fig)
 
 
 def class_ap_figure(report: DatasetReport) -> go.Figure:
@@ -235,7 +237,7 @@ def class_ap_figure(report: DatasetReport) -> go.Figure:
         xaxis_title="class",
         yaxis={"title": "AP (0–1)", "range": [0, 1.05]},
     )
-    return fig
+    return responsive(fig)
 
 
 FIGURES: dict[str, Callable[[DatasetReport], go.Figure | None]] = {
@@ -248,6 +250,19 @@ FIGURES: dict[str, Callable[[DatasetReport], go.Figure | None]] = {
     "confusion": confusion_figure,
     "class_ap": class_ap_figure,
 }
+
+
+LABELS: dict[str, str] = {
+    "stage_ap": "Per-stage AP (every stage as its own detector)",
+    "edge_reliability": "Edge σ vs real error (reliability)",
+    "edge_coverage": "Coverage of the ±1σ / ±2σ bands",
+    "score_calibration": "Score calibration",
+    "pr_iou50": "Precision-recall per class, IoU 0.5",
+    "pr_iou75": "Precision-recall per class, IoU 0.75",
+    "confusion": "Confusion matrix (with background)",
+    "class_ap": "AP per class",
+}
+"""A short label of each figure of :data:`FIGURES` (the app's panel labels)."""
 
 
 def all_figures(report: DatasetReport) -> dict[str, go.Figure]:
