@@ -31,21 +31,26 @@ TEMPLATE = "plotly_white"
 
 
 def wrap(text: str, width: int) -> str:
-    """``text`` broken into lines of at most ``width`` characters (plotly ``<br>``), at
-    spaces; existing ``<br>`` kept."""
+    """``text`` broken into lines of at most ``width`` shown characters (plotly ``<br>``),
+    at spaces (never inside a tag); existing ``<br>`` kept."""
     out = []
     for part in str(text).split("<br>"):
         line = ""
         # a tag's own spaces (<span style=...>) are not places to break
         part = re.sub(r"<[^>]*>", lambda m: m.group(0).replace(" ", "\0"), part)
         for word in part.split(" "):
-            if line and len(line) + 1 + len(word) > width:
+            if line and _shown_len(line) + 1 + _shown_len(word) > width:
                 out.append(line)
                 line = word
             else:
                 line = f"{line} {word}" if line else word
         out.append(line)
     return "<br>".join(out).replace("\0", " ")
+
+
+def _shown_len(text: str) -> int:
+    """Characters of ``text`` a reader sees (tags left out)."""
+    return len(re.sub(r"<[^>]*>", "", text))
 
 
 TITLE_CHARS = 52

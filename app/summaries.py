@@ -14,6 +14,7 @@ import analysis
 from app.ground_truth import GroundTruth
 from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
+from dfine import draw as drawing
 from dfine import zoo
 from dfine.config import ABLATION_NOTES
 from dfine.detections import Detections
@@ -191,7 +192,8 @@ def targets_image(
     lw = max(round(sum(canvas.size) / 2 * 0.004), 2)
     draw.rectangle(rect, outline=(0, 0, 0), width=lw + 2)
     draw.rectangle(rect, outline=(255, 255, 255), width=lw)
-    draw.text((rect[0] + lw + 2, rect[3] - lw - 14), f"query {q}", fill=(255, 255, 255))
+    fnt = drawing.font(drawing.sizes_for(*canvas.size)[1])
+    drawing.tag(draw, (rect[0], rect[3]), f"query {q}", (0, 0, 0), fnt)
     return canvas
 
 

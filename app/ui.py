@@ -52,6 +52,9 @@ CSS = """
 .dfine-banner { background: #fff4d6; border: 1px solid #f0c36d; border-radius: 8px;
   padding: 10px 14px; color: #5c4400; }
 .dfine-note { color: #555; font-size: 0.92em; }
+/* a table wider than its panel scrolls sideways with a scrollbar one can see and grab,
+   never a silently cut column */
+.gradio-dataframe .virtual-table-viewport { scrollbar-width: auto; scrollbar-color: #8a94a0 #eceff3; }
 """
 
 JS = """

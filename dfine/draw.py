@@ -97,12 +97,13 @@ def label(
     placed: list[Rect],
     boxes: Sequence[Rect | list[float]] = (),
 ) -> Rect | None:
-    """Put the first of ``texts`` (then shorter ones) on a filled tag where it overlaps no
-    tag already ``placed``: above the box, inside at its top, below it or inside at its
-    bottom — of these, the spot that hides least of the objects drawn (``boxes``, this one
-    included: the sum of the shares of each box it covers), the earlier on a tie. Returns
-    the tag's rectangle (also appended to ``placed``), or None when every spot is taken (the
-    box keeps its outline only)."""
+    """Put a filled tag with one of ``texts`` (the longest first, then shorter ones) where it
+    overlaps no tag already ``placed``: above the box, inside at its top, below it or inside
+    at its bottom. Of these spots the one that hides least of the objects drawn (``boxes``,
+    this one included: the summed share of each box it covers) wins; a shorter text is used
+    when it hides nothing while the longer one would. Returns the tag's rectangle (also
+    appended to ``placed``), or None when every spot is taken (the box keeps its outline
+    only)."""
     size = draw.im.size
     clipped = clip_box(box, size)
     if clipped is None:
@@ -111,6 +112,7 @@ def label(
     width, height = size
     pad = max(line_width // 2, 1)
     objects = np.asarray([*boxes, box], dtype=np.float64).reshape(-1, 4)
+    best = None  # (hidden share, text, rectangle, text offset)
     for text in texts:
         left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
         tw, th = right - left + 2 * pad, bottom - top + 2 * pad
@@ -121,15 +123,25 @@ def label(
             for r in spots
             if r[1] >= 0 and r[3] <= height and not any(overlap(r, p) for p in placed)
         ]
-        if spots:
-            rect = spots[int(np.argmin(_hidden(np.asarray(spots), objects)))]
-            placed.append(rect)
-            draw.rectangle(rect, fill=color)
-            draw.text(
-                (rect[0] + pad - left, rect[1] + pad - top), text, fill=text_color(color), font=fnt
-            )
-            return rect
-    return None
+        if not spots:
+            continue
+        hidden = _hidden(np.asarray(spots), objects)
+        k = int(np.argmin(hidden))
+        if best is None or hidden[k] < best[0] - 1e-9:
+            best = (float(hidden[k]), text, spots[k], (pad - left, pad - top))
+        if best[0] < HIDDEN_OK:
+            break
+    if best is None:
+        return None
+    _, text, rect, (dx, dy) = best
+    placed.append(rect)
+    draw.rectangle(rect, fill=color)
+    draw.text((rect[0] + dx, rect[1] + dy), text, fill=text_color(color), font=fnt)
+    return rect
+
+
+HIDDEN_OK = 0.05
+"""A tag that hides less than this share of the objects is good enough (no shorter text)."""
 
 
 def _hidden(spots: np.ndarray, objects: np.ndarray) -> np.ndarray:
