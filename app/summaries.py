@@ -4,6 +4,7 @@ picker labels, the model description, the GO-LSD targets image."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -82,8 +83,9 @@ def detect_summary(sel: Selection, example: bool = False) -> str:
         count += (
             f" (showing the top {n} of {int((sel.result.detections.scores > sel.threshold).sum())})"
         )
+    name = Path(str(sel.inputs.image)).name.replace("`", "'")
     lines = [
-        f"{count} · image {w}×{h} px · network input {sel.result.size}×{sel.result.size} px"
+        f"{count} in `{name}` · image {w}×{h} px · network input {sel.result.size}×{sel.result.size} px"
         + (" (letterboxed: aspect ratio kept, grey padding)" if sel.result.letterbox else "")
         + f" · model: {sel.model.entry.label}",
         speed_text(sel),

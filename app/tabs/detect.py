@@ -135,18 +135,18 @@ def switch_model(
     model's own default only while it still is the previous model's default. When the model
     cannot be loaded, a warning says why and the picker goes back to ``good``: nothing else
     changes, the last result stays whole."""
-    good = good or DEFAULT_KEY
-    if state.store.entry(inputs.model).key == state.store.entry(good).key:
-        return (gr.skip(),) * 9
-    before = state.store.get(good)
+    before = state.store.get(good or DEFAULT_KEY)
     try:
-        if progress is not None and not state.store.is_loaded(inputs.model or DEFAULT_KEY):
-            progress(0.05, desc=f"Loading {state.store.entry(inputs.model).label}")
-        loaded = state.store.get(inputs.model)
+        entry = state.store.entry(inputs.model)  # a name typed into the picker may be unknown
+        if entry.key == before.entry.key:
+            return (gr.skip(),) * 9
+        if progress is not None and not state.store.is_loaded(entry.key):
+            progress(0.05, desc=f"Loading {entry.label}")
+        loaded = state.store.get(entry.key)
     except Exception as exc:  # shown and logged by to_gr_error; the picker is restored
         error = to_gr_error(exc)
         gr.Warning(error.message, title=error.title)
-        return (good, good, *(gr.skip(),) * 7)
+        return (before.entry.key, before.entry.key, *(gr.skip(),) * 7)
     threshold = _follow(
         float(inputs.threshold), before.entry.default_threshold, loaded.entry.default_threshold
     )
