@@ -53,9 +53,9 @@ def _shown_len(text: str) -> int:
     return len(re.sub(r"<[^>]*>", "", text))
 
 
-TITLE_CHARS = 52
-"""Characters per title line: a title this long fits the narrowest panel the app has (a
-phone, about 380 px, at 13 px type); longer titles wrap."""
+TITLE_CHARS = 44
+"""Characters per title line: a line this long fits the narrowest panel the app has (a
+phone, about 360 px, at the 15 px title type); longer titles and axis titles wrap."""
 
 
 def responsive(fig: go.Figure, title_chars: int = TITLE_CHARS) -> go.Figure:
@@ -63,9 +63,18 @@ def responsive(fig: go.Figure, title_chars: int = TITLE_CHARS) -> go.Figure:
     (plotly's autosize fills the panel; a static export picks its own width), the title
     wrapped and left-aligned, and the legend laid out in rows under the plot (plotly wraps a
     horizontal legend), so that it takes no width from the plot. Returns ``fig``."""
+    title_chars = min(title_chars, TITLE_CHARS)
     title = fig.layout.title.text
     if title:
-        fig.update_layout(title={"text": wrap(title, title_chars), "x": 0.01, "xanchor": "left"})
+        fig.update_layout(
+            title={"text": wrap(title, title_chars), "x": 0.01, "xanchor": "left"},
+            title_font_size=min(fig.layout.title.font.size or 15, 15),
+        )
+    fig.for_each_xaxis(
+        lambda axis: (
+            axis.update(title_text=wrap(axis.title.text, title_chars)) if axis.title.text else None
+        )
+    )
     fig.update_layout(
         width=None,
         autosize=True,
@@ -209,7 +218,7 @@ def refinement_figure(
         barmode="group",
         height=760,
         title="Layer-by-layer box refinement",
-        legend={"groupclick": "toggleitem"},
+        legend={"groupclick": "toggleitem", "traceorder": "normal"},  # rows, not columns
     )
     return fit_text(fig, 45)
 

@@ -55,6 +55,8 @@ CSS = """
 /* a table wider than its panel scrolls sideways with a scrollbar one can see and grab,
    never a silently cut column */
 .gradio-dataframe .virtual-table-viewport { scrollbar-width: auto; scrollbar-color: #8a94a0 #eceff3; }
+/* a phone: every row's items one under the other, each the page's width */
+@media (max-width: 640px) { .gradio-container .row { flex-direction: column; } }
 """
 
 JS = """

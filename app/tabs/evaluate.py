@@ -389,7 +389,7 @@ def build(state: AppState, controls: Controls) -> None:
             source = gr.Radio([BUNDLED, UPLOAD], value=BUNDLED, label="Dataset", scale=2)
             upload = gr.File(
                 label="Dataset zip (COCO or YOLO layout)", file_types=[".zip"], scale=2,
-                height=170, min_width=240, elem_id="evaluate-zip",
+                height=220, min_width=240, elem_id="evaluate-zip",
             )  # fmt: skip
         with gr.Row():
             threshold = gr.Slider(
