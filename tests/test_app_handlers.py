@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the app needs gradio")
 
@@ -610,6 +611,7 @@ def test_a_failed_model_switch_restores_the_picker_and_keeps_the_result(state, m
     def offline(*args, **kwargs):
         raise ZooDownloadError("Could not download dfine_n_coco (offline).")
 
+    state.store.get(None)  # the last good model, loaded
     monkeypatch.setattr(app_models, "_load", offline)
     for name in ("dfine_n_coco", "no-such-model"):
         with pytest.warns(UserWarning, match="download|Unknown model"):
@@ -626,16 +628,18 @@ def test_a_failed_model_switch_restores_the_picker_and_keeps_the_result(state, m
     )
 
 
-def test_a_new_image_never_shows_the_previous_result(state):
+def test_a_new_image_never_shows_the_previous_result(state, tmp_path):
     """Issue 25: an image put in the Detect tab shows its own result (cached) or nothing; an
     image opened from another tab is detected; the summary names the image."""
     *_, summary = detect.detect(state, *_shared())
     assert f"`{IMAGE.name}`" in summary
-    annotated, table, json_file, summary = detect.new_image(state, *_shared(SYNTH))
+    fresh = tmp_path / "fresh.png"  # an image no test has detected on yet
+    Image.fromarray(load_image(SYNTH)[:, ::-1].copy()).save(fresh)
+    annotated, table, json_file, summary = detect.new_image(state, *_shared(fresh))
     assert annotated is None and json_file is None and summary == "" and len(table) == 0
     assert list(table.columns) == DETECTION_COLUMNS
     *_, summary = detect.new_image(state, *_shared(IMAGE))  # cached: shown at once
     assert f"`{IMAGE.name}`" in summary
-    *_, summary = detect.open_image(state, *_shared(SYNTH))
-    assert f"`{SYNTH.name}`" in summary
+    *_, summary = detect.open_image(state, *_shared(fresh))
+    assert "`fresh.png`" in summary
     assert detect.open_image(state, None, THRESHOLD, SIZE, "default", MAX)[3] == ""

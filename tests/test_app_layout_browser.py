@@ -92,8 +92,12 @@ LAYOUT = """
   const zip = document.querySelector('#evaluate-zip');
   if (zip && shown(zip)) {
     const box = zip.getBoundingClientRect();
-    const prompt = Array.from(zip.querySelectorAll('*'))
-      .find(e => e.children.length === 0 && /Click to Upload/.test(e.textContent));
+    const walk = document.createTreeWalker(zip, NodeFilter.SHOW_TEXT);
+    let prompt = null;
+    while (walk.nextNode()) if (/Click to Upload/.test(walk.currentNode.textContent)) {
+      prompt = document.createRange();
+      prompt.selectNodeContents(walk.currentNode);
+    }
     const icon = zip.querySelector('svg');
     for (const [what, el] of [['"Click to Upload"', prompt], ['upload icon', icon]])
       if (!el || !within(el.getBoundingClientRect(), box)) out.push(`evaluate-zip: ${what} cut`);
