@@ -105,9 +105,9 @@ def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
         if ann.xref == "paper" and ann.yref == "paper" and ann.showarrow is False:
             if ann.xanchor == "center" and ann.yanchor == "bottom":  # a subplot title
                 ann.update(x=_domain_left(fig, ann.x), xanchor="left")
-                ann.text = wrap(ann.text, width_chars)
-            else:  # a note
-                ann.text = wrap(ann.text, int(width_chars * 1.6))
+                ann.text = wrap(ann.text, min(width_chars, TITLE_CHARS))
+            else:  # a note (11 px type: 1.4 times a title's characters per line)
+                ann.text = wrap(ann.text, int(min(width_chars, TITLE_CHARS) * 1.4))
                 if ann.y is not None and ann.y < 0:
                     note_lines = max(note_lines, 1 + ann.text.count("<br>"))
     title = fig.layout.title.text

@@ -56,7 +56,7 @@ CSS = """
    never a silently cut column */
 .gradio-dataframe .virtual-table-viewport { scrollbar-width: auto; scrollbar-color: #8a94a0 #eceff3; }
 /* a phone: every row's items one under the other, each the page's width */
-@media (max-width: 640px) { .row { flex-direction: column; } }
+@media (max-width: 640px) { .row { flex-direction: column; } .row > * { min-width: 0 !important; } }
 """
 
 JS = """

@@ -44,8 +44,8 @@ TABS = [
     ("Evaluate", "#evaluate-plot-7 .js-plotly-plot .main-svg"),
 ]
 
-# What overflows on the shown page: the page itself scrolling sideways; a plotly figure wider
-# than its panel, or any of its titles, legends, tick labels or notes past the figure's edge,
+# What overflows on the shown page: the page itself scrolling sideways; a panel past the
+# tab's right edge; a plotly figure wider than its panel, or any of its titles, legends, tick labels or notes past the figure's edge,
 # or two of its titles / legends on top of each other; a table that sticks out of its panel
 # or whose columns are cut without a way to scroll to them; the zip box's upload prompt cut.
 LAYOUT = """
@@ -62,6 +62,9 @@ LAYOUT = """
     if (!shown(plot)) continue;
     const panel = plot.closest('.block').getBoundingClientRect();
     const svg = plot.querySelector('svg.main-svg').getBoundingClientRect();
+    const page = plot.closest('.tabitem').getBoundingClientRect();
+    if (panel.right > page.right + 1)
+      out.push(`${name(plot)}: panel ends ${Math.round(panel.right - page.right)} px past the tab`);
     if (svg.right > panel.right + 1 || svg.left < panel.left - 1)
       out.push(`${name(plot)}: figure ${Math.round(svg.width)} px in a ${Math.round(panel.width)} px panel`);
     const texts = Array.from(plot.querySelectorAll(
@@ -81,7 +84,8 @@ LAYOUT = """
   for (const table of document.querySelectorAll('.gradio-dataframe')) {
     if (!shown(table)) continue;
     const r = table.getBoundingClientRect(), parent = table.parentElement.getBoundingClientRect();
-    if (r.right > parent.right + 1 || r.right > vw + 1)
+    const page = table.closest('.tabitem').getBoundingClientRect();
+    if (r.right > parent.right + 1 || r.right > page.right + 1)
       out.push(`${name(table)}: table sticks out of its panel`);
     const port = table.querySelector('.virtual-table-viewport');
     const style = port && getComputedStyle(port);
