@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 WAIT_MS = 120_000
 EVAL_WAIT_MS = 600_000  # the bundled split's evaluation (cached when test_app_evaluate ran)
-WIDTHS = (1400, 1024, 412)
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 # (tab, a selector that has content once the tab shows its result)
@@ -44,12 +43,18 @@ TABS = [
     ("Evaluate", "#evaluate-plot-7 .js-plotly-plot .main-svg"),
 ]
 
+PHONE_TABS = [  # without a video or an evaluation run in this page
+    *(t for t in TABS if t[0] not in ("Video", "Evaluate")),
+    ("Video", "#video-button"),
+    ("Evaluate", "#evaluate-zip"),
+]
+
 # What overflows on the shown page: the page itself scrolling sideways; a panel past the
 # tab's right edge; a plotly figure wider than its panel, or any of its titles, legends, tick labels or notes past the figure's edge,
 # or two of its titles / legends on top of each other; a table that sticks out of its panel
 # or whose columns are cut without a way to scroll to them; the zip box's upload prompt cut.
 LAYOUT = """
-() => {
+(texts) => {
   const out = [];
   const vw = document.documentElement.clientWidth;
   const shown = el => el.offsetParent !== null && el.getBoundingClientRect().width > 0;
@@ -67,12 +72,13 @@ LAYOUT = """
       out.push(`${name(plot)}: panel ends ${Math.round(panel.right - page.right)} px past the tab`);
     if (svg.right > panel.right + 1 || svg.left < panel.left - 1)
       out.push(`${name(plot)}: figure ${Math.round(svg.width)} px in a ${Math.round(panel.width)} px panel`);
-    const texts = Array.from(plot.querySelectorAll(
+    if (!texts) continue;
+    const items = Array.from(plot.querySelectorAll(
       '.gtitle, .g-xtitle text, .g-ytitle text, .legend, .annotation-text, .xtick text, .ytick text'
     )).map(t => ({el: t, r: t.getBoundingClientRect()})).filter(t => t.r.width > 0);
-    for (const t of texts)
+    for (const t of items)
       if (!within(t.r, svg)) out.push(`${name(plot)}: cut: ${t.el.textContent.slice(0, 50)}`);
-    const big = texts.filter(t => t.el.matches('.gtitle, .legend, .g-xtitle text'));
+    const big = items.filter(t => t.el.matches('.gtitle, .legend, .g-xtitle text'));
     for (let i = 0; i < big.length; i++) for (let j = i + 1; j < big.length; j++) {
       const a = big[i].r, b = big[j].r;
       const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
@@ -166,11 +172,12 @@ def _results(page, tmp_path: Path) -> None:
     page.locator("#evaluate-gallery img").first.wait_for(state="visible", timeout=EVAL_WAIT_MS)
 
 
-def _walk(page, width: int) -> dict[str, list[str]]:
-    """Every tab at ``width``: a screenshot each, and what overflows."""
+def _walk(page, width: int, tabs=TABS, texts: bool = True) -> dict[str, list[str]]:
+    """Every tab at ``width``: a screenshot each, and what overflows (``texts``: also every
+    title, legend and tick label inside its figure)."""
     page.set_viewport_size({"width": width, "height": 1000})
     problems = {}
-    for tab, ready in TABS:
+    for tab, ready in tabs:
         _tab(page, tab)
         page.locator(ready).first.wait_for(state="visible")
         page.wait_for_function(  # the tab's own refresh on opening has finished
@@ -182,7 +189,7 @@ def _walk(page, width: int) -> dict[str, list[str]]:
             path=str(ARTIFACTS / f"layout_{width}_{tab.lower().replace('(n)', 'n')}.png"),
             full_page=True,
         )
-        found = page.evaluate(LAYOUT)
+        found = page.evaluate(LAYOUT, texts)
         if found:
             problems[f"{width} px, {tab}"] = found
     return problems
@@ -202,9 +209,23 @@ def test_every_tab_fits_and_describes_the_image_shown(tmp_path):
             _results(page, tmp_path)
 
             problems = {}
-            for width in WIDTHS:
+            for width in (1400, 1024):
                 problems.update(_walk(page, width))
             assert not problems, problems
+            # a phone, as it opens the app (not a window narrowed after the figures were
+            # drawn): no panel, figure or table wider than the screen (a 4-column figure's
+            # own labels may be tight there)
+            phone = browser.new_page(viewport={"width": 412, "height": 900})
+            phone.set_default_timeout(WAIT_MS)
+            phone.goto(url, wait_until="domcontentloaded", timeout=WAIT_MS)
+            phone.locator("#input-image input[type=file]").set_input_files(
+                str(tmp_path / "first_image.jpg")
+            )
+            phone.wait_for_selector("#input-image img", state="visible")
+            phone.click("#detect-button")
+            _detected(phone, "first_image.jpg")
+            assert not _walk(phone, 412, PHONE_TABS, texts=False)
+            phone.close()
 
             # a gallery thumbnail: Detect shows it, and its summary, table and JSON are its own
             page.set_viewport_size({"width": 1400, "height": 1000})
