@@ -121,6 +121,7 @@ SwitchOutputs = tuple[Any, ...]
 """Model picker, last good model, threshold, input size, model note, then Detect's outputs."""
 
 
+@user_errors
 @shared_inputs
 def switch_model(
     state: AppState,
