@@ -58,6 +58,10 @@ TITLE_CHARS = 44
 phone, about 360 px, at the 15 px title type); longer titles and axis titles wrap."""
 
 
+Y_TITLE_CHARS = 36
+"""Characters per line of a y-axis title (it runs along a plot about 250 px high)."""
+
+
 def responsive(fig: go.Figure, title_chars: int = TITLE_CHARS) -> go.Figure:
     """``fig`` sized by its container, never cut at the right edge: no fixed width
     (plotly's autosize fills the panel; a static export picks its own width), the title
@@ -70,11 +74,11 @@ def responsive(fig: go.Figure, title_chars: int = TITLE_CHARS) -> go.Figure:
             title={"text": wrap(title, title_chars), "x": 0.01, "xanchor": "left"},
             title_font_size=min(fig.layout.title.font.size or 15, 15),
         )
-    fig.for_each_xaxis(
-        lambda axis: (
-            axis.update(title_text=wrap(axis.title.text, title_chars)) if axis.title.text else None
+    for axes, chars in ((fig.for_each_xaxis, title_chars), (fig.for_each_yaxis, Y_TITLE_CHARS)):
+        # (a long vertical title would reach past its plot into the figure's title)
+        axes(
+            lambda a, n=chars: a.update(title_text=wrap(a.title.text, n)) if a.title.text else None
         )
-    )
     fig.update_layout(
         width=None,
         autosize=True,
@@ -100,12 +104,14 @@ def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
     """Titles and notes that fit a figure about 480 px wide (the app's narrowest panel):
     subplot titles left-aligned on their subplot and wrapped, long notes and the title
     wrapped, room above for them, and axis titles kept clear of the tick labels."""
-    note_lines = 0
+    note_lines = sub_lines = 0
     for ann in fig.layout.annotations:
         if ann.xref == "paper" and ann.yref == "paper" and ann.showarrow is False:
             if ann.xanchor == "center" and ann.yanchor == "bottom":  # a subplot title
                 ann.update(x=_domain_left(fig, ann.x), xanchor="left")
                 ann.text = wrap(ann.text, min(width_chars, TITLE_CHARS))
+                if ann.y >= 0.99:  # the top row's: they reach up into the top margin
+                    sub_lines = max(sub_lines, 1 + ann.text.count("<br>"))
             else:  # a note (11 px type: 1.4 times a title's characters per line)
                 ann.text = wrap(ann.text, int(min(width_chars, TITLE_CHARS) * 1.4))
                 if ann.y is not None and ann.y < 0:
@@ -114,7 +120,7 @@ def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
     if title:
         fig.update_layout(title={"text": wrap(title, width_chars), "x": 0.01, "xanchor": "left"})
     lines = 1 + (title or "").count("<br>")
-    fig.update_layout(margin={"t": 56 + 22 * lines})
+    fig.update_layout(margin={"t": 56 + 22 * lines + 16 * max(sub_lines - 1, 0)})
     if note_lines:
         fig.update_layout(margin={"b": 70 + 16 * note_lines})
     fig.update_yaxes(title_standoff=6, automargin=True)
