@@ -118,7 +118,8 @@ def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
                     note_lines = max(note_lines, 1 + ann.text.count("<br>"))
     title = fig.layout.title.text
     if title:
-        fig.update_layout(title={"text": wrap(title, width_chars), "x": 0.01, "xanchor": "left"})
+        title = wrap(title, min(width_chars, TITLE_CHARS))  # as responsive() wraps it
+        fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left"})
     lines = 1 + (title or "").count("<br>")
     fig.update_layout(margin={"t": 56 + 22 * lines + 16 * max(sub_lines - 1, 0)})
     if note_lines:
