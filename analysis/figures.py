@@ -70,16 +70,8 @@ def responsive(fig: go.Figure, title_chars: int = TITLE_CHARS) -> go.Figure:
     title_chars = min(title_chars, TITLE_CHARS)
     title = fig.layout.title.text
     if title:
-        fig.update_layout(  # at the top (plotly centres it in the margin: onto subplot titles)
-            title={
-                "text": wrap(title, title_chars),
-                "x": 0.01,
-                "xanchor": "left",
-                "y": 1,
-                "yref": "container",
-                "yanchor": "top",
-                "pad": {"t": 8},
-            },
+        fig.update_layout(
+            title={"text": wrap(title, title_chars), "x": 0.01, "xanchor": "left"},
             title_font_size=min(fig.layout.title.font.size or 15, 15),
         )
     for axes, chars in ((fig.for_each_xaxis, title_chars), (fig.for_each_yaxis, Y_TITLE_CHARS)):
