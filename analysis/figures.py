@@ -269,7 +269,7 @@ def distribution_figure(
         raise ValueError(f"x_range must be 'mass' or 'full', got {x_range!r}")
     num_layers = dist.num_layers
     titles = [
-        f"{layer} · {edge}<br>E={dist.expected_px[li, e]:+.1f} px, σ={dist.std_px[li, e]:.1f} px"
+        f"{layer} · {edge}: E={dist.expected_px[li, e]:+.1f} px, σ={dist.std_px[li, e]:.1f} px"
         for li, layer in enumerate(dist.layers)
         for e, edge in enumerate(EDGES)
     ]
@@ -291,7 +291,7 @@ def distribution_figure(
         fig.update_xaxes(range=list(dist.x_window(e, axis, x_range, mass)), col=e + 1)
     for li, layer in enumerate(dist.layers):
         fig.update_yaxes(title_text=f"{layer}: p", title_standoff=4, row=li + 1, col=1)
-    fig.update_annotations(font_size=12)
+    fig.update_annotations(font_size=11)
     shown = (
         f"x range: the bins holding ≥ {mass:.1%} of every layer's probability, plus a margin"
         if x_range == "mass"
