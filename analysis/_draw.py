@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dfine import draw as drawing
-from dfine.draw import Font, font, tag
+from dfine.draw import Font, font, label, tag
 from dfine.errors import InvalidArgumentError
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "composite",
     "dashed_rectangle",
     "font",
+    "label",
     "legend",
     "sigma",
     "sizes_for",

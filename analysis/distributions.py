@@ -248,13 +248,19 @@ def uncertainty_overlay(
     draw = ImageDraw.Draw(overlay)
     fnt = _draw.font(max(fs - 2, 10))
     sig = _draw.sigma(fnt)
+    pos = st["positions_px"][lay]  # [N, 4] expected edges
+    boxes = [
+        (min(p[0], p[2]), min(p[1], p[3]), max(p[0], p[2]), max(p[1], p[3])) for p in pos.tolist()
+    ]
     for i in range(len(q)):
         rgb = class_color(int(detections.labels[i]))
-        pos, std = st["positions_px"][lay, i], st["std_px"][lay, i] * scale
-        _edge_bands(draw, pos, std, rgb, size, max(lw // 2, 1))
+        _edge_bands(draw, pos[i], st["std_px"][lay, i] * scale, rgb, size, max(lw // 2, 1))
+    placed: list[tuple[float, float, float, float]] = []
+    for i, box in enumerate(boxes):  # labels after every band, clear of each other
         name = class_name(detections.class_names, int(detections.labels[i]))
-        text = f"{name}  mean {sig} {st['std_px'][lay, i].mean():.1f} px"
-        _draw.tag(draw, (min(pos[0], pos[2]), min(pos[1], pos[3]) - std[1]), text, rgb, fnt)
+        mean = f"mean {sig} {st['std_px'][lay, i].mean():.1f} px"
+        rgb = class_color(int(detections.labels[i]))
+        _draw.label(draw, box, rgb, lw, [f"{name}  {mean}", mean], fnt, placed, boxes)
     out = _draw.composite(base, overlay)
     sigma = f"±1{sig}" if scale == 1.0 else f"±{scale:g}{sig}"
     lines = [

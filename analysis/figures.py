@@ -6,7 +6,7 @@ nothing is smoothed; GO-LSD figures say whether the targets are pseudo ground tr
 
 from __future__ import annotations
 
-import textwrap
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,41 +32,102 @@ TEMPLATE = "plotly_white"
 
 
 def wrap(text: str, width: int) -> str:
-    """``text`` broken into lines of at most ``width`` characters (plotly ``<br>``), at
-    spaces (a longer word keeps a line of its own); existing ``<br>`` kept."""
-    return "<br>".join(
-        "<br>".join(
-            textwrap.wrap(part, width, break_on_hyphens=False, break_long_words=False) or [""]
+    """``text`` broken into lines of at most ``width`` shown characters (plotly ``<br>``),
+    at spaces (never inside a tag); existing ``<br>`` kept."""
+    out = []
+    for part in str(text).split("<br>"):
+        line = ""
+        # a tag's own spaces (<span style=...>) are not places to break
+        part = re.sub(r"<[^>]*>", lambda m: m.group(0).replace(" ", "\0"), part)
+        for word in part.split(" "):
+            if line and _shown_len(line) + 1 + _shown_len(word) > width:
+                out.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        out.append(line)
+    return "<br>".join(out).replace("\0", " ")
+
+
+def _shown_len(text: str) -> int:
+    """Characters of ``text`` a reader sees (tags left out)."""
+    return len(re.sub(r"<[^>]*>", "", text))
+
+
+TITLE_CHARS = 44
+"""Characters per title line: a line this long fits the narrowest panel the app has (a
+phone, about 360 px, at the 15 px title type); longer titles and axis titles wrap."""
+
+
+Y_TITLE_CHARS = 36
+"""Characters per line of a y-axis title (it runs along a plot about 250 px high)."""
+
+
+def responsive(fig: go.Figure, title_chars: int = TITLE_CHARS) -> go.Figure:
+    """``fig`` sized by its container, never cut at the right edge: no fixed width
+    (plotly's autosize fills the panel; a static export picks its own width), the title
+    wrapped and left-aligned, and the legend laid out in rows under the plot (plotly wraps a
+    horizontal legend), so that it takes no width from the plot. Returns ``fig``."""
+    title_chars = min(title_chars, TITLE_CHARS)
+    title = fig.layout.title.text
+    if title:
+        fig.update_layout(
+            title={"text": wrap(title, title_chars), "x": 0.01, "xanchor": "left"},
+            title_font_size=min(fig.layout.title.font.size or 15, 15),
         )
-        for part in str(text).split("<br>")
+    for axes, chars in ((fig.for_each_xaxis, title_chars), (fig.for_each_yaxis, Y_TITLE_CHARS)):
+        # (a long vertical title would reach past its plot into the figure's title)
+        axes(
+            lambda a, n=chars: a.update(title_text=wrap(a.title.text, n)) if a.title.text else None
+        )
+    fig.update_layout(
+        width=None,
+        autosize=True,
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "y": 0,
+            "yanchor": "bottom",
+            "x": 0,
+            "xanchor": "left",
+        },
     )
+    return fig
+
+
+def subtitle(text: str) -> str:
+    """``text`` as a title's second line: smaller and grey but readable (``<sub>`` renders at
+    about 7 px)."""
+    return f"<br><span style='font-size:12px;color:#555'>{text}</span>"
 
 
 def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
     """Titles and notes that fit a figure about 480 px wide (the app's narrowest panel):
     subplot titles left-aligned on their subplot and wrapped, long notes and the title
     wrapped, room above for them, and axis titles kept clear of the tick labels."""
-    note_lines = 0
+    note_lines = sub_lines = 0
     for ann in fig.layout.annotations:
         if ann.xref == "paper" and ann.yref == "paper" and ann.showarrow is False:
             if ann.xanchor == "center" and ann.yanchor == "bottom":  # a subplot title
                 ann.update(x=_domain_left(fig, ann.x), xanchor="left")
-                ann.text = wrap(ann.text, width_chars)
-            else:  # a note
-                ann.text = wrap(ann.text, int(width_chars * 1.6))
+                ann.text = wrap(ann.text, min(width_chars, TITLE_CHARS))
+                if ann.y >= 0.99:  # the top row's: they reach up into the top margin
+                    sub_lines = max(sub_lines, 1 + ann.text.count("<br>"))
+            else:  # a note (11 px type: 1.4 times a title's characters per line)
+                ann.text = wrap(ann.text, int(min(width_chars, TITLE_CHARS) * 1.4))
                 if ann.y is not None and ann.y < 0:
                     note_lines = max(note_lines, 1 + ann.text.count("<br>"))
     title = fig.layout.title.text
     if title:
-        title = wrap(title, width_chars)
+        title = wrap(title, min(width_chars, TITLE_CHARS))  # as responsive() wraps it
         fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left"})
-    lines = 1 + (title or "").count("<br>")  # of the wrapped title
-    fig.update_layout(margin={"t": 56 + 22 * lines})
+    lines = 1 + (title or "").count("<br>")
+    fig.update_layout(margin={"t": 56 + 22 * lines + 16 * max(sub_lines - 1, 0)})
     if note_lines:
         fig.update_layout(margin={"b": 70 + 16 * note_lines})
     fig.update_yaxes(title_standoff=6, automargin=True)
     fig.update_xaxes(automargin=True)
-    return fig
+    return responsive(fig, width_chars)
 
 
 def _domain_left(fig: go.Figure, x: float) -> float:
@@ -165,7 +226,7 @@ def refinement_figure(
         barmode="group",
         height=760,
         title="Layer-by-layer box refinement",
-        legend={"groupclick": "toggleitem"},
+        legend={"groupclick": "toggleitem", "traceorder": "normal"},  # rows, not columns
     )
     return fit_text(fig, 45)
 
@@ -233,7 +294,7 @@ def distribution_figure(
         fig.update_xaxes(range=list(dist.x_window(e, axis, x_range, mass)), col=e + 1)
     for li, layer in enumerate(dist.layers):
         fig.update_yaxes(title_text=f"{layer}: p", title_standoff=4, row=li + 1, col=1)
-    fig.update_annotations(font_size=10)
+    fig.update_annotations(font_size=11)
     shown = (
         f"x range: the bins holding ≥ {mass:.1%} of every layer's probability, plus a margin"
         if x_range == "mass"
@@ -470,7 +531,7 @@ def edge_comparison_figure(cmp: EdgeComparison) -> go.Figure:
         height=220 * n + 180,
         margin={"t": 110},
         title=f"The {cmp.edge} edge of the same object ({cmp.reference}) per layer"
-        f"<br><sup>{queries}</sup>",
+        + subtitle(queries),
     )
     return fig
 
@@ -486,7 +547,8 @@ def weighting_figure(curve: WeightingCurve, model: WeightingCurve | None = None)
         row_heights=[0.62, 0.38],
         subplot_titles=(_weighting_title(curve), "spacing between neighbouring bins"),
     )
-    for c, label, style in _weighting_series(curve, model):
+    series = _weighting_series(curve, model)
+    for c, label, style in series:
         fig.add_trace(
             go.Scatter(
                 x=c.n,
@@ -501,7 +563,7 @@ def weighting_figure(curve: WeightingCurve, model: WeightingCurve | None = None)
             row=1,
             col=1,
         )
-    for c, label, style in _weighting_series(curve, model):
+    for c, label, style in series:
         spacing = c.spacing if label != "uniform" else np.diff(c.uniform)
         fig.add_trace(
             go.Scatter(
@@ -520,10 +582,38 @@ def weighting_figure(curve: WeightingCurve, model: WeightingCurve | None = None)
     fig.update_xaxes(title_text=S.BIN_AXIS, row=1, col=1)
     fig.update_yaxes(title_text=S.W_AXIS, row=1, col=1)
     fig.update_xaxes(title_text=S.BIN_AXIS, row=2, col=1)
-    fig.update_yaxes(title_text=S.SPACING_AXIS, type="log", row=2, col=1)
+    spacings = np.concatenate(
+        [c.spacing if label != "uniform" else np.diff(c.uniform) for c, label, _ in series]
+    ) / abs(curve.reg_scale)
+    ticks = log_ticks(float(spacings.min()), float(spacings.max()))
+    fig.update_yaxes(
+        title_text=S.SPACING_AXIS,
+        type="log",
+        tickvals=ticks,
+        ticktext=[f"{v:g}" for v in ticks],
+        row=2,
+        col=1,
+    )
     _note(fig, UNIFORM_NOTE + "; spacing axis is logarithmic", y=-0.1)
     fig.update_layout(template=TEMPLATE, height=680, title="Weighting function W(n)")
     return fit_text(fig, 80)
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis over ``[lo, hi]`` (both > 0): 1, 2 and 5 times the powers
+    of ten inside it (the powers only beyond three decades), with one step beyond each end, so that every tick is labelled as the
+    whole number it stands for (plotly's own minor labels read "2, 5, 0.1, 2, 5")."""
+    if not (0 < lo <= hi and np.isfinite(hi)):
+        raise ValueError(f"log ticks need 0 < lo <= hi, got {lo}, {hi}")
+    mantissas = (1, 2, 5) if hi / lo <= 1000 else (1,)  # at most about 10 ticks
+    steps = [
+        m * 10.0**k
+        for k in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+        for m in mantissas
+    ]
+    below = [v for v in steps if v <= lo][-1:]
+    above = [v for v in steps if v >= hi][:1]
+    return [float(f"{v:.3g}") for v in below + [v for v in steps if lo < v < hi] + above]
 
 
 def _weighting_title(c: WeightingCurve) -> str:
@@ -603,7 +693,7 @@ def golsd_distribution_figure(report: GOLSDReport, query: int, edge: int | str) 
         height=500,
         bargap=0,
         title=f"GO-LSD, query {q}, {EDGES[e]} edge: teacher vs students · {report.match_text(q)}"
-        f"<br><sub>{report.note}</sub>",
+        + subtitle(report.note),
     )
     return fit_text(fig, 55)
 
@@ -632,7 +722,7 @@ def golsd_kl_figure(report: GOLSDReport, query: int) -> go.Figure:
         barmode="stack",
         height=480,
         title=f"KL per student layer, query {q} · {report.match_text(q)} · DDF weight {weights}"
-        f"<br><sub>{report.note}</sub>",
+        + subtitle(report.note),
     )
     return fit_text(fig, 55)
 
@@ -662,7 +752,7 @@ def golsd_loss_figure(report: GOLSDReport) -> go.Figure:
         height=480,
         title=f"DDF loss per layer: {', '.join(f'{v:.5f}' for v in report.loss_ddf)} "
         f"({int(report.matched.sum())} matched queries, T = {report.temperature:g})"
-        f"<br><sub>{report.note}</sub>",
+        + subtitle(report.note),
     )
     return fit_text(fig, 55)
 
@@ -684,7 +774,7 @@ def golsd_weights_figure(
         template=TEMPLATE,
         height=120 + 28 * max(len(rows), 1),
         title=f"DDF weights and KL (nats, T = {report.temperature:g}) of the top {len(rows)} "
-        f"queries by loss share<br><sub>{report.note}</sub>",
+        f"queries by loss share" + subtitle(report.note),
     )
     return fit_text(fig, 80)
 

@@ -216,17 +216,23 @@ def refinement_overlay(
     fnt = _draw.font(fs)
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
-    for i in range(ref.num_detections):
+    boxes = [
+        _ordered(tuple(float(v) for v in ref.boxes_xyxy[s, i])) for i in range(ref.num_detections)
+    ]
+    for i, box in enumerate(boxes):
         rgb = class_color(int(ref.labels[i]))
         if ghost_previous and s > 0:
-            box = tuple(float(v) for v in ref.boxes_xyxy[s - 1, i])
-            _draw.dashed_rectangle(draw, _ordered(box), (*rgb, 140), max(lw - 1, 1), 3 * lw)
-        box = _ordered(tuple(float(v) for v in ref.boxes_xyxy[s, i]))
+            ghost = tuple(float(v) for v in ref.boxes_xyxy[s - 1, i])
+            _draw.dashed_rectangle(draw, _ordered(ghost), (*rgb, 140), max(lw - 1, 1), 3 * lw)
         draw.rectangle(box, outline=(*rgb, 255), width=lw)
-        text = (
-            f"{class_name(class_names, int(ref.labels[i]))} IoU→final {ref.iou_to_final[s, i]:.2f}"
-        )
-        _draw.tag(draw, (box[0], box[1]), text, rgb, fnt)
+    placed: list[tuple[float, float, float, float]] = []
+    for i, box in enumerate(boxes):  # labels after every outline, clear of each other
+        name = class_name(class_names, int(ref.labels[i]))
+        texts = [
+            f"{name} IoU→final {ref.iou_to_final[s, i]:.2f}",
+            f"IoU {ref.iou_to_final[s, i]:.2f}",
+        ]
+        _draw.label(draw, box, class_color(int(ref.labels[i])), lw, texts, fnt, placed, boxes)
     out = _draw.composite(base, layer)
     lines = [f"solid: {ref.stages[s]}"]
     if ghost_previous and s > 0:

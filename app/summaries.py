@@ -4,6 +4,7 @@ picker labels, the model description, the GO-LSD targets image."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +15,7 @@ import analysis
 from app.ground_truth import GroundTruth
 from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
+from dfine import draw as drawing
 from dfine import zoo
 from dfine.config import ABLATION_NOTES
 from dfine.detections import Detections
@@ -81,8 +83,9 @@ def detect_summary(sel: Selection, example: bool = False) -> str:
         count += (
             f" (showing the top {n} of {int((sel.result.detections.scores > sel.threshold).sum())})"
         )
+    name = Path(str(sel.inputs.image)).name.replace("`", "'")
     lines = [
-        f"{count} · image {w}×{h} px · network input {sel.result.size}×{sel.result.size} px"
+        f"{count} in `{name}` · image {w}×{h} px · network input {sel.result.size}×{sel.result.size} px"
         + (" (letterboxed: aspect ratio kept, grey padding)" if sel.result.letterbox else "")
         + f" · model: {sel.model.entry.label}",
         speed_text(sel),
@@ -191,7 +194,8 @@ def targets_image(
     lw = max(round(sum(canvas.size) / 2 * 0.004), 2)
     draw.rectangle(rect, outline=(0, 0, 0), width=lw + 2)
     draw.rectangle(rect, outline=(255, 255, 255), width=lw)
-    draw.text((rect[0] + lw + 2, rect[3] - lw - 14), f"query {q}", fill=(255, 255, 255))
+    fnt = drawing.font(drawing.sizes_for(*canvas.size)[1])
+    drawing.tag(draw, (rect[0], rect[3]), f"query {q}", (0, 0, 0), fnt)
     return canvas
 
 

@@ -53,6 +53,11 @@ CSS = """
 .dfine-banner { background: #fff4d6; border: 1px solid #f0c36d; border-radius: 8px;
   padding: 10px 14px; color: #5c4400; }
 .dfine-note { color: #555; font-size: 0.92em; }
+/* a table wider than its panel scrolls sideways with a scrollbar one can see and grab,
+   never a silently cut column */
+.gradio-dataframe .virtual-table-viewport { scrollbar-width: auto; scrollbar-color: #8a94a0 #eceff3; }
+/* a phone: every row's items one under the other, each the page's width */
+@media (max-width: 640px) { .row { flex-direction: column; } .row > * { min-width: 0 !important; } }
 """
 
 JS = """

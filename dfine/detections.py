@@ -358,14 +358,15 @@ class Detections:
         palette = list(colors) if colors else list(PALETTE)
         placed: list[tuple[float, float, float, float]] = []
         tracks = self.track_id if self.track_id is not None else [-1] * len(self)
-        items = list(zip(self.boxes.tolist(), self.scores, self.labels, self.names, tracks))
+        boxes = self.boxes.tolist()
+        items = list(zip(boxes, self.scores, self.labels, self.names, tracks))
         for box, _, label, _, _ in items:  # every outline first, then the labels over them
             drawing.outline(draw, box, drawing.rgb(palette[int(label) % len(palette)]), lw)
         for box, score, label, name, track in items:  # highest scores first: best spots
             color = drawing.rgb(palette[int(label) % len(palette)])
             tag = f"#{track} {name}" if track >= 0 else name
             texts = [f"{tag} {score:.2f}", tag] if show_scores else [tag]
-            drawing.label(draw, box, color, lw, texts, font, placed)
+            drawing.label(draw, box, color, lw, texts, font, placed, boxes)
         return canvas
 
     def _plot_base(self, image: ImageSource | None) -> np.ndarray:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import ImageColor, ImageDraw, ImageFont
 
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
@@ -93,11 +95,15 @@ def label(
     texts: list[str],
     fnt: Font,
     placed: list[Rect],
+    boxes: Sequence[Rect | list[float]] = (),
 ) -> Rect | None:
-    """Put the first of ``texts`` (then shorter ones) on a filled tag where it overlaps no
-    tag already ``placed``: above the box, inside at its top, below it or inside at its
-    bottom. Returns the tag's rectangle (also appended to ``placed``), or None when every
-    spot is taken (the box keeps its outline only)."""
+    """Put a filled tag with one of ``texts`` (the longest first, then shorter ones) where it
+    overlaps no tag already ``placed``: above the box, inside at its top, below it or inside
+    at its bottom. Of these spots the one that hides least of the objects drawn (``boxes``,
+    this one included: the summed share of each box it covers) wins; a shorter text is used
+    when it hides nothing while the longer one would. Returns the tag's rectangle (also
+    appended to ``placed``), or None when every spot is taken (the box keeps its outline
+    only)."""
     size = draw.im.size
     clipped = clip_box(box, size)
     if clipped is None:
@@ -105,19 +111,47 @@ def label(
     x1, y1, _, y2 = clipped
     width, height = size
     pad = max(line_width // 2, 1)
+    objects = np.asarray([*boxes, box], dtype=np.float64).reshape(-1, 4)
+    best = None  # (hidden share, text, rectangle, text offset)
     for text in texts:
         left, top, right, bottom = draw.textbbox((0, 0), text, font=fnt)
         tw, th = right - left + 2 * pad, bottom - top + 2 * pad
         tx = min(x1, max(width - tw, 0.0))
-        for ty in (y1 - th, y1, y2, y2 - th):
-            rect = (tx, ty, tx + tw, ty + th)
-            if ty < 0 or ty + th > height or any(overlap(rect, r) for r in placed):
-                continue
-            placed.append(rect)
-            draw.rectangle(rect, fill=color)
-            draw.text((tx + pad - left, ty + pad - top), text, fill=text_color(color), font=fnt)
-            return rect
-    return None
+        spots = [(tx, ty, tx + tw, ty + th) for ty in (y1 - th, y1, y2, y2 - th)]
+        spots = [
+            r
+            for r in spots
+            if r[1] >= 0 and r[3] <= height and not any(overlap(r, p) for p in placed)
+        ]
+        if not spots:
+            continue
+        hidden = _hidden(np.asarray(spots), objects)
+        k = int(np.argmin(hidden))
+        if best is None or hidden[k] < best[0] - 1e-9:
+            best = (float(hidden[k]), text, spots[k], (pad - left, pad - top))
+        if best[0] < HIDDEN_OK:
+            break
+    if best is None:
+        return None
+    _, text, rect, (dx, dy) = best
+    placed.append(rect)
+    draw.rectangle(rect, fill=color)
+    draw.text((rect[0] + dx, rect[1] + dy), text, fill=text_color(color), font=fnt)
+    return rect
+
+
+HIDDEN_OK = 0.05
+"""A tag that hides less than this share of the objects is good enough (no shorter text)."""
+
+
+def _hidden(spots: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """``[S]``: for each tag rectangle of ``spots [S, 4]``, the summed share of each box of
+    ``objects [N, 4]`` (x1, y1, x2, y2) that it covers."""
+    lo = np.maximum(spots[:, None, :2], objects[None, :, :2])
+    hi = np.minimum(spots[:, None, 2:], objects[None, :, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(-1)
+    area = np.clip(objects[:, 2:] - objects[:, :2], 1.0, None).prod(-1)
+    return (inter / area).sum(-1)
 
 
 def tag(

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 gr = pytest.importorskip("gradio", reason="the app needs gradio")
 
@@ -344,10 +345,8 @@ def test_model_info_default(state):
     assert "D-FINE-N" in info and "3.74 M" in info and "320×320" in info
     assert "8: red circle, blue square" in info and FIXTURE_BANNER not in info
     assert key == "default"
-    update, threshold, size, note = model.use_model(state, key)
+    update = model.use_model(state, key)
     assert update == {"__type__": "update", "choices": state.store.choices(), "value": "default"}
-    assert (threshold, size) == (0.5, 320)
-    assert "Knows 8 classes" in note and "trained at** 320×320" in note
 
 
 def test_upload_a_checkpoint_then_use_it(state, tmp_path):
@@ -355,10 +354,16 @@ def test_upload_a_checkpoint_then_use_it(state, tmp_path):
     shutil.copy(FIXTURE_WEIGHTS, mine)
     info, key = model.model_info(state, "default", str(mine))
     assert key.startswith("upload-") and "my_model.pth" in info
-    update, threshold, size, note = model.use_model(state, key)
+    update = model.use_model(state, key)
     assert update["value"] == key and key in [value for _, value in update["choices"]]
-    assert threshold == 0.5 and size == 640  # the fixture's own input size
+    # the picker's change event: the user's threshold stays, the size was the old model's
+    # default and follows the new one (the fixture's own 640)
+    picked, good, threshold, size, note, *_, summary = detect.switch_model(
+        state, str(IMAGE), 0.285, SIZE, key, MAX, False, False, "default"
+    )
+    assert picked == good == key and threshold == 0.285 and size == 640
     assert "Knows 80 classes" in note and "synthetic" not in note
+    assert "my_model.pth" in summary and "network input 640×640" in summary
     _, table, _, summary = detect.detect(state, str(PHOTO), 0.0494, 640, key, MAX)
     assert len(table) > 0 and "my_model.pth" in summary
 
@@ -590,10 +595,6 @@ def test_first_impression_says_what_the_model_knows(state):
     assert "knows only" not in on_example and "trained at" not in on_example
     *_, at_640 = detect.detect(state, str(IMAGE), THRESHOLD, 640, "default", MAX)
     assert "trained at 320×320 px" in at_640 and "Choose 320" in at_640
-    _, size, note = detect.model_defaults(state, "dfine_s_coco")
-    assert size == 640 and "download" in note  # a zoo model not loaded yet
-    _, size, note = detect.model_defaults(state, "default")
-    assert size == 320 and "Knows 8 classes" in note and "COCO model" in note
 
 
 def test_a_model_trained_at_256_starts_at_its_own_size(state, tmp_path):
@@ -608,7 +609,50 @@ def test_a_model_trained_at_256_starts_at_its_own_size(state, tmp_path):
     config = dataclasses.replace(dfine.build_model("n", 8).config, eval_size=(256, 256))
     path = dfine.save_model(DFINE(config, class_names=names).eval(), tmp_path / "m256.safetensors")
     loaded = state.store.add_upload(path)
-    _, size, _ = detect.model_defaults(state, loaded.entry.key)
+    size = detect.switch_model(state, None, 0.5, SIZE, loaded.entry.key, MAX)[3]
     assert size == 256 == loaded.default_size
     *_, summary = detect.detect(state, str(IMAGE), 0.0, size, loaded.entry.key, MAX)
     assert "trained at" not in summary and "network input 256×256 px" in summary
+
+
+def test_a_failed_model_switch_restores_the_picker_and_keeps_the_result(state, monkeypatch):
+    """Issue 25: a zoo model that cannot be downloaded (offline) or a name typed wrong puts
+    the picker back on the last good model with a warning; nothing else changes (no error on
+    the outputs: they stay the last good result). Switching back to the model shown does
+    nothing."""
+
+    def offline(*args, **kwargs):
+        raise ZooDownloadError("Could not download dfine_n_coco (offline).")
+
+    state.store.get(None)  # the last good model, loaded
+    monkeypatch.setattr(app_models, "_load", offline)
+    for name in ("dfine_n_coco", "no-such-model"):
+        with pytest.warns(UserWarning, match="download|Unknown model"):
+            out = detect.switch_model(
+                state, str(IMAGE), 0.285, SIZE, name, MAX, False, False, "default"
+            )
+        assert out[:2] == ("default", "default")
+        assert all(isinstance(v, dict) and v.get("__type__") == "update" for v in out[2:])
+    assert all(
+        v == gr.skip()
+        for v in detect.switch_model(
+            state, str(IMAGE), 0.285, SIZE, "default", MAX, False, False, "default"
+        )
+    )
+
+
+def test_a_new_image_never_shows_the_previous_result(state, tmp_path):
+    """Issue 25: an image put in the Detect tab shows its own result (cached) or nothing; an
+    image opened from another tab is detected; the summary names the image."""
+    *_, summary = detect.detect(state, *_shared())
+    assert f"`{IMAGE.name}`" in summary
+    fresh = tmp_path / "fresh.png"  # an image no test has detected on yet
+    Image.fromarray(load_image(SYNTH)[:, ::-1].copy()).save(fresh)
+    annotated, table, json_file, summary = detect.new_image(state, *_shared(fresh))
+    assert annotated is None and json_file is None and summary == "" and len(table) == 0
+    assert list(table.columns) == DETECTION_COLUMNS
+    *_, summary = detect.new_image(state, *_shared(IMAGE))  # cached: shown at once
+    assert f"`{IMAGE.name}`" in summary
+    *_, summary = detect.open_image(state, *_shared(fresh))
+    assert "`fresh.png`" in summary
+    assert detect.open_image(state, None, THRESHOLD, SIZE, "default", MAX)[3] == ""

@@ -25,15 +25,34 @@ def test_label_spots_never_overlap_and_run_out():
     canvas = Image.new("RGB", (200, 100))
     d = ImageDraw.Draw(canvas)
     fnt, placed = draw.font(12), []
-    box = [20.0, 40.0, 120.0, 70.0]  # the same box four times: above, inside top, below, ...
+    box = [20.0, 40.0, 120.0, 70.0]  # the same box four times: outside first (above, below)
     rects = [draw.label(d, box, (255, 0, 0), 2, ["long label", "l"], fnt, placed) for _ in range(5)]
     assert all(r is not None for r in rects[:4])
     tops = [r[1] for r in rects[:4]]
-    assert tops[0] < box[1] <= tops[1] and tops[2] == box[3]
+    assert tops[0] < box[1] and tops[1] == box[3]  # above, then below: neither hides the box
+    assert box[1] <= tops[2] < tops[3] < box[3]  # then inside, at its top and its bottom
     assert not any(draw.overlap(a, b) for i, a in enumerate(rects[:4]) for b in rects[i + 1 : 4])
     assert rects[4] is None and len(placed) == 4  # no free spot: the outline only
     red = np.all(np.asarray(canvas) == (255, 0, 0), axis=-1)
     assert red[int(rects[0][1]) + 1, int(rects[0][0]) + 1]  # the tag is filled
+
+
+def test_a_label_hides_no_other_object_when_it_can():
+    """Above its box the tag would cover a small neighbour: it goes below instead; where the
+    long text would hide an object wherever it goes, the shorter one is used."""
+    canvas = Image.new("RGB", (200, 120))
+    d = ImageDraw.Draw(canvas)
+    fnt = draw.font(12)
+    box, neighbour = [20.0, 50.0, 60.0, 80.0], [30.0, 30.0, 50.0, 46.0]
+    rect = draw.label(d, box, (255, 0, 0), 2, ["cat 0.90"], fnt, [], [neighbour, box])
+    assert rect[1] == box[3] and not draw.overlap(rect, neighbour)
+    # small boxes to the right at every spot's height: the long text hides one wherever it
+    # goes, the short one fits above, clear of them
+    crowd = [[90.0, y, 100.0, y + 10.0] for y in (37.0, 53.0, 67.0, 83.0)]
+    texts = ["a long label 0.90", "cat"]
+    rect = draw.label(d, box, (255, 0, 0), 2, texts, fnt, [], [*crowd, box])
+    assert rect[2] - rect[0] < d.textlength(texts[0], font=fnt)  # the short text
+    assert not any(draw.overlap(rect, c) for c in crowd)
 
 
 def test_plot_and_overlays_share_the_font():

@@ -19,10 +19,12 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from analysis import _style as S
 from analysis.evaluation.report import DatasetReport
+from analysis.figures import TEMPLATE, responsive
 from dfine.budget import BudgetSweep
 
-TEMPLATE = "plotly_white"
-LAYOUT = {"template": TEMPLATE, "width": 760, "height": 440, "margin": {"t": 60, "b": 60}}
+LAYOUT = {"template": TEMPLATE, "height": 460, "margin": {"t": 70, "b": 40}}
+"""No width: the figures fill their panel (:func:`analysis.figures.responsive`); a static
+export picks its own width."""
 
 
 def stage_ap_figure(report: DatasetReport) -> go.Figure | None:
@@ -59,9 +61,8 @@ def stage_ap_figure(report: DatasetReport) -> go.Figure | None:
             "tickformat": ".3f",
             "showgrid": False,
         },
-        legend={"orientation": "h", "y": -0.25},
     )
-    return fig
+    return responsive(fig)
 
 
 def stage_ap_comparison_figure(
@@ -87,7 +88,7 @@ def stage_ap_comparison_figure(
                 hovertemplate=f"{name}<br>%{{x}}: {key} %{{y:.4f}}<extra></extra>",
             )  # fmt: skip
     fig.update_layout(
-        **{**LAYOUT, "width": None},  # the app's width (this figure is not exported)
+        **LAYOUT,
         title="COCO AP of every stage: the models side by side (own scores)",
         xaxis={
             "title": "stage (encoder proposals b0 → pre-head → decoder layers)",
@@ -95,8 +96,9 @@ def stage_ap_comparison_figure(
             "categoryarray": order,
         },
         yaxis={"title": "AP (0–1)", "rangemode": "tozero"},
-        legend={"groupclick": "toggleitem"},
     )
+    fig = responsive(fig)
+    fig.update_layout(legend={"groupclick": "toggleitem"})
     return fig
 
 
@@ -132,7 +134,7 @@ def reliability_figure(report: DatasetReport) -> go.Figure | None:
         xaxis_title="σ of the edge distribution, bin mean (px)",
         yaxis_title="RMS edge error in the bin (px)",
     )
-    return fig
+    return responsive(fig)
 
 
 def coverage_figure(report: DatasetReport) -> go.Figure | None:
@@ -158,7 +160,7 @@ def coverage_figure(report: DatasetReport) -> go.Figure | None:
         xaxis_title="decoder layer",
         yaxis={"title": "share of edges (0–1)", "range": [0, 1.05]},
     )
-    return fig
+    return responsive(fig)
 
 
 def score_calibration_figure(report: DatasetReport) -> go.Figure:
@@ -182,7 +184,7 @@ def score_calibration_figure(report: DatasetReport) -> go.Figure:
         xaxis={"title": "detection score, bin mean (0–1)", "range": [0, 1]},
         yaxis={"title": "share of true positives (0–1)", "range": [0, 1.05]},
     )
-    return fig
+    return responsive(fig)
 
 
 def pr_figure(report: DatasetReport, iou: float = 0.5) -> go.Figure:
@@ -202,7 +204,7 @@ def pr_figure(report: DatasetReport, iou: float = 0.5) -> go.Figure:
         xaxis={"title": "recall (0–1)", "range": [0, 1]},
         yaxis={"title": "precision (0–1)", "range": [0, 1.05]},
     )
-    return fig
+    return responsive(fig)
 
 
 def confusion_figure(report: DatasetReport) -> go.Figure:
@@ -222,7 +224,7 @@ def confusion_figure(report: DatasetReport) -> go.Figure:
         xaxis_title="predicted class (background = missed ground truth)",
         yaxis={"title": "true class (background = false positive)", "autorange": "reversed"},
     )
-    return fig
+    return responsive(fig)
 
 
 def class_ap_figure(report: DatasetReport) -> go.Figure:
@@ -238,7 +240,7 @@ def class_ap_figure(report: DatasetReport) -> go.Figure:
         xaxis_title="class",
         yaxis={"title": "AP (0–1)", "range": [0, 1.05]},
     )
-    return fig
+    return responsive(fig)
 
 
 SHARE_COLORS = {"inside": "#9ecae1", "near_edge": "#d62728", "outside": "#bdbdbd"}
@@ -275,7 +277,7 @@ def attention_shares_figure(report: DatasetReport) -> go.Figure | None:
         yaxis={"title": "share of the attention mass (0–1)", "range": [0, 1]},
         legend={"orientation": "h", "y": -0.3},
     )
-    return fig
+    return responsive(fig)
 
 
 def attention_distance_figure(report: DatasetReport) -> go.Figure | None:
@@ -309,7 +311,7 @@ def attention_distance_figure(report: DatasetReport) -> go.Figure | None:
         yaxis={"title": "share of the mass per bin (0–1)", "rangemode": "tozero"},
         legend={"orientation": "h", "y": -0.3},
     )
-    return fig
+    return responsive(fig)
 
 
 def accuracy_latency_figure(sweep: BudgetSweep) -> go.Figure:
@@ -347,7 +349,7 @@ def accuracy_latency_figure(sweep: BudgetSweep) -> go.Figure:
         yaxis={"title": "AP (0–1)"},
         legend={"orientation": "h", "y": -0.25},
     )
-    return fig
+    return responsive(fig)
 
 
 FIGURES: dict[str, Callable[[DatasetReport], go.Figure | None]] = {
@@ -362,6 +364,21 @@ FIGURES: dict[str, Callable[[DatasetReport], go.Figure | None]] = {
     "attention_shares": attention_shares_figure,
     "attention_distance": attention_distance_figure,
 }
+
+
+LABELS: dict[str, str] = {
+    "stage_ap": "Per-stage AP (every stage as its own detector)",
+    "edge_reliability": "Edge σ vs real error (reliability)",
+    "edge_coverage": "Coverage of the ±1σ / ±2σ bands",
+    "score_calibration": "Score calibration",
+    "pr_iou50": "Precision-recall per class, IoU 0.5",
+    "pr_iou75": "Precision-recall per class, IoU 0.75",
+    "confusion": "Confusion matrix (with background)",
+    "class_ap": "AP per class",
+    "attention_shares": "Where each decoder layer's attention fell (TP vs FP)",
+    "attention_distance": "Attention mass by distance to the nearest box edge",
+}
+"""A short label of each figure of :data:`FIGURES` (the app's panel labels)."""
 
 
 def all_figures(report: DatasetReport) -> dict[str, go.Figure]:

@@ -39,6 +39,10 @@ class Controls:
     letterbox: gr.Checkbox | None = None
     show_truth: gr.Checkbox | None = None  # Detect only: draw the ground truth
     result_events: list[Any] = field(default_factory=list)
+    detect_outputs: list[Any] = field(default_factory=list)  # annotated, table, JSON, summary
+    show_input: dict[bool, Callable[..., Any]] = field(default_factory=dict)
+    """Detect's handlers for a new image: ``True``, detect on it; ``False``, show its cached
+    result or nothing (set by the Detect tab)."""
     _pending: list[tuple[Callable[..., Any], list[Any]]] = field(default_factory=list)
 
     def shared(self) -> list[gr.components.Component]:
@@ -59,6 +63,22 @@ class Controls:
             return fn(sel) if sel is not None else skip(len(outputs))
 
         self._pending.append((quietly(run, len(outputs)), outputs))
+
+    def replaced(self, listener: Callable[..., Any], *, detect: bool) -> Any:
+        """The one rule for every action that puts a new image in the Detect tab (an upload,
+        an example, a gallery thumbnail, a video frame): Detect's outputs then describe
+        that image, never the previous one. ``listener`` is the event to follow (e.g.
+        ``image.input`` or ``event.success``); ``detect``: run Detect on the new image (an
+        image opened from another tab), else show its cached result or clear the outputs
+        (the user presses Detect). The analysis tabs' pickers follow, as after Detect."""
+        event = listener(
+            self.show_input[detect],
+            inputs=[*self.shared(), self.show_truth],
+            outputs=self.detect_outputs,
+            api_visibility="private",
+        )
+        self.result_events.append(event)
+        return event
 
     def wire(self, state: AppState) -> None:
         """Attach every :meth:`after_result` callback to every result event (called by

@@ -5,6 +5,8 @@ letterbox box detects again."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,10 @@ from PIL import Image
 
 from app import tables, texts
 from app.components import raw_image
-from app.errors import user_errors
+from app.errors import to_gr_error, user_errors
 from app.examples import photo_examples, synth_examples
 from app.ground_truth import draw_truth
-from app.models import LoadedModel
+from app.models import DEFAULT_KEY, LoadedModel
 from app.paths import DEFAULT_MAX_DETECTIONS, INPUT_SIZES
 from app.state import AppState, Selection, SharedInputs
 from app.summaries import detect_summary, model_note
@@ -53,6 +55,38 @@ def redetect(
     return detect(state, *values, ground_truth, progress)
 
 
+def cleared() -> tuple[None, pd.DataFrame, None, str]:
+    """Detect's outputs with nothing in them (no result describes the image shown)."""
+    return None, tables.empty(tables.DETECTION_COLUMNS), None, ""
+
+
+@shared_inputs
+def open_image(
+    state: AppState,
+    inputs: SharedInputs,
+    ground_truth: bool = False,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+) -> DetectOutputs | tuple[Any, ...]:
+    """:func:`detect` on an image another tab opened in Detect (a gallery thumbnail, a video
+    frame); empty outputs when there is none."""
+    if inputs.image is None or not str(inputs.image).strip():
+        return cleared()
+    values = [getattr(inputs, name) for name in SHARED]
+    return detect(state, *values, ground_truth, progress)
+
+
+@user_errors
+@shared_inputs
+def new_image(
+    state: AppState, inputs: SharedInputs, ground_truth: bool = False
+) -> DetectOutputs | tuple[Any, ...]:
+    """Detect's outputs for an image the user just put in (upload, paste, webcam, an
+    example): the cached result of these inputs when there is one (the bundled examples are
+    run at start-up), else empty outputs until Detect is pressed."""
+    sel = state.cached(inputs)
+    return cleared() if sel is None else _outputs(state, sel, ground_truth)
+
+
 @user_errors
 @shared_inputs
 def refilter(
@@ -66,40 +100,73 @@ def refilter(
 
 def _outputs(state: AppState, sel: Selection, ground_truth: bool = False) -> DetectOutputs:
     dets = sel.detections
-    annotated = dets.plot() if len(dets) else Image.fromarray(sel.result.image)
     json_path = state.outputs.path(f"detections_{Path(str(sel.inputs.image)).stem}.json")
     dets.to_json(json_path)
     truth = state.examples.find(sel.digest)
     summary = detect_summary(sel, truth is not None)
+    annotated = Image.fromarray(sel.result.image)
     if ground_truth and truth is not None and truth.image_size == sel.result.image_size:
-        annotated = draw_truth(annotated, truth)
+        annotated = draw_truth(annotated, truth)  # under the detections' labels
         n = len(truth.labels)
         summary += (
             f"\n\nDashed white boxes: this image's ground truth ({n} object"
             f"{'s' if n != 1 else ''}, from {truth.file_name}'s annotations)."
         )
+    if len(dets):
+        annotated = dets.plot(annotated)
     return annotated, tables.detections(dets), str(json_path), summary
 
 
-ZOO_INPUT_SIZE = 640
-"""The input size every official checkpoint was trained at."""
+SwitchOutputs = tuple[Any, ...]
+"""Model picker, last good model, threshold, input size, model note, then Detect's outputs."""
 
 
-def model_defaults(state: AppState, model: str | None) -> tuple[float, Any, Any]:
-    """The threshold and input size that suit a model (the fixture's scores are about 0.05;
-    a model is best at the size it was trained at) and what it knows (for a zoo model not
-    loaded yet: its size and that it downloads on first use)."""
-    entry = state.store.entry(model)
-    if state.store.is_loaded(entry.key):
+@user_errors
+@shared_inputs
+def switch_model(
+    state: AppState,
+    inputs: SharedInputs,
+    ground_truth: bool = False,
+    good: str | None = None,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008
+) -> SwitchOutputs:
+    """The model picker moved from ``good`` (the last model that loaded) to
+    ``inputs.model``: load it (a zoo checkpoint downloads once) and detect again on the image
+    shown. The threshold and input size stay as the user set them; each follows the new
+    model's own default only while it still is the previous model's default. When the model
+    cannot be loaded, a warning says why and the picker goes back to ``good``: nothing else
+    changes, the last result stays whole."""
+    before = state.store.get(good or DEFAULT_KEY)
+    try:
+        entry = state.store.entry(inputs.model)  # a name typed into the picker may be unknown
+        if entry.key == before.entry.key:
+            return (gr.skip(),) * 9
+        if progress is not None and not state.store.is_loaded(entry.key):
+            progress(0.05, desc=f"Loading {entry.label}")
         loaded = state.store.get(entry.key)
-        return entry.default_threshold, loaded.default_size, model_note(loaded)
-    if entry.kind == "zoo":
-        note = (
-            f"**{entry.label}** · trained at {ZOO_INPUT_SIZE}×{ZOO_INPUT_SIZE} px; press Detect "
-            "to download and load it."
-        )
-        return entry.default_threshold, ZOO_INPUT_SIZE, note
-    return entry.default_threshold, gr.skip(), gr.skip()
+    except Exception as exc:  # shown and logged by to_gr_error; the picker is restored
+        error = to_gr_error(exc)
+        gr.Warning(error.message, title=error.title)
+        return (before.entry.key, before.entry.key, *(gr.skip(),) * 7)
+    threshold = _follow(
+        float(inputs.threshold), before.entry.default_threshold, loaded.entry.default_threshold
+    )
+    size = _follow(inputs.size, before.default_size, loaded.default_size)
+    head = (loaded.entry.key, loaded.entry.key, threshold, size, model_note(loaded))
+    if inputs.image is None or not str(inputs.image).strip():
+        return (*head, *(gr.skip(),) * 4)
+    sel = state.select(dataclasses.replace(inputs, threshold=threshold, size=size), progress)
+    return (*head, *_outputs(state, sel, ground_truth))
+
+
+def _follow(value: Any, old_default: Any, new_default: Any) -> Any:
+    """``value`` after a model switch: the new model's default when ``value`` was the old
+    model's (the user left it), else unchanged (the user chose it)."""
+    try:
+        untouched = math.isclose(float(value), float(old_default))
+    except (TypeError, ValueError):
+        untouched = False
+    return new_default if untouched else value
 
 
 def build(state: AppState, tabs: gr.Tabs) -> Controls:
@@ -172,8 +239,10 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
                 ]
                 if default.is_synthetic:  # what the default model knows comes first
                     galleries.reverse()
-                for examples, label in galleries:
+                examples_loaded = [
                     gr.Examples(examples, inputs=[image], label=label, cache_examples=False)
+                    for examples, label in galleries
+                ]
             with gr.Column(scale=1):
                 annotated = gr.Image(
                     label="Detections", interactive=False, height=420, elem_id="annotated"
@@ -186,6 +255,7 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
                     elem_id="detections-table",
                 )
                 json_file = gr.File(label="Detections JSON", height=90, elem_id="detections-json")
+        good = gr.State(default.entry.key)  # the last model that loaded: a failed switch's way back
     controls = Controls(image, threshold, size, model, max_dets, annotated, tabs)
     controls.letterbox, controls.show_truth = letterbox, show_truth
     outputs = [annotated, table, json_file, summary]
@@ -202,12 +272,17 @@ def build(state: AppState, tabs: gr.Tabs) -> Controls:
     toggled = letterbox.input(
         bind(state, redetect), inputs=inputs, outputs=outputs, api_visibility="private"
     )
-    controls.result_events += [pressed, moved, toggled]
-    model.input(
-        bind(state, model_defaults),
-        inputs=model,
-        outputs=[threshold, size, note],
+    switched = model.change(
+        bind(state, switch_model),
+        inputs=[*inputs, good],
+        outputs=[model, good, threshold, size, note, *outputs],
         api_visibility="private",
     )
+    controls.result_events += [pressed, moved, toggled, switched]
+    controls.detect_outputs = outputs
+    controls.show_input = {True: bind(state, open_image), False: bind(state, new_image)}
+    controls.replaced(image.input, detect=False)  # upload, paste, webcam, cleared
+    for examples in examples_loaded:
+        controls.replaced(examples.load_input_event.then, detect=False)
     controls.model_note = note
     return controls

@@ -32,6 +32,7 @@ from analysis.evaluation import DatasetReport, EvalSettings, evaluate_dataset
 from analysis.evaluation.errors import GALLERY_KINDS
 from analysis.evaluation.figures import (
     FIGURES,
+    LABELS,
     accuracy_latency_figure,
     stage_ap_comparison_figure,
 )
@@ -44,7 +45,6 @@ from app.results import file_digest
 from app.state import AppState
 from app.tabs.common import Controls, bind
 from app.tabs.compare import NONE_CHOICE
-from app.tabs.detect import detect
 from dfine.budget import SWEEP_IMAGES, sweep_budgets
 from dfine.data.synth import make_synthetic_dataset
 from dfine.guard import load_val
@@ -55,7 +55,6 @@ UPLOAD = "uploaded zip"
 BUNDLED_IMAGES = 24
 BUNDLED_SEED = 0
 GALLERY_PER_KIND = 6
-NUM_PLOTS = len(FIGURES)
 
 TEXT = f"""Evaluate the model on a **whole dataset** — one traced forward per image. You get the
 COCO metrics, **every stage scored as its own detector** (encoder proposals b0, pre-head,
@@ -430,7 +429,7 @@ def build(state: AppState, controls: Controls) -> None:
             source = gr.Radio([BUNDLED, UPLOAD], value=BUNDLED, label="Dataset", scale=2)
             upload = gr.File(
                 label="Dataset zip (COCO or YOLO layout)", file_types=[".zip"], scale=2,
-                height=90, elem_id="evaluate-zip",
+                height=220, min_width=240, elem_id="evaluate-zip",
             )  # fmt: skip
         with gr.Row():
             threshold = gr.Slider(
@@ -451,9 +450,13 @@ def build(state: AppState, controls: Controls) -> None:
             stages = gr.Dataframe(label="Per-stage AP", interactive=False)
             calib = gr.Dataframe(label="Edge-σ calibration per layer", interactive=False)
         plots = []
-        for i in range(0, NUM_PLOTS, 2):
-            with gr.Row():
-                plots += [gr.Plot(elem_id=f"evaluate-plot-{i + k}") for k in range(2)]
+        names = list(FIGURES)
+        for i in range(0, len(names), 2):
+            with gr.Row(equal_height=False):
+                plots += [
+                    gr.Plot(label=LABELS[name], elem_id=f"evaluate-plot-{i + k}", min_width=320)
+                    for k, name in enumerate(names[i : i + 2])
+                ]
         classes = gr.Dataframe(label="Per class", interactive=False)
         clicks = gr.State({})
         with gr.Accordion("Accuracy vs latency: decoder depth × queries", open=False):
@@ -494,14 +497,10 @@ def build(state: AppState, controls: Controls) -> None:
     )  # fmt: skip
     upload.upload(lambda _: UPLOAD, inputs=upload, outputs=source, api_visibility="private")
 
-    def annotated(*shared: Any) -> Any:
-        return bind(state, detect)(*shared)[0]
-
     opened = gallery.select(
         bind(state, open_item),
         inputs=clicks,
         outputs=[controls.image, controls.tabs],
         api_visibility="private",
-    ).success(annotated, inputs=[*controls.shared(), controls.show_truth],
-              outputs=controls.annotated, api_visibility="private")  # fmt: skip
-    controls.result_events.append(opened)  # the analysis tabs' pickers follow
+    )
+    controls.replaced(opened.success, detect=True)  # Detect describes the opened image

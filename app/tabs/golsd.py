@@ -147,12 +147,13 @@ def build(state: AppState, controls: Controls) -> None:
                 scale=4,
             )
             button = gr.Button("Show GO-LSD", variant="primary", scale=1)
-        gr.Examples(
+        examples = gr.Examples(
             synth_examples(),
             inputs=[controls.image],
             label="Annotated synthetic examples (sets the Detect tab's image)",
             cache_examples=False,
         )
+        controls.replaced(examples.load_input_event.then, detect=False)
         note = gr.Markdown(label="GO-LSD summary", elem_id="golsd-note")
         with gr.Row():
             image = gr.Image(label="Targets (white: the query's final box)", height=420)

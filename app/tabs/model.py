@@ -9,7 +9,7 @@ from app import texts
 from app.errors import user_errors
 from app.models import CHECKPOINT_SUFFIXES
 from app.state import AppState
-from app.summaries import model_markdown, model_note
+from app.summaries import model_markdown
 from app.tabs.common import Controls, bind
 from dfine import optional
 from dfine.guard import precision_costs
@@ -39,16 +39,10 @@ def model_info(
     return model_markdown(loaded), loaded.entry.key
 
 
-def use_model(state: AppState, key: str) -> tuple[dict, float, int, str]:
-    """Select model ``key`` in the Detect tab (its list now includes uploads) with the
-    threshold and input size that suit it, and say what it knows."""
-    loaded = state.store.get(key)
-    return (
-        gr.update(choices=state.store.choices(), value=key),
-        loaded.entry.default_threshold,
-        loaded.default_size,
-        model_note(loaded),
-    )
+def use_model(state: AppState, key: str) -> dict:
+    """Select model ``key`` in the Detect tab (its list now includes uploads); the picker's
+    change event (:func:`app.tabs.detect.switch_model`) does the rest, as for a pick."""
+    return gr.update(choices=state.store.choices(), value=state.store.entry(key).key)
 
 
 @user_errors
@@ -188,7 +182,7 @@ def build(state: AppState, controls: Controls) -> None:
     ).success(
         bind(state, use_model),
         inputs=key,
-        outputs=[controls.model, controls.threshold, controls.size, controls.model_note],
+        outputs=controls.model,
         api_visibility="private",
     ).success(
         bind(state, budget_controls),

@@ -49,7 +49,10 @@ def trace(
     )
     overlay = analysis.refinement_overlay(sel.result.image, ref, stage_i, class_names=names)
     fig = figures.refinement_figure(ref, 0, names)
-    fig.update_layout(title=f"Layer-by-layer box refinement · showing stage: {ref.stages[stage_i]}")
+    fig.update_layout(
+        title=f"Layer-by-layer box refinement<br>showing stage: {ref.stages[stage_i]}"
+    )
+    figures.responsive(fig)  # the longer title wrapped too
     return overlay, fig, tables.refinement(ref, picked, names)
 
 

@@ -604,13 +604,15 @@ def build(state: AppState, controls: Controls) -> VideoTab:
         api_name="video_frame_preview",
         api_visibility="private",
     )
-    open_btn.click(
+    opened = open_btn.click(
         tab.open_frame,
         inputs=[run_id, position],
         outputs=[controls.image, controls.tabs],
         api_name="video_open_frame",
         api_visibility="private",
-    ).success(
+    )
+    controls.replaced(opened.success, detect=True)  # Detect describes the opened frame
+    opened.success(
         None,
         js="() => { const b = [...document.querySelectorAll('button[role=tab]')]"
         ".find(x => x.textContent.trim() === 'Refinement'); if (b) b.click(); }",
