@@ -273,9 +273,9 @@ def test_report_holds_the_sweep_table_and_figure(tiny_val, tmp_path):
     paths = write_report(report, tmp_path / "r", static=False, budget=sweep)
     import json
 
-    data = json.loads(paths["metrics"].read_text())["budget_sweep"]
+    data = json.loads(paths.metrics.read_text())["budget_sweep"]
     assert [(p["decoder_layers"], p["num_queries"]) for p in data["points"]] == [(1, 300), (3, 300)]
-    page = paths["index"].read_text()
+    page = paths.index.read_text()
     assert "Accuracy vs latency" in page and "id='accuracy_latency'" in page
     fig = accuracy_latency_figure(sweep)
     stars = [s for t in fig.data if t.name == "torch" for s in t.marker.symbol]

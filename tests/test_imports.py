@@ -44,6 +44,7 @@ LAZY_OK = {
     "pandas",
     "plotly",
     "pycocotools",
+    "spaces",  # Hugging Face ZeroGPU (app.gpu; present only on Spaces)
     "rich",  # nncf's progress bars (dfine.quantize silences them)
     "faster_coco_eval",
     "supervision",

@@ -45,7 +45,8 @@ from app.results import file_digest
 from app.state import AppState
 from app.tabs.common import Controls, bind
 from app.tabs.compare import NONE_CHOICE
-from dfine.budget import SWEEP_IMAGES, sweep_budgets
+from dfine.argtypes import SWEEP_IMAGES
+from dfine.budget import sweep_budgets
 from dfine.data.synth import make_synthetic_dataset
 from dfine.guard import load_val
 from dfine.zoo import cache_dir

@@ -141,12 +141,14 @@ class TransformerDecoderLayer(nn.Module):
         ``record`` list, appends this layer's :class:`AttentionRecord` to it (tracing)."""
         q = k = target if query_pos is None else target + query_pos
         attn, self_weights = self.self_attn(
-            q,
-            k,
-            value=target,
-            attn_mask=attn_mask,
-            need_weights=self.exact_attention or record is not None,
+            q, k, value=target, attn_mask=attn_mask, need_weights=self.exact_attention
         )
+        if record is not None and self_weights is None:
+            # a deployed layer's fused attention returns no weights: the trace computes them
+            # aside, so its values stay exactly the plain forward's
+            _, self_weights = self.self_attn(
+                q, k, value=target, attn_mask=attn_mask, need_weights=True
+            )
         target = self.norm1(target + self.dropout1(attn))
         query = target if query_pos is None else target + query_pos
         cross, locations, weights = self.cross_attn.attend(
