@@ -88,6 +88,12 @@ def summary() -> str:
     lines += [
         f"  {p.package:<24} not installed  {p.enables} (pip install {p.package})" for p in absent
     ]
+    browser, why = _find()
+    what = "static PNG/SVG figures (dfine val --report, the app's figure download)"
+    if browser:
+        lines.append(f"  {'Chromium':<24} found          {what}: {browser}")
+    else:
+        lines.append(f"  {'Chromium':<24} not found      {what} ({why}; {INSTALL})")
     return "\n".join(lines)
 
 

@@ -68,3 +68,15 @@ def test_unset_finds_what_kaleido_would(env):
     env(None)
     found = choreographer.Chromium.find_browser(skip_local=False)
     assert optional.chromium_path() == (str(found) if found else None)
+
+
+def test_help_summary_says_whether_chromium_is_there(env, tmp_path):
+    env("none")
+    line = optional.summary().splitlines()[-1]
+    assert line.split()[:3] == ["Chromium", "not", "found"] and "apt-get install chromium" in line
+    fake = tmp_path / "chrome"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    env(str(fake))
+    line = optional.summary().splitlines()[-1]
+    assert line.split()[:2] == ["Chromium", "found"] and line.endswith(str(fake))
