@@ -27,6 +27,7 @@ from dfine.nn.decoder import DecoderTrace
 from dfine.postprocess import BatchDetections, topk_detections
 from dfine.precision import normalize_precision
 from dfine.preprocess import Letterbox, letterbox_tensor, parse_size, to_input_tensor
+from dfine.resources import demo_weights
 from dfine.sources import default_backend
 from dfine.video import MAX_PIXELS, TRACK_LOW_THRESHOLD, Tracker
 
@@ -39,7 +40,9 @@ class Detector:
 
     Args:
         weights: a checkpoint path (reference ``.pth`` or project ``.safetensors``), a zoo name,
-            a ``DFINE`` model, or (non-torch backends) an exported ``.onnx`` file.
+            a Hugging Face Hub id, a ``DFINE`` model, or (non-torch backends) an exported
+            ``.onnx`` file; ``None`` (the default): the bundled demo model, as ``dfine predict``
+            without ``--weights``.
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
             (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`. Default: from the
             weights — ``onnxruntime`` for an ``.onnx`` file, else ``torch``.
@@ -73,7 +76,7 @@ class Detector:
 
     def __init__(
         self,
-        weights: str | os.PathLike | DFINE,
+        weights: str | os.PathLike | DFINE | None = None,
         *,
         backend: str | None = None,
         threshold: float = 0.5,
@@ -89,6 +92,8 @@ class Detector:
         num_queries: int | None = None,
         **backend_options,
     ) -> None:
+        if weights is None:  # as `dfine predict` without --weights: the bundled demo model
+            weights = demo_weights()
         backend = backend or default_backend(weights)
         if family is not None:
             if backend != "torch":

@@ -217,3 +217,11 @@ def test_postprocess_threshold():
             torch.testing.assert_close(b[key], a[key][mask])
     with pytest.raises(ValueError, match="threshold"):
         dfine.postprocess(out, sizes, threshold=2)
+
+
+def test_no_weights_means_the_bundled_demo_model_as_in_the_cli():
+    from dfine.resources import demo_weights
+
+    det = dfine.Detector()
+    assert det.weights == dfine.Detector(demo_weights()).weights
+    assert Path(str(demo_weights())).name in repr(det)
