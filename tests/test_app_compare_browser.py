@@ -23,8 +23,13 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwr
 import dfine  # noqa: E402
 from app.paths import BUNDLED_WEIGHTS, SYNTH_DIR  # noqa: E402
 from app.tabs.evaluate import UPLOAD  # noqa: E402
-from tests.app_util import ablated_checkpoint, load_app_py, serve, synth_split_zip  # noqa: E402
-from tests.test_app_browser import _TEXT_BOXES  # noqa: E402
+from tests.app_util import (  # noqa: E402
+    PLOTLY_TEXT_PROBLEMS,
+    ablated_checkpoint,
+    load_app_py,
+    serve,
+    synth_split_zip,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.browser]
 
@@ -106,7 +111,7 @@ def _shot(page, name: str, shots: list[str]) -> None:
 
 
 def _layout_problems(page) -> dict:
-    return {f["id"]: f["problems"] for f in page.evaluate(_TEXT_BOXES) if f["problems"]}
+    return {f["id"]: f["problems"] for f in page.evaluate(PLOTLY_TEXT_PROBLEMS) if f["problems"]}
 
 
 def test_compare_two_models_in_refinement_distributions_and_evaluate(

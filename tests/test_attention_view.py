@@ -233,7 +233,7 @@ def test_dataset_attention_figures():
     bars = {t.name.split(" (")[0]: list(t.y) for t in fig.data}
     assert bars == {"inside": [0, 0, 0, 0], "near an edge": [1, 0, 1, 0], "outside": [0, 1, 0, 1]}
     assert list(fig.data[0].x[1]) == ["TP", "FP", "TP", "FP"]
-    assert "3 true vs 2 false positives" in fig.layout.title.text
+    assert "3 true vs 2 false positives" in fig.layout.title.text.replace("<br>", " ")
     lines = attention_distance_figure(report).data
     assert [t.name for t in lines] == ["layer 1 TP", "layer 2 TP", "layer 1 FP", "layer 2 FP"]
     assert lines[0].y[k // 3] == 1 and lines[3].y[-1] == 1

@@ -97,6 +97,10 @@ def test_split_is_exact_and_keeps_the_decoder_f32(ov_model, onnx_file):
     tail_counts = runtime_precisions(backend.stages[1])
     assert all("bf16" not in c for c in tail_counts.values()), tail_counts
     head_counts = runtime_precisions(backend.stages[0])
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip(
+            "this CPU has no bf16 units: OpenVINO runs a bf16 hint in f32 (the tail's f32 is checked)"
+        )
     assert head_counts["backbone"].get("bf16", 0) > 0, head_counts
 
 
