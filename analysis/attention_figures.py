@@ -92,8 +92,18 @@ def _image_axes(fig: go.Figure, window: Sequence[float], axis: int = 1, title: b
 def _lift_subplot_titles(fig: go.Figure) -> go.Figure:
     """Subplot titles a little higher, clear of a tick label at the image's top edge, and the
     top margin as much larger (call after ``fit_text``, which sets it)."""
-    fig.update_annotations(yshift=12, selector={"yanchor": "bottom", "xref": "paper"})
-    fig.update_layout(margin={"t": fig.layout.margin.t + 14})
+    subplot = {"yanchor": "bottom", "xref": "paper"}
+    fig.update_annotations(yshift=12, selector=subplot)
+    title_lines = 1 + (fig.layout.title.text or "").count("<br>")
+    sub_lines = max(
+        (1 + (a.text or "").count("<br>") for a in fig.select_annotations(selector=subplot)),
+        default=0,
+    )
+    # plotly puts the title's first baseline at the middle of the top margin and the further
+    # lines below it: the margin's lower half holds those lines (about 19 px each), the lifted
+    # subplot titles (about 18 px a line, 12 px lift) and a gap
+    need = 2 * (19 * (title_lines - 1) + 18 * sub_lines + 12 + 16) + 24
+    fig.update_layout(margin={"t": max(fig.layout.margin.t + 14, need)})
     return fig
 
 
