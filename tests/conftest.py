@@ -27,11 +27,12 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _numerics_as_recorded():
     """Every test starts with the numerics the reference fixtures were recorded with (2
-    threads, PyTorch's default kernels): a benchmark's thread count or a training run's
-    deterministic kernels from an earlier test in the same worker must not reorder the
-    near-tied queries of a parity test."""
+    threads, PyTorch's default kernels, denormals kept): a benchmark's thread count, a
+    training run's deterministic kernels or a runtime's flush-to-zero from an earlier test in
+    the same worker must not reorder the near-tied queries of a parity test."""
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(False)
+    torch.set_flush_denormal(False)  # a runtime (OpenVINO's CPU plugin) may have set FTZ/DAZ
     yield
 
 
