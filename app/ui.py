@@ -68,6 +68,23 @@ JS = """
     const t = e.target;
     if (e.key === "Enter" && t instanceof HTMLInputElement && t.type === "number") t.blur();
   });
+  // plotly resizes a figure on the window's resize event, but skips figures in hidden tabs:
+  // a window resized while a tab was hidden left its figures at the old width. Whenever a
+  // tab panel changes size (it is shown, or the window changes), the figures now in view
+  // are told to fit it.
+  let pending = null;
+  const fit = new ResizeObserver(() => {
+    clearTimeout(pending);
+    pending = setTimeout(() => window.dispatchEvent(new Event("resize")), 50);
+  });
+  const watch = () => {
+    for (const panel of document.querySelectorAll(".tabitem:not([data-dfine-fit])")) {
+      panel.dataset.dfineFit = "1";
+      fit.observe(panel);
+    }
+  };
+  watch();
+  new MutationObserver(watch).observe(document.body, { childList: true, subtree: true });
 }
 """
 
