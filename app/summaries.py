@@ -17,7 +17,7 @@ from app.models import LoadedModel
 from app.paths import FIXTURE_BANNER
 from dfine import draw as drawing
 from dfine import zoo
-from dfine.config import ABLATION_NOTES
+from dfine.config import ABLATION_NOTES, FAMILY_NOTES
 from dfine.detections import Detections
 
 if TYPE_CHECKING:
@@ -211,6 +211,7 @@ def model_markdown(loaded: LoadedModel) -> str:
         ("Model", loaded.entry.label),
         ("Key (the API's model value)", f"`{loaded.entry.key}`"),
         ("Architecture", f"D-FINE-{cfg.size.upper()}, {decoder.num_layers} decoder layers"),
+        ("Family", f"`{cfg.family}`: {FAMILY_NOTES[cfg.family]}"),
         ("Parameters", f"{loaded.num_parameters / 1e6:.2f} M ({loaded.num_parameters:,})"),
         ("Input size", f"{w}×{h} px (the model's own; any multiple of 32 works)"),
         ("FDR", f"reg_max = {decoder.reg_max}, so {decoder.reg_max + 1} bins per edge")
