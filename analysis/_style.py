@@ -34,7 +34,7 @@ BIN_AXIS = "bin index n (unitless)"
 
 def edge_axis(edge: str, pixel_space: str = "original image") -> str:
     unit = "px" if pixel_space == "original image" else f"px of the {pixel_space}"
-    return f"{edge} edge offset ({unit}, + = outward)"
+    return f"{edge} edge offset<br>({unit}, + = outward)"
 
 
 def kl_axis(temperature: float) -> str:

@@ -115,7 +115,7 @@ def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
                     sub_lines = max(sub_lines, 1 + ann.text.count("<br>"))
             else:  # a note (11 px type: 1.4 times a title's characters per line)
                 ann.text = wrap(ann.text, int(min(width_chars, TITLE_CHARS) * 1.4))
-                if ann.y is not None and ann.y < 0:
+                if ann.y is not None and (ann.y < 0 or (ann.yshift or 0) < 0):  # under the plots
                     note_lines = max(note_lines, 1 + ann.text.count("<br>"))
     title = fig.layout.title.text
     if title:
@@ -123,8 +123,9 @@ def fit_text(fig: go.Figure, width_chars: int = 70) -> go.Figure:
         fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left"})
     lines = 1 + (title or "").count("<br>")
     fig.update_layout(margin={"t": 56 + 22 * lines + 16 * max(sub_lines - 1, 0)})
-    if note_lines:
-        fig.update_layout(margin={"b": 70 + 16 * note_lines})
+    if note_lines:  # under the x axis titles, however many lines they have
+        x_lines = [1 + (a.title.text or "").count("<br>") for a in fig.select_xaxes()]
+        fig.update_layout(margin={"b": 80 + 16 * note_lines + 18 * (max(x_lines) - 1)})
     fig.update_yaxes(title_standoff=6, automargin=True)
     fig.update_xaxes(automargin=True)
     return responsive(fig, width_chars)
@@ -153,13 +154,15 @@ def mass_range(x: np.ndarray, probs: np.ndarray, mass: float = 0.999) -> list[fl
     return [max(left - margin, float(bounds[0])), min(right + margin, float(bounds[-1]))]
 
 
-def _note(fig: go.Figure, text: str, y: float = -0.12) -> None:
+def _note(fig: go.Figure, text: str, y: float = -0.12, yshift: float = 0) -> None:
+    """A grey note under the plots: at ``y`` (paper units), moved ``yshift`` px."""
     fig.add_annotation(
         text=text,
         xref="paper",
         yref="paper",
         x=0,
         y=y,
+        yshift=yshift,
         showarrow=False,
         xanchor="left",
         yanchor="top",
@@ -272,7 +275,7 @@ def distribution_figure(
         raise InvalidArgumentError(f"x_range must be 'mass' or 'full', got {x_range!r}")
     num_layers = dist.num_layers
     titles = [
-        f"{layer} · {edge}: E={dist.expected_px[li, e]:+.1f} px, σ={dist.std_px[li, e]:.1f} px"
+        f"{layer} · {edge}<br>E={dist.expected_px[li, e]:+.1f} px, σ={dist.std_px[li, e]:.1f} px"
         for li, layer in enumerate(dist.layers)
         for e, edge in enumerate(EDGES)
     ]
@@ -300,7 +303,7 @@ def distribution_figure(
         if x_range == "mass"
         else "x range: the full W(n) range"
     )
-    _note(fig, f"{S.BAR_NOTE}; {shown}", y=-0.1)
+    _note(fig, f"{S.BAR_NOTE}; {shown}", y=0, yshift=-80)  # under ticks and 2-line x titles
     fig.update_layout(
         template=TEMPLATE,
         height=230 * num_layers + 160,

@@ -58,6 +58,12 @@ CSS = """
 .gradio-dataframe .virtual-table-viewport { scrollbar-width: auto; scrollbar-color: #8a94a0 #eceff3; }
 /* a phone: every row's items one under the other, each the page's width */
 @media (max-width: 640px) { .row { flex-direction: column; } .row > * { min-width: 0 !important; } }
+/* a phone: a figure keeps the width its panels and titles need and its panel scrolls sideways,
+   as a wide table does (plotly cannot reflow a grid of subplots) */
+@media (max-width: 640px) {
+  .block:has(.js-plotly-plot) { overflow-x: auto !important; }
+  .js-plotly-plot { min-width: 800px; }
+}
 """
 
 JS = """
