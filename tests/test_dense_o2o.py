@@ -77,6 +77,12 @@ def box_mask(boxes: torch.Tensor, shape: tuple[int, int], grow: float = 0.0) -> 
     return mask
 
 
+def extent(mask: torch.Tensor) -> torch.Tensor:
+    """XYXY pixel-edge bounds of the true pixels of ``mask``."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+
+
 # ---------------------------------------------------------------------- mosaic
 def test_mosaic_pastes_four_tiles_and_shifts_their_boxes():
     source = ColorBoxes()
@@ -90,10 +96,15 @@ def test_mosaic_pastes_four_tiles_and_shifts_their_boxes():
     assert tuple(boxes.canvas_size) == (300, 266)
     assert len(boxes) == len(target["labels"]) == len(target["area"]) == 12
     assert target["image_id"] == 0 and target["labels"][:3].tolist() == [0, 1, 2]
-    for box, label in zip(boxes, target["labels"].tolist()):
+    corners = [(0, 0), (133, 0), (0, 150), (133, 150)]  # tile i's top-left in the canvas
+    for k, (box, label) in enumerate(zip(boxes, target["labels"].tolist())):
         x1, y1, x2, y2 = (round(v) for v in box.tolist())
         inside = image[:, y1 + 2 : y2 - 2, x1 + 2 : x2 - 2]
         assert color_mask(inside, label).all(), (label, box)
+        near = color_mask(image, label) & box_mask(box[None], image.shape[-2:], grow=2)
+        torch.testing.assert_close(extent(near), box, atol=1.5, rtol=0)
+        x0, y0 = corners[k // 3]  # each tile holds three boxes
+        assert x0 <= x1 < x0 + 133 and y0 <= y1 < y0 + 150, (label, box)
     assert (image[:, 150:, 133 + 127 :] == 0).all()  # right of the last tile: the zero canvas
 
 
@@ -120,6 +131,8 @@ def test_mosaic_boxes_follow_the_content_under_deims_affine(seed):
             area = colored[int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)]
             # a rectangle turned by <= 10° fills >= 64% of its enclosing box
             assert area.float().mean() > 0.55, (label, box)
+            near = colored & box_mask(box[None], (height, width), grow=3)
+            torch.testing.assert_close(extent(near), box, atol=2.5, rtol=0)  # and touches it
 
 
 def test_dense_o2o_compose_stages():
