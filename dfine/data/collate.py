@@ -8,6 +8,11 @@ Targets hold normalised boxes, so they need no change. ``random`` is seeded per
 ``DataLoader`` worker by PyTorch (collation runs in the workers), so a seeded loader draws
 the same sizes every run; with ``num_workers=0`` the main process's ``random`` is used.
 
+With a :class:`dfine.data.policy.DenseO2OPolicy` it first mixes the batch as DEIM's
+``BatchImageCollateFunction`` does (:func:`mixup_batch`): on every batch one
+``random.random()`` draw; below ``mixup_prob`` and inside the mixup window a ratio
+``beta = round(random.uniform(*mixup_ratio), 6)``; then the multi-scale size as before.
+
 ``build_dataloader`` builds a ``DataLoader`` whose ``set_epoch(epoch)`` reaches the
 sampler (shuffle order), the dataset's transforms (stop-epoch policy), the collate
 function (multi-scale stop) and the worker seeds, so that an epoch's data depends only on
@@ -26,9 +31,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
+from dfine.data.policy import DenseO2OPolicy
+from dfine.data.transforms import PER_BOX_FIELDS
 from dfine.errors import InvalidArgumentError
 
-__all__ = ["BatchImageCollate", "DataLoader", "build_dataloader", "generate_scales"]
+__all__ = ["BatchImageCollate", "DataLoader", "build_dataloader", "generate_scales", "mixup_batch"]
 
 
 def generate_scales(base_size: int, base_size_repeat: int) -> list[int]:
@@ -46,6 +53,40 @@ def generate_scales(base_size: int, base_size_repeat: int) -> list[int]:
     )
 
 
+def mixup_batch(
+    images: torch.Tensor, targets: Sequence[dict[str, Any]], beta: float
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """DEIM's batch mixup: image ``i`` becomes ``beta·x_i + (1 - beta)·x_{i-1}`` (``x_{-1}``
+    is the last image; a batch of one is mixed with itself, as in DEIM).
+
+    Args:
+        images: float ``[B, 3, H, W]``.
+        targets: ``B`` dicts with normalised ``boxes [N_i, 4]`` and per-box fields.
+        beta: the weight of each image's own pixels.
+
+    Returns:
+        ``(mixed [B, 3, H, W], new targets)``: target ``i`` holds the boxes of image ``i``
+        then of image ``i - 1``, with ``labels``, ``area`` and ``iscrowd`` concatenated the
+        same way (DEIM concatenates boxes, labels and area), and ``mixup`` float32
+        ``[N_i + N_{i-1}]``: ``beta`` for its own boxes, ``1 - beta`` for the other image's.
+        DEIM's criterion (``DEIMCriterion``, its matcher and denoising) reads only
+        ``labels`` and ``boxes``; ``mixup`` is attached and never read there. The inputs
+        are not modified.
+    """
+    mixed = images.roll(shifts=1, dims=0).mul_(1.0 - beta).add_(images.mul(beta))
+    merged = []
+    for i, target in enumerate(targets):
+        other = targets[i - 1]
+        new = dict(target)
+        for key in ("boxes", *PER_BOX_FIELDS):
+            if key in target and key in other:
+                new[key] = torch.cat([target[key], other[key]])
+        own, theirs = len(target["boxes"]), len(other["boxes"])
+        new["mixup"] = torch.tensor([beta] * own + [1.0 - beta] * theirs, dtype=torch.float32)
+        merged.append(new)
+    return mixed, merged
+
+
 class BatchImageCollate:
     """Collate ``(image [3, S, S], target)`` items into ``(images [B, 3, s, s], targets)``.
 
@@ -53,8 +94,10 @@ class BatchImageCollate:
         base_size: the training size ``S``.
         base_size_repeat: weight of ``S`` in the scale list; ``None`` turns multi-scale off
             (the reference's D-FINE-N recipes; S uses 20, M 6, L 4, X 3).
-        stop_epoch: from this epoch on, no resizing (``None``: never stops).
+        stop_epoch: from this epoch on, no resizing and no mixup (``None``: never stops).
         mode: ``F.interpolate`` mode, ``"nearest"`` as the reference.
+        policy: DEIM's Dense O2O policy, for its batch mixup (``None``: no mixup, and no
+            draw from ``random`` for it).
     """
 
     def __init__(
@@ -63,6 +106,7 @@ class BatchImageCollate:
         base_size_repeat: int | None = 3,
         stop_epoch: int | None = None,
         mode: str = "nearest",
+        policy: DenseO2OPolicy | None = None,
     ) -> None:
         self.base_size = base_size
         self.base_size_repeat = base_size_repeat
@@ -71,6 +115,7 @@ class BatchImageCollate:
         )
         self.stop_epoch = stop_epoch
         self.mode = mode
+        self.policy = policy
         self.epoch = -1
 
     def set_epoch(self, epoch: int) -> None:
@@ -80,6 +125,20 @@ class BatchImageCollate:
     def multi_scale(self) -> bool:
         """Whether batches are resized at the current epoch."""
         return self.scales is not None and (self.stop_epoch is None or self.epoch < self.stop_epoch)
+
+    @property
+    def mixup_window(self) -> bool:
+        """Whether a batch may be mixed at the current epoch."""
+        return self.policy is not None and self.policy.mixup_on(self.epoch, self.stop_epoch)
+
+    def _mixup(self, images: torch.Tensor, targets: list) -> tuple[torch.Tensor, list]:
+        """DEIM's draws, in its order: the chance on every batch, then the ratio."""
+        if self.policy is None:
+            return images, targets
+        if random.random() < self.policy.mixup_prob and self.mixup_window:
+            beta = round(random.uniform(*self.policy.mixup_ratio), 6)
+            return mixup_batch(images, targets, beta)
+        return images, targets
 
     def __call__(
         self, items: Sequence[tuple[torch.Tensor, dict[str, Any]]]
@@ -92,6 +151,7 @@ class BatchImageCollate:
             )
         images = torch.stack([image.as_subclass(torch.Tensor) for image, _ in items])
         targets = [target for _, target in items]
+        images, targets = self._mixup(images, targets)
         if self.multi_scale:
             size = random.choice(self.scales)
             if size != images.shape[-1] or size != images.shape[-2]:
@@ -101,7 +161,8 @@ class BatchImageCollate:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(base_size={self.base_size}, "
-            f"base_size_repeat={self.base_size_repeat}, stop_epoch={self.stop_epoch})"
+            f"base_size_repeat={self.base_size_repeat}, stop_epoch={self.stop_epoch}, "
+            f"policy={self.policy})"
         )
 
 

@@ -21,6 +21,7 @@ from dfine.data import (
     BatchImageCollate,
     CocoDetection,
     build_dataloader,
+    build_dense_o2o_transforms,
     build_train_transforms,
     build_val_transforms,
 )
@@ -81,20 +82,25 @@ def category_mapping(recipe: Recipe) -> str:
 
 
 def build_dataset(split: Split, recipe: Recipe, train: bool, num_classes: int | None = None):
-    """A :class:`dfine.data.CocoDetection` with the recipe's transforms."""
+    """A :class:`dfine.data.CocoDetection` with the recipe's transforms (for training with a
+    ``data_policy``: DEIM's, whose mosaic draws from this dataset)."""
     size = recipe.input_size
-    transforms = (
-        build_train_transforms(size, stop_epoch=recipe.stop_epoch)
-        if train
-        else build_val_transforms(size)
-    )
-    return CocoDetection(
+    policy = recipe.data_policy if train else None
+    transforms = None  # with a policy: set below, once the mosaic's dataset exists
+    if not train:
+        transforms = build_val_transforms(size)
+    elif policy is None:
+        transforms = build_train_transforms(size, stop_epoch=recipe.stop_epoch)
+    dataset = CocoDetection(
         split.images,
         split.annotations,
         transforms=transforms,
         category_mapping=category_mapping(recipe),
         num_classes=num_classes if num_classes is not None else recipe.num_classes,
     )
+    if policy is not None:
+        dataset.transforms = build_dense_o2o_transforms(dataset, policy, size, recipe.stop_epoch)
+    return dataset
 
 
 def per_rank_batch(total: int) -> int:
@@ -119,6 +125,7 @@ def build_loaders(
         base_size=recipe.input_size,
         base_size_repeat=recipe.base_size_repeat,
         stop_epoch=recipe.stop_epoch,
+        policy=recipe.data_policy,
     )
     train_loader = build_dataloader(
         train_ds,

@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from dfine.data.policy import DenseO2OPolicy
 from dfine.errors import InvalidArgumentError
 
 # The reference's parameter-group regexes, verbatim. Note the operator precedence in
@@ -64,6 +65,7 @@ class Recipe:
     num_workers: int = 4
     input_size: int = 640  # train base size and eval size (square)
     base_size_repeat: int | None = 3  # multi-scale: how often the base size is drawn; None: off
+    data_policy: DenseO2OPolicy | None = None  # DEIM's mosaic + mixup windows; None: D-FINE's
     ema: bool = True
     ema_decay: float = 0.9999
     ema_warmups: int = 1000
@@ -95,6 +97,7 @@ class Recipe:
         d["param_groups"] = [dataclasses.asdict(g) for g in self.param_groups]
         d["betas"] = list(self.betas)
         d["lr_milestones"] = list(self.lr_milestones)
+        d["data_policy"] = self.data_policy.to_dict() if self.data_policy else None
         return d
 
     @classmethod
@@ -105,6 +108,8 @@ class Recipe:
         kw["param_groups"] = tuple(ParamGroup(**g) for g in kw.get("param_groups", ()))
         kw["betas"] = tuple(kw.get("betas", (0.9, 0.999)))
         kw["lr_milestones"] = tuple(kw.get("lr_milestones", (500,)))
+        if kw.get("data_policy") is not None:
+            kw["data_policy"] = DenseO2OPolicy.from_dict(kw["data_policy"])
         return cls(**kw)
 
 
