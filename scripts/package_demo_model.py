@@ -6,7 +6,12 @@ measured training time) and writes ``assets/dfine_n_synth.safetensors``. No pick
 weights and the metadata stay in safetensors.
 
     python scripts/package_demo_model.py --run runs/synth --data data/synth \\
-        --command "dfine train --recipe synth ..." [--out assets/dfine_n_synth.safetensors]
+        --command "dfine train --recipe synth ..." [--out assets/dfine_n_synth.safetensors] \\
+        [--tuned-from assets/previous.safetensors]
+
+A run that started from an earlier model (``--tune-from``) records that model's own
+metadata under ``tuned_from`` (its data, command, time, metrics), and the total training
+time of both.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path, help="the synthetic dataset used")
     parser.add_argument("--command", required=True, help="the training command, for the card")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--tuned-from",
+        type=Path,
+        help="the model the run started from (its --tune-from): its own training is recorded",
+    )
     args = parser.parse_args()
 
     _, meta = read_checkpoint(args.run / "best.safetensors")
@@ -74,6 +84,14 @@ def main() -> None:
             "torch": torch.__version__,
         },
     }
+    if args.tuned_from is not None:
+        _, before = read_checkpoint(args.tuned_from)
+        keep = ("recipe", "epoch", "metrics", "dataset", "command", "training", "tuned_from")
+        extra["tuned_from"] = {k: before[k] for k in keep if k in before}
+        previous = before.get("training", {}).get("train_seconds", 0.0)
+        extra["training"]["total_train_seconds"] = round(
+            extra["training"]["train_seconds"] + previous, 1
+        )
     path = save_model(model, args.out, metadata=extra)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(extra, indent=2)[:2000])
