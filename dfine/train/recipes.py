@@ -298,10 +298,11 @@ def _deim(
 
 
 def _deim_coco() -> list[Recipe]:
-    # DEIM's Dense O2O data policy (not part of a Recipe here; see the note of each line):
-    # Mosaic (prob 0.5) + RandomPhotometricDistort/ZoomOut/IoUCrop on between the first two
-    # policy epochs, then no Mosaic, then no strong augmentation from the last one (= stop
-    # epoch); MixUp (prob 0.5) on between the mixup epochs.
+    # DEIM's Dense O2O data policy (configs/base/deim.yml; not part of a Recipe here), policy
+    # epochs [e0, e1, e2] per line: before e0 no strong augmentation (PhotometricDistort,
+    # ZoomOut, IoUCrop, Mosaic off); in [e0, e1) Mosaic (output 320, prob 0.5; a mosaic sample
+    # skips ZoomOut/IoUCrop) plus the others; in [e1, e2) the others without Mosaic; from e2
+    # (= stop epoch: multi-scale off too) none. MixUp (prob 0.5) in [mixup0, mixup1).
     s_m = (DEIM_BACKBONE_NON_BN, DEIM_ALL_NORM)
     return [
         # policy epochs [4, 78, 148], mixup epochs [4, 78]
