@@ -141,6 +141,23 @@ def test_obj2coco_schedule_has_no_warm_up():
     assert all(step == ours[0] for step in ours)
 
 
+def test_schedule_resumes_where_it_stopped():
+    def fresh():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        return opt, build_schedule(opt, get_recipe("deim_s"), iters_per_epoch=20)
+
+    opt, schedule = fresh()
+    for _ in range(1700):  # into the cosine decay (flat until 64 x 20 = 1280)
+        schedule.step_iter()
+    state = json.loads(json.dumps(schedule.state_dict()))
+    opt2, resumed = fresh()
+    resumed.load_state_dict(state)
+    resumed.step_iter()
+    schedule.step_iter()
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert 0.05 < opt.param_groups[0]["lr"] < 0.1
+
+
 # ------------------------------------------------------------------------------- step parity
 @pytest.fixture(scope="module")
 def recorded_steps():
