@@ -30,7 +30,7 @@ class DFINE(nn.Module):
         # registration order = state-dict order of the reference: backbone, decoder, encoder
         self.backbone = HGNetv2(cfg.backbone)
         self.decoder = DFINEDecoder(cfg.decoder, cfg.eval_size)
-        self.encoder = HybridEncoder(cfg.encoder)
+        self.encoder = HybridEncoder(cfg.encoder, shortcut_first=cfg.family == "deim")
         self.deployed = False
 
     @property

@@ -5,6 +5,8 @@ the first layer's traditional head, ``_enc_0`` the encoder's top-k, ``_dn_i`` / 
 the denoising groups):
 
 - ``loss_vfl``: varifocal classification loss, IoU-aware targets.
+- ``loss_mal``: DEIM's Matchability-Aware Loss (instead of ``loss_vfl`` in DEIM's criterion):
+  targets ``IoU^gamma``, positives weighted 1, negatives ``p^gamma``.
 - ``loss_bbox`` / ``loss_giou``: L1 and GIoU on matched boxes.
 - ``loss_fgl``: Fine-Grained Localization loss — cross-entropy on the two bins around each
   edge's target offset, interpolated, weighted by the box IoU.
@@ -20,6 +22,12 @@ with ``golsd=False`` drops GO-LSD — no ``loss_ddf`` and each output set traine
 matching instead of the union; a model without distributions (``ablation="fdr"``) has no
 ``pred_corners``, so only VFL, L1 and GIoU remain (RT-DETR's loss). :func:`build_criterion`
 sets the switch from the model's config.
+
+DEIM (``engine/deim/deim_criterion.py``, ``configs/base/deim.yml``) trains the same outputs
+with ``losses=("mal", "boxes", "local")``, MAL's ``gamma`` 1.5, weights
+:data:`DEIM_WEIGHTS` and the same matcher; its only other difference is that a student identical
+to its teacher (the last denoising layer) gets no ``loss_ddf`` term at all, where D-FINE adds a
+zero (``zero_identical_ddf``). ``build_criterion(model, loss="deim")`` builds it.
 
 The functions below are the single implementation; ``analysis/`` calls them too.
 """
@@ -45,6 +53,15 @@ DEFAULT_WEIGHTS = {
     "loss_fgl": 0.15,
     "loss_ddf": 1.5,
 }
+DEIM_WEIGHTS = {
+    "loss_mal": 1.0,
+    "loss_bbox": 5.0,
+    "loss_giou": 2.0,
+    "loss_fgl": 0.15,
+    "loss_ddf": 1.5,
+}
+LOSS_KINDS = ("dfine", "deim")
+"""Criteria :func:`build_criterion` builds: D-FINE's (VFL) and DEIM's (MAL)."""
 
 
 # ----------------------------------------------------------------------------- matching helpers
@@ -107,6 +124,32 @@ def varifocal_loss(
     target = score.unsqueeze(-1) * onehot
     pred = F.sigmoid(logits).detach()
     weight = alpha * pred.pow(gamma) * (1 - onehot) + target
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
+    return loss.mean(1).sum() * logits.shape[1] / num_boxes
+
+
+def matchability_aware_loss(
+    logits: torch.Tensor,
+    target_classes: torch.Tensor,
+    ious: torch.Tensor,
+    idx: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    gamma: float,
+    num_boxes: float,
+    alpha: float | None = None,
+) -> torch.Tensor:
+    """DEIM's MAL. ``logits [B, Q, C]``; ``target_classes [M]`` and ``ious [M]`` of the matched
+    queries at ``idx``. Positives are pushed to ``IoU^gamma`` with weight 1, negatives down with
+    weight ``p^gamma`` (times ``alpha`` when given: DEIM's ``mal_alpha``, unset in its configs)."""
+    classes = torch.full(logits.shape[:2], num_classes, dtype=torch.int64, device=logits.device)
+    classes[idx] = target_classes
+    onehot = F.one_hot(classes, num_classes=num_classes + 1)[..., :-1]
+    score = torch.zeros_like(classes, dtype=logits.dtype)
+    score[idx] = ious.to(score.dtype)
+    target = (score.unsqueeze(-1) * onehot).pow(gamma)
+    pred = F.sigmoid(logits).detach()
+    negative = pred.pow(gamma) * (1 - onehot)
+    weight = (negative if alpha is None else alpha * negative) + onehot
     loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
     return loss.mean(1).sum() * logits.shape[1] / num_boxes
 
@@ -236,6 +279,10 @@ class DFINECriterion(nn.Module):
     zeroed (the reference zeroes NaN terms; the trainer reports them). ``golsd=False`` turns
     GO-LSD off: no DDF self-distillation, and box/FGL losses of every output set on that set's
     own Hungarian matching (normalised by the target count) instead of the union of matches.
+
+    ``losses`` holds ``vfl`` (D-FINE) or ``mal`` (DEIM; ``gamma`` is then MAL's, ``mal_alpha``
+    its optional negative weight), ``boxes`` and ``local``; ``zero_identical_ddf=False`` drops
+    the ``loss_ddf`` term of a student identical to its teacher instead of adding a zero (DEIM).
     """
 
     def __init__(
@@ -249,9 +296,18 @@ class DFINECriterion(nn.Module):
         reg_max: int = 32,
         temperature: float = 5.0,
         golsd: bool = True,
+        mal_alpha: float | None = None,
+        zero_identical_ddf: bool = True,
     ) -> None:
         super().__init__()
+        unknown = set(losses) - {"vfl", "mal", "boxes", "local"}
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown loss {sorted(unknown)}; choose from vfl, mal, boxes, local"
+            )
         self.golsd = golsd
+        self.mal_alpha = mal_alpha
+        self.zero_identical_ddf = zero_identical_ddf
         self.matcher = matcher
         self.num_classes = num_classes
         self.weight_dict = dict(DEFAULT_WEIGHTS if weight_dict is None else weight_dict)
@@ -289,6 +345,21 @@ class DFINECriterion(nn.Module):
                 self.gamma,
                 num_cls,
             )
+        if "mal" in self.losses:
+            idx = src_permutation(cls_indices)
+            ious = matched_ious(
+                out["pred_boxes"][idx], matched_targets(targets, cls_indices, "boxes")
+            )
+            terms["loss_mal"] = matchability_aware_loss(
+                out["pred_logits"],
+                matched_targets(targets, cls_indices, "labels"),
+                ious.detach(),
+                idx,
+                self.num_classes,
+                self.gamma,
+                num_cls,
+                self.mal_alpha,
+            )
         idx = src_permutation(box_indices)
         src = out["pred_boxes"][idx]
         tgt = matched_targets(targets, box_indices, "boxes")
@@ -319,7 +390,7 @@ class DFINECriterion(nn.Module):
         edge_weight = ious.unsqueeze(-1).repeat(1, 1, 4).reshape(-1).detach()
         corners = out["pred_corners"][idx].reshape(-1, self.reg_max + 1)
         terms["loss_fgl"] = fgl_loss(corners, bins, w_right, w_left, edge_weight, num_box)
-        if self.golsd and "teacher_corners" in out:
+        if self.golsd and "teacher_corners" in out and self._distils(out):
             balance = cache.get("ddf_balance") if is_dn else None
             terms["loss_ddf"], *_, balance = ddf_terms(
                 out, idx, ious, self.reg_max, self.temperature, balance
@@ -327,6 +398,13 @@ class DFINECriterion(nn.Module):
             if not is_dn:
                 cache["ddf_balance"] = balance
         return terms
+
+    def _distils(self, out: dict) -> bool:
+        """Whether ``out`` gets a ``loss_ddf`` term: always in D-FINE (zero for the teacher
+        itself), only for a student that differs from its teacher in DEIM."""
+        if self.zero_identical_ddf:
+            return True
+        return not torch.equal(out["pred_corners"], out["teacher_corners"])
 
     def _weighted(self, terms: dict[str, torch.Tensor], suffix: str) -> dict[str, torch.Tensor]:
         return {
@@ -445,19 +523,39 @@ def _global_mean_count(count: int, device: torch.device) -> float:
 
 
 def build_criterion(
-    model: nn.Module | None = None, num_classes: int | None = None, **overrides
+    model: nn.Module | None = None,
+    num_classes: int | None = None,
+    loss: str | None = None,
+    **overrides,
 ) -> DFINECriterion:
-    """The reference criterion configuration (weights vfl 1, bbox 5, giou 2, fgl 0.15, ddf 1.5;
-    alpha 0.75, gamma 2; matcher class 2, bbox 5, giou 2, alpha 0.25, gamma 2).
+    """The reference criterion configuration of ``loss`` (see :data:`LOSS_KINDS`; default: the
+    model's family, else ``dfine``).
 
-    GO-LSD is on unless the model's config has ``ablation`` ``golsd`` or ``fdr`` (an explicit
-    ``golsd=`` override wins)."""
+    - ``dfine``: weights vfl 1, bbox 5, giou 2, fgl 0.15, ddf 1.5; VFL alpha 0.75, gamma 2;
+    - ``deim`` (``configs/base/deim.yml``): weights mal 1, bbox 5, giou 2, fgl 0.15, ddf 1.5;
+      MAL gamma 1.5; no ``loss_ddf`` term for the teacher layer itself.
+
+    Both match with class 2, bbox 5, giou 2, focal alpha 0.25, gamma 2. GO-LSD is on unless the
+    model's config has ``ablation`` ``golsd`` or ``fdr`` (an explicit ``golsd=`` override
+    wins)."""
     if num_classes is None:
         if model is None:
             raise InvalidArgumentError("build_criterion needs a model or num_classes")
         num_classes = model.num_classes
+    if loss is None:
+        loss = model.config.family if model is not None else "dfine"
+    if loss not in LOSS_KINDS:
+        raise InvalidArgumentError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_KINDS)}")
     reg_max = model.config.decoder.reg_max if model is not None else 32
     if model is not None and "golsd" not in overrides:
         overrides["golsd"] = model.config.decoder.ablation == "none"
+    if loss == "deim":
+        deim = {
+            "weight_dict": DEIM_WEIGHTS,
+            "losses": ("mal", "boxes", "local"),
+            "gamma": 1.5,
+            "zero_identical_ddf": False,
+        }
+        overrides = {**deim, **overrides}
     matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2.0)
     return DFINECriterion(matcher, num_classes, reg_max=reg_max, **overrides)

@@ -91,12 +91,20 @@ class VGGBlock(nn.Module):
 
 
 class CSPLayer(nn.Module):
-    """Two pointwise branches; one goes through ``num_blocks`` VGG blocks; summed."""
+    """Two pointwise branches; one goes through ``num_blocks`` VGG blocks; summed.
+    ``shortcut_first``: compute the plain branch first (DEIM's order; same outputs, gradients
+    accumulated in DEIM's order)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, num_blocks: int = 3, act: str = "silu"
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_blocks: int = 3,
+        act: str = "silu",
+        shortcut_first: bool = False,
     ) -> None:
         super().__init__()
+        self.shortcut_first = shortcut_first
         self.conv1 = ConvNorm(in_channels, out_channels, 1, 1, act=act)
         self.conv2 = ConvNorm(in_channels, out_channels, 1, 1, act=act)
         self.bottlenecks = nn.Sequential(
@@ -104,6 +112,9 @@ class CSPLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut_first:
+            shortcut = self.conv2(x)
+            return self.bottlenecks(self.conv1(x)) + shortcut
         return self.bottlenecks(self.conv1(x)) + self.conv2(x)
 
 
@@ -111,12 +122,26 @@ class RepNCSPELAN4(nn.Module):
     """CSP-ELAN fusion block: split a pointwise projection in two halves, run two CSP branches
     on the second half in sequence, concatenate all four maps and project to ``c2``."""
 
-    def __init__(self, c1: int, c2: int, c3: int, c4: int, n: int = 3, act: str = "silu") -> None:
+    def __init__(
+        self,
+        c1: int,
+        c2: int,
+        c3: int,
+        c4: int,
+        n: int = 3,
+        act: str = "silu",
+        shortcut_first: bool = False,
+    ) -> None:
         super().__init__()
         self.c = c3 // 2
         self.cv1 = ConvNorm(c1, c3, 1, 1, act=act)
-        self.cv2 = nn.Sequential(CSPLayer(c3 // 2, c4, n, act=act), ConvNorm(c4, c4, 3, 1, act=act))
-        self.cv3 = nn.Sequential(CSPLayer(c4, c4, n, act=act), ConvNorm(c4, c4, 3, 1, act=act))
+        first = shortcut_first
+        self.cv2 = nn.Sequential(
+            CSPLayer(c3 // 2, c4, n, act=act, shortcut_first=first), ConvNorm(c4, c4, 3, 1, act=act)
+        )
+        self.cv3 = nn.Sequential(
+            CSPLayer(c4, c4, n, act=act, shortcut_first=first), ConvNorm(c4, c4, 3, 1, act=act)
+        )
         self.cv4 = ConvNorm(c3 + 2 * c4, c2, 1, 1, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,9 +230,13 @@ def sincos_position_embedding(
 
 class HybridEncoder(nn.Module):
     """Input: backbone maps ``[B, C_i, H_i, W_i]`` (strides ``feat_strides``).
-    Output: the same number of maps, each ``[B, hidden_dim, H_i, W_i]``."""
+    Output: the same number of maps, each ``[B, hidden_dim, H_i, W_i]``.
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    ``shortcut_first``: the CSP layers compute their plain branch first, as DEIM's code does
+    (DEIM models): the same outputs, and gradients accumulated in DEIM's order, so training
+    steps are bit-identical to DEIM's."""
+
+    def __init__(self, cfg: EncoderConfig, shortcut_first: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         hidden = cfg.hidden_dim
@@ -240,14 +269,14 @@ class HybridEncoder(nn.Module):
             ConvNorm(hidden, hidden, 1, 1) for _ in range(n_levels - 1)
         )
         self.fpn_blocks = nn.ModuleList(
-            RepNCSPELAN4(hidden * 2, hidden, hidden * 2, c4, depth, act=cfg.act)
+            RepNCSPELAN4(hidden * 2, hidden, hidden * 2, c4, depth, cfg.act, shortcut_first)
             for _ in range(n_levels - 1)
         )
         self.downsample_convs = nn.ModuleList(
             nn.Sequential(SCDown(hidden, hidden, 3, 2)) for _ in range(n_levels - 1)
         )
         self.pan_blocks = nn.ModuleList(
-            RepNCSPELAN4(hidden * 2, hidden, hidden * 2, c4, depth, act=cfg.act)
+            RepNCSPELAN4(hidden * 2, hidden, hidden * 2, c4, depth, cfg.act, shortcut_first)
             for _ in range(n_levels - 1)
         )
         self._pos_cache: dict[tuple, torch.Tensor] = {}

@@ -15,7 +15,13 @@ if TYPE_CHECKING:
     from dfine.train.ema import ModelEMA
     from dfine.train.optim import build_optimizer, build_param_groups, describe_param_groups
     from dfine.train.recipes import RECIPES, ParamGroup, Recipe, get_recipe, recipe_names
-    from dfine.train.schedule import FlatCosine, LinearWarmup, WarmupMultiStep, build_schedule
+    from dfine.train.schedule import (
+        DEIMFlatCosine,
+        FlatCosine,
+        LinearWarmup,
+        WarmupMultiStep,
+        build_schedule,
+    )
     from dfine.train.trainer import NonFiniteLossError, Trainer, TrainOptions
     from dfine.train.tune import TuneReport, load_pretrained
 
@@ -29,6 +35,7 @@ _EXPORTS = {
     "Recipe": "recipes",
     "get_recipe": "recipes",
     "recipe_names": "recipes",
+    "DEIMFlatCosine": "schedule",
     "FlatCosine": "schedule",
     "LinearWarmup": "schedule",
     "WarmupMultiStep": "schedule",
@@ -41,6 +48,7 @@ _EXPORTS = {
 }
 __all__ = [
     "RECIPES",
+    "DEIMFlatCosine",
     "FlatCosine",
     "LinearWarmup",
     "ModelEMA",

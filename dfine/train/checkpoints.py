@@ -65,4 +65,5 @@ def model_info(model: nn.Module) -> dict[str, Any]:
         "class_names": list(names) if names else None,
         "input_size": list(getattr(cfg, "eval_size", ()) or ()),
         "ablation": getattr(cfg, "ablation", "none"),
+        "family": getattr(cfg, "family", "dfine"),
     }

@@ -216,9 +216,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--scheduler",
-        choices=["multistep", "flatcosine"],
-        help="lr schedule: the reference's warm-up + MultiStepLR (default) or "
-        "warm-up, flat, then cosine to 5%% of the base lr",
+        choices=["multistep", "flatcosine", "deim_flatcosine"],
+        help="lr schedule: the reference's warm-up + MultiStepLR (default), "
+        "warm-up, flat, then cosine to 5%% of the base lr, or DEIM's (the deim_* recipes')",
     )
     p.add_argument(
         "--flat-epochs",

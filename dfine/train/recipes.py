@@ -9,7 +9,13 @@ Each :class:`Recipe` gathers what ``configs/dfine/**/dfine_hgnetv2_*.yml`` set a
   warm-up, shorter schedule);
 - ``custom_{n,s,m,l,x}`` and ``obj2custom_{s,m,l,x}``: a custom COCO-format dataset, from scratch
   or from Objects365 weights (``configs/dfine/custom``);
-- ``synth``: a small CPU recipe for the synthetic dataset (not from the reference).
+- ``synth``: a small CPU recipe for the synthetic dataset (not from the reference);
+- ``deim_{n,s,m,l,x}`` and ``deim_obj2coco_x``: DEIM (github.com/ShihuaHuang95/DEIM,
+  ``configs/deim_dfine/deim_hgnetv2_*_coco.yml`` and ``object365/deim_hgnetv2_x_obj2coco_24e.yml``
+  after their ``__include__`` chain): the DEIM criterion (MAL), DEIM's flat-cosine schedule
+  (``deim_flatcosine``), the ``deim`` model family (SiLU decoder, unfrozen backbone BatchNorm;
+  the Objects365→COCO config keeps D-FINE's ReLU decoder and frozen BatchNorm), DEIM's groups.
+  DEIM defines no custom-dataset configs, so there are no ``deim_custom_*`` recipes.
 
 Values common to every reference config: AdamW betas (0.9, 0.999), gradient clipping 0.1, AMP on,
 EMA decay 0.9999 with 1000 warm-up updates, linear lr warm-up over 500 iterations, MultiStepLR
@@ -72,11 +78,14 @@ class Recipe:
     ema_restart_decay: float = 0.9999
     ema_search: bool = True  # after stop_epoch: no AP gain -> decay -= 1e-4, reload best stage 1
     warmup_iters: int = 500
-    scheduler: str = "multistep"  # "multistep" (reference) or "flatcosine"
+    scheduler: str = "multistep"  # "multistep" (reference), "flatcosine" or "deim_flatcosine"
     lr_milestones: tuple[int, ...] = (500,)
     lr_gamma: float = 0.1
     flat_epochs: int = 0  # flatcosine only: epochs at the base lr before the cosine decay
-    min_lr_ratio: float = 0.05  # flatcosine only: final lr / base lr
+    min_lr_ratio: float = 0.05  # flatcosine only: final lr / base lr (DEIM's lr_gamma)
+    no_aug_epochs: int = 0  # deim_flatcosine only: last epochs at the final lr
+    family: str = "dfine"  # the model family trained (dfine.config.FAMILIES)
+    loss: str = "dfine"  # the criterion (dfine.loss.criterion.LOSS_KINDS): dfine (VFL), deim (MAL)
     clip_max_norm: float = 0.1
     amp: bool = True
     sync_bn: bool = True
@@ -263,8 +272,93 @@ def _synth() -> Recipe:
     )
 
 
+# DEIM's S and M groups: backbone without BatchNorm (lr), every norm/bn anywhere (wd 0; the
+# backbone's BatchNorms train at the base lr)
+DEIM_BACKBONE_NON_BN = r"^(?=.*backbone)(?!.*bn).*$"
+DEIM_ALL_NORM = r"^(?=.*(?:norm|bn)).*$"
+# DEIM's settings common to its D-FINE-architecture configs (configs/base/deim.yml):
+# quadratic lr warm-up over 2000 iterations, checkpoint every 4 epochs (its dfine_hgnetv2.yml)
+_DEIM = {
+    "scheduler": "deim_flatcosine",
+    "warmup_iters": 2000,
+    "checkpoint_freq": 4,
+    "family": "deim",
+    "loss": "deim",
+}
+
+
+def _deim(
+    name: str,
+    size: str,
+    lrs: tuple[float, float, float],
+    epochs: tuple[int, int, int, int],
+    repeat: int | None,
+    min_lr_ratio: float,
+    **kw: Any,
+) -> Recipe:
+    """``epochs`` = (epochs, stop epoch, flat epochs, no-aug epochs)."""
+    total, stop, flat, no_aug = epochs
+    recipe = _make(name, size, "coco", lrs, total, stop, repeat, **{**_DEIM, **kw})
+    return recipe.replace(flat_epochs=flat, no_aug_epochs=no_aug, min_lr_ratio=min_lr_ratio)
+
+
+def _deim_coco() -> list[Recipe]:
+    # DEIM's Dense O2O data policy (configs/base/deim.yml; not part of a Recipe here), policy
+    # epochs [e0, e1, e2] per line: before e0 no strong augmentation (PhotometricDistort,
+    # ZoomOut, IoUCrop, Mosaic off); in [e0, e1) Mosaic (output 320, prob 0.5; a mosaic sample
+    # skips ZoomOut/IoUCrop) plus the others; in [e1, e2) the others without Mosaic; from e2
+    # (= stop epoch: multi-scale off too) none. MixUp (prob 0.5) in [mixup0, mixup1).
+    s_m = (DEIM_BACKBONE_NON_BN, DEIM_ALL_NORM)
+    return [
+        # policy epochs [4, 78, 148], mixup epochs [4, 78]
+        _deim("deim_n", "n", _N_LRS, (160, 148, 7800, 12), None, 1.0, **_N_BATCH),
+        # policy epochs [4, 64, 120], mixup epochs [4, 64]
+        _deim("deim_s", "s", (2e-4, 4e-4, 1e-4), (132, 120, 64, 12), 20, 0.5).replace(
+            param_groups=(ParamGroup(s_m[0], lr=2e-4), ParamGroup(s_m[1], weight_decay=0.0))
+        ),
+        # policy epochs [4, 49, 90], mixup epochs [4, 49]
+        _deim("deim_m", "m", (4e-5, 4e-4, 1e-4), (102, 90, 49, 12), 6, 0.5).replace(
+            param_groups=(ParamGroup(s_m[0], lr=4e-5), ParamGroup(s_m[1], weight_decay=0.0))
+        ),
+        # policy epochs [4, 29, 50], mixup epochs [4, 29]
+        _deim("deim_l", "l", (2.5e-5, 5e-4, 1.25e-4), (58, 50, 29, 8), 4, 0.5),
+        # policy epochs [4, 29, 50], mixup epochs [4, 29]
+        _deim(
+            "deim_x", "x", (5e-6, 5e-4, 1.25e-4), (58, 50, 29, 8), 3, 0.5, ema_restart_decay=0.9998
+        ),
+    ]
+
+
+def _deim_obj2coco() -> Recipe:
+    # From D-FINE's Objects365 X weights; D-FINE's ReLU decoder and frozen backbone BatchNorm
+    # (the config sets them back), no lr or EMA warm-up. DEIM's own scheduler divides by its
+    # warm-up length, 0 here, at the first step; here warm-up 0 means none (the lr is constant:
+    # lr_gamma 1). Policy epochs [2, 12, 20], mixup epochs [2, 12].
+    return _deim(
+        "deim_obj2coco_x",
+        "x",
+        _X_LRS,
+        (24, 20, 12000, 4),
+        3,
+        1.0,
+        tune_from="dfine_x_obj365",
+        family="dfine",
+        **_FINETUNE,
+    )
+
+
 RECIPES: dict[str, Recipe] = {
-    r.name: r for r in [*_coco(), *_obj365(), *_obj2coco(), *_custom(), *_obj2custom(), _synth()]
+    r.name: r
+    for r in [
+        *_coco(),
+        *_obj365(),
+        *_obj2coco(),
+        *_custom(),
+        *_obj2custom(),
+        _synth(),
+        *_deim_coco(),
+        _deim_obj2coco(),
+    ]
 }
 
 

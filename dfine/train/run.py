@@ -106,10 +106,10 @@ def resolve_recipe(run: TrainRun) -> Recipe:
 def build_model_for(
     recipe: Recipe, num_classes: int, class_names: Any = None, ablation: str = "none"
 ) -> torch.nn.Module:
-    """A fresh D-FINE of the recipe's size with anchors for its input size; ``ablation``
-    switches FDR / GO-LSD off (see :data:`dfine.config.ABLATIONS`)."""
+    """A fresh D-FINE of the recipe's size and family with anchors for its input size;
+    ``ablation`` switches FDR / GO-LSD off (see :data:`dfine.config.ABLATIONS`)."""
     size = recipe.input_size
-    cfg = get_config(recipe.model_size, num_classes, ablation)
+    cfg = get_config(recipe.model_size, num_classes, ablation, recipe.family)
     cfg = dataclasses.replace(cfg, eval_size=(size, size))
     names = tuple(class_names) if class_names else None
     return DFINE(cfg, class_names=names).train()

@@ -15,6 +15,16 @@ The reference at this commit has no flat-cosine schedule. :class:`FlatCosine` is
 the same linear warm-up, then the base lr until ``flat_iters``, then a half cosine from the base
 lr down to ``min_lr_ratio * base`` at ``total_iters``, constant afterwards; updated per
 iteration.
+
+:class:`DEIMFlatCosine` is DEIM's (``engine/optim/lr_scheduler.py``, ``FlatCosineLRScheduler``)
+as DEIM's training loop applies it, step for step: ``f(c) = base * (c / warmup)^2`` for
+``c <= warmup``, the base lr until ``flat_iters``, then a half cosine down to
+``min_lr_ratio * base`` at ``total_iters - no_aug_iters``, constant afterwards. DEIM calls it with
+the index of the step just taken, after that step, so step ``i >= 1`` trains with ``f(i - 1)``
+(step 1 at lr 0). Step 0 trains with what the optimizer holds before: DEIM's solver still
+builds the D-FINE ``LinearWarmup`` of ``configs/base/optimizer.yml`` (500 iterations), whose
+constructor sets ``lr = base / 500`` — ``first_step_factor``. With ``warmup_iters == 0``
+DEIM's function divides by zero; here it means no warm-up.
 """
 
 from __future__ import annotations
@@ -162,9 +172,96 @@ class FlatCosine:
         self.base_lrs = [float(v) for v in state["base_lrs"]]
 
 
+DEIM_FIRST_STEP_FACTOR = 1 / 500
+"""The lr factor of DEIM's first step (its leftover ``LinearWarmup``, 500 iterations)."""
+
+
+def deim_flat_cosine(
+    step: int, total_iters: int, warmup_iters: int, flat_iters: int, no_aug_iters: int, gamma: float
+) -> float:
+    """DEIM's ``flat_cosine_schedule`` as a factor of the base lr (``gamma``: final / base)."""
+    if warmup_iters > 0 and step <= warmup_iters:
+        return (step / float(warmup_iters)) ** 2
+    if step <= flat_iters:
+        return 1.0
+    if step >= total_iters - no_aug_iters:
+        return gamma
+    span = total_iters - flat_iters - no_aug_iters
+    cosine = 0.5 * (1 + math.cos(math.pi * (step - flat_iters) / span))
+    return gamma + (1.0 - gamma) * cosine
+
+
+class DEIMFlatCosine:
+    """DEIM's flat-cosine schedule, step for step (see the module docstring); set every
+    iteration. Step ``i`` trains with ``base * factor(i)``."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_iters: int,
+        warmup_iters: int,
+        flat_iters: int,
+        no_aug_iters: int,
+        min_lr_ratio: float,
+        first_step_factor: float = 1.0,
+    ) -> None:
+        if total_iters <= 0:
+            raise InvalidArgumentError(f"total_iters must be positive, got {total_iters}")
+        self.optimizer = optimizer
+        self.total_iters = int(total_iters)
+        self.warmup_iters = int(warmup_iters)
+        self.flat_iters = int(flat_iters)
+        self.no_aug_iters = int(no_aug_iters)
+        self.min_lr_ratio = float(min_lr_ratio)
+        self.first_step_factor = float(first_step_factor)
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.last_step = -1
+        self.step_iter()
+
+    def factor(self, step: int) -> float:
+        """The lr multiplier of step ``step`` (0-based)."""
+        if step == 0:
+            return self.first_step_factor
+        return deim_flat_cosine(
+            step - 1,
+            self.total_iters,
+            self.warmup_iters,
+            self.flat_iters,
+            self.no_aug_iters,
+            self.min_lr_ratio,
+        )
+
+    def step_iter(self) -> None:
+        self.last_step += 1
+        f = self.factor(self.last_step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+    def step_epoch(self) -> None:
+        pass
+
+    _STATE = (
+        "last_step",
+        "total_iters",
+        "warmup_iters",
+        "flat_iters",
+        "no_aug_iters",
+        "min_lr_ratio",
+        "first_step_factor",
+        "base_lrs",
+    )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self._STATE:
+            setattr(self, k, state[k])
+
+
 def build_schedule(
     optimizer: torch.optim.Optimizer, recipe: Recipe, iters_per_epoch: int
-) -> WarmupMultiStep | FlatCosine:
+) -> WarmupMultiStep | FlatCosine | DEIMFlatCosine:
     """The recipe's schedule (``recipe.scheduler``: ``multistep`` or ``flatcosine``)."""
     if recipe.scheduler == "multistep":
         return WarmupMultiStep(
@@ -178,6 +275,18 @@ def build_schedule(
             flat_iters=recipe.flat_epochs * iters_per_epoch,
             min_lr_ratio=recipe.min_lr_ratio,
         )
+    if recipe.scheduler == "deim_flatcosine":
+        return DEIMFlatCosine(
+            optimizer,
+            total_iters=int(recipe.epochs * iters_per_epoch),
+            warmup_iters=recipe.warmup_iters,
+            flat_iters=int(recipe.flat_epochs * iters_per_epoch),
+            no_aug_iters=int(recipe.no_aug_epochs * iters_per_epoch),
+            min_lr_ratio=recipe.min_lr_ratio,
+            # DEIM's leftover LinearWarmup (500, or 0 where the config turns warm-up off)
+            first_step_factor=DEIM_FIRST_STEP_FACTOR if recipe.warmup_iters > 0 else 1.0,
+        )
     raise InvalidArgumentError(
-        f"unknown scheduler {recipe.scheduler!r}; choose 'multistep' or 'flatcosine'"
+        f"unknown scheduler {recipe.scheduler!r}; choose 'multistep', 'flatcosine' or "
+        "'deim_flatcosine'"
     )

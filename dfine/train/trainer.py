@@ -143,7 +143,9 @@ class Trainer:
         if self.channels_last is None:
             self.channels_last = self.device.type == "cpu" and not dist.is_dist()
         self.model = self._wrap(model.to(self.device))
-        self.criterion = (criterion or _default_criterion(unwrap(self.model))).to(self.device)
+        self.criterion = (criterion or _default_criterion(unwrap(self.model), recipe)).to(
+            self.device
+        )
         self.optimizer = build_optimizer(unwrap(self.model), recipe)
         self.steps_per_epoch = self._steps_per_epoch()
         self.schedule = build_schedule(self.optimizer, recipe, self.steps_per_epoch)
@@ -520,7 +522,7 @@ class Trainer:
 
     def _check_compatible(self, state: dict[str, Any], path: str | Path) -> None:
         mine, theirs = model_info(unwrap(self.model)), state.get("model_config") or {}
-        for key in ("size", "num_classes", "ablation"):
+        for key in ("size", "num_classes", "ablation", "family"):
             if key in theirs and theirs[key] != mine[key]:
                 raise InvalidArgumentError(
                     f"{path} holds a model with {key}={theirs[key]}, this run has {mine[key]}"
@@ -648,8 +650,9 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- module helpers
-def _default_criterion(model: nn.Module) -> nn.Module:
-    return build_criterion(model)
+def _default_criterion(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """The recipe's criterion (``recipe.loss``: D-FINE's or DEIM's) for ``model``."""
+    return build_criterion(model, loss=recipe.loss)
 
 
 def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
