@@ -224,7 +224,10 @@ def export_reduced(
     ``reduced_parts``: the parts (:data:`dfine.precision.PARTS`) run reduced; default the
     backbone and encoder (the decoder stays f32), narrowed to the backbone by the
     accuracy-aware loop when ``val`` is given and the guard refuses (``accuracy_aware``).
-    Naming decoder parts reduces them too (for experiments; the guard still applies).
+    Naming decoder parts reduces them too (the guard still applies): for INT8,
+    :data:`dfine.precision.INT8_DECODER_PARTS` quantizes the decoder layers' linears while the
+    FDR parts stay f32 (:func:`dfine.precision.compile_plan`); other decoder parts, or bf16
+    past the encoder, are for experiments.
     ``decoder_layers`` / ``num_queries``: the inference budget exported (see
     :func:`dfine.export.export_onnx`); an ONNX ``weights`` file keeps its own.
     Raises :class:`dfine.guard.PrecisionGuardError` (one line) when the guard refuses.
