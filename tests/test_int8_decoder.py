@@ -48,12 +48,17 @@ def onnx_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int8_decoder(tmp_path_factory, onnx_file, data):
+    """The decoder variant through the CLI: calibrated on the 20 images, guarded on them."""
     out = tmp_path_factory.mktemp("int8d") / "demo_int8d.xml"
-    result = export_reduced(
-        onnx_file, out, precision="int8", calibration=data, calibration_size=20, val=data,
-        reduced_parts=INT8_DECODER_PARTS, progress=False,
+    code = main(
+        [
+            "export", str(onnx_file), "--format", "openvino", "--precision", "int8",
+            "--calibration", str(data), "--calibration-size", "20", "--val", str(data),
+            "--reduce", "backbone", "encoder", "decoder_layers", "--out", str(out), "--quiet",
+        ]
     )  # fmt: skip
-    return result
+    assert code == 0
+    return out
 
 
 def test_compile_plan_keeps_fdr_f32():
@@ -66,8 +71,7 @@ def test_compile_plan_keeps_fdr_f32():
 
 
 def test_export_records_the_parts_and_the_guard(int8_decoder):
-    meta = read_metadata(int8_decoder.path)
-    assert int8_decoder.reduced_parts == INT8_DECODER_PARTS
+    meta = read_metadata(int8_decoder)
     assert meta["reduced_parts"] == list(INT8_DECODER_PARTS)
     assert meta["mixed"] == "split" and meta["head_precision"] == "bf16"
     assert meta["precision"] == "int8" and "backbone+encoder+decoder_layers" in meta["method"]
@@ -91,7 +95,7 @@ def _fake_quantized(model) -> dict[str, set[str]]:
 def test_ir_quantizes_decoder_linears_only(int8_decoder, onnx_file):
     import openvino as ov
 
-    model = ov.Core().read_model(str(int8_decoder.path))
+    model = ov.Core().read_model(str(int8_decoder))
     parts = graph_parts(model)
     fed = _fake_quantized(model)
     by_part: dict[str, int] = {}
@@ -121,7 +125,7 @@ def test_ir_quantizes_decoder_linears_only(int8_decoder, onnx_file):
 
 
 def test_runtime_runs_decoder_int8_and_fdr_f32(int8_decoder):
-    backend = OpenVINOBackend(int8_decoder.path)
+    backend = OpenVINOBackend(int8_decoder)
     assert backend.mixed == "split" and len(backend.stages) == 2
     runtime: dict[str, dict[str, int]] = {}
     for op in backend.stages[1].get_runtime_model().get_ordered_ops():
@@ -145,7 +149,7 @@ def test_runtime_runs_decoder_int8_and_fdr_f32(int8_decoder):
 def test_detections_follow_f32(int8_decoder, onnx_file, data):
     image = sorted((data / "val").glob("*.jpg"))[0]
     f32 = Detector(onnx_file, backend="openvino", precision="f32", threshold=0.3)(image)
-    int8 = Detector(int8_decoder.path, backend="openvino", threshold=0.3)(image)
+    int8 = Detector(int8_decoder, backend="openvino", threshold=0.3)(image)
     assert len(f32) > 0 and abs(len(int8) - len(f32)) <= 1
     np.testing.assert_allclose(int8.boxes[:1], f32.boxes[:1], atol=3.0)
 
