@@ -582,8 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PART",
         choices=list(PRECISION_PARTS),
-        help="advanced: the graph parts to reduce (default backbone encoder; "
-        f"choices: {', '.join(PRECISION_PARTS)})",
+        help="advanced: the graph parts to reduce (default backbone encoder; int8 with "
+        "'backbone encoder decoder_layers' quantizes the decoder layers' linears too, FDR "
+        f"parts stay f32; choices: {', '.join(PRECISION_PARTS)})",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument(

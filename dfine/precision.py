@@ -290,6 +290,29 @@ def keep_in_f32(model, parts: Iterable[str] = FDR_PARTS):
 
 
 HEAD_PARTS = ("backbone", "encoder")
+INT8_DECODER_PARTS = (*HEAD_PARTS, "decoder_layers")
+"""INT8 with the decoder layers' linears (self-attention in/out projections, sampling-offset
+and attention-weight linears, the deformable attention's output projection, the gateway and
+the FFN) quantized too; the distribution heads, the FDR integral, LQE and postprocessing stay
+f32 (see benchmarks/results/precision_cpu.md for what it buys on a CPU)."""
+
+
+def compile_plan(precision: str, reduced_parts: Iterable[str]) -> tuple[str, str]:
+    """``(mixed, head_precision)``: how an OpenVINO backend compiles a graph whose
+    ``reduced_parts`` run at ``precision`` ("bf16" or "int8"), keeping every other part f32.
+
+    bf16 is a precision *hint*, so it can only be confined by the graph split: the head
+    (backbone / encoder) at the bf16 hint, the tail at f32; bf16 parts past the encoder
+    need the whole graph at the bf16 hint (``"none"``, FDR included). INT8 is carried by the
+    graph's own quantize nodes, which run INT8 under any hint: the reduced head parts are cut
+    off and compiled at the bf16 hint (their float leftovers on a bf16 CPU), the tail (INT8
+    decoder layers included) at f32, so the FDR parts stay exact f32; with no head part
+    reduced the whole graph compiles at f32."""
+    reduced = set(reduced_parts)
+    head = reduced & set(HEAD_PARTS)
+    if precision == "int8":
+        return ("split", "bf16") if head else ("none", "f32")
+    return ("split", "bf16") if head and reduced <= set(HEAD_PARTS) else ("none", "bf16")
 
 
 def split_model(model, head_parts: Iterable[str] = HEAD_PARTS):

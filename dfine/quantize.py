@@ -9,7 +9,11 @@ refinement, softmax·W(n) integral, box decoding, LQE, top-k — in f32: the bac
 graph at the encoder's outputs and compiles the two halves with different precision hints
 (:func:`dfine.precision.split_model`). INT8: NNCF post-training quantization of the backbone
 and encoder (calibrated on a folder of images or a COCO/YOLO dataset), every other part in
-NNCF's ignored scope. Every reduced export measures itself against f32 (:mod:`dfine.guard`):
+NNCF's ignored scope; ``reduced_parts=INT8_DECODER_PARTS`` (``--reduce backbone encoder
+decoder_layers``) quantizes the decoder layers' linears too, while the self-attention's
+activation products, the deformable attention's sampling (grid_sample's inputs), the
+distribution heads, the FDR integral, LQE and postprocessing stay f32
+(:func:`int8_ignored_scope`, :func:`dfine.precision.compile_plan`). Every reduced export measures itself against f32 (:mod:`dfine.guard`):
 AP/AP50/AP75 on ``val`` when given, else box/score drift on sample images; with ``val``, the
 accuracy-aware loop narrows the reduced parts to the backbone alone when the guard refuses
 backbone + encoder. A refused export writes nothing. The metadata (ONNX props, or the IR's
@@ -51,6 +55,7 @@ from dfine.precision import (
     HEAD_PARTS,
     OPENVINO_PRECISIONS,
     PARTS,
+    compile_plan,
     graph_parts,
     names_in,
     normalize_precision,
@@ -104,6 +109,28 @@ def _import_nncf():
     except ImportError as e:
         raise missing("INT8 export", "nncf") from e
     return nncf
+
+
+def int8_ignored_scope(model, reduced_parts: Sequence[str]) -> set[str]:
+    """Friendly names of the nodes of an exported D-FINE ``openvino.Model`` that INT8
+    quantization leaves in f32: every node of the parts not in ``reduced_parts``, and in the
+    decoder layers the MatMuls of two activations (self-attention's ``QKᵀ`` and
+    ``softmax · V``: both operands would need per-tensor activation scales, the attention
+    logits are what ranks the queries, and in f32 OpenVINO keeps its fused attention kernel).
+    The deformable attention's ``grid_sample`` has no quantizable input, so its value maps and
+    sampling grid stay f32 (checked by tests/test_int8_decoder.py)."""
+    parts = graph_parts(model)
+    ignored = names_in(parts, set(PARTS) - set(reduced_parts))
+    if "decoder_layers" not in reduced_parts:
+        return ignored
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if op.get_type_name() != "MatMul" or parts.get(name) != "decoder_layers":
+            continue
+        sources = [i.get_source_output().get_node().get_type_name() for i in op.inputs()]
+        if "Constant" not in sources:
+            ignored.add(name)
+    return ignored
 
 
 def _quantize_openvino(base, names: set[str], calib, progress: bool):
@@ -197,7 +224,10 @@ def export_reduced(
     ``reduced_parts``: the parts (:data:`dfine.precision.PARTS`) run reduced; default the
     backbone and encoder (the decoder stays f32), narrowed to the backbone by the
     accuracy-aware loop when ``val`` is given and the guard refuses (``accuracy_aware``).
-    Naming decoder parts reduces them too (for experiments; the guard still applies).
+    Naming decoder parts reduces them too (the guard still applies): for INT8,
+    :data:`dfine.precision.INT8_DECODER_PARTS` quantizes the decoder layers' linears while the
+    FDR parts stay f32 (:func:`dfine.precision.compile_plan`); other decoder parts, or bf16
+    past the encoder, are for experiments.
     ``decoder_layers`` / ``num_queries``: the inference budget exported (see
     :func:`dfine.export.export_onnx`); an ONNX ``weights`` file keeps its own.
     Raises :class:`dfine.guard.PrecisionGuardError` (one line) when the guard refuses.
@@ -288,14 +318,14 @@ def export_reduced(
             )
         attempts: list[dict] = []
         for reduce in candidates:
-            mixed = "split" if set(reduce) <= set(HEAD_PARTS) else "none"
+            mixed, head_precision = compile_plan(precision, reduce)
             info = {
                 **props,
                 "precision": precision,
                 "format": format,
                 "reduced_parts": list(reduce),
                 "mixed": mixed,
-                "head_precision": "bf16",
+                "head_precision": head_precision,
             }
             if precision == "bf16":
                 info["method"] = (
@@ -305,7 +335,7 @@ def export_reduced(
                 model = base
                 candidate = tmp / "candidate.xml"
             else:
-                ignored = names_in(graph_parts(base), set(PARTS) - set(reduce))
+                ignored = int8_ignored_scope(base, reduce)
                 info["method"] = (
                     f"NNCF post-training INT8 of {'+'.join(reduce)} on {len(calib)} calibration "
                     "images (the other parts in the ignored scope, in f32)"
@@ -379,15 +409,16 @@ def quantize_unguarded(
 
     onnx_path, out = Path(onnx_path), Path(out)
     base = shared_core().read_model(str(onnx_path))
-    ignored = names_in(graph_parts(base), set(PARTS) - set(reduced_parts))
+    ignored = int8_ignored_scope(base, reduced_parts)
     model = _quantize_openvino(base, ignored, list(samples), progress=False)
+    mixed, head_precision = compile_plan("int8", reduced_parts)
     info = {
         **_onnx_props(onnx_path),
         "precision": "int8",
         "format": "openvino",
         "reduced_parts": list(reduced_parts),
-        "mixed": "split" if set(reduced_parts) <= set(HEAD_PARTS) else "none",
-        "head_precision": "bf16",
+        "mixed": mixed,
+        "head_precision": head_precision,
         "method": f"NNCF INT8 on {len(samples)} samples, unguarded (timing only)",
     }
     _set_metadata(model, info)

@@ -7,7 +7,8 @@ tolerance), ``"bf16"``, or ``"int8"`` (an IR calibrated by ``dfine export --form
 ``mixed`` says how reduced precision is applied: ``"split"`` (default) cuts the graph where
 the decoder reads the encoder's feature maps and compiles the backbone + encoder reduced and
 the decoder — distribution heads, residual refinement, softmax·W(n) integral, box decoding,
-LQE, top-k — in f32 (:func:`dfine.precision.split_model`); ``"mark"`` keeps only the FDR parts
+LQE, top-k — in f32 (:func:`dfine.precision.split_model`; an INT8 IR whose decoder layers are
+quantized keeps them INT8 in the f32 tail, see :func:`dfine.precision.compile_plan`); ``"mark"`` keeps only the FDR parts
 in f32 with OpenVINO's keep-in-f32 rt_info (measured to recover little, see
 benchmarks/results/precision_cpu.md); ``"none"`` runs the whole graph reduced (OpenVINO's own
 default on a bf16 CPU). ``hint="throughput"`` compiles for parallel infer requests
@@ -143,7 +144,9 @@ class OpenVINOBackend(Backend):
             )
 
         if self.mixed == "split":
-            head, tail, self._features = split_model(model, meta.get("reduced_parts", HEAD_PARTS))
+            reduced_parts = meta.get("reduced_parts", HEAD_PARTS)
+            head_parts = [p for p in reduced_parts if p in HEAD_PARTS] or HEAD_PARTS
+            head, tail, self._features = split_model(model, head_parts)
             self.stages = [compile_(head, reduced), compile_(tail, "f32")]
         else:
             if self.mixed == "mark":
