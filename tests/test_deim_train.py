@@ -73,6 +73,11 @@ def test_recipe_mirrors_deims_config(name):
     assert r.checkpoint_freq == deim["checkpoint_freq"]
     assert (r.num_classes, r.remap_mscoco_category) == (80, deim["remap_mscoco_category"])
     assert r.loss == "deim" and deim["criterion"]["losses"] == ["mal", "boxes", "local"]
+    # Dense O2O: DEIM's policy epochs [e0, e1, e2] (e2 = the stop epoch) and mixup window
+    p = r.data_policy
+    assert [*p.mosaic_epochs, r.stop_epoch] == deim["policy"]["epoch"]
+    assert list(p.mixup_epochs) == deim["mixup_epochs"]
+    assert (p.mixup_prob, p.mosaic_prob) == (deim["mixup_prob"], deim["mosaic_prob"])
 
 
 @pytest.mark.parametrize("name", NAMES)

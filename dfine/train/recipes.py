@@ -29,7 +29,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from dfine.data.policy import DenseO2OPolicy
+from dfine.data.policy import DenseO2OPolicy, deim_policy
 from dfine.errors import InvalidArgumentError
 
 # The reference's parameter-group regexes, verbatim. Note the operator precedence in
@@ -296,14 +296,18 @@ def _deim(
     min_lr_ratio: float,
     **kw: Any,
 ) -> Recipe:
-    """``epochs`` = (epochs, stop epoch, flat epochs, no-aug epochs)."""
+    """``epochs`` = (epochs, stop epoch, flat epochs, no-aug epochs); the Dense O2O data
+    policy is DEIM's for the config ``name`` names (:func:`dfine.data.policy.deim_policy`)."""
     total, stop, flat, no_aug = epochs
+    policy = deim_policy(name.removeprefix("deim_"))
     recipe = _make(name, size, "coco", lrs, total, stop, repeat, **{**_DEIM, **kw})
-    return recipe.replace(flat_epochs=flat, no_aug_epochs=no_aug, min_lr_ratio=min_lr_ratio)
+    return recipe.replace(
+        flat_epochs=flat, no_aug_epochs=no_aug, min_lr_ratio=min_lr_ratio, data_policy=policy
+    )
 
 
 def _deim_coco() -> list[Recipe]:
-    # DEIM's Dense O2O data policy (configs/base/deim.yml; not part of a Recipe here), policy
+    # DEIM's Dense O2O data policy (configs/base/deim.yml; the recipe's data_policy), policy
     # epochs [e0, e1, e2] per line: before e0 no strong augmentation (PhotometricDistort,
     # ZoomOut, IoUCrop, Mosaic off); in [e0, e1) Mosaic (output 320, prob 0.5; a mosaic sample
     # skips ZoomOut/IoUCrop) plus the others; in [e1, e2) the others without Mosaic; from e2
