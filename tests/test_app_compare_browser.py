@@ -20,6 +20,8 @@ CHROMIUM = chromium_path()  # None: every test here is skipped (tests/conftest.p
 pytest.importorskip("gradio", reason="the app needs gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
+import torch  # noqa: E402
+
 import dfine  # noqa: E402
 from app.paths import BUNDLED_WEIGHTS, SYNTH_DIR  # noqa: E402
 from app.tabs.evaluate import UPLOAD  # noqa: E402
@@ -39,16 +41,21 @@ SYNTH = SYNTH_DIR / "000002.jpg"  # annotated: the IoU curves are against its gr
 WAIT_MS = 90_000  # every browser wait is bounded by this
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 LAYERS = ["layer 1", "layer 2", "layer 3"]
+NAMES = {"golsd": "variant_golsd", "fdr": "variant_fdr", "deim": "deim_dfine_hgnetv2_n_coco"}
 
 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory) -> dict[str, Path]:
-    """``variant_golsd.safetensors`` and ``variant_fdr.safetensors``: random D-FINE-N."""
+    """``variant_golsd.safetensors`` and ``variant_fdr.safetensors``: random D-FINE-N; and
+    a random DEIM-D-FINE-N release file as DEIM names and writes them (issue 23)."""
     folder = tmp_path_factory.mktemp("variants")
     out = {}
     for ablation in ("golsd", "fdr"):
         out[ablation] = ablated_checkpoint(folder / f"variant_{ablation}.safetensors", ablation)
         assert dfine.load_model(out[ablation]).ablation == ablation
+    torch.manual_seed(0)
+    out["deim"] = folder / f"{NAMES['deim']}.pth"
+    torch.save({"model": dfine.build_model("n", 8, family="deim").state_dict()}, out["deim"])
     return out
 
 
@@ -126,14 +133,15 @@ def test_compare_two_models_in_refinement_distributions_and_evaluate(
             page.goto(url, wait_until="domcontentloaded", timeout=WAIT_MS)
             page.wait_for_selector("#detect-button", state="visible")
 
-            # the two ablated checkpoints, uploaded in the Model tab
+            # the two ablated checkpoints and a DEIM release file, uploaded in the Model tab
             page.get_by_role("tab", name="Model").click()
-            for ablation in ("golsd", "fdr"):
+            for ablation in ("golsd", "fdr", "deim"):
                 _upload(page, "#model-upload", variants[ablation])
                 page.click("#model-load")
-                page.locator("#model-info").get_by_text(f"variant_{ablation}").first.wait_for()
+                page.locator("#model-info").get_by_text(NAMES[ablation]).first.wait_for()
                 page.locator("#model-info").get_by_text(ablation).first.wait_for()
                 page.locator("#model-upload button[aria-label='Clear']").click()  # for the next
+            assert "DEIM-D-FINE (SiLU decoder" in page.locator("#model-info").inner_text()
 
             # back to the demo model, on an annotated example
             page.get_by_role("tab", name="Detect").click()
@@ -152,12 +160,12 @@ def test_compare_two_models_in_refinement_distributions_and_evaluate(
             _open_compare(page)
             means = "d.filter(t => t.type === 'scatter' && t.showlegend !== false)"
             curves = {}
-            for ablation in ("golsd", "fdr"):
-                _pick(page, "#compare-refinement-model", f"variant_{ablation}")
+            for ablation in ("golsd", "fdr", "deim"):
+                _pick(page, "#compare-refinement-model", NAMES[ablation])
                 curves[ablation] = _plot_data(
                     page, "#compare-refinement-plot",
                     f"{means}.map(t => ({{name: t.name, x: Array.from(t.x), y: Array.from(t.y)}}))",
-                    f"{means}.length === 2 && {means}[1].name.includes('variant_{ablation}')",
+                    f"{means}.length === 2 && {means}[1].name.includes('{NAMES[ablation]}')",
                 )  # fmt: skip
                 _shot(page, f"compare_1_refinement_{ablation}.png", shots)
             demo, golsd = curves["golsd"]
@@ -167,6 +175,8 @@ def test_compare_two_models_in_refinement_distributions_and_evaluate(
             assert demo["x"] == golsd["x"] == ["pre-head", *LAYERS]
             assert demo["y"][-1] > 0.8  # the trained model's boxes on the ground truth
             assert curves["fdr"][1]["x"] == LAYERS  # no pre-head without FDR
+            assert curves["deim"][1]["x"] == ["pre-head", *LAYERS]  # DEIM keeps FDR
+            assert curves["deim"][1]["y"][-1] < 0.8  # random weights beside the trained demo
             assert all(0 <= v <= 1 for c in curves.values() for t in c for v in t["y"])
             problems = _layout_problems(page)
 
