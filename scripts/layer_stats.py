@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+# `analysis` ships in the checkout, not in the installed package: run from any folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dfine
 from analysis.layer_stats import layer_stats, markdown
