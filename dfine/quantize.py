@@ -104,10 +104,17 @@ def _calibration_inputs(source, count: int, size: tuple[int, int], progress: boo
 
 
 def _import_nncf():
+    """nncf, imported without leaving its logger class as the process's: NNCF calls
+    ``logging.setLoggerClass`` when imported, so loggers that a library imported earlier
+    creates later (kaleido's browser driver, through logistro) would lack their own methods
+    and the next figure export would fail with an AttributeError."""
+    before = logging.getLoggerClass()
     try:
         import nncf
     except ImportError as e:
         raise missing("INT8 export", "nncf") from e
+    finally:
+        logging.setLoggerClass(before)
     return nncf
 
 
@@ -164,8 +171,9 @@ class _quiet:
         self.progress = progress
 
     def __enter__(self):
-        import nncf
         import rich
+
+        nncf = _import_nncf()
 
         self.nncf_level = nncf.common.logging.nncf_logger.level
         self.torch_level = logging.getLogger(self.CPP_EXTENSION_LOGGER).level
@@ -178,8 +186,9 @@ class _quiet:
             rich.get_console().quiet = True
 
     def __exit__(self, *exc):
-        import nncf
         import rich
+
+        nncf = _import_nncf()
 
         nncf.common.logging.nncf_logger.setLevel(self.nncf_level)
         logging.getLogger(self.CPP_EXTENSION_LOGGER).setLevel(self.torch_level)

@@ -4,12 +4,15 @@ model), the f32 FDR tail, grid_sample's f32 inputs, and the guard's refusal."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from PIL import Image
 
 pytest.importorskip("openvino")
-pytest.importorskip("nncf")
+if importlib.util.find_spec("nncf") is None:  # not imported here: it sets the logger class
+    pytest.skip("INT8 needs nncf (pip install nncf)", allow_module_level=True)
 
 from dfine.backends.openvino import OpenVINOBackend
 from dfine.cli import main
@@ -170,3 +173,22 @@ def test_guard_refusal_writes_nothing(tmp_path, onnx_file, data):
     assert "\n" not in message and message.startswith("accuracy guard refused the int8 export")
     assert not out.exists() and not out.with_suffix(".bin").exists()
     assert not list(tmp_path.glob("*.xml"))
+
+
+def test_importing_nncf_leaves_the_process_logger_class():
+    """NNCF sets its logger class when imported; kaleido's logistro, imported earlier, then
+    makes loggers without ``debug2`` and a later PNG export fails (seen in CI's phase 2)."""
+    import logging
+
+    from dfine.quantize import _import_nncf
+
+    class Mine(logging.Logger):
+        pass
+
+    before = logging.getLoggerClass()
+    logging.setLoggerClass(Mine)
+    try:
+        _import_nncf()
+        assert logging.getLoggerClass() is Mine
+    finally:
+        logging.setLoggerClass(before)
