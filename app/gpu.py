@@ -5,6 +5,7 @@ and results are pickled: a :class:`~dfine.Detector` and an image, detections and
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -14,6 +15,7 @@ import torch
 import dfine
 from dfine.detections import Detections
 from dfine.nn.decoder import DecoderTrace
+from dfine.sources import fastest_backend
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,6 +29,16 @@ def gpu(fn: Callable[P, R]) -> Callable[P, R]:
     except ImportError:
         return fn
     return spaces.GPU(fn)
+
+
+def plain_backend(source: object) -> str:
+    """The runtime of the app's plain detections (webcam, video without tracking analysis):
+    the fastest installed (:func:`dfine.sources.fastest_backend`), but torch where ``spaces``
+    is importable, whose decorated calls pickle the detector (a compiled OpenVINO or ONNX
+    Runtime model cannot be pickled) and run it on ZeroGPU's GPU."""
+    if importlib.util.find_spec("spaces") is not None:
+        return "torch"
+    return fastest_backend(source)
 
 
 @gpu

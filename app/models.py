@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dfine
+from app import gpu
 from app.errors import UserError
 from app.files import temp_folder
 from app.paths import (
@@ -115,6 +116,27 @@ class LoadedModel:
                 self._detectors[key] = dfine.Detector(
                     self.model, threshold=0.0, size=key[0], letterbox=key[1],
                     decoder_layers=k, num_queries=q,
+                )  # fmt: skip
+            return self._detectors[key]
+
+    def fast_detector(
+        self, size: int, letterbox: bool = False, budget: tuple[int, int] | None = None
+    ) -> dfine.Detector:
+        """:meth:`detector` on the fastest runtime installed here (:func:`app.gpu.
+        plain_backend`), for plain detections that need no trace (the webcam, a video without
+        tracking analysis). A non-torch runtime runs an ONNX export of this model's file, made
+        once per file, size and budget (cached in ``DFINE_HOME``); its detections equal the
+        torch model's to float rounding (``tests/test_app_runtime.py``)."""
+        backend = gpu.plain_backend(self.entry.source)
+        if backend == "torch":
+            return self.detector(size, letterbox, budget)
+        key = (int(size), bool(letterbox), budget, backend)
+        k, q = budget or (None, None)
+        with self._lock:
+            if key not in self._detectors:
+                self._detectors[key] = dfine.Detector(
+                    resolve(self.entry.source), backend=backend, threshold=0.0,
+                    size=key[0], letterbox=key[1], decoder_layers=k, num_queries=q,
                 )  # fmt: skip
             return self._detectors[key]
 

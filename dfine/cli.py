@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dfine import optional, webapp
 from dfine.argtypes import add_budget_arguments
-from dfine.backends import BACKENDS
+from dfine.backends import BACKENDS, FASTEST
 from dfine.config import ABLATION_NOTES, FAMILIES, FAMILY_NOTES
 from dfine.data.cli import register_cli as register_data
 from dfine.errors import DFineError, InputFileError, InvalidArgumentError, error_text
@@ -451,10 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=BACKENDS,
+        choices=(*BACKENDS, FASTEST),
         default=None,
         help="what runs the model (default: onnxruntime for .onnx, openvino for an OpenVINO "
-        ".xml, else torch)",
+        ".xml, else torch; fastest: OpenVINO, else ONNX Runtime, else torch, whichever is "
+        "installed; a checkpoint is exported to ONNX once, cached)",
     )
     p.add_argument(
         "--precision",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dfine.backends import BACKENDS, create_backend
+from dfine.backends import BACKENDS, FASTEST, create_backend
 from dfine.detections import Detections
 from dfine.errors import InvalidArgumentError
 from dfine.frames import FrameSource, Item, is_many, open_frames
@@ -28,7 +28,7 @@ from dfine.postprocess import BatchDetections, topk_detections
 from dfine.precision import normalize_precision
 from dfine.preprocess import Letterbox, letterbox_tensor, parse_size, to_input_tensor
 from dfine.resources import demo_weights
-from dfine.sources import default_backend
+from dfine.sources import default_backend, fastest_backend
 from dfine.video import MAX_PIXELS, TRACK_LOW_THRESHOLD, Tracker
 
 DEFAULT_BATCH = 8
@@ -44,8 +44,10 @@ class Detector:
             ``.onnx`` file; ``None`` (the default): the bundled demo model, as ``dfine predict``
             without ``--weights``.
         backend: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``
-            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`. Default: from the
-            weights — ``onnxruntime`` for an ``.onnx`` file, else ``torch``.
+            (see :mod:`dfine.backends`); only ``torch`` can :meth:`trace`. ``"fastest"``: the
+            fastest runtime installed here (:func:`dfine.sources.fastest_backend`: OpenVINO,
+            else ONNX Runtime, else torch on the CPU; ``detector.backend.name`` says which).
+            Default: from the weights — ``onnxruntime`` for an ``.onnx`` file, else ``torch``.
         threshold: minimum score of a returned detection, in [0, 1].
         size: network input size, ``int`` or ``(height, width)``, multiples of 32; default the
             model's own (640 for the reference checkpoints). Fixed at export for ONNX files.
@@ -94,6 +96,8 @@ class Detector:
     ) -> None:
         if weights is None:  # as `dfine predict` without --weights: the bundled demo model
             weights = demo_weights()
+        if backend == FASTEST:
+            backend = fastest_backend(weights, device)
         backend = backend or default_backend(weights)
         if family is not None:
             if backend != "torch":

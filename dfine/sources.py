@@ -12,6 +12,9 @@ the CLI's ``predict``/``inspect``/``val``/``export``/``benchmark``, the app's ``
 >>> default_backend("model.onnx"), default_backend("dfine_n_coco")
 ('onnxruntime', 'torch')
 
+``backend="fastest"`` (``Detector``, ``dfine predict --backend fastest``, the app's plain
+detection) picks with :func:`fastest_backend`.
+
 Every failure is one line saying what failed, why and what to do.
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dfine import hub, zoo
+from dfine import hub, optional, zoo
 from dfine.errors import InputFileError
 from dfine.hf import is_hf_checkpoint
 from dfine.weights import CheckpointError
@@ -41,6 +44,28 @@ def default_backend(source: object) -> str:
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".xml":
         return "openvino"
     return "onnxruntime" if is_onnx(source) else "torch"
+
+
+def fastest_backend(source: object, device: object = None) -> str:
+    """The fastest runtime installed here for a plain detection (no trace) of ``source``.
+
+    On the CPU: OpenVINO, else ONNX Runtime, else torch — the order measured for every model
+    size (``benchmarks/results/backends_cpu.md``: OpenVINO f32 1.17×/1.21×/1.37× the deployed
+    torch model for N/S/L at 640², batch 1; ``runtime_cpu.md``: the demo model at 320²). A
+    checkpoint is exported to ONNX once (cached, see :func:`dfine.backends.base.onnx_for`),
+    which needs the ``onnx`` package; without it the checkpoint runs on torch. An OpenVINO
+    ``.xml`` runs on OpenVINO and a ``DFINE`` model object on torch (only a file can be
+    exported); on a GPU (``device`` not the CPU) the choice is :func:`default_backend`'s.
+    Nothing is imported to decide."""
+    if not isinstance(source, (str, os.PathLike)) or Path(source).suffix == ".xml":
+        return default_backend(source)
+    if device is not None and str(device).split(":")[0].lower() not in ("cpu",):
+        return default_backend(source)
+    exportable = is_onnx(source) or optional.available("onnx")
+    for name in ("openvino", "onnxruntime"):
+        if exportable and optional.available(name):
+            return name
+    return default_backend(source)
 
 
 def resolve(source: str | os.PathLike) -> Path:

@@ -10,6 +10,9 @@ fresh-machine run sets ``DFINE_CHROMIUM=none``) they are skipped with the reason
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,16 @@ FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 torch.set_num_threads(2)
+
+# dfine's own cache (zoo downloads, the ONNX exports that the non-torch backends and the app's
+# fastest runtime make of a checkpoint): a folder of this test run, never the user's
+# ~/.cache/dfine or their DFINE_HOME. Tests that need another set it themselves.
+_TEST_HOME = tempfile.mkdtemp(prefix="dfine-test-home-")
+os.environ["DFINE_HOME"] = _TEST_HOME
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -122,3 +135,25 @@ def demo_detector():
     if not DEMO.exists():
         pytest.skip("demo model assets/dfine_n_synth.safetensors not bundled")
     return Detector(DEMO, threshold=0.5)
+
+
+@pytest.fixture(scope="session")
+def demo_val20(tmp_path_factory):
+    """20 synthetic val images (seed 7) the demo model was not trained on: calibration and
+    guard data of the reduced-precision tests."""
+    from dfine.cli import main
+
+    out = tmp_path_factory.mktemp("synth_val20")
+    args = ["data", "synth", "--out", str(out), "--train", "0", "--val", "20", "--seed", "7"]
+    assert main([*args, "--quiet", "--workers", "0"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory):
+    """The bundled demo model exported to ONNX (no parity check)."""
+    from dfine.export import export_onnx
+    from tests.app_util import DEMO
+
+    path = tmp_path_factory.mktemp("demo_onnx") / "demo.onnx"
+    return export_onnx(DEMO, path, check_parity=False).path

@@ -16,7 +16,7 @@ if importlib.util.find_spec("nncf") is None:  # not imported here: it sets the l
 
 from dfine.backends.openvino import OpenVINOBackend
 from dfine.cli import main
-from dfine.export import export_onnx, read_metadata
+from dfine.export import read_metadata
 from dfine.guard import PrecisionGuardError
 from dfine.precision import (
     FDR_PARTS,
@@ -28,35 +28,19 @@ from dfine.precision import (
 )
 from dfine.predict import Detector
 from dfine.quantize import export_reduced, int8_ignored_scope
-from tests.app_util import DEMO
 
 # CPU plugin layer types that compute on floats (a quantized one reports i8/u8)
 COMPUTE = {"FullyConnected", "MatMul", "Convolution", "Eltwise", "Softmax", "Reduce", "MVN"}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """20 synthetic val images the demo model was not trained on (calibration and guard)."""
-    out = tmp_path_factory.mktemp("synth")
-    args = ["data", "synth", "--out", str(out), "--train", "0", "--val", "20", "--seed", "7"]
-    assert main([*args, "--quiet", "--workers", "0"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "demo.onnx"
-    return export_onnx(DEMO, path, check_parity=False).path
-
-
-@pytest.fixture(scope="module")
-def int8_decoder(tmp_path_factory, onnx_file, data):
+def int8_decoder(tmp_path_factory, demo_onnx, demo_val20):
     """The decoder variant through the CLI: calibrated on the 20 images, guarded on them."""
     out = tmp_path_factory.mktemp("int8d") / "demo_int8d.xml"
     code = main(
         [
-            "export", str(onnx_file), "--format", "openvino", "--precision", "int8",
-            "--calibration", str(data), "--calibration-size", "20", "--val", str(data),
+            "export", str(demo_onnx), "--format", "openvino", "--precision", "int8",
+            "--calibration", str(demo_val20), "--calibration-size", "20", "--val", str(demo_val20),
             "--reduce", "backbone", "encoder", "decoder_layers", "--out", str(out), "--quiet",
         ]
     )  # fmt: skip
@@ -95,7 +79,7 @@ def _fake_quantized(model) -> dict[str, set[str]]:
     return fed
 
 
-def test_ir_quantizes_decoder_linears_only(int8_decoder, onnx_file):
+def test_ir_quantizes_decoder_linears_only(int8_decoder, demo_onnx):
     import openvino as ov
 
     model = ov.Core().read_model(str(int8_decoder))
@@ -112,7 +96,7 @@ def test_ir_quantizes_decoder_linears_only(int8_decoder, onnx_file):
         for linear in ("sampling_offsets", "attention_weights", "linear1", "linear2", "gate"):
             assert any(f"{layer}/" in n and f"/{linear}/" in n for n in fed), (layer, linear)
     # the self-attention's activation products and grid_sample's inputs are not quantized
-    base = ov.Core().read_model(str(onnx_file))
+    base = ov.Core().read_model(str(demo_onnx))
     base_parts = graph_parts(base)
     ignored = int8_ignored_scope(base, INT8_DECODER_PARTS)
     act = {n for n in ignored if base_parts[n] == "decoder_layers"}
@@ -149,15 +133,15 @@ def test_runtime_runs_decoder_int8_and_fdr_f32(int8_decoder):
     assert set(runtime["distribution_heads"]) == {"f32"}
 
 
-def test_detections_follow_f32(int8_decoder, onnx_file, data):
-    image = sorted((data / "val").glob("*.jpg"))[0]
-    f32 = Detector(onnx_file, backend="openvino", precision="f32", threshold=0.3)(image)
+def test_detections_follow_f32(int8_decoder, demo_onnx, demo_val20):
+    image = sorted((demo_val20 / "val").glob("*.jpg"))[0]
+    f32 = Detector(demo_onnx, backend="openvino", precision="f32", threshold=0.3)(image)
     int8 = Detector(int8_decoder, backend="openvino", threshold=0.3)(image)
     assert len(f32) > 0 and abs(len(int8) - len(f32)) <= 1
     np.testing.assert_allclose(int8.boxes[:1], f32.boxes[:1], atol=3.0)
 
 
-def test_guard_refusal_writes_nothing(tmp_path, onnx_file, data):
+def test_guard_refusal_writes_nothing(tmp_path, demo_onnx, demo_val20):
     """Calibrated on one black image, the INT8 ranges clip every real activation: the guard
     refuses the decoder variant with one line and nothing is written."""
     calib = tmp_path / "black"
@@ -166,8 +150,8 @@ def test_guard_refusal_writes_nothing(tmp_path, onnx_file, data):
     out = tmp_path / "refused.xml"
     with pytest.raises(PrecisionGuardError) as err:
         export_reduced(
-            onnx_file, out, precision="int8", calibration=calib, calibration_size=1,
-            val=data, val_size=8, reduced_parts=INT8_DECODER_PARTS, progress=False,
+            demo_onnx, out, precision="int8", calibration=calib, calibration_size=1,
+            val=demo_val20, val_size=8, reduced_parts=INT8_DECODER_PARTS, progress=False,
         )  # fmt: skip
     message = str(err.value)
     assert "\n" not in message and message.startswith("accuracy guard refused the int8 export")

@@ -13,7 +13,7 @@ pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
 
 from dfine.cli import main
-from dfine.export import export_onnx, read_metadata
+from dfine.export import read_metadata
 from dfine.guard import (
     PrecisionGuardError,
     drift,
@@ -26,28 +26,13 @@ from tests.app_util import DEMO
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A small synthetic split (20 val images) the demo model was not trained on."""
-    out = tmp_path_factory.mktemp("synth")
-    args = ["data", "synth", "--out", str(out), "--train", "0", "--val", "20", "--seed", "7"]
-    assert main([*args, "--quiet", "--workers", "0"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("onnx") / "demo.onnx"
-    return export_onnx(DEMO, path, check_parity=False).path
-
-
-@pytest.fixture(scope="module")
-def int8_xml(tmp_path_factory, onnx_file, data):
+def int8_xml(tmp_path_factory, demo_onnx, demo_val20):
     """INT8 through the CLI: calibrated on 8 images, guarded on the 20 val images."""
     out = tmp_path_factory.mktemp("int8") / "demo_int8.xml"
     code = main(
         [
-            "export", str(onnx_file), "--format", "openvino", "--precision", "int8",
-            "--calibration", str(data), "--calibration-size", "8", "--val", str(data),
+            "export", str(demo_onnx), "--format", "openvino", "--precision", "int8",
+            "--calibration", str(demo_val20), "--calibration-size", "8", "--val", str(demo_val20),
             "--out", str(out), "--quiet",
         ]
     )  # fmt: skip
@@ -56,10 +41,10 @@ def int8_xml(tmp_path_factory, onnx_file, data):
 
 
 @pytest.fixture(scope="module")
-def ov_model(onnx_file):
+def ov_model(demo_onnx):
     import openvino as ov
 
-    return ov.Core().read_model(str(onnx_file))
+    return ov.Core().read_model(str(demo_onnx))
 
 
 def test_every_node_has_a_part(ov_model):
@@ -72,7 +57,7 @@ def test_every_node_has_a_part(ov_model):
     assert part_of("Constant_12") is None
 
 
-def test_split_is_exact_and_keeps_the_decoder_f32(ov_model, onnx_file):
+def test_split_is_exact_and_keeps_the_decoder_f32(ov_model, demo_onnx):
     """Head + tail in f32 equal the whole graph bit for bit; with the head at bf16 the tail
     (every FDR operation) still runs f32 only."""
     from dfine.backends.openvino import shared_core
@@ -93,7 +78,7 @@ def test_split_is_exact_and_keeps_the_decoder_f32(ov_model, onnx_file):
         np.testing.assert_array_equal(a, b)
     from dfine.backends.openvino import OpenVINOBackend
 
-    backend = OpenVINOBackend(onnx_file, precision="bf16")
+    backend = OpenVINOBackend(demo_onnx, precision="bf16")
     tail_counts = runtime_precisions(backend.stages[1])
     assert all("bf16" not in c for c in tail_counts.values()), tail_counts
     head_counts = runtime_precisions(backend.stages[0])
@@ -149,11 +134,11 @@ def test_int8_export_is_guarded_and_recorded(int8_xml):
     assert meta["num_classes"] == 8 and meta["input_size"] == (320, 320)
 
 
-def test_bf16_export_keeps_ap(tmp_path, onnx_file, data):
+def test_bf16_export_keeps_ap(tmp_path, demo_onnx, demo_val20):
     from dfine.quantize import export_reduced
 
     out = tmp_path / "demo_bf16.xml"
-    result = export_reduced(onnx_file, out, precision="bf16", val=data, progress=False)
+    result = export_reduced(demo_onnx, out, precision="bf16", val=demo_val20, progress=False)
     assert result.guard.ok and result.guard.ap_drop <= 0.5
     assert "accuracy guard [OK]" in result.report()
     meta = read_metadata(out)
@@ -162,7 +147,7 @@ def test_bf16_export_keeps_ap(tmp_path, onnx_file, data):
     assert det.backend.precision == "bf16" and len(det.backend.stages) == 2
 
 
-def test_guard_refuses_broken_quantization(tmp_path, onnx_file, data):
+def test_guard_refuses_broken_quantization(tmp_path, demo_onnx, demo_val20):
     """INT8 of the whole graph, distribution heads and integral included, calibrated on two
     images: the guard refuses it with one line and writes nothing."""
     from dfine.quantize import export_reduced
@@ -170,8 +155,8 @@ def test_guard_refuses_broken_quantization(tmp_path, onnx_file, data):
     out = tmp_path / "broken.xml"
     with pytest.raises(PrecisionGuardError) as err:
         export_reduced(
-            onnx_file, out, precision="int8", calibration=data, calibration_size=2,
-            val=data, val_size=8, reduced_parts=PARTS, max_ap_drop=0.5, progress=False,
+            demo_onnx, out, precision="int8", calibration=demo_val20, calibration_size=2,
+            val=demo_val20, val_size=8, reduced_parts=PARTS, max_ap_drop=0.5, progress=False,
         )  # fmt: skip
     message = str(err.value)
     assert "\n" not in message and message.startswith("accuracy guard refused the int8 export")
@@ -179,29 +164,29 @@ def test_guard_refuses_broken_quantization(tmp_path, onnx_file, data):
     assert not out.exists() and not out.with_suffix(".bin").exists()
 
 
-def test_detector_precision_per_runtime(onnx_file, int8_xml, data):
-    image = sorted((data / "val").glob("*.jpg"))[0]
-    f32 = Detector(onnx_file, backend="openvino", precision="f32", threshold=0.3)(image)
-    bf16 = Detector(onnx_file, backend="openvino", precision="bf16", threshold=0.3)(image)
+def test_detector_precision_per_runtime(demo_onnx, int8_xml, demo_val20):
+    image = sorted((demo_val20 / "val").glob("*.jpg"))[0]
+    f32 = Detector(demo_onnx, backend="openvino", precision="f32", threshold=0.3)(image)
+    bf16 = Detector(demo_onnx, backend="openvino", precision="bf16", threshold=0.3)(image)
     int8 = Detector(int8_xml, backend="openvino", threshold=0.3)(image)
-    ort = Detector(onnx_file, backend="onnxruntime", precision="f32", threshold=0.3)(image)
+    ort = Detector(demo_onnx, backend="onnxruntime", precision="f32", threshold=0.3)(image)
     assert len(f32) > 0 and len(ort) == len(f32)
     for dets in (bf16, int8):
         assert abs(len(dets) - len(f32)) <= 1
         np.testing.assert_allclose(dets.boxes[:1], f32.boxes[:1], atol=3.0)
     with pytest.raises(ValueError, match=r"no bf16 CPU path; use backend='openvino'"):
-        Detector(onnx_file, backend="onnxruntime", precision="bf16")
+        Detector(demo_onnx, backend="onnxruntime", precision="bf16")
     with pytest.raises(ValueError, match="needs a calibrated model"):
-        Detector(onnx_file, backend="openvino", precision="int8")
+        Detector(demo_onnx, backend="openvino", precision="int8")
     with pytest.raises(ValueError, match="exported with precision int8"):
         Detector(int8_xml, backend="openvino", precision="bf16")
     with pytest.raises(ValueError, match="torch backend runs f32"):
         Detector(DEMO, backend="torch", precision="bf16")
 
 
-def test_cli_predict_and_val_on_the_int8_file(tmp_path, int8_xml, data, capsys):
+def test_cli_predict_and_val_on_the_int8_file(tmp_path, int8_xml, demo_val20, capsys):
     out = tmp_path / "pred"
-    images = sorted((data / "val").glob("*.jpg"))[:2]
+    images = sorted((demo_val20 / "val").glob("*.jpg"))[:2]
     assert (
         main(["predict", *map(str, images), "--weights", str(int8_xml), "--out", str(out), "-q"])
         == 0
@@ -209,39 +194,39 @@ def test_cli_predict_and_val_on_the_int8_file(tmp_path, int8_xml, data, capsys):
     record = json.loads((out / f"{images[0].stem}.json").read_text())
     assert record["detections"] and record["speed"]["inference"] > 0
     capsys.readouterr()
-    assert main(["val", "--weights", str(int8_xml), "--data", str(data), "--json", "-q"]) == 0
+    assert main(["val", "--weights", str(int8_xml), "--data", str(demo_val20), "--json", "-q"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     guard = read_metadata(int8_xml)["guard"]
     assert metrics["AP"] == pytest.approx(guard["reduced"]["AP"], abs=1e-6)
 
 
-def test_cli_val_at_a_precision_is_validate_at_that_precision(onnx_file, data, capsys):
+def test_cli_val_at_a_precision_is_validate_at_that_precision(demo_onnx, demo_val20, capsys):
     """``dfine val --precision`` goes through :func:`dfine.train.run.validate` (the one
     evaluation path, batched) and scores what the guard's image-by-image evaluation does."""
     from dfine.backends.openvino import OpenVINOBackend
     from dfine.guard import evaluate, load_val
     from dfine.train.run import validate
 
-    args = ["val", "--weights", str(onnx_file), "--data", str(data), "--json", "-q"]
+    args = ["val", "--weights", str(demo_onnx), "--data", str(demo_val20), "--json", "-q"]
     assert main([*args, "--precision", "bf16"]) == 2  # an .onnx runs on ONNX Runtime: f32
     assert "use backend='openvino' with precision='bf16'" in capsys.readouterr().err
     args += ["--backend", "openvino"]
     assert main([*args, "--precision", "bf16"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    bf16 = OpenVINOBackend(onnx_file, precision="bf16")
-    guard = evaluate(bf16.detect, load_val(data), bf16.input_size, progress=False)
+    bf16 = OpenVINOBackend(demo_onnx, precision="bf16")
+    guard = evaluate(bf16.detect, load_val(demo_val20), bf16.input_size, progress=False)
     assert metrics["AP"] == pytest.approx(guard["AP"], abs=1e-6) and metrics["AP"] > 0
     assert main([*args, "--precision", "int8"]) == 2
     assert "needs a calibrated model" in capsys.readouterr().err
     with pytest.raises(ValueError, match="torch backend runs f32"):
-        validate(DEMO, data, backend="torch", precision="bf16", progress=False)
+        validate(DEMO, demo_val20, backend="torch", precision="bf16", progress=False)
 
 
-def test_cli_refuses_bad_precision_requests(onnx_file, tmp_path, capsys):
+def test_cli_refuses_bad_precision_requests(demo_onnx, tmp_path, capsys):
     code = main(
         [
             "export",
-            str(onnx_file),
+            str(demo_onnx),
             "--format",
             "openvino",
             "--precision",
@@ -252,7 +237,7 @@ def test_cli_refuses_bad_precision_requests(onnx_file, tmp_path, capsys):
     )
     assert code == 2
     assert "needs --calibration" in capsys.readouterr().err
-    code = main(["export", str(onnx_file), "--format", "onnx", "--precision", "bf16"])
+    code = main(["export", str(demo_onnx), "--format", "onnx", "--precision", "bf16"])
     assert code == 2
     assert "bf16 is a runtime choice" in capsys.readouterr().err
 

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 """The inference runtimes, by the name ``--backend`` and ``Detector(backend=)`` take."""
 
+FASTEST = "fastest"
+"""The backend name that means "the fastest runtime installed here"
+(:func:`dfine.sources.fastest_backend`)."""
+
 _EXPORTS = {
     "Backend": "base",
     "create_backend": "create",
@@ -33,6 +37,7 @@ _EXPORTS = {
 }
 __all__ = [
     "BACKENDS",
+    "FASTEST",
     "Backend",
     "OnnxRuntimeBackend",
     "OpenVINOBackend",

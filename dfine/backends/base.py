@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from dfine.files import file_sha256
 from dfine.postprocess import BatchDetections
 
 Device = torch.device | str | None
+
+RUNTIME_TITLES = {
+    "torch": "PyTorch",
+    "onnxruntime": "ONNX Runtime",
+    "openvino": "OpenVINO",
+    "tensorrt": "TensorRT",
+}
+"""Each backend's runtime as people write it."""
 
 
 class Backend:
@@ -41,6 +50,11 @@ class Backend:
 
     def detect(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> BatchDetections:
         raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        """What runs the model, for people: ``"OpenVINO f32"``, ``"PyTorch f32"``, …"""
+        return f"{RUNTIME_TITLES.get(self.name, self.name)} {getattr(self, 'precision', 'f32')}"
 
     def _init_from_onnx(
         self, weights: str | os.PathLike, size: tuple[int, int] | None, postprocess: bool = True
@@ -85,7 +99,13 @@ def as_numpy(x: torch.Tensor | np.ndarray, dtype=np.float32) -> np.ndarray:
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
-    """sha256 prefix of a file's bytes (cache keys for exported graphs and engines)."""
+    """sha256 prefix of a file's bytes (cache keys for exported graphs and engines); for a
+    Hugging Face model folder, of its files' digests by name."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        text = "\n".join(f"{p.name} {file_sha256(p)}" for p in files)
+        return hashlib.sha256(text.encode()).hexdigest()[:length]
     return file_sha256(path)[:length]
 
 

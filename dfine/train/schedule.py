@@ -110,8 +110,46 @@ class WarmupMultiStep:
         self.warmup.load_state_dict(state["warmup"])
 
 
-class FlatCosine:
+class IterSchedule:
+    """A learning-rate factor set every iteration: step ``i`` trains with
+    ``base_lr * factor(i)`` for each parameter group. Subclasses define :meth:`factor` and
+    name their state in ``_STATE`` (what checkpoints keep and resume restores)."""
+
+    _STATE: tuple[str, ...] = ("last_step", "base_lrs")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_iters: int) -> None:
+        if total_iters <= 0:
+            raise InvalidArgumentError(f"total_iters must be positive, got {total_iters}")
+        self.optimizer = optimizer
+        self.total_iters = int(total_iters)
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.last_step = -1
+
+    def factor(self, step: int) -> float:
+        raise NotImplementedError
+
+    def step_iter(self) -> None:
+        self.last_step += 1
+        f = self.factor(self.last_step)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+    def step_epoch(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self._STATE:
+            value = state[k]
+            setattr(self, k, list(map(float, value)) if k == "base_lrs" else value)
+
+
+class FlatCosine(IterSchedule):
     """Linear warm-up, flat, then cosine decay to ``min_lr_ratio``; set every iteration."""
+
+    _STATE = ("last_step", "total_iters", "warmup_iters", "flat_iters", "min_lr_ratio", "base_lrs")
 
     def __init__(
         self,
@@ -121,15 +159,10 @@ class FlatCosine:
         flat_iters: int = 0,
         min_lr_ratio: float = 0.05,
     ) -> None:
-        if total_iters <= 0:
-            raise InvalidArgumentError(f"total_iters must be positive, got {total_iters}")
-        self.optimizer = optimizer
-        self.total_iters = int(total_iters)
+        super().__init__(optimizer, total_iters)
         self.warmup_iters = int(warmup_iters)
         self.flat_iters = max(int(flat_iters), self.warmup_iters)
         self.min_lr_ratio = float(min_lr_ratio)
-        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        self.last_step = -1
         self.step_iter()
 
     def factor(self, step: int) -> float:
@@ -143,33 +176,6 @@ class FlatCosine:
         span = max(self.total_iters - self.flat_iters, 1)
         cosine = 0.5 * (1.0 + math.cos(math.pi * (step - self.flat_iters) / span))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
-
-    def step_iter(self) -> None:
-        self.last_step += 1
-        f = self.factor(self.last_step)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = f * base
-
-    def step_epoch(self) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "last_step": self.last_step,
-            "total_iters": self.total_iters,
-            "warmup_iters": self.warmup_iters,
-            "flat_iters": self.flat_iters,
-            "min_lr_ratio": self.min_lr_ratio,
-            "base_lrs": list(self.base_lrs),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_step = int(state["last_step"])
-        self.total_iters = int(state["total_iters"])
-        self.warmup_iters = int(state["warmup_iters"])
-        self.flat_iters = int(state["flat_iters"])
-        self.min_lr_ratio = float(state["min_lr_ratio"])
-        self.base_lrs = [float(v) for v in state["base_lrs"]]
 
 
 DEIM_FIRST_STEP_FACTOR = 1 / 500
@@ -191,9 +197,20 @@ def deim_flat_cosine(
     return gamma + (1.0 - gamma) * cosine
 
 
-class DEIMFlatCosine:
+class DEIMFlatCosine(IterSchedule):
     """DEIM's flat-cosine schedule, step for step (see the module docstring); set every
     iteration. Step ``i`` trains with ``base * factor(i)``."""
+
+    _STATE = (
+        "last_step",
+        "total_iters",
+        "warmup_iters",
+        "flat_iters",
+        "no_aug_iters",
+        "min_lr_ratio",
+        "first_step_factor",
+        "base_lrs",
+    )
 
     def __init__(
         self,
@@ -205,17 +222,12 @@ class DEIMFlatCosine:
         min_lr_ratio: float,
         first_step_factor: float = 1.0,
     ) -> None:
-        if total_iters <= 0:
-            raise InvalidArgumentError(f"total_iters must be positive, got {total_iters}")
-        self.optimizer = optimizer
-        self.total_iters = int(total_iters)
+        super().__init__(optimizer, total_iters)
         self.warmup_iters = int(warmup_iters)
         self.flat_iters = int(flat_iters)
         self.no_aug_iters = int(no_aug_iters)
         self.min_lr_ratio = float(min_lr_ratio)
         self.first_step_factor = float(first_step_factor)
-        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        self.last_step = -1
         self.step_iter()
 
     def factor(self, step: int) -> float:
@@ -230,33 +242,6 @@ class DEIMFlatCosine:
             self.no_aug_iters,
             self.min_lr_ratio,
         )
-
-    def step_iter(self) -> None:
-        self.last_step += 1
-        f = self.factor(self.last_step)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * f
-
-    def step_epoch(self) -> None:
-        pass
-
-    _STATE = (
-        "last_step",
-        "total_iters",
-        "warmup_iters",
-        "flat_iters",
-        "no_aug_iters",
-        "min_lr_ratio",
-        "first_step_factor",
-        "base_lrs",
-    )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._STATE}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in self._STATE:
-            setattr(self, k, state[k])
 
 
 def build_schedule(
