@@ -330,36 +330,22 @@ class DFINECriterion(nn.Module):
         is_dn: bool = False,
     ) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
-        if "vfl" in self.losses:
+        if {"vfl", "mal"} & set(self.losses):
+            # the classification loss of either family: IoU-aware targets of the matched queries
             idx = src_permutation(cls_indices)
             ious = matched_ious(
                 out["pred_boxes"][idx], matched_targets(targets, cls_indices, "boxes")
-            )
-            terms["loss_vfl"] = varifocal_loss(
-                out["pred_logits"],
-                matched_targets(targets, cls_indices, "labels"),
-                ious.detach(),
-                idx,
-                self.num_classes,
-                self.alpha,
-                self.gamma,
-                num_cls,
-            )
-        if "mal" in self.losses:
-            idx = src_permutation(cls_indices)
-            ious = matched_ious(
-                out["pred_boxes"][idx], matched_targets(targets, cls_indices, "boxes")
-            )
-            terms["loss_mal"] = matchability_aware_loss(
-                out["pred_logits"],
-                matched_targets(targets, cls_indices, "labels"),
-                ious.detach(),
-                idx,
-                self.num_classes,
-                self.gamma,
-                num_cls,
-                self.mal_alpha,
-            )
+            ).detach()
+            labels = matched_targets(targets, cls_indices, "labels")
+            logits, k = out["pred_logits"], self.num_classes
+            if "vfl" in self.losses:
+                terms["loss_vfl"] = varifocal_loss(
+                    logits, labels, ious, idx, k, self.alpha, self.gamma, num_cls
+                )
+            if "mal" in self.losses:
+                terms["loss_mal"] = matchability_aware_loss(
+                    logits, labels, ious, idx, k, self.gamma, num_cls, self.mal_alpha
+                )
         idx = src_permutation(box_indices)
         src = out["pred_boxes"][idx]
         tgt = matched_targets(targets, box_indices, "boxes")
