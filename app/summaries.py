@@ -35,6 +35,10 @@ def detection_label(index: int, dets: Detections) -> str:
 def speed_text(sel: Selection) -> str:
     speed = sel.result.detections.speed
     parts = " · ".join(f"{k} {speed[k]:.1f} ms" for k in ("preprocess", "inference", "postprocess"))
+    parts += (
+        " on PyTorch f32, traced: this one pass feeds every analysis tab (the webcam and a "
+        "video without tracking run the fastest runtime installed)"
+    )
     if sel.cached:
         return (
             f"**Speed** (this server's CPU) of the forward pass reused here: {parts} — this image "

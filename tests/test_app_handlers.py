@@ -93,6 +93,7 @@ def test_detect_table_json_and_summary(state):
     assert set(data["speed"]) == {"preprocess", "inference", "postprocess"}
     assert f"{len(table)} detections" in summary
     assert "inference" in summary and "ms" in summary
+    assert "on PyTorch f32, traced" in summary  # the runtime it ran on, named
     assert FIXTURE_BANNER not in summary
     assert annotated.size == (320, 320)
 
