@@ -4,7 +4,7 @@ configuration in turn), the latency of a random-init model at 640² (interleaved
 the ONNX graph's node count per budget. Writes a Markdown file.
 
     python -m dfine.cli data synth --out /tmp/depth_val --train 0 --val 300 --seed 11 --quiet
-    nice -n 10 python benchmarks/depth_queries.py --val /tmp/depth_val \\
+    python benchmarks/depth_queries.py --val /tmp/depth_val \\
         --out benchmarks/results/depth_queries_cpu.md
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import platform
 import shlex
 import statistics
@@ -49,7 +50,10 @@ def interleaved_latency(size: str, hw: int, runtimes, layers, queries, threads, 
     torch.manual_seed(0)
     model = dfine.build_model(size).eval()
     grid = [(r, k, q) for r in runtimes for k in layers for q in queries]
-    runs = {g: _runner(g[0], model, (hw, hw), threads, workdir, budget=(g[1], g[2])) for g in grid}
+    runs = {
+        g: _runner(g[0], model, (hw, hw), threads, workdir, budget=(g[1], g[2]), spinning=False)
+        for g in grid
+    }
     x, sizes = torch.rand(1, 3, hw, hw), torch.tensor([[hw, hw]])
     for g in grid:
         runs[g](x, sizes)
@@ -77,6 +81,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     val = load_val(args.val, args.val_size)
     sweep = sweep_budgets(
@@ -97,13 +102,15 @@ def main() -> None:
         f"- date: {dt.date.today().isoformat()}; torch {torch.__version__}; {platform.machine()};"
         f" CPU capability {torch.backends.cpu.get_cpu_capability()}; {args.threads} threads;"
         " batch 1",
-        "- command: `nice -n 10 python "
+        "- command: `python "
         + " ".join(shlex.quote(a) for a in sys.argv)
         + "` (val data: `python -m dfine.cli data synth --out /tmp/depth_val --train 0 --val"
         " 300 --seed 11 --quiet`)",
-        "- the machine is shared (2 cores, other jobs running): absolute milliseconds are"
-        " inflated and noisy; the ratios inside one table are measured interleaved, so they"
-        " carry the comparison",
+        f"- load average (1 min) at the start {load_before:.2f}, at the end "
+        f"{os.getloadavg()[0]:.2f}; the ratios inside one table are measured interleaved, so"
+        " they carry the comparison even where other work shared the cores; ONNX Runtime"
+        " runs with its threads' spinning off (`spinning=False`), which otherwise takes the"
+        " cores from the next configuration timed",
         "",
         f"## Demo model (`{Path(str(sweep.weights)).name}`, {sweep.input_size[0]}², "
         f"{sweep.images} val images): accuracy and latency",

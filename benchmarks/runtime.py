@@ -4,7 +4,8 @@ What ``backend="fastest"`` (:func:`dfine.sources.fastest_backend`) and the app's
 detections (webcam, untracked video) choose from: the deployed torch model, ONNX Runtime and
 OpenVINO, all f32, each timed on the same image in rounds (torch, onnxruntime, openvino,
 torch, …) so that a machine's load changes them alike. Times include preprocessing and
-postprocessing (what a user waits for). Each model's ratios are to its torch time.
+postprocessing (what a user waits for). Each model's ratios are to its torch time. ONNX
+Runtime runs with spinning off, so that its idle threads leave the cores to the next runtime.
 
     python benchmarks/runtime.py --threads 2 --out benchmarks/results/runtime_cpu.md
     python benchmarks/runtime.py --weights assets/dfine_n_synth.safetensors ../shared/reference/dfine_s_random_official.pth
@@ -38,10 +39,13 @@ DEFAULT_WEIGHTS = (
 def time_model(weights: str, image: np.ndarray, threads: int, rounds: int) -> dict[str, list]:
     """Milliseconds per call of each runtime, interleaved over ``rounds`` (after one warm-up)."""
     torch.set_num_threads(threads)
+    options = {
+        "torch": {},
+        "onnxruntime": {"threads": threads, "spinning": False},  # idle threads sleep
+        "openvino": {"threads": threads},
+    }
     detectors = {
-        name: dfine.Detector(weights, backend=name, threshold=0.5)
-        if name == "torch"
-        else dfine.Detector(weights, backend=name, threshold=0.5, threads=threads)
+        name: dfine.Detector(weights, backend=name, threshold=0.5, **options[name])
         for name in RUNTIMES
     }
     times: dict[str, list] = {name: [] for name in RUNTIMES}

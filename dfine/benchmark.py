@@ -95,6 +95,7 @@ def _runner(
     precision: str = "f32",
     throughput: bool = False,
     budget: tuple[int, int] | None = None,
+    spinning: bool = True,
 ):
     """A callable that runs ``model`` on a batch through ``backend`` at ``precision``
     (openvino: bf16 / int8 with the decoder in f32; INT8 calibrated on random images, which
@@ -122,6 +123,8 @@ def _runner(
     if not onnx.exists():
         export_onnx(model, onnx, size=size, check_parity=False)
     options = {"threads": threads} if backend in ("onnxruntime", "openvino") else {}
+    if backend == "onnxruntime":
+        options["spinning"] = spinning  # False: timed interleaved with other runtimes
     if backend == "openvino":
         options["hint"] = "throughput" if throughput else "latency"
         if precision == "int8":

@@ -198,4 +198,7 @@ def _runner(key: tuple[str, int, int], weights, model: DFINE, threads: int) -> D
         net = copy.deepcopy(model).eval()
         net = (net if net.deployed else net.deploy()).set_decoder_budget(k, q)
         return TorchBackend(net, deploy=False).detect
-    return create_backend(runtime, weights, decoder_layers=k, num_queries=q, threads=threads).detect
+    options = {"spinning": False} if runtime == "onnxruntime" else {}  # timed interleaved
+    return create_backend(
+        runtime, weights, decoder_layers=k, num_queries=q, threads=threads, **options
+    ).detect

@@ -141,3 +141,18 @@ def test_zero_gpu_keeps_torch(monkeypatch, demo):
         importlib.util, "find_spec", lambda n, *a: object() if n == "spaces" else real(n, *a)
     )
     assert gpu.plain_backend(str(demo)) == "torch"
+
+
+def test_onnxruntime_spinning_can_be_turned_off(demo_onnx):
+    pytest.importorskip("onnxruntime")
+    from dfine.backends import OnnxRuntimeBackend
+
+    def entry(backend):
+        options = backend.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # "does not have configuration with key": the default, spin
+            return None
+
+    assert entry(OnnxRuntimeBackend(demo_onnx, threads=1, spinning=False)) == "0"
+    assert entry(OnnxRuntimeBackend(demo_onnx, threads=1)) is None

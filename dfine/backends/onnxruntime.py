@@ -29,7 +29,12 @@ class OnnxRuntimeBackend(Backend):
         device: Device = None,
         threads: int | None = None,
         precision: str | None = None,
+        spinning: bool = True,
     ) -> None:
+        """``spinning``: ONNX Runtime's threads busy-wait for the next run after each one
+        (its default, the lowest latency for one model); ``False`` lets them sleep, for
+        timing several runtimes interleaved on few cores, where a spinning pool takes the
+        cores of the next model timed."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -44,6 +49,8 @@ class OnnxRuntimeBackend(Backend):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
