@@ -49,9 +49,10 @@ def default_backend(source: object) -> str:
 def fastest_backend(source: object, device: object = None) -> str:
     """The fastest runtime installed here for a plain detection (no trace) of ``source``.
 
-    On the CPU: OpenVINO, else ONNX Runtime, else torch — the order measured for every model
-    size (``benchmarks/results/backends_cpu.md``: OpenVINO f32 1.17×/1.21×/1.37× the deployed
-    torch model for N/S/L at 640², batch 1; ``runtime_cpu.md``: the demo model at 320²). A
+    On the CPU: OpenVINO, else ONNX Runtime, else torch — the order measured end to end,
+    interleaved (``benchmarks/results/runtime_cpu.md``, 2 threads: OpenVINO f32 1.27× /
+    1.35× / 1.27× and ONNX Runtime 1.01× / 1.16× / 1.20× the deployed torch model for the
+    demo model at 320² and N / S at 640²; ``backends_cpu.md`` agrees for N/S/L). A
     checkpoint is exported to ONNX once (cached, see :func:`dfine.backends.base.onnx_for`),
     which needs the ``onnx`` package; without it the checkpoint runs on torch. An OpenVINO
     ``.xml`` runs on OpenVINO and a ``DFINE`` model object on torch (only a file can be
