@@ -5,7 +5,6 @@ and results are pickled: a :class:`~dfine.Detector` and an image, detections and
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -36,9 +35,11 @@ def plain_backend(source: object) -> str:
     the fastest installed (:func:`dfine.sources.fastest_backend`), but torch where ``spaces``
     is importable, whose decorated calls pickle the detector (a compiled OpenVINO or ONNX
     Runtime model cannot be pickled) and run it on ZeroGPU's GPU."""
-    if importlib.util.find_spec("spaces") is not None:
-        return "torch"
-    return fastest_backend(source)
+    try:  # the same test as gpu()'s
+        import spaces  # noqa: F401
+    except ImportError:
+        return fastest_backend(source)
+    return "torch"
 
 
 @gpu
