@@ -25,7 +25,9 @@ client_lib = pytest.importorskip("gradio_client")
 
 from gradio_client.utils import Status  # noqa: E402
 
+from app.gpu import plain_backend  # noqa: E402
 from app.tabs.video import VideoTab  # noqa: E402
+from dfine.backends.base import RUNTIME_TITLES  # noqa: E402
 from dfine.data.synth_video import render_clip, write_synth_video  # noqa: E402
 from tests.app_util import DEMO, serve  # noqa: E402
 
@@ -200,6 +202,8 @@ def test_webcam_streams_detections_and_drops_frames(url, tmp_path):
             )
             text = status.inner_text()
             assert _rate(text) > 0 and "ms/frame" in text, text
+            runtime = RUNTIME_TITLES[plain_backend(str(DEMO))]  # the fastest installed here
+            assert f"ms/frame on {runtime} f32" in text, text
             assert all(n in text for n in ("green triangle", "purple ring", "orange cross")), text
             page.wait_for_selector("#webcam-output img", state="visible")
             calls_before = CALLS.count

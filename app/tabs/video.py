@@ -100,7 +100,8 @@ Detect tab**; ByteTrack gives each object a track id (`#3` on its box). Move the
 to see a frame's detections, open that frame in the **analysis tabs**, or pick a **track** to see \
 the σ of its four edge distributions, its score and its box size over time — frames where the \
 uncertainty jumps (occlusion, motion blur, leaving the frame) are marked. With tracking on, each \
-frame's one forward pass is traced (for the edge σ); with it off, the plain forward runs and the \
+frame's one forward pass is traced with PyTorch (for the edge σ); with it off, the fastest runtime \
+installed here runs the plain forward (the summary names it; the webcam uses it too) and the \
 frame table has no σ.
 """
 
