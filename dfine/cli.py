@@ -104,7 +104,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     done = len(images) + len(videos) - failures
     if not args.quiet:
         kind = "image(s) and video(s)" if videos else "image(s)"
-        print(f"wrote {done} annotated {kind} and JSON file(s) to {out}")
+        runtime = detector.backend.label + (
+            " (--backend fastest)" if args.backend == FASTEST else ""
+        )
+        print(f"wrote {done} annotated {kind} and JSON file(s) to {out}; ran on {runtime}")
     return 1 if failures else 0
 
 

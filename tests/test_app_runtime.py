@@ -155,3 +155,12 @@ def test_onnxruntime_spinning_can_be_turned_off(demo_onnx):
 
     assert entry(OnnxRuntimeBackend(demo_onnx, threads=1, spinning=False)) == "0"
     assert entry(OnnxRuntimeBackend(demo_onnx, threads=1)) is None
+
+
+def test_cli_predict_backend_fastest_says_what_ran(demo, tmp_path, capsys):
+    from dfine.cli import main
+
+    assert main(["predict", str(EXAMPLES[0]), "--backend", "fastest", "--out", str(tmp_path)]) == 0
+    assert "ran on OpenVINO f32 (--backend fastest)" in capsys.readouterr().out
+    assert main(["predict", str(EXAMPLES[0]), "--out", str(tmp_path)]) == 0
+    assert "ran on PyTorch f32" in capsys.readouterr().out
