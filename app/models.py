@@ -103,18 +103,25 @@ class LoadedModel:
         return self.model.config.decoder.num_layers
 
     def detector(
-        self, size: int, letterbox: bool = False, budget: tuple[int, int] | None = None
+        self,
+        size: int,
+        letterbox: bool = False,
+        budget: tuple[int, int] | None = None,
+        backend: str = "torch",
     ) -> dfine.Detector:
-        """A detector at ``size × size`` returning every query (threshold 0); shares weights.
+        """A detector at ``size × size`` returning every query (threshold 0), made once.
         ``letterbox``: keep the aspect ratio (grey padding) instead of stretching. ``budget``:
         (decoder layers K, queries Q) the detector runs (its own copy of the model); None:
-        every layer, every query."""
-        key = (int(size), bool(letterbox), budget)
+        every layer, every query. ``backend``: torch shares this model's weights (and can
+        trace); another runtime runs an ONNX export of the model's file, made once per file,
+        size and budget (cached in ``DFINE_HOME``)."""
+        key = (int(size), bool(letterbox), budget, backend)
         k, q = budget or (None, None)
         with self._lock:
             if key not in self._detectors:
+                weights = self.model if backend == "torch" else resolve(self.entry.source)
                 self._detectors[key] = dfine.Detector(
-                    self.model, threshold=0.0, size=key[0], letterbox=key[1],
+                    weights, backend=backend, threshold=0.0, size=key[0], letterbox=key[1],
                     decoder_layers=k, num_queries=q,
                 )  # fmt: skip
             return self._detectors[key]
@@ -122,23 +129,11 @@ class LoadedModel:
     def fast_detector(
         self, size: int, letterbox: bool = False, budget: tuple[int, int] | None = None
     ) -> dfine.Detector:
-        """:meth:`detector` on the fastest runtime installed here (:func:`app.gpu.
-        plain_backend`), for plain detections that need no trace (the webcam, a video without
-        tracking analysis). A non-torch runtime runs an ONNX export of this model's file, made
-        once per file, size and budget (cached in ``DFINE_HOME``); its detections equal the
-        torch model's to float rounding (``tests/test_app_runtime.py``)."""
-        backend = gpu.plain_backend(self.entry.source)
-        if backend == "torch":
-            return self.detector(size, letterbox, budget)
-        key = (int(size), bool(letterbox), budget, backend)
-        k, q = budget or (None, None)
-        with self._lock:
-            if key not in self._detectors:
-                self._detectors[key] = dfine.Detector(
-                    resolve(self.entry.source), backend=backend, threshold=0.0,
-                    size=key[0], letterbox=key[1], decoder_layers=k, num_queries=q,
-                )  # fmt: skip
-            return self._detectors[key]
+        """:meth:`detector` on the fastest runtime installed here
+        (:func:`app.gpu.plain_backend`), for plain detections that need no trace (the webcam,
+        a video without tracking analysis); its detections equal the torch model's to float
+        rounding (``tests/test_app_runtime.py``)."""
+        return self.detector(size, letterbox, budget, gpu.plain_backend(self.entry.source))
 
     def check_budget(
         self, decoder_layers: int | None, num_queries: int | None
