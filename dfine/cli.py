@@ -37,6 +37,7 @@ EPILOG_PREDICT = """examples:
   dfine predict clip.mp4 photo.jpg --weights dfine_n_coco.pth --track --stride 2 --out runs/v
   dfine predict street.jpg --weights dfine_n_synth.onnx          (ONNX Runtime, from the suffix)
   dfine predict street.jpg --weights model.onnx --backend openvino
+  dfine predict clip.mp4 --weights dfine_n_coco --backend fastest     (OpenVINO when installed)
 weights: a .pth/.safetensors checkpoint, a Hugging Face model folder, a model-zoo name
 (downloaded once into $DFINE_HOME, default ~/.cache/dfine) or an exported .onnx file
 (default: the bundled demo model, D-FINE-N on 8 synthetic shape classes).
