@@ -22,6 +22,20 @@ from dfine.errors import MissingDependencyError
 from dfine.optional import require_chromium
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def cpu_fixture(stem: Path) -> Path:
+    """``stem`` (a recording for one kind of CPU, e.g. ``deim_steps.avx2``; see
+    ``for_this_cpu`` in scripts/record_deim_loss_fixture.py) when it was recorded; otherwise
+    the test skips, naming the recordings there are and the command that makes one."""
+    if not Path(f"{stem}.json").exists():
+        kind = stem.name.rsplit(".", 1)[0]
+        have = sorted(p.name for p in stem.parent.glob(f"{kind}.*.json"))
+        pytest.skip(
+            f"{kind} is recorded for {have}, not for this CPU's kernels ({stem.name}): "
+            "run scripts/record_deim_loss_fixture.py on it"
+        )
+    return stem
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 torch.set_num_threads(2)

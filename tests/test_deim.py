@@ -4,7 +4,10 @@
 weights (``scripts/record_deim_fixture.py``: DEIM's model built from its YAML, weights from
 ``random_state_dict``, which draws from key names and shapes only). Here our model gets the
 same weights, through both loading routes a user has: a release file named ``deim_…`` and
-``load_model(..., family="deim")``. Tolerances: 1e-4 on logits, 1e-5 on boxes, index by index.
+``load_model(..., family="deim")``. Tolerances: 1e-4 on logits, 1e-5 on boxes, query by query
+after pairing by encoder position: on the CPU that recorded the fixture the order is the same
+(and every difference 0), but a CPU whose kernels round differently (AVX-512 against AVX2)
+reorders the near-tied queries of random weights (see ``dfine.parity``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ def _official_state_dict(size: str, sizes: dict) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _max_diffs(model: dfine.DFINE, size: str, tensors: dict, images: torch.Tensor):
+def _max_diffs(
+    model: dfine.DFINE, size: str, tensors: dict, images: torch.Tensor, same_queries: bool = True
+):
     with torch.inference_mode():
         out = model(images)
         trace = model.trace(images)
@@ -64,8 +69,9 @@ def _max_diffs(model: dfine.DFINE, size: str, tensors: dict, images: torch.Tenso
         tensors[f"{size}.enc_topk_indices"],
     )
     print(f"deim {size}: {report.summary()}")
-    assert report.same_order, "queries selected in another order than DEIM's"
-    return report.index_max_logit_diff, report.index_max_box_diff
+    if same_queries:
+        assert all(s <= 3 for s in report.swaps), "queries missing from DEIM's selection"
+    return report.paired_max_logit_diff, report.paired_max_box_diff
 
 
 def _check_release_name_and_family_argument(size, tmp_path, recorded, inputs):
@@ -91,7 +97,7 @@ def test_outputs_equal_deims_own_model(size, tmp_path, recorded, inputs):
     # without the hint the same file is read as D-FINE: ReLU heads, other scores (the bug)
     plain = load_model(renamed)
     assert plain.family == "dfine"
-    logits, _ = _max_diffs(plain, size, recorded[0], inputs["images"])
+    logits, _ = _max_diffs(plain, size, recorded[0], inputs["images"], same_queries=False)
     assert logits > 1e-2
 
 

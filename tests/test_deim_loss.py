@@ -1,6 +1,6 @@
 """DEIM's criterion (issue 23): MAL and every loss term against DEIM's own ``DEIMCriterion``.
 
-``tests/fixtures/deim_losses.{safetensors,json}`` (``scripts/record_deim_loss_fixture.py``)
+``tests/fixtures/deim_losses.<cpu>.{safetensors,json}`` (``scripts/record_deim_loss_fixture.py``)
 hold one train-mode forward of DEIM's DEIM-D-FINE-N (seeded random weights, denoising on) —
 every output tensor the criterion reads, the targets, DEIM's weighted loss terms and the
 gradient norm of their sum for each output tensor. Our criterion gets the same tensors; every
@@ -11,6 +11,7 @@ train-mode forward under the same denoising seed is compared with DEIM's outputs
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from dfine.errors import InvalidArgumentError
 from dfine.loss import build_criterion
 from dfine.loss.criterion import DEIM_WEIGHTS, matchability_aware_loss, varifocal_loss
 from tests.app_util import load_script
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, cpu_fixture
 
 NAME = "deim_losses"
 RECORDER = load_script("scripts/record_deim_loss_fixture.py", "record_deim_loss_fixture")
@@ -29,12 +30,14 @@ EVAL_RECORDER = load_script("scripts/record_deim_fixture.py", "record_deim_fixtu
 TOL = 1e-5
 
 
+
 @pytest.fixture(scope="module")
 def fixture() -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
 
-    tensors = load_file(str(FIXTURES / f"{NAME}.safetensors"))
-    record = json.loads((FIXTURES / f"{NAME}.json").read_text())
+    stem = cpu_fixture(RECORDER.for_this_cpu(FIXTURES / NAME))
+    tensors = load_file(f"{stem}.safetensors")
+    record = json.loads(Path(f"{stem}.json").read_text())
     return tensors, record
 
 

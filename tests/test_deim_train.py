@@ -6,7 +6,7 @@ Fixtures, recorded with DEIM's own code (commit a9aa4ad; only numbers are commit
 - ``deim_recipes.json`` (``scripts/record_deim_recipe_fixture.py``): the merged settings of
   each DEIM-D-FINE config, its parameter groups on DEIM's model, and the lr DEIM's training
   loop applies at sampled steps (100 iterations per epoch);
-- ``deim_steps.{json,safetensors}`` (``scripts/record_deim_loss_fixture.py``): 3 AdamW steps of
+- ``deim_steps.<cpu>.{json,safetensors}`` (``scripts/record_deim_loss_fixture.py``): 3 AdamW steps of
   DEIM-D-FINE-N (seeded random weights, 320 px, denoising on with a seed per step, DEIM's
   criterion, grad clipping 0.1, DEIM-N's parameter groups and learning rates, no schedule, no
   EMA, f32 on CPU): each step's loss and gradient norm, and the change of the weights.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from dfine.train.recipes import get_recipe
 from dfine.train.schedule import DEIMFlatCosine, build_schedule
 from dfine.train.trainer import Trainer, TrainOptions
 from tests.app_util import load_script
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, cpu_fixture
 
 RECIPES = json.loads((FIXTURES / "deim_recipes.json").read_text())["recipes"]
 LOSS_RECORDER = load_script("scripts/record_deim_loss_fixture.py", "record_deim_loss_fixture")
@@ -168,8 +169,9 @@ def test_schedule_resumes_where_it_stopped():
 def recorded_steps():
     from safetensors.torch import load_file
 
-    record = json.loads((FIXTURES / "deim_steps.json").read_text())
-    return load_file(str(FIXTURES / "deim_steps.safetensors")), record
+    stem = cpu_fixture(LOSS_RECORDER.for_this_cpu(FIXTURES / "deim_steps"))
+    record = json.loads(Path(f"{stem}.json").read_text())
+    return load_file(f"{stem}.safetensors"), record
 
 
 def test_training_steps_match_deims(recorded_steps, tmp_path):

@@ -2,7 +2,7 @@
 
 The weights are seeded random values for every parameter (``random_state_dict`` of
 ``scripts/record_deim_fixture.py``), so the heads and the LQE are not the degenerate zeros of
-a fresh init. Tolerances as in ``test_hf.py``: 1e-3 logits, 1e-4 boxes.
+a fresh init. Tolerances as in ``test_hf.py``: 1e-3 logits, 1e-4 boxes, after pairing.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 import dfine
 from dfine.checkpoint import save_model
 from dfine.cli import main
+from dfine.parity import compare_outputs
 from tests.app_util import load_script
 
 LOGIT_TOL, BOX_TOL = 1e-3, 1e-4
@@ -55,8 +56,11 @@ def test_export_hf_runs_in_transformers_like_our_model(tmp_path, inputs, capsys)
     logits, boxes = _transformers_outputs(out, images)
     with torch.inference_mode():
         ours = model(images)
-    assert (logits - ours["pred_logits"]).abs().max() <= LOGIT_TOL
-    assert (boxes - ours["pred_boxes"]).abs().max() <= BOX_TOL
+    # query by query after pairing: near-tied random-weight queries can be selected in
+    # another order where the two implementations round differently (an AVX-512 CPU)
+    report = compare_outputs(logits, boxes, ours["pred_logits"], ours["pred_boxes"])
+    print(report.summary())
+    assert report.ok(LOGIT_TOL, BOX_TOL), report.summary()
     # and back: dfine reads the folder (with its preprocessor's input size) exactly
     back = dfine.load_model(out)
     with torch.inference_mode():
