@@ -167,3 +167,19 @@ def test_denoising_attention_mask_blocks_other_groups():
         for j in range(num_dn):
             assert bool(mask[i, j]) == (i // 4 != j // 4)
     assert content.shape == (1, 16, 8) and boxes.shape == (1, 16, 4)
+
+
+@pytest.mark.parametrize("deployed", [False, True])
+def test_autograd_after_an_inference_mode_call(deployed):
+    """Eval-mode caches (anchors, W(n)) made under ``torch.inference_mode`` hold inference
+    tensors; a later eval forward with autograd (saliency, attacks) must not reuse them."""
+    model = dfine.build_model("n").eval()
+    if deployed:
+        model.deploy()
+    x = torch.rand(1, 3, 320, 320, requires_grad=True)
+    with torch.inference_mode():
+        first = model(x.detach())
+    out = model(x)
+    out["pred_logits"].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert torch.equal(out["pred_logits"].detach(), first["pred_logits"])

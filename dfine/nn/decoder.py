@@ -537,7 +537,8 @@ class DFINEDecoder(nn.Module):
     def anchors_for(
         self, spatial_shapes: list[tuple[int, int]], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (tuple(spatial_shapes), str(device))
+        # inference tensors made under inference_mode cannot enter an autograd graph later
+        key = (tuple(spatial_shapes), str(device), torch.is_inference_mode_enabled())
         hit = self._anchor_cache.get(key)
         if hit is None:
             hit = self.generate_anchors(spatial_shapes, device=device)
@@ -551,10 +552,11 @@ class DFINEDecoder(nn.Module):
             raise NoDistributionsError.about("W(n)")
         if self.training:
             return weighting_function(self.reg_max, self.up, self.reg_scale)
-        w = self._project_cache.get("w")
+        key = torch.is_inference_mode_enabled()  # see anchors_for
+        w = self._project_cache.get(key)
         if w is None:
             w = weighting_function(self.reg_max, self.up, self.reg_scale)
-            self._project_cache["w"] = w
+            self._project_cache[key] = w
         return w
 
     def clear_caches(self) -> None:
