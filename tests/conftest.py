@@ -36,6 +36,8 @@ def cpu_fixture(stem: Path) -> Path:
             "run scripts/record_deim_loss_fixture.py on it"
         )
     return stem
+
+
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 torch.set_num_threads(2)

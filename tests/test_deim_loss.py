@@ -30,7 +30,6 @@ EVAL_RECORDER = load_script("scripts/record_deim_fixture.py", "record_deim_fixtu
 TOL = 1e-5
 
 
-
 @pytest.fixture(scope="module")
 def fixture() -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors.torch import load_file
