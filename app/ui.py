@@ -56,8 +56,13 @@ CSS = """
 /* a table wider than its panel scrolls sideways with a scrollbar one can see and grab,
    never a silently cut column */
 .gradio-dataframe .virtual-table-viewport { scrollbar-width: auto; scrollbar-color: #8a94a0 #eceff3; }
-/* a phone: every row's items one under the other, each the page's width */
-@media (max-width: 640px) { .row { flex-direction: column; } .row > * { min-width: 0 !important; } }
+/* a phone: every row's items one under the other, each the page's width: stretched and on
+   one flex line (a wrapping column sizes its line, and an "unequal-height" row its items, to
+   the content's width, which pushed the Detect tab's inputs past the screen's edge) */
+@media (max-width: 640px) {
+  .row { flex-direction: column; flex-wrap: nowrap !important; align-items: stretch !important; }
+  .row > * { min-width: 0 !important; }
+}
 /* a phone: a figure keeps the width its panels and titles need and its panel scrolls sideways,
    as a wide table does (plotly cannot reflow a grid of subplots) */
 @media (max-width: 640px) {

@@ -50,8 +50,8 @@ PHONE_TABS = [  # without a video or an evaluation run in this page
     ("Evaluate", "#evaluate-zip"),
 ]
 
-# What overflows on the shown page: the page itself scrolling sideways; a panel past the
-# tab's right edge; a plotly figure wider than its panel, or any of its titles, legends, tick labels or notes past the figure's edge,
+# What overflows on the shown page: the page itself scrolling sideways; a panel, column or row
+# past the tab's right edge (a clipped page does not scroll, it cuts); a plotly figure wider than its panel, or any of its titles, legends, tick labels or notes past the figure's edge,
 # or two of its titles / legends on top of each other; a table that sticks out of its panel
 # or whose columns are cut without a way to scroll to them; the zip box's upload prompt cut.
 LAYOUT = r"""
@@ -90,6 +90,18 @@ LAYOUT = r"""
       if (w > 2 && h > 2) out.push(`${name(plot)}: overlap: ${big[i].el.textContent.slice(0, 30)}`
         + ` | ${big[j].el.textContent.slice(0, 30)}`);
     }
+  }
+  // any panel, column or row past its tab's right edge, unless a sideways-scrolling box holds it
+  const scrolling = el => {
+    for (let a = el.parentElement; a && !a.classList.contains('tabitem'); a = a.parentElement)
+      if (['auto', 'scroll'].includes(getComputedStyle(a).overflowX)) return true;
+    return false;
+  };
+  for (const el of document.querySelectorAll('.tabitem .block, .tabitem .column, .tabitem .row')) {
+    if (!shown(el)) continue;
+    const over = el.getBoundingClientRect().right - el.closest('.tabitem').getBoundingClientRect().right;
+    if (over > 1 && !scrolling(el))
+      out.push(`${name(el)}: ${el.classList[0]} ends ${Math.round(over)} px past the tab`);
   }
   for (const table of document.querySelectorAll('.gradio-dataframe')) {
     if (!shown(table)) continue;
