@@ -255,3 +255,14 @@ def test_dfine_train_deim_recipe(ablation, tiny, tmp_path, capsys):
     capsys.readouterr()
     assert dfine_main(["inspect", str(out / "final.safetensors")]) == 0
     assert re.search(r"^family:\s+deim", capsys.readouterr().out, re.M)
+
+
+def test_a_cpu_class_without_a_recording_skips_with_the_command(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NEON")
+    stem = LOSS_RECORDER.for_this_cpu(FIXTURES / "deim_steps")
+    assert stem.name == "deim_steps.neon"
+    with pytest.raises(pytest.skip.Exception) as skip:
+        cpu_fixture(stem)
+    message = str(skip.value)
+    assert "deim_steps.avx2.json" in message and "deim_steps.avx512.json" in message
+    assert "scripts/record_deim_loss_fixture.py" in message
