@@ -16,25 +16,19 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import dfine
+from dfine.benchmark import time_interleaved
 
 
 def interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int) -> dict:
-    times = {k: [] for k in models}
     with torch.inference_mode():
-        for m in models.values():
-            m(x)
-            m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
-                start = time.perf_counter()
-                m(x)
-                times[k].append(1000 * (time.perf_counter() - start))
+        times = time_interleaved({k: partial(m, x) for k, m in models.items()}, 2, rounds)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

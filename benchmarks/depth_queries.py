@@ -18,13 +18,13 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 import dfine
-from dfine.benchmark import _runner
+from dfine.benchmark import _runner, time_interleaved
 from dfine.budget import sweep_budgets
 from dfine.export import export_onnx
 from dfine.guard import load_val
@@ -55,15 +55,8 @@ def interleaved_latency(size: str, hw: int, runtimes, layers, queries, threads, 
         for g in grid
     }
     x, sizes = torch.rand(1, 3, hw, hw), torch.tensor([[hw, hw]])
-    for g in grid:
-        runs[g](x, sizes)
-        runs[g](x, sizes)
-    times = {g: [] for g in grid}
-    for i in range(rounds):
-        for g in grid[i % len(grid) :] + grid[: i % len(grid)]:
-            start = time.perf_counter()
-            runs[g](x, sizes)
-            times[g].append(1000 * (time.perf_counter() - start))
+    calls = {g: partial(runs[g], x, sizes) for g in grid}
+    times = time_interleaved(calls, 2, rounds, rotate=True)
     return {g: statistics.median(t) for g, t in times.items()}
 
 

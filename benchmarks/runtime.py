@@ -17,13 +17,14 @@ import argparse
 import datetime as dt
 import platform
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import dfine
+from dfine.benchmark import time_interleaved
 from dfine.io import load_image
 from dfine.resources import asset_path
 from dfine.sources import fastest_backend
@@ -37,7 +38,7 @@ DEFAULT_WEIGHTS = (
 
 
 def time_model(weights: str, image: np.ndarray, threads: int, rounds: int) -> dict[str, list]:
-    """Milliseconds per call of each runtime, interleaved over ``rounds`` (after one warm-up)."""
+    """Milliseconds per call of each runtime, interleaved over ``rounds`` (after two warm-ups)."""
     torch.set_num_threads(threads)
     options = {
         "torch": {},
@@ -48,16 +49,7 @@ def time_model(weights: str, image: np.ndarray, threads: int, rounds: int) -> di
         name: dfine.Detector(weights, backend=name, threshold=0.5, **options[name])
         for name in RUNTIMES
     }
-    times: dict[str, list] = {name: [] for name in RUNTIMES}
-    for det in detectors.values():
-        det(image)
-        det(image)
-    for _ in range(rounds):
-        for name, det in detectors.items():
-            start = time.perf_counter()
-            det(image)
-            times[name].append((time.perf_counter() - start) * 1000)
-    return times
+    return time_interleaved({n: partial(d, image) for n, d in detectors.items()}, 2, rounds)
 
 
 def table(rows: list[tuple[str, str, dict[str, list]]]) -> list[str]:

@@ -13,9 +13,10 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tqdm import tqdm
@@ -28,6 +29,8 @@ from dfine.model import DFINE, build_model, decoder_budget
 from dfine.precision import normalize_precision
 from dfine.quantize import quantize_unguarded
 from dfine.sources import default_backend
+
+K = TypeVar("K", bound=Hashable)
 
 # FLOPs at 640x640 (2 x multiply-accumulates), as quoted for the reference models.
 REFERENCE_GFLOPS = {"n": 7.2, "s": 25.2, "m": 56.7, "l": 91.0, "x": 202.5}
@@ -55,6 +58,26 @@ def time_call(fn: Callable[[], object], warmup: int, iters: int) -> list[float]:
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def time_interleaved(
+    calls: Mapping[K, Callable[[], object]], warmup: int, rounds: int, rotate: bool = False
+) -> dict[K, list[float]]:
+    """Milliseconds of each call over ``rounds`` rounds, every call once per round (after
+    ``warmup`` untimed calls each), so that a machine's slow moments fall on all of them;
+    ``rotate``: each round starts one call later, so none is always first."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    keys = list(calls)
+    times: dict[K, list[float]] = {k: [] for k in keys}
+    for i in range(rounds):
+        shift = i % len(keys) if rotate else 0
+        for k in keys[shift:] + keys[:shift]:
+            t = time.perf_counter()
+            calls[k]()
+            times[k].append((time.perf_counter() - t) * 1000)
     return times
 
 

@@ -57,3 +57,17 @@ def test_cli(onnx, capsys):
     assert "not torch" in err and len(err.strip().splitlines()) == 1
     assert main([*args, "--weights", "no_such_model.pth"]) == 2
     assert "no_such_model.pth" in capsys.readouterr().err
+
+
+def test_time_interleaved_runs_every_call_once_per_round():
+    from dfine.benchmark import time_interleaved
+
+    order: list[str] = []
+    calls = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    times = time_interleaved(calls, warmup=2, rounds=3)
+    assert order == list("aabbcc") + list("abc") * 3
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+    order.clear()
+    time_interleaved(calls, warmup=0, rounds=3, rotate=True)
+    assert order == list("abc") + list("bca") + list("cab")
