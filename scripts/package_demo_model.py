@@ -88,7 +88,10 @@ def main() -> None:
         _, before = read_checkpoint(args.tuned_from)
         keep = ("recipe", "epoch", "metrics", "dataset", "command", "training", "tuned_from")
         extra["tuned_from"] = {k: before[k] for k in keep if k in before}
-        previous = before.get("training", {}).get("train_seconds", 0.0)
+        before_training = before.get("training", {})  # its own total when it was tuned too
+        previous = before_training.get(
+            "total_train_seconds", before_training.get("train_seconds", 0.0)
+        )
         extra["training"]["total_train_seconds"] = round(
             extra["training"]["train_seconds"] + previous, 1
         )
