@@ -108,11 +108,12 @@ def test_detect(client):
         drawn[y1:y2, max(x1 - 1, 0) : x1 + 2] - original[y1:y2, max(x1 - 1, 0) : x1 + 2]
     )
     assert outline.mean() > 20
-    # far from every box (and its label) the image is unchanged (up to compression)
+    # far from every box and its label the image is unchanged (up to compression); a label
+    # sits above the box, inside it or below it (dfine.draw.label), so 30 px on either side
     far = np.ones(original.shape[:2], bool)
     for bx1, by1, bx2, by2 in (row[3:] for row in rows):
-        far[max(int(by1) - 30, 0) : int(by2) + 4, max(int(bx1) - 150, 0) : int(bx2) + 150] = False
-    assert far.sum() > 20_000
+        far[max(int(by1) - 30, 0) : int(by2) + 30, max(int(bx1) - 150, 0) : int(bx2) + 150] = False
+    assert far.sum() > 15_000
     assert np.abs(drawn[far] - original[far]).mean() < 4
 
 
